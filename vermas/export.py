@@ -1,0 +1,162 @@
+"""bd-compatible JSONL export of the store: `.beads/issues.jsonl`, `messages.jsonl` and
+`routes.jsonl`, each rewritten atomically (temp file, fsync, rename).
+
+Exports are coalesced: a process that commits schedules one export a short moment later
+(well under a second), and a generation counter in the store tells every exporter
+whether the file already holds the latest commit. A file lock orders exporters so an
+older snapshot never overwrites a newer one. If a writer dies before its export runs,
+the next process to open the town (or `vermas-runner export`) catches it up.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import json
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from vermas.store import EXPORT_KINDS
+from vermas.town import Town, write_atomic
+
+COALESCE_SECONDS = 0.2
+
+ISSUE_LINE_SQL = """
+SELECT json_patch('{"_type":"issue"}', json_object(
+  'id', i.id, 'title', i.title,
+  'description', NULLIF(i.description, ''), 'design', NULLIF(i.design, ''),
+  'acceptance_criteria', NULLIF(i.acceptance_criteria, ''), 'notes', NULLIF(i.notes, ''),
+  'status', i.status, 'priority', i.priority, 'issue_type', i.issue_type,
+  'assignee', i.assignee, 'owner', i.owner,
+  'created_at', i.created_at, 'created_by', i.created_by, 'updated_at', i.updated_at,
+  'started_at', i.started_at,
+  'closed_at', CASE WHEN i.status = 'closed' THEN i.closed_at END,
+  'close_reason', CASE WHEN i.status = 'closed' THEN i.close_reason END,
+  'external_ref', i.external_ref,
+  'ephemeral', CASE WHEN i.ephemeral THEN json('true') END,
+  'labels', (SELECT json_group_array(label) FROM (
+      SELECT label FROM labels WHERE issue_id = i.id ORDER BY label) HAVING count(*) > 0),
+  'dependencies', (SELECT json_group_array(json_object('issue_id', issue_id,
+      'depends_on_id', depends_on_id, 'type', type, 'created_at', created_at,
+      'created_by', created_by)) FROM (SELECT * FROM dependencies WHERE issue_id = i.id
+      ORDER BY depends_on_id) HAVING count(*) > 0),
+  'comments', (SELECT json_group_array(json_object('id', id, 'issue_id', issue_id,
+      'author', author, 'text', text, 'created_at', created_at)) FROM (SELECT * FROM comments
+      WHERE issue_id = i.id ORDER BY created_at, rowid) HAVING count(*) > 0)
+)) FROM issues i ORDER BY i.id
+"""
+
+MESSAGE_LINE_SQL = """
+SELECT json_patch('{"_type":"message"}', json_object(
+  'id', id, 'from', sender, 'to', recipient, 'subject', subject, 'kind', kind,
+  'body', NULLIF(body, ''), 'reply_to', reply_to, 'thread_id', thread_id,
+  'idempotency_key', idempotency_key, 'created_at', created_at,
+  'read_at', read_at, 'acked_at', acked_at)) FROM messages ORDER BY created_ts, id
+"""
+
+ROUTE_LINE_SQL = """
+SELECT json_patch('{}', json_object('prefix', prefix, 'path', path, 'rig', rig))
+  FROM routes ORDER BY prefix
+"""
+
+QUERIES = {"issues": ISSUE_LINE_SQL, "messages": MESSAGE_LINE_SQL, "routes": ROUTE_LINE_SQL}
+
+
+def _state_path(town: Town) -> Path:
+    return town.beads_dir / ".export-state.json"
+
+
+def _read_state(town: Town) -> dict[str, int]:
+    try:
+        return {k: int(v) for k, v in json.loads(_state_path(town).read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def export_town(town: Town, kinds: Iterable[str] = EXPORT_KINDS, force: bool = False) -> dict[str, int]:
+    """Bring the JSONL files up to the store's latest commit; returns lines written per
+    file (files already current are skipped unless force)."""
+    written: dict[str, int] = {}
+    lock_path = town.beads_dir / ".export.lock"
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            state = _read_state(town)
+            for kind in kinds:
+                target = town.beads_dir / f"{kind}.jsonl"
+                with town.db.read() as conn:
+                    generation = town.db.generation(conn, kind)
+                    if not force and target.exists() and state.get(kind, -1) >= generation:
+                        continue
+                    lines = [row[0] for row in conn.execute(QUERIES[kind])]
+                write_atomic(target, "".join(line + "\n" for line in lines))
+                state[kind] = generation
+                written[kind] = len(lines)
+            if written:
+                write_atomic(_state_path(town), json.dumps(state))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return written
+
+
+def stale_kinds(town: Town) -> list[str]:
+    state = _read_state(town)
+    with town.db.read() as conn:
+        return [
+            k for k in EXPORT_KINDS
+            if state.get(k, -1) < town.db.generation(conn, k) or not (town.beads_dir / f"{k}.jsonl").exists()
+        ]
+
+
+class ExportScheduler:
+    """Coalesces this process's commits into few exports, run on a daemon thread."""
+
+    def __init__(self, town: Town, delay: float = COALESCE_SECONDS) -> None:
+        self.town = town
+        self.delay = delay
+        self._pending: set[str] = set()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="vermas-export", daemon=True)
+        self._thread.start()
+        town.db.add_listener(self.notify)
+        atexit.register(self.flush)
+
+    def notify(self, kinds: set[str]) -> None:
+        with self._cond:
+            self._pending |= kinds
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+            # Let a burst of commits land, then export them all at once.
+            threading.Event().wait(self.delay)
+            with self._cond:
+                kinds, self._pending = self._pending, set()
+            try:
+                export_town(self.town, sorted(kinds))
+            except Exception:  # an export failure must never take the server down
+                with self._cond:
+                    self._pending |= kinds
+
+    def flush(self) -> None:
+        """Export whatever is pending now (at exit, so a clean shutdown leaves files current)."""
+        with self._cond:
+            kinds, self._pending = self._pending, set()
+        if kinds:
+            try:
+                export_town(self.town, sorted(kinds))
+            except Exception:
+                pass
+
+    def close(self) -> None:
+        self.flush()
+        with self._cond:
+            self._closed = True
+            self._cond.notify()

@@ -1,0 +1,214 @@
+"""Durable mail between agent addresses.
+
+Each message has one recipient and its own read and ack state, so reading an inbox never
+consumes anything: `mail_read` marks read, `mail_ack` says "handled". A retried send with
+the same idempotency key returns the first message instead of creating a second.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from pydantic import BaseModel
+
+from vermas import ids, timeutil, validate
+from vermas.addresses import Address, parse_address
+from vermas.errors import Conflict, Forbidden, InvalidInput, NotFound
+from vermas.store import Database
+from vermas.town import Town
+
+PROTOCOL_SUBJECTS = (
+    "POLECAT_DONE", "MERGE_READY", "MERGED", "REWORK_REQUEST", "ESCALATION", "HELP", "HANDOFF", "NUDGE",
+)
+MAX_SUBJECT_CHARS = 500
+MAX_KEY_CHARS = 200
+PREVIEW_CHARS = 2000
+MAX_INBOX = 1000
+
+COLUMNS = (
+    "id, sender, recipient, subject, kind, body, reply_to, thread_id, created_at, read_at, acked_at"
+)
+
+
+class Message(BaseModel):
+    id: str
+    sender: str
+    to: str
+    subject: str
+    kind: str | None = None
+    body: str = ""
+    body_truncated: bool = False
+    reply_to: str | None = None
+    thread_id: str
+    created_at: str
+    read_at: str | None = None
+    acked_at: str | None = None
+
+
+class AckState(BaseModel):
+    id: str
+    to: str
+    read_at: str | None
+    acked_at: str | None
+    acked: bool
+
+
+def _message(row: sqlite3.Row, preview: bool = False) -> Message:
+    data = dict(row)
+    data["to"] = data.pop("recipient")
+    body = data["body"]
+    if preview and len(body) > PREVIEW_CHARS:
+        data["body"] = body[:PREVIEW_CHARS]
+        data["body_truncated"] = True
+    return Message(**data)
+
+
+def protocol_kind(subject: str) -> str | None:
+    """The protocol word a subject starts with (`POLECAT_DONE nux` -> POLECAT_DONE)."""
+    word = subject.split(None, 1)[0].rstrip(":") if subject.strip() else ""
+    return word if word in PROTOCOL_SUBJECTS else None
+
+
+def _validate_id(message_id: object) -> str:
+    if not isinstance(message_id, str) or not message_id.startswith("msg-") or len(message_id) > 40 \
+            or not message_id[4:].isalnum():
+        raise InvalidInput(f"invalid message_id {str(message_id)[:60]!r}: ids look like 'msg-' + base36")
+    return message_id
+
+
+def send_in_txn(
+    conn: sqlite3.Connection,
+    db: Database,
+    sender: str,
+    to: str,
+    subject: str,
+    body: str = "",
+    reply_to: str | None = None,
+    idempotency_key: str | None = None,
+) -> Message:
+    """Send inside the caller's transaction (so polecat_done's mail commits with its MR)."""
+    if idempotency_key is not None:
+        row = conn.execute(
+            f"SELECT {COLUMNS} FROM messages WHERE sender = ? AND idempotency_key = ?",
+            (sender, idempotency_key),
+        ).fetchone()
+        if row is not None:
+            return _message(row)
+    thread_id = None
+    if reply_to is not None:
+        parent = conn.execute("SELECT thread_id FROM messages WHERE id = ?", (reply_to,)).fetchone()
+        if parent is None:
+            raise NotFound(f"reply_to names no message {reply_to!r}")
+        thread_id = parent[0]
+    message_id = ids.new_message_id(f"{sender}{to}{subject}")
+    stamp, ts = timeutil.now()
+    conn.execute(
+        "INSERT INTO messages (id, sender, recipient, subject, kind, body, reply_to, thread_id, "
+        "idempotency_key, created_at, created_ts) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (message_id, sender, to, subject, protocol_kind(subject), body, reply_to,
+         thread_id or message_id, idempotency_key, stamp, ts),
+    )
+    db.touch("messages")
+    row = conn.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
+    return _message(row)
+
+
+def send(
+    town: Town,
+    actor: Address,
+    to: str,
+    subject: str,
+    body: str = "",
+    reply_to: str | None = None,
+    idempotency_key: str | None = None,
+) -> Message:
+    recipient = str(parse_address(to))
+    if not isinstance(subject, str) or not subject.strip():
+        raise InvalidInput(
+            "subject must be non-empty text; protocol subjects start with one of "
+            + ", ".join(PROTOCOL_SUBJECTS)
+        )
+    if len(subject) > MAX_SUBJECT_CHARS or "\n" in subject:
+        raise InvalidInput(f"subject must be one line of at most {MAX_SUBJECT_CHARS} characters")
+    body = validate.body(body, "body")
+    if reply_to is not None:
+        _validate_id(reply_to)
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= MAX_KEY_CHARS
+    ):
+        raise InvalidInput(f"idempotency_key must be 1 to {MAX_KEY_CHARS} characters")
+    with town.db.write() as conn:
+        return send_in_txn(conn, town.db, str(actor), recipient, subject.strip(), body, reply_to,
+                           idempotency_key)
+
+
+def _mailbox(actor: Address, address: str | None) -> str:
+    if address is None or address == str(actor):
+        return str(actor)
+    target = str(parse_address(address))
+    if actor.role.value != "overseer":
+        raise Forbidden(f"{actor} may read only its own mailbox; only overseer reads others'")
+    return target
+
+
+def inbox(
+    town: Town, actor: Address, unread_only: bool = True, limit: int = 20, address: str | None = None
+) -> list[Message]:
+    """Unread mail oldest first (a work queue); all mail newest first (history).
+
+    Bodies are previews of at most 2,000 characters; mail_read returns the whole body.
+    """
+    validate.limit(limit, MAX_INBOX)
+    box = _mailbox(actor, address)
+    if unread_only:
+        sql = (f"SELECT {COLUMNS} FROM messages WHERE recipient = ? AND read_at IS NULL "
+               "ORDER BY created_ts, id LIMIT ?")
+    else:
+        sql = f"SELECT {COLUMNS} FROM messages WHERE recipient = ? ORDER BY created_ts DESC, id LIMIT ?"
+    with town.db.read() as conn:
+        return [_message(r, preview=True) for r in conn.execute(sql, (box, limit))]
+
+
+def unread_count(conn: sqlite3.Connection, address: str) -> int:
+    return conn.execute(
+        "SELECT COUNT(*) FROM messages WHERE recipient = ? AND read_at IS NULL", (address,)
+    ).fetchone()[0]
+
+
+def _own(conn: sqlite3.Connection, actor: Address, message_id: str) -> sqlite3.Row:
+    row = conn.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no message {message_id!r}; mail_inbox lists your messages")
+    if row["recipient"] != str(actor) and actor.role.value != "overseer":
+        raise Forbidden(f"{message_id} is addressed to {row['recipient']}, not to {actor}")
+    return row
+
+
+def read(town: Town, actor: Address, message_id: str) -> Message:
+    _validate_id(message_id)
+    with town.db.write() as conn:
+        row = _own(conn, actor, message_id)
+        if row["read_at"] is None and row["recipient"] == str(actor):
+            conn.execute("UPDATE messages SET read_at = ? WHERE id = ?", (timeutil.now()[0], message_id))
+            town.db.touch("messages")
+            row = _own(conn, actor, message_id)
+        return _message(row)
+
+
+def ack(town: Town, actor: Address, message_id: str) -> AckState:
+    """Acknowledge handling; implies read. Acking twice keeps the first time."""
+    _validate_id(message_id)
+    with town.db.write() as conn:
+        row = _own(conn, actor, message_id)
+        if row["recipient"] != str(actor):
+            raise Conflict(f"only the recipient {row['recipient']} acknowledges {message_id}")
+        if row["acked_at"] is None:
+            stamp = timeutil.now()[0]
+            conn.execute(
+                "UPDATE messages SET acked_at = ?, read_at = COALESCE(read_at, ?) WHERE id = ?",
+                (stamp, stamp, message_id),
+            )
+            town.db.touch("messages")
+            row = _own(conn, actor, message_id)
+        return AckState(id=row["id"], to=row["recipient"], read_at=row["read_at"],
+                        acked_at=row["acked_at"], acked=row["acked_at"] is not None)

@@ -1,0 +1,72 @@
+"""Sling: put a bead on an agent's hook, compare-and-set inside one write transaction so
+two processes can never both take one bead, and no agent ever holds two."""
+
+from __future__ import annotations
+
+from vermas import beads, timeutil, validate
+from vermas.addresses import Address, Role, is_rig_name, parse_address
+from vermas.errors import Conflict, Forbidden, InvalidInput
+from vermas.hooks import hooked_id
+from vermas.town import Town
+
+HOOKABLE = ("open", "in_progress", "blocked", "deferred", "pinned")
+
+
+def sling(town: Town, actor: Address, bead_id: str, target: str) -> beads.Bead:
+    validate.bead_id(bead_id)
+    if isinstance(target, str) and "/" not in target and is_rig_name(target):
+        raise InvalidInput(
+            f"target {target!r} is a rig name: slinging to a rig spawns a polecat, which needs the "
+            "runner (`vermas-runner sling BEAD RIG`); here give an agent address such as "
+            f"{target}/polecats/<name> or {target}/crew/<name>"
+        )
+    agent = parse_address(target)
+    if actor.role is Role.POLECAT:
+        raise Forbidden("polecats do not sling work; mail your witness or the mayor instead")
+    with town.db.write() as conn:
+        row = beads.fetch_row(conn, bead_id)
+        if row["status"] == "hooked":
+            raise Conflict(f"{bead_id} is already hooked by {row['assignee']}; unsling it first")
+        if row["status"] not in HOOKABLE:
+            raise Conflict(f"{bead_id} is {row['status']}; only {', '.join(HOOKABLE)} beads can be slung")
+        holder = hooked_id(conn, str(agent))
+        if holder is not None:
+            raise Conflict(f"{agent}'s hook is occupied by {holder}; one hooked bead per agent")
+        stamp, ts = timeutil.now()
+        conn.execute(
+            "UPDATE issues SET status = 'hooked', assignee = ?, updated_at = ?, updated_ts = ? "
+            "WHERE id = ?",
+            (str(agent), stamp, ts, bead_id),
+        )
+        town.db.touch("issues")
+        return beads.fetch(conn, bead_id)
+
+
+def unsling(town: Town, actor: Address, bead_id: str) -> beads.Bead:
+    """Take a bead off its hook, back to open. The holder, its rig's witness, or a
+    town-level coordinator may do it."""
+    validate.bead_id(bead_id)
+    with town.db.write() as conn:
+        row = beads.fetch_row(conn, bead_id)
+        if row["status"] != "hooked":
+            raise Conflict(f"{bead_id} is {row['status']}, not hooked; nothing to unsling")
+        holder = row["assignee"]
+        holder_rig = holder.split("/", 1)[0] if holder and "/" in holder else None
+        allowed = (
+            actor.is_privileged
+            or holder == str(actor)
+            or (actor.role is Role.WITNESS and actor.rig == holder_rig)
+        )
+        if not allowed:
+            raise Forbidden(
+                f"{actor} may not unsling {bead_id} (held by {holder}); the holder, its witness, "
+                "mayor, deacon or overseer may"
+            )
+        stamp, ts = timeutil.now()
+        conn.execute(
+            "UPDATE issues SET status = 'open', assignee = NULL, updated_at = ?, updated_ts = ? "
+            "WHERE id = ?",
+            (stamp, ts, bead_id),
+        )
+        town.db.touch("issues")
+        return beads.fetch(conn, bead_id)

@@ -1,0 +1,200 @@
+"""The town's store of record: one SQLite database in WAL mode shared by every process.
+
+Every write is one `BEGIN IMMEDIATE` transaction, so checks made inside it (is the hook
+free? is the bead still hooked by me?) cannot be raced by another process: SQLite lets
+one writer in at a time and the others wait on `busy_timeout`. The JSONL files are an
+export of this database, never a source it reads back behind the user's back.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS issues (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    design TEXT NOT NULL DEFAULT '',
+    acceptance_criteria TEXT NOT NULL DEFAULT '',
+    notes TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    issue_type TEXT NOT NULL,
+    assignee TEXT,
+    owner TEXT,
+    created_at TEXT NOT NULL,
+    created_ts REAL NOT NULL,
+    created_by TEXT,
+    updated_at TEXT NOT NULL,
+    updated_ts REAL NOT NULL,
+    started_at TEXT,
+    closed_at TEXT,
+    close_reason TEXT,
+    external_ref TEXT,
+    ephemeral INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS issues_ready ON issues(status, priority, created_ts);
+CREATE INDEX IF NOT EXISTS issues_assignee ON issues(assignee, status);
+CREATE TABLE IF NOT EXISTS labels (
+    issue_id TEXT NOT NULL, label TEXT NOT NULL, PRIMARY KEY (issue_id, label)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS labels_label ON labels(label);
+CREATE TABLE IF NOT EXISTS dependencies (
+    issue_id TEXT NOT NULL,
+    depends_on_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT,
+    PRIMARY KEY (issue_id, depends_on_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deps_target ON dependencies(depends_on_id, type);
+CREATE INDEX IF NOT EXISTS deps_type ON dependencies(type);
+CREATE TABLE IF NOT EXISTS comments (
+    issue_id TEXT NOT NULL,
+    id,
+    author TEXT,
+    text TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (issue_id, id)
+);
+CREATE TABLE IF NOT EXISTS prefixes (prefix TEXT PRIMARY KEY, count INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS routes (prefix TEXT PRIMARY KEY, path TEXT NOT NULL, rig TEXT);
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    sender TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    kind TEXT,
+    body TEXT NOT NULL DEFAULT '',
+    reply_to TEXT,
+    thread_id TEXT NOT NULL,
+    idempotency_key TEXT,
+    created_at TEXT NOT NULL,
+    created_ts REAL NOT NULL,
+    read_at TEXT,
+    acked_at TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_idem ON messages(sender, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_inbox ON messages(recipient, read_at, created_ts);
+CREATE INDEX IF NOT EXISTS messages_thread ON messages(thread_id, created_ts);
+CREATE TABLE IF NOT EXISTS merge_requests (
+    id TEXT PRIMARY KEY,
+    bead_id TEXT NOT NULL,
+    rig TEXT NOT NULL,
+    polecat TEXT NOT NULL,
+    branch TEXT,
+    commit_sha TEXT,
+    base TEXT,
+    state TEXT NOT NULL,
+    summary TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mr_bead ON merge_requests(bead_id);
+"""
+
+# Tables whose change makes an export stale, by export name.
+EXPORT_KINDS = ("issues", "messages", "routes")
+
+
+class Database:
+    """A connection to a town's store, safe to share between this process's threads.
+
+    One connection guarded by a lock keeps things simple: tool calls arrive on worker
+    threads, and SQLite releases the GIL while it works, so reads stay fast.
+    """
+
+    def __init__(self, path: Path, *, create: bool = False) -> None:
+        if not create and not path.exists():
+            raise FileNotFoundError(path)
+        self.path = path
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(
+            str(path), timeout=60.0, isolation_level=None, check_same_thread=False
+        )
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA busy_timeout = 60000")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL is durable against process crashes (SIGKILL) in WAL mode; only an OS
+        # crash or power loss may drop the last commits, which we accept for speed.
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.execute("PRAGMA foreign_keys = OFF")
+        self._listeners: list[Callable[[set[str]], None]] = []
+        self._pending: set[str] | None = None
+        self._ensure_schema()
+
+    def _ensure_schema(self) -> None:
+        row = self._conn.execute("PRAGMA user_version").fetchone()
+        if row[0] >= SCHEMA_VERSION:
+            return
+        with self._lock:
+            # executescript commits implicitly; the statements are idempotent, so two
+            # processes racing here both succeed.
+            self._conn.executescript(
+                "BEGIN IMMEDIATE;" + SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def add_listener(self, fn: Callable[[set[str]], None]) -> None:
+        """Call fn(kinds) after each commit that changed exported tables."""
+        self._listeners.append(fn)
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction; rolled back whole on any exception."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._pending = set()
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                self._pending = None
+                raise
+            changed = self._pending
+            for kind in changed:
+                self._conn.execute(
+                    "INSERT INTO meta(key, value) VALUES (?, '1') ON CONFLICT(key) "
+                    "DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+                    (f"gen:{kind}",),
+                )
+            self._conn.execute("COMMIT")
+            self._pending = None
+        if changed:
+            for fn in self._listeners:
+                fn(changed)
+
+    def touch(self, *kinds: str) -> None:
+        """Mark exports stale inside the current write transaction."""
+        if self._pending is None:
+            raise RuntimeError("touch() outside a write transaction")
+        self._pending.update(kinds)
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for multi-statement reads."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                yield self._conn
+            finally:
+                self._conn.execute("COMMIT")
+
+    def generation(self, conn: sqlite3.Connection, kind: str) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (f"gen:{kind}",)).fetchone()
+        return int(row[0]) if row else 0
+
+    def integrity_check(self) -> str:
+        with self._lock:
+            return self._conn.execute("PRAGMA integrity_check").fetchone()[0]

@@ -1,0 +1,3 @@
+from vermas_mcp.cli import main
+
+main()

@@ -1,0 +1,195 @@
+"""The vermas MCP server: one per Claude Code session, acting as one agent address.
+
+Tools are thin: validate (the core does it), call the core, return a pydantic model so
+Claude Code receives structured content. Domain errors become tool errors whose text
+tells the model what was wrong and what is allowed.
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel
+
+from vermas import beads, convoy, hooks, mail, polecat
+from vermas import sling as slinging
+from vermas import status as town_state
+from vermas.addresses import Address
+from vermas.errors import VermasError
+from vermas.town import Town
+from vermas_mcp.profiles import PROFILES
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+INSTRUCTIONS = (
+    "vermas: Gas Town for Claude Code. Start with hook_check: if your hook has work, do it now "
+    "(GUPP). Mail is durable; mail_read marks read, mail_ack marks handled."
+)
+
+
+class BeadList(BaseModel):
+    beads: list[beads.BeadSummary]
+
+
+class MessageList(BaseModel):
+    messages: list[mail.Message]
+
+
+class ConvoyList(BaseModel):
+    convoys: list[convoy.ConvoyStatus]
+
+
+def _edge(fn: F) -> F:
+    """Map domain exceptions to tool errors carrying their actionable message."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except VermasError as exc:
+            raise ToolError(str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
+                       open_world_hint=False)
+ADD = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
+                      open_world_hint=False)
+CHANGE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False,
+                         open_world_hint=False)
+MARK = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True,
+                       open_world_hint=False)
+
+
+def build_server(town: Town, actor: Address, profile: str = "all") -> MCPServer:
+    """An MCP server exposing `profile`'s tools to `actor` in `town`."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
+    enabled = set(PROFILES[profile])
+    server = MCPServer(name="vermas", instructions=INSTRUCTIONS, log_level="WARNING")
+
+    def tool(annotations: ToolAnnotations) -> Callable[[F], F]:
+        def register(fn: F) -> F:
+            if fn.__name__ in enabled:
+                server.tool(annotations=annotations)(_edge(fn))
+            return fn
+        return register
+
+    @tool(ADD)
+    def bead_create(title: str, description: str = "", issue_type: str = "task", priority: int = 2,
+                    labels: list[str] | None = None, parent: str | None = None,
+                    acceptance_criteria: str = "") -> beads.Bead:
+        """Create a bead (work item). issue_type: task|bug|feature|epic|chore|decision|docs;
+        priority 0 (critical) to 4; parent makes a child <parent>.N."""
+        return beads.create(town, actor, title, description, issue_type, priority, labels, parent,
+                            acceptance_criteria=acceptance_criteria)
+
+    @tool(READ)
+    def bead_show(bead_id: str) -> beads.BeadDetail:
+        """A bead in full, with dependencies, dependents and comments."""
+        return beads.show(town, bead_id)
+
+    @tool(READ)
+    def bead_list(status: str | None = None, issue_type: str | None = None,
+                  assignee: str | None = None, label: str | None = None, limit: int = 50) -> BeadList:
+        """Beads matching all given filters, newest first."""
+        return BeadList(beads=beads.list_beads(town, status, issue_type, assignee, label, limit))
+
+    @tool(READ)
+    def bead_ready(limit: int = 20) -> BeadList:
+        """Open beads with no open blocker, by priority then age (bd's ready rule)."""
+        return BeadList(beads=beads.ready(town, limit))
+
+    @tool(CHANGE)
+    def bead_update(bead_id: str, status: str | None = None, priority: int | None = None,
+                    assignee: str | None = None, title: str | None = None,
+                    description: str | None = None, notes: str | None = None,
+                    comment: str | None = None) -> beads.Bead:
+        """Change fields of a bead; comment appends a comment. Hooked beads change status only
+        through unsling or polecat_done."""
+        return beads.update(town, actor, bead_id, status=status, priority=priority, assignee=assignee,
+                            title=title, description=description, notes=notes, comment=comment)
+
+    @tool(CHANGE)
+    def bead_close(bead_id: str, reason: str = "") -> beads.Bead:
+        """Close a bead; lands convoys it completes."""
+        return beads.close(town, actor, bead_id, reason)
+
+    @tool(MARK)
+    def bead_dep_add(bead_id: str, depends_on_id: str, dep_type: str = "blocks") -> beads.Dependency:
+        """bead_id depends on depends_on_id. dep_type: blocks (default), parent-child, related,
+        discovered-from, tracks, conditional-blocks, waits-for, ..."""
+        return beads.dep_add(town, actor, bead_id, depends_on_id, dep_type)
+
+    @tool(READ)
+    def hook_check() -> hooks.HookStatus:
+        """Your hooked bead (null if none), unread mail count, and what to do next."""
+        return hooks.check(town, actor)
+
+    @tool(CHANGE)
+    def sling(bead_id: str, target: str) -> beads.Bead:
+        """Hook a bead onto an agent (e.g. rig/crew/name). Refused if the bead is hooked or the
+        agent's hook is occupied."""
+        return slinging.sling(town, actor, bead_id, target)
+
+    @tool(CHANGE)
+    def unsling(bead_id: str) -> beads.Bead:
+        """Take a bead off its hook, back to open."""
+        return slinging.unsling(town, actor, bead_id)
+
+    @tool(ADD)
+    def mail_send(to: str, subject: str, body: str = "", reply_to: str | None = None,
+                  idempotency_key: str | None = None) -> mail.Message:
+        """Send durable mail to an agent address. Protocol subjects start with POLECAT_DONE,
+        MERGE_READY, MERGED, REWORK_REQUEST, ESCALATION, HELP, HANDOFF or NUDGE. A repeated
+        idempotency_key returns the first message."""
+        return mail.send(town, actor, to, subject, body, reply_to, idempotency_key)
+
+    @tool(READ)
+    def mail_inbox(unread_only: bool = True, limit: int = 20, address: str | None = None) -> MessageList:
+        """Your mail without marking it read: unread oldest first, or all newest first. Bodies
+        are previews; mail_read gives the full text. address: overseer only."""
+        return MessageList(messages=mail.inbox(town, actor, unread_only, limit, address))
+
+    @tool(MARK)
+    def mail_read(message_id: str) -> mail.Message:
+        """A message in full; marks it read."""
+        return mail.read(town, actor, message_id)
+
+    @tool(MARK)
+    def mail_ack(message_id: str) -> mail.AckState:
+        """Acknowledge a message as handled."""
+        return mail.ack(town, actor, message_id)
+
+    @tool(CHANGE)
+    def polecat_done(status: str = "COMPLETED", summary: str = "") -> polecat.MergeRequest:
+        """Finish your hooked work. COMPLETED (needs commits on your branch) queues a merge
+        request; ESCALATED asks for help; DEFERRED hands it back. Mails your witness."""
+        return polecat.done(town, actor, status, summary)
+
+    @tool(ADD)
+    def convoy_create(title: str, bead_ids: list[str]) -> convoy.ConvoyStatus:
+        """Track a batch of beads; the convoy lands when all are closed."""
+        return convoy.create(town, actor, title, bead_ids)
+
+    @tool(READ)
+    def convoy_status(convoy_id: str) -> convoy.ConvoyStatus:
+        """Closed / total beads of a convoy, and whether it landed."""
+        return convoy.status(town, convoy_id)
+
+    @tool(READ)
+    def convoy_list(include_landed: bool = False) -> ConvoyList:
+        """Convoys, open ones only unless include_landed."""
+        return ConvoyList(convoys=convoy.list_convoys(town, include_landed))
+
+    @tool(READ)
+    def town_status() -> town_state.TownStatus:
+        """Beads by status, hooked agents, unread mail per agent, open convoys."""
+        return town_state.town_status(town)
+
+    return server
+

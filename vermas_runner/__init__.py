@@ -1,0 +1,1 @@
+"""vermas-runner: the shell around the core that creates and boots towns."""

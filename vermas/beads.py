@@ -13,7 +13,8 @@ from vermas.errors import Conflict, InvalidInput, NotFound
 from vermas.store import Database
 from vermas.town import Town
 
-READY_EXCLUDED_TYPES = ("message", "merge-request", "gate", "molecule", "agent", "rig")
+# bd 1.0 excludes these system types; vermas adds convoy (a tracking bead, never work).
+READY_EXCLUDED_TYPES = ("message", "merge-request", "gate", "molecule", "agent", "rig", "convoy")
 MAX_READY = 10_000
 MAX_LIST = 10_000
 

@@ -44,7 +44,7 @@ SELECT json_patch('{"_type":"issue"}', json_object(
   'comments', (SELECT json_group_array(json_object('id', id, 'issue_id', issue_id,
       'author', author, 'text', text, 'created_at', created_at)) FROM (SELECT * FROM comments
       WHERE issue_id = i.id ORDER BY created_at, rowid) HAVING count(*) > 0)
-)) FROM issues i ORDER BY i.id
+)) FROM issues i {where} ORDER BY i.id
 """
 
 MESSAGE_LINE_SQL = """
@@ -60,7 +60,21 @@ SELECT json_patch('{}', json_object('prefix', prefix, 'path', path, 'rig', rig))
   FROM routes ORDER BY prefix
 """
 
-QUERIES = {"issues": ISSUE_LINE_SQL, "messages": MESSAGE_LINE_SQL, "routes": ROUTE_LINE_SQL}
+QUERIES = {"issues": ISSUE_LINE_SQL.replace("{where}", ""), "messages": MESSAGE_LINE_SQL,
+           "routes": ROUTE_LINE_SQL}
+
+
+def _targets(town: Town, kind: str) -> list[tuple[str, Path, str, tuple[str, ...]]]:
+    """(state key, file, query, args) for one export kind. The town file holds every bead;
+    each rig's canonical clone also gets its own beads, so they travel with its code."""
+    out = [(kind, town.beads_dir / f"{kind}.jsonl", QUERIES[kind], ())]
+    if kind == "issues":
+        for rig in town.config.rigs.values():
+            clone = town.root / rig.name / "mayor" / "rig"
+            if clone.is_dir():
+                out.append((f"issues:{rig.name}", clone / ".beads" / "issues.jsonl",
+                            ISSUE_LINE_SQL.replace("{where}", "WHERE i.id GLOB ?"), (rig.prefix + "-*",)))
+    return out
 
 
 def _state_path(town: Town) -> Path:
@@ -84,15 +98,16 @@ def export_town(town: Town, kinds: Iterable[str] = EXPORT_KINDS, force: bool = F
         try:
             state = _read_state(town)
             for kind in kinds:
-                target = town.beads_dir / f"{kind}.jsonl"
-                with town.db.read() as conn:
-                    generation = town.db.generation(conn, kind)
-                    if not force and target.exists() and state.get(kind, -1) >= generation:
-                        continue
-                    lines = [row[0] for row in conn.execute(QUERIES[kind])]
-                write_atomic(target, "".join(line + "\n" for line in lines))
-                state[kind] = generation
-                written[kind] = len(lines)
+                for key, target, query, args in _targets(town, kind):
+                    with town.db.read() as conn:
+                        generation = town.db.generation(conn, kind)
+                        if not force and target.exists() and state.get(key, -1) >= generation:
+                            continue
+                        lines = [row[0] for row in conn.execute(query, args)]
+                    target.parent.mkdir(exist_ok=True)
+                    write_atomic(target, "".join(line + "\n" for line in lines))
+                    state[key] = generation
+                    written[key] = len(lines)
             if written:
                 write_atomic(_state_path(town), json.dumps(state))
         finally:

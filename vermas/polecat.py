@@ -68,6 +68,9 @@ def done(town: Town, actor: Address, status: str = "COMPLETED", summary: str = "
         raise InvalidInput(f"invalid status {str(status)[:30]!r}; allowed: {', '.join(DONE_STATUSES)}")
     if not isinstance(summary, str) or len(summary) > MAX_SUMMARY_CHARS:
         raise InvalidInput(f"summary must be text of at most {MAX_SUMMARY_CHARS} characters")
+    with town.db.read() as conn:
+        if hooked_id(conn, str(actor)) is None:
+            raise Conflict(f"{actor} has no hooked work; nothing to finish")
     tree = inspect_worktree(town, actor)
     if status == "COMPLETED":
         if tree is None:
@@ -88,7 +91,7 @@ def done(town: Town, actor: Address, status: str = "COMPLETED", summary: str = "
     rig = str(actor.rig)
     with town.db.write() as conn:
         bead_id = hooked_id(conn, str(actor))
-        if bead_id is None:
+        if bead_id is None:  # unslung while we inspected the worktree
             raise Conflict(f"{actor} has no hooked work; nothing to finish")
         source = beads.fetch_row(conn, bead_id)
         stamp, ts = timeutil.now()
@@ -134,3 +137,204 @@ def done(town: Town, actor: Address, status: str = "COMPLETED", summary: str = "
         base=tree.base if tree else None, commits_ahead=tree.commits_ahead if tree else 0,
         state="queued" if mr_id else "none", summary=summary, witness_message_id=message.id,
     )
+
+
+# --- Spawning and nuking (slot + sandbox + session) ---------------------------------------
+
+NAME_POOL = (
+    "nux", "slit", "furiosa", "capable", "toast", "dag", "cheedo", "angharad", "ace", "rictus",
+    "morsov", "keeper", "valkyrie", "max", "immortan", "corpus", "organic", "splendid",
+)
+
+
+class PolecatInfo(BaseModel):
+    address: str
+    rig: str
+    name: str
+    bead_id: str | None
+    branch: str | None
+    worktree: str | None
+    state: str
+    created_at: str
+
+
+def choose_name(pool: tuple[str, ...], taken: set[str], max_polecats: int) -> str | None:
+    """First free name among the rig's first `max_polecats` slots (pure)."""
+    names = [pool[i] if i < len(pool) else f"polecat{i + 1}" for i in range(max_polecats)]
+    return next((n for n in names if n not in taken), None)
+
+
+def branch_name(name: str, bead_id: str) -> str:
+    return f"polecat/{name}/{bead_id}"
+
+
+def allocate(town: Town, actor: Address, bead_id: str, rig: str) -> PolecatInfo:
+    """Reserve a slot and hook the bead to it in one transaction: never two polecats with
+    one name, never more than max_polecats, never a bead hooked twice."""
+    from vermas import validate
+    from vermas.errors import NotFound
+
+    validate.bead_id(bead_id)
+    town.reload_config()
+    config = town.config.rigs.get(rig)
+    if config is None:
+        known = ", ".join(sorted(town.config.rigs)) or "none yet (vermas-runner rig add)"
+        raise NotFound(f"unknown rig {rig!r}; rigs in this town: {known}")
+    with town.db.write() as conn:
+        row = beads.fetch_row(conn, bead_id)
+        if row["status"] == "hooked":
+            raise Conflict(f"{bead_id} is already hooked by {row['assignee']}; unsling it first")
+        if row["status"] == "closed":
+            raise Conflict(f"{bead_id} is closed; reopen it before slinging")
+        taken = {r[0] for r in conn.execute("SELECT name FROM polecats WHERE rig = ?", (rig,))}
+        name = choose_name(NAME_POOL, taken, config.max_polecats)
+        if name is None:
+            raise Conflict(
+                f"rig {rig} has {len(taken)} of {config.max_polecats} polecats busy; wait for one to "
+                "finish, nuke one (vermas-runner polecat nuke), or raise max_polecats in town.toml"
+            )
+        address = Address(role=Role.POLECAT, rig=rig, name=name)
+        stamp, ts = timeutil.now()
+        worktree = str(worktree_path(town, address))
+        conn.execute(
+            "INSERT INTO polecats(rig, name, bead_id, branch, worktree, state, created_at) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (rig, name, bead_id, branch_name(name, bead_id), worktree, "spawning", stamp),
+        )
+        conn.execute(
+            "UPDATE issues SET status = 'hooked', assignee = ?, updated_at = ?, updated_ts = ? WHERE id = ?",
+            (str(address), stamp, ts, bead_id),
+        )
+        town.db.touch("issues")
+    return PolecatInfo(address=str(address), rig=rig, name=name, bead_id=bead_id,
+                       branch=branch_name(name, bead_id), worktree=worktree, state="spawning",
+                       created_at=stamp)
+
+
+def release(town: Town, rig: str, name: str, reopen_bead: bool) -> None:
+    """Give the slot back; optionally put a still-hooked bead back to open."""
+    address = f"{rig}/polecats/{name}"
+    with town.db.write() as conn:
+        conn.execute("DELETE FROM polecats WHERE rig = ? AND name = ?", (rig, name))
+        if reopen_bead:
+            stamp, ts = timeutil.now()
+            conn.execute(
+                "UPDATE issues SET status = 'open', assignee = NULL, updated_at = ?, updated_ts = ? "
+                "WHERE assignee = ? AND status = 'hooked'",
+                (stamp, ts, address),
+            )
+        town.db.touch("issues")
+
+
+def set_state(town: Town, rig: str, name: str, state: str) -> None:
+    with town.db.write() as conn:
+        conn.execute("UPDATE polecats SET state = ? WHERE rig = ? AND name = ?", (state, rig, name))
+
+
+def list_polecats(town: Town, rig: str | None = None) -> list[PolecatInfo]:
+    sql = "SELECT rig, name, bead_id, branch, worktree, state, created_at FROM polecats"
+    args: tuple[str, ...] = ()
+    if rig:
+        sql, args = sql + " WHERE rig = ?", (rig,)
+    with town.db.read() as conn:
+        rows = conn.execute(sql + " ORDER BY rig, created_at", args).fetchall()
+    return [PolecatInfo(address=f"{r['rig']}/polecats/{r['name']}", **dict(r)) for r in rows]
+
+
+def create_worktree(town: Town, info: PolecatInfo) -> None:
+    """A fresh branch from the rig's default branch, in the polecat's folder."""
+    from vermas.rig import canonical_clone
+
+    clone = canonical_clone(town, info.rig)
+    base = town.config.rigs[info.rig].default_branch
+    path = Path(str(info.worktree))
+    if git.is_worktree(path):
+        return  # respawn after a crash: keep the work that is there
+    if git.has_ref(clone, f"refs/heads/{info.branch}"):
+        git.run(clone, "worktree", "add", "--quiet", str(path), str(info.branch))
+    else:
+        git.run(clone, "worktree", "add", "--quiet", "-b", str(info.branch), str(path), base)
+
+
+def unmerged_commits(town: Town, info: PolecatInfo) -> int:
+    from vermas.rig import canonical_clone
+
+    clone = canonical_clone(town, info.rig)
+    if not info.branch or not git.has_ref(clone, f"refs/heads/{info.branch}"):
+        return 0
+    base = town.config.rigs[info.rig].default_branch
+    return int(git.run(clone, "rev-list", "--count", f"{base}..{info.branch}"))
+
+
+def remove_worktree(town: Town, info: PolecatInfo) -> None:
+    from vermas.rig import canonical_clone
+
+    clone = canonical_clone(town, info.rig)
+    if info.worktree and Path(info.worktree).exists():
+        git.run(clone, "worktree", "remove", "--force", info.worktree)
+    git.run(clone, "worktree", "prune", check=False)
+    if info.branch and git.has_ref(clone, f"refs/heads/{info.branch}"):
+        git.run(clone, "branch", "-D", info.branch)
+
+
+def spawn(
+    town: Town, actor: Address, bead_id: str, rig: str, sessions: object | None = None,
+    kick: str = "background",
+) -> PolecatInfo:
+    """Slot, sandbox, session: reserve a name and hook the bead (one transaction), make the
+    worktree, start the session. On failure, undo in reverse and free the slot."""
+    from vermas.boot import start_agent
+    from vermas.sessions import TownSessions
+
+    if actor.role is Role.POLECAT:
+        raise Forbidden("polecats do not sling work; mail your witness or the mayor instead")
+    tmux = sessions if isinstance(sessions, TownSessions) else TownSessions(town.root)
+    info = allocate(town, actor, bead_id, rig)
+    address = Address(role=Role.POLECAT, rig=rig, name=info.name)
+    try:
+        create_worktree(town, info)
+        start_agent(town, tmux, address)
+    except Exception:
+        try:
+            tmux.kill(address)
+            if unmerged_commits(town, info) == 0:
+                remove_worktree(town, info)
+        finally:
+            release(town, rig, info.name, reopen_bead=True)
+        raise
+    # "started" asks the runner's patrol to nudge it; "working" means this call nudges it.
+    state = "started" if kick == "none" else "working"
+    set_state(town, rig, info.name, state)
+    if kick != "none":
+        import threading
+
+        from vermas import boot
+
+        if kick == "wait":
+            boot.kick(town, tmux, address)
+        else:  # the caller (an MCP tool) returns now; the session gets its GUPP nudge when ready
+            threading.Thread(target=boot.kick, args=(town, tmux, address), daemon=True).start()
+    return info.model_copy(update={"state": state})
+
+
+def nuke(town: Town, rig: str, name: str, force: bool = False, sessions: object | None = None) -> PolecatInfo:
+    """Remove a polecat: session, worktree, branch, slot. Refuses while its branch holds
+    commits that are not merged, unless force (a human's explicit decision)."""
+    from vermas.errors import NotFound
+    from vermas.sessions import TownSessions
+
+    found = [p for p in list_polecats(town, rig) if p.name == name]
+    if not found:
+        raise NotFound(f"no polecat {rig}/polecats/{name}; `vermas-runner polecat list` shows them")
+    info = found[0]
+    ahead = unmerged_commits(town, info)
+    if ahead and not force:
+        raise Conflict(
+            f"{info.address} has {ahead} unmerged commit(s) on {info.branch}; merge them first or "
+            "nuke with --force to throw them away"
+        )
+    tmux = sessions if isinstance(sessions, TownSessions) else TownSessions(town.root)
+    tmux.kill(Address(role=Role.POLECAT, rig=rig, name=name))
+    remove_worktree(town, info)
+    release(town, rig, name, reopen_bead=True)
+    return info.model_copy(update={"state": "nuked"})

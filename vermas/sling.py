@@ -13,13 +13,18 @@ HOOKABLE = ("open", "in_progress", "blocked", "deferred", "pinned")
 
 
 def sling(town: Town, actor: Address, bead_id: str, target: str) -> beads.Bead:
+    """To an agent address: hook the bead there. To a rig name: spawn a polecat for it."""
     validate.bead_id(bead_id)
     if isinstance(target, str) and "/" not in target and is_rig_name(target):
-        raise InvalidInput(
-            f"target {target!r} is a rig name: slinging to a rig spawns a polecat, which needs the "
-            "runner (`vermas-runner sling BEAD RIG`); here give an agent address such as "
-            f"{target}/polecats/<name> or {target}/crew/<name>"
-        )
+        from vermas import polecat
+
+        town.reload_config()
+        if target not in town.config.rigs:
+            known = ", ".join(sorted(town.config.rigs)) or "none yet (vermas-runner rig add)"
+            raise InvalidInput(f"unknown rig {target!r}; rigs in this town: {known}; or give an agent address")
+        polecat.spawn(town, actor, bead_id, target)
+        with town.db.read() as conn:
+            return beads.fetch(conn, bead_id)
     agent = parse_address(target)
     if actor.role is Role.POLECAT:
         raise Forbidden("polecats do not sling work; mail your witness or the mayor instead")

@@ -37,3 +37,78 @@ def town_status(town: Town) -> TownStatus:
         town=town.config.name, beads_by_status=by_status, hooked=hooked, unread_mail=unread,
         convoys=convoy.list_convoys(town), rigs=sorted(town.config.rigs),
     )
+
+
+class AgentRow(BaseModel):
+    address: str
+    session: str
+    alive: bool
+    hooked: str | None = None
+    last_activity: str | None = None
+
+
+class RunnerStatus(BaseModel):
+    town: str
+    root: str
+    runner_pid: int | None
+    agents: list[AgentRow]
+    rigs: list[dict[str, object]]
+    polecats: list[dict[str, object]]
+    unread_mail: dict[str, int]
+    convoys: list[convoy.ConvoyStatus]
+
+
+def runner_status(town: Town, sessions: object) -> RunnerStatus:
+    """Everything `vermas-runner status` shows: which sessions live, what they hold."""
+    import datetime as dt
+
+    from vermas import boot, polecat, rig
+    from vermas.sessions import TownSessions
+
+    assert isinstance(sessions, TownSessions)
+    base = town_status(town)
+    hooked = {h.agent: h.bead_id for h in base.hooked}
+    rows = []
+    for address in boot.core_agents(town) + boot.polecat_agents(town):
+        info = sessions.info(address)
+        when = (dt.datetime.fromtimestamp(info.last_activity, dt.timezone.utc).isoformat(timespec="seconds")
+                if info.last_activity else None)
+        rows.append(AgentRow(address=str(address), session=info.session_name, alive=info.alive,
+                             hooked=hooked.get(str(address)), last_activity=when))
+    lock = town.root / ".runtime" / "runner.lock"
+    pid = None
+    if lock.is_file():
+        text = lock.read_text().strip()
+        if text.isdigit() and _pid_alive(int(text)) and _locked(lock):
+            pid = int(text)
+    return RunnerStatus(
+        town=town.config.name, root=str(town.root), runner_pid=pid, agents=rows,
+        rigs=[r.model_dump() for r in rig.list_rigs(town)],
+        polecats=[p.model_dump() for p in polecat.list_polecats(town)],
+        unread_mail=base.unread_mail, convoys=base.convoys,
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _locked(path: object) -> bool:
+    """Is the runner lock held by someone (a crashed runner's lock is released)?"""
+    import fcntl
+
+    with open(str(path), "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -99,6 +99,23 @@ CREATE TABLE IF NOT EXISTS merge_requests (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS mr_bead ON merge_requests(bead_id);
+CREATE TABLE IF NOT EXISTS polecats (
+    rig TEXT NOT NULL,
+    name TEXT NOT NULL,
+    bead_id TEXT,
+    branch TEXT,
+    worktree TEXT,
+    state TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (rig, name)
+);
+CREATE TABLE IF NOT EXISTS dispatch_queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    bead_id TEXT NOT NULL UNIQUE,
+    rig TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
 """
 
 # Tables whose change makes an export stale, by export name.

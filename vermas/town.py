@@ -6,6 +6,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -32,6 +33,24 @@ class AgentCommand(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
 
 
+class InspectorConfig(BaseModel):
+    """How the VerMAS inspector calls its model (`claude -p`) and runs tests.
+
+    The town-wide defaults live in `[inspector]`; a rig overrides any of them with
+    `inspector = { model = "opus" }` (or a `[rigs.<name>.inspector]` table)."""
+
+    model_config = {"extra": "forbid"}
+
+    command: str = "claude"
+    args: list[str] = Field(default_factory=list)
+    model: str = "sonnet"
+    budget_usd: float = 1.0
+    timeout: int = 300
+    parallelism: int = 4
+    min_confidence: float = 0.7
+    level: str = "shell"
+
+
 class RigConfig(BaseModel):
     name: str
     git_url: str
@@ -40,12 +59,14 @@ class RigConfig(BaseModel):
     test_command: str = ""
     default_branch: str = "main"
     verify_level: str = "shell"
+    inspector: dict[str, Any] = Field(default_factory=dict)
 
 
 class TownConfig(BaseModel):
     name: str
     prefix: str = "hq"
     agent: AgentCommand = Field(default_factory=AgentCommand)
+    inspector: InspectorConfig = Field(default_factory=InspectorConfig)
     rigs: dict[str, RigConfig] = Field(default_factory=dict)
 
 
@@ -63,6 +84,8 @@ def _toml_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, float):
+        return repr(value)
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     if isinstance(value, list):
@@ -83,6 +106,9 @@ def dump_config(config: TownConfig) -> str:
     lines.append("[agent]")
     for key, value in config.agent.model_dump().items():
         lines.append(f"{key} = {_toml_value(value)}")
+    lines += ["", "[inspector]"]
+    for key, value in config.inspector.model_dump().items():
+        lines.append(f"{key} = {_toml_value(value)}")
     for rig in config.rigs.values():
         lines += ["", f"[rigs.{_toml_key(rig.name)}]"]
         for key, value in rig.model_dump(exclude={"name"}).items():
@@ -99,6 +125,7 @@ def load_config(path: Path) -> TownConfig:
         name=town.get("name", path.parent.name),
         prefix=town.get("prefix", "hq"),
         agent=AgentCommand(**data.get("agent", {})),
+        inspector=InspectorConfig(**data.get("inspector", {})),
         rigs=rigs,
     )
 

@@ -1,14 +1,23 @@
 """`vermas-runner`: create a town, move beads in and out of bd JSONL, prime sessions."""
 
 import argparse
+import json
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 from vermas.addresses import parse_address
+from vermas.agents import console_script
 from vermas.errors import VermasError
 from vermas.town import Town, find_town
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vermas.sessions import TownSessions
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -36,8 +45,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     town = _open_town(args.town)
     written = export_town(town, force=True)
-    for kind, lines in written.items():
-        print(f"{town.beads_dir / (kind + '.jsonl')}: {lines} lines")
+    for kind, lines in written.items():  # kind is "issues", "messages", "routes" or "issues:<rig>"
+        print(f"{kind}.jsonl: {lines} lines")
 
 
 def cmd_import(args: argparse.Namespace) -> None:
@@ -64,6 +73,170 @@ def cmd_prime(args: argparse.Namespace) -> None:
     sys.stdout.write(prime(_open_town(args.town), actor))
 
 
+def _sessions(town: Town) -> "TownSessions":
+    from vermas.sessions import TownSessions
+
+    return TownSessions(town.root)
+
+
+def cmd_rig_add(args: argparse.Namespace) -> None:
+    from vermas import rig
+
+    town = _open_town(args.town)
+    info = rig.add(town, args.name, args.git_url, prefix=args.prefix, max_polecats=args.max_polecats,
+                   test_command=args.test_command or "")
+    print(f"added rig {info.name} (prefix {info.prefix}, branch {info.default_branch}) at {info.path}")
+
+
+def cmd_rig_list(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from vermas import rig
+
+    rigs = rig.list_rigs(_open_town(args.town))
+    if args.json:
+        print(json.dumps([r.model_dump() for r in rigs], indent=2))
+        return
+    table = Table("rig", "prefix", "branch", "polecats", "test command", "git url")
+    for r in rigs:
+        table.add_row(r.name, r.prefix, r.default_branch, f"{r.polecats}/{r.max_polecats}",
+                      r.test_command or "-", r.git_url)
+    Console().print(table)
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    from vermas import boot, patrol
+
+    town = _open_town(args.town)
+    if args.detach:
+        log = town.root / ".runtime" / "runner.log"
+        log.parent.mkdir(exist_ok=True)
+        with log.open("a") as fh:
+            proc = subprocess.Popen(
+                [*console_script("vermas-runner"), "up", "--town", str(town.root)],
+                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        print(f"runner started in the background (pid {proc.pid}); log: {log}")
+        return
+    lock = boot.RunnerLock(town)
+    lock.acquire()
+    try:
+        sessions = _sessions(town)
+        report = boot.up(town, sessions, wait=not args.no_wait)
+        for address in report.started:
+            print(f"started {address}")
+        for address in report.already_running:
+            print(f"already running {address}")
+        if args.once:
+            return
+        print("patrolling (Ctrl-C to stop; sessions keep running: `vermas-runner down` stops them)",
+              flush=True)
+        patrol.run_forever(town, sessions)
+    finally:
+        lock.release()
+
+
+def cmd_down(args: argparse.Namespace) -> None:
+    from vermas import boot
+
+    town = _open_town(args.town)
+    stopped = boot.down(town, _sessions(town))
+    pid_file = town.root / ".runtime" / "runner.lock"
+    if pid_file.is_file() and pid_file.read_text().strip().isdigit():
+        pid = int(pid_file.read_text().strip())
+        from vermas.status import _locked, _pid_alive
+
+        if _pid_alive(pid) and _locked(pid_file):
+            os.kill(pid, signal.SIGTERM)
+            print(f"stopped runner (pid {pid})")
+    print(f"stopped {len(stopped)} session(s); hooked work stays hooked for the next `up`")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from vermas.status import runner_status
+
+    town = _open_town(args.town)
+    status = runner_status(town, _sessions(town))
+    if args.json:
+        print(status.model_dump_json(indent=2))
+        return
+    console = Console()
+    console.print(f"[bold]town {status.town}[/] at {status.root}; runner: "
+                  + (f"pid {status.runner_pid}" if status.runner_pid else "not running"))
+    table = Table("agent", "session", "hooked", "last activity", "unread")
+    for row in status.agents:
+        table.add_row(row.address, "[green]alive[/]" if row.alive else "[red]dead[/]", row.hooked or "-",
+                      row.last_activity or "-", str(status.unread_mail.get(row.address, 0)))
+    console.print(table)
+    if status.convoys:
+        convoys = Table("convoy", "title", "closed/total")
+        for c in status.convoys:
+            convoys.add_row(c.id, c.title, f"{c.closed}/{c.total}")
+        console.print(convoys)
+
+
+def cmd_attach(args: argparse.Namespace) -> None:
+    town = _open_town(args.town)
+    address = parse_address(args.address)
+    sessions = _sessions(town)
+    if not sessions.alive(address):
+        _fail(f"{address} has no running session (vermas-runner status lists sessions)", code=1)
+    os.execvp("tmux", ["tmux", "-L", sessions.socket, "attach-session", "-t", address.session_name])
+
+
+def cmd_sling(args: argparse.Namespace) -> None:
+    from vermas import sling
+
+    town = _open_town(args.town)
+    actor = parse_address(args.actor or os.environ.get("BD_ACTOR") or "overseer")
+    if "/" in args.target:
+        bead = sling.sling(town, actor, args.bead, args.target)
+        print(f"hooked {bead.id} to {bead.assignee}")
+        return
+    from vermas import polecat
+
+    info = polecat.spawn(town, actor, args.bead, args.target, _sessions(town),
+                         kick="none" if args.no_wait else "wait")
+    print(f"spawned {info.address} on {info.branch} for {args.bead}")
+
+
+def cmd_polecat_list(args: argparse.Namespace) -> None:
+    from vermas import polecat
+
+    for p in polecat.list_polecats(_open_town(args.town), args.rig):
+        print(f"{p.address}\t{p.state}\t{p.bead_id}\t{p.branch}")
+
+
+def cmd_polecat_nuke(args: argparse.Namespace) -> None:
+    from vermas import polecat
+
+    town = _open_town(args.town)
+    address = parse_address(args.address)
+    if address.name is None or address.role.value != "polecat":
+        _fail("polecat nuke takes a polecat address like rig/polecats/nux")
+    polecat.nuke(town, str(address.rig), address.name, force=args.force, sessions=_sessions(town))
+    print(f"nuked {address}; its bead is back to open")
+
+
+def cmd_nudge(args: argparse.Namespace) -> None:
+    from vermas import nudge
+
+    town = _open_town(args.town)
+    result = nudge.nudge(town, _sessions(town), parse_address(args.address), args.message,
+                         sender=args.sender)
+    print(result.model_dump_json())
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from vermas_runner.demo import run_demo
+
+    raise SystemExit(run_demo(model=args.model, keep=args.keep, beads=args.beads))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vermas-runner", description="Create, boot and run vermas towns.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +259,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actor")
     p.add_argument("--town")
     p.set_defaults(fn=cmd_prime)
+
+    rig_parser = sub.add_parser("rig", help="manage rigs (projects)")
+    rig_sub = rig_parser.add_subparsers(dest="rig_command", required=True)
+    p = rig_sub.add_parser("add", help="clone a git repository into the town as a rig")
+    p.add_argument("name")
+    p.add_argument("git_url")
+    p.add_argument("--prefix")
+    p.add_argument("--max-polecats", type=int, default=4)
+    p.add_argument("--test-command")
+    p.add_argument("--town")
+    p.set_defaults(fn=cmd_rig_add)
+    p = rig_sub.add_parser("list", help="list rigs")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--town")
+    p.set_defaults(fn=cmd_rig_list)
+
+    p = sub.add_parser("up", help="start the town's sessions and patrol in the foreground")
+    p.add_argument("--town")
+    p.add_argument("--detach", action="store_true", help="run the runner in the background")
+    p.add_argument("--once", action="store_true", help="start sessions, then exit (no patrol)")
+    p.add_argument("--no-wait", action="store_true", help="do not wait to nudge new sessions")
+    p.set_defaults(fn=cmd_up)
+
+    p = sub.add_parser("down", help="stop the town's sessions and runner (hooked work stays)")
+    p.add_argument("--town")
+    p.set_defaults(fn=cmd_down)
+
+    p = sub.add_parser("status", help="agents, hooks, mail, convoys")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--town")
+    p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("attach", help="attach your terminal to an agent's session")
+    p.add_argument("address")
+    p.add_argument("--town")
+    p.set_defaults(fn=cmd_attach)
+
+    p = sub.add_parser("sling", help="hook a bead to an agent, or spawn a polecat in a rig")
+    p.add_argument("bead")
+    p.add_argument("target", help="a rig name (spawns a polecat) or an agent address")
+    p.add_argument("--actor", help="who slings (default $BD_ACTOR or overseer)")
+    p.add_argument("--no-wait", action="store_true", help="do not wait to nudge the new polecat")
+    p.add_argument("--town")
+    p.set_defaults(fn=cmd_sling)
+
+    pc = sub.add_parser("polecat", help="list or nuke polecats")
+    pc_sub = pc.add_subparsers(dest="polecat_command", required=True)
+    p = pc_sub.add_parser("list")
+    p.add_argument("--rig")
+    p.add_argument("--town")
+    p.set_defaults(fn=cmd_polecat_list)
+    p = pc_sub.add_parser("nuke", help="remove a polecat's session, worktree and branch")
+    p.add_argument("address")
+    p.add_argument("--force", action="store_true", help="even with unmerged commits (they are lost)")
+    p.add_argument("--town")
+    p.set_defaults(fn=cmd_polecat_nuke)
+
+    p = sub.add_parser("nudge", help="type a message into an agent's session, submitted once")
+    p.add_argument("address")
+    p.add_argument("message")
+    p.add_argument("--sender", default="overseer")
+    p.add_argument("--town")
+    p.set_defaults(fn=cmd_nudge)
+
+    p = sub.add_parser("demo", help="a throwaway town where polecats work beads, shown live")
+    p.add_argument("--model", choices=("standin", "claude"), default="standin",
+                   help="standin: a scripted local model (no account); claude: your Claude Code login")
+    p.add_argument("--beads", type=int, default=3)
+    p.add_argument("--keep", action="store_true", help="keep the town and sessions afterwards")
+    p.set_defaults(fn=cmd_demo)
     return parser
 
 

@@ -1,0 +1,54 @@
+"""Shared fixtures: real towns in temp dirs, real MCP clients over the SDK's in-memory
+transport, real git repositories."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from vermas.addresses import parse_address
+from vermas.town import Town
+from vermas_mcp.server import build_server
+
+
+@pytest.fixture
+def town(tmp_path: Path) -> Town:
+    t, _ = Town.init(tmp_path / "town")
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def client_for(town: Town) -> Callable[..., Any]:
+    """`async with client_for("mayor") as c:` gives an MCP client acting as that address."""
+
+    @asynccontextmanager
+    async def make(address: str, profile: str | None = None, mode: str = "auto") -> AsyncIterator[Client]:
+        actor = parse_address(address)
+        server = build_server(town, actor, profile or actor.role.value)
+        async with Client(server, mode=mode) as client:
+            yield client
+
+    return make
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def make_repo(path: Path) -> Path:
+    """A real git repository with one commit on main."""
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.email", "test@vermas.invalid")
+    git(path, "config", "user.name", "vermas test")
+    (path / "README.md").write_text("sample\n")
+    git(path, "add", "README.md")
+    git(path, "commit", "-q", "-m", "initial")
+    return path

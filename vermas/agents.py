@@ -1,0 +1,129 @@
+"""How an agent session is launched: its working directory, identity environment, MCP
+config, Claude Code settings and role prompt.
+
+Everything is generated into `<town>/.runtime/agents/<session>/` so a session never
+depends on the user's global Claude Code setup beyond their login.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from vermas.addresses import Address, Role
+from vermas.town import Town, write_atomic
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+ALLOWED_TOOLS = ["mcp__vermas", "Bash", "Edit", "Write", "Read", "Glob", "Grep", "MultiEdit", "TodoWrite"]
+
+
+class LaunchSpec(BaseModel):
+    address: str
+    cwd: str
+    argv: list[str]
+    env: dict[str, str]
+    runtime_dir: str
+
+
+def workdir(town: Town, address: Address) -> Path:
+    """Where an agent works: polecats in their worktree, the refinery in its worktree."""
+    if address.role is Role.POLECAT:
+        return town.root / str(address.rig) / "polecats" / str(address.name)
+    if address.role is Role.CREW:
+        return town.root / str(address.rig) / "crew" / str(address.name)
+    if address.role is Role.REFINERY:
+        return town.root / str(address.rig) / "refinery" / "rig"
+    if address.role is Role.WITNESS:
+        return town.root / str(address.rig) / "witness"
+    return town.root / address.role.value
+
+
+def console_script(name: str) -> list[str]:
+    """Our own entry points, by absolute path next to this interpreter when installed."""
+    candidate = Path(sys.executable).with_name(name)
+    if candidate.is_file():
+        return [str(candidate)]
+    module = {"vermas-mcp": "vermas_mcp", "vermas-runner": "vermas_runner.cli"}[name]
+    return [sys.executable, "-m", module]
+
+
+def role_prompt(role: Role) -> str:
+    path = TEMPLATES / f"{role.value}.md"
+    return path.read_text() if path.is_file() else ""
+
+
+def settings_for(town: Town, address: Address) -> dict[str, object]:
+    prime = shlex.join([*console_script("vermas-runner"), "prime", "--town", str(town.root),
+                        "--actor", str(address)])
+    return {
+        "hooks": {"SessionStart": [{"hooks": [{"type": "command", "command": prime}]}]},
+        "permissions": {"allow": ALLOWED_TOOLS, "defaultMode": "acceptEdits"},
+        "skipDangerousModePermissionPrompt": True,
+        "autoUpdates": False,
+    }
+
+
+def mcp_config_for(town: Town, address: Address) -> dict[str, object]:
+    argv = [*console_script("vermas-mcp"), "--town", str(town.root), "--actor", str(address),
+            "--profile", address.role.value]
+    return {"mcpServers": {"vermas": {
+        "type": "stdio", "command": argv[0], "args": argv[1:],
+        "env": {"VERMAS_TOWN": str(town.root), "BD_ACTOR": str(address)},
+    }}}
+
+
+def identity_env(town: Town, address: Address) -> dict[str, str]:
+    email = str(address).replace("/", ".") + "@vermas.local"
+    env = {
+        "BD_ACTOR": str(address), "VERMAS_TOWN": str(town.root), "VERMAS_RIG": address.rig or "",
+        "GIT_AUTHOR_NAME": str(address), "GIT_COMMITTER_NAME": str(address),
+        "GIT_AUTHOR_EMAIL": email, "GIT_COMMITTER_EMAIL": email,
+    }
+    env.update(town.config.agent.env)
+    return env
+
+
+def launch_spec(town: Town, address: Address) -> LaunchSpec:
+    runtime = town.root / ".runtime" / "agents" / address.session_name
+    runtime.mkdir(parents=True, exist_ok=True)
+    mcp_file, settings_file = runtime / "mcp.json", runtime / "settings.json"
+    write_atomic(mcp_file, json.dumps(mcp_config_for(town, address), indent=2))
+    write_atomic(settings_file, json.dumps(settings_for(town, address), indent=2))
+    agent = town.config.agent
+    argv = [agent.command, *agent.args, "--mcp-config", str(mcp_file), "--strict-mcp-config",
+            "--settings", str(settings_file)]
+    prompt = role_prompt(address.role)
+    if prompt:
+        argv += ["--append-system-prompt", prompt]
+    cwd = workdir(town, address)
+    cwd.mkdir(parents=True, exist_ok=True)
+    return LaunchSpec(address=str(address), cwd=str(cwd), argv=argv, env=identity_env(town, address),
+                      runtime_dir=str(runtime))
+
+
+def trust_directories(config_home: Path, dirs: list[Path], api_key: str | None = None) -> None:
+    """Pre-answer Claude Code's first-run screens in `<config_home>/.claude.json`: onboarding,
+    folder trust for each dir, and (for a custom key) the API-key question. Merges into an
+    existing file so the user's own settings and login stay as they are."""
+    path = config_home / ".claude.json"
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        data = {}
+    data["hasCompletedOnboarding"] = True
+    projects = data.setdefault("projects", {})
+    for d in dirs:
+        entry = projects.setdefault(os.path.realpath(d), {})
+        entry["hasTrustDialogAccepted"] = True
+        entry["hasCompletedProjectOnboarding"] = True
+    if api_key:
+        responses = data.setdefault("customApiKeyResponses", {"approved": [], "rejected": []})
+        if api_key[-20:] not in responses.setdefault("approved", []):
+            responses["approved"].append(api_key[-20:])
+    config_home.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(data, indent=2))

@@ -1,0 +1,154 @@
+"""Booting a town: which agent sessions should run, starting the missing ones, stopping
+them, and the one-runner-per-town lock.
+
+`plan_up` is pure; `up`/`down` are the thin effects. Hooked work lives in the store,
+not in sessions, so `down` then `up` resumes it (GUPP) and no commit is ever touched.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from pydantic import BaseModel
+
+from vermas import agents, nudge, polecat
+from vermas.addresses import Address, Role
+from vermas.errors import Conflict
+from vermas.sessions import TownSessions
+from vermas.town import Town
+
+GUPP_NUDGE = "vermas: call hook_check now; if your hook has work, run it (GUPP)."
+READY_TIMEOUT = 90.0
+
+
+class UpReport(BaseModel):
+    started: list[str]
+    already_running: list[str]
+    kicked: list[str] = []
+
+
+def core_agents(town: Town) -> list[Address]:
+    """The long-lived sessions: the mayor, and each rig's witness and refinery."""
+    out = [Address(role=Role.MAYOR)]
+    for rig in sorted(town.config.rigs):
+        out += [Address(role=Role.WITNESS, rig=rig), Address(role=Role.REFINERY, rig=rig)]
+    return out
+
+
+def polecat_agents(town: Town) -> list[Address]:
+    return [Address(role=Role.POLECAT, rig=p.rig, name=p.name) for p in polecat.list_polecats(town)]
+
+
+def plan_up(desired: list[Address], alive: set[str]) -> list[Address]:
+    """The desired sessions that are not running, in order (pure)."""
+    return [a for a in desired if a.session_name not in alive]
+
+
+def claude_config_home(town: Town) -> Path:
+    env = town.config.agent.env
+    if env.get("CLAUDE_CONFIG_DIR"):
+        return Path(env["CLAUDE_CONFIG_DIR"])
+    return Path(env.get("HOME") or Path.home())
+
+
+def start_agent(town: Town, sessions: TownSessions, address: Address) -> bool:
+    spec = agents.launch_spec(town, address)
+    if "claude" in Path(town.config.agent.command).name:
+        agents.trust_directories(claude_config_home(town), [Path(spec.cwd)],
+                                 town.config.agent.env.get("ANTHROPIC_API_KEY"))
+    return sessions.start(address, Path(spec.cwd), spec.argv, spec.env)
+
+
+def wait_ready(sessions: TownSessions, address: Address, timeout: float = READY_TIMEOUT) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not sessions.alive(address):
+            return False
+        screen = nudge.read_screen(sessions.capture(address))
+        if screen.ready and not screen.busy:
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def kick(town: Town, sessions: TownSessions, address: Address) -> nudge.NudgeResult | None:
+    """Once the prompt is ready, nudge the agent to check its hook (GUPP without a human)."""
+    if not wait_ready(sessions, address):
+        return None
+    return nudge.nudge(town, sessions, address, GUPP_NUDGE, sender="deacon")
+
+
+def kick_all(town: Town, sessions: TownSessions, addresses: list[Address]) -> list[str]:
+    results: dict[str, bool] = {}
+
+    def run(a: Address) -> None:
+        r = kick(town, sessions, a)
+        results[str(a)] = bool(r and r.submitted)
+
+    threads = [threading.Thread(target=run, args=(a,), daemon=True) for a in addresses]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(a for a, ok in results.items() if ok)
+
+
+def up(town: Town, sessions: TownSessions, wait: bool = True) -> UpReport:
+    desired = core_agents(town) + polecat_agents(town)
+    alive = set(sessions.names())
+    missing = plan_up(desired, alive)
+    started = [a for a in missing if start_agent(town, sessions, a)]
+    kicked = kick_all(town, sessions, started) if wait else []
+    return UpReport(
+        started=[str(a) for a in started],
+        already_running=[str(a) for a in desired if a.session_name in alive],
+        kicked=kicked,
+    )
+
+
+def down(town: Town, sessions: TownSessions) -> list[str]:
+    """Stop every session of the town; the store, worktrees and hooks stay as they are."""
+    stopped = []
+    for name in sessions.names():
+        if name.startswith("vermas-"):
+            sessions.server.kill_session(name)
+            stopped.append(name)
+    sessions.kill_server()
+    return stopped
+
+
+class RunnerLock:
+    """One runner per town: an flock the kernel releases if the runner dies."""
+
+    def __init__(self, town: Town) -> None:
+        folder = town.root / ".runtime"
+        folder.mkdir(exist_ok=True)
+        self.path = folder / "runner.lock"
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> None:
+        fh = self.path.open("a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise Conflict(f"a runner is already running for this town (pid {holder}); "
+                           "use `vermas-runner status` or `vermas-runner down`") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None

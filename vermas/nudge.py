@@ -1,0 +1,159 @@
+"""Nudges: deliver a line of text into a Claude Code session so it is submitted exactly once.
+
+Gas Town's issues show how this fails: text typed but never submitted, nudges that
+interrupt work, concurrent nudges interleaved. So: one lock per target session; the text
+goes in as literal keys in chunks; we wait until the prompt is idle (input box visible
+and empty, no "esc to interrupt"); then Enter, and we confirm the input box emptied,
+retrying Enter a few times; never Escape. If the agent stays busy, the nudge is queued
+as NUDGE mail, which the next prime or hook_check shows.
+
+`read_screen` and `next_step` are pure (screen text in, decision out) and tested
+without tmux; `nudge` is the thin effect around them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from vermas import mail
+from vermas.addresses import Address, parse_address
+from vermas.sessions import TownSessions
+from vermas.town import Town
+
+PROMPT_GLYPHS = ("❯", ">")
+BUSY_MARKERS = ("esc to interrupt",)
+CHUNK = 200
+
+
+@dataclass(frozen=True)
+class Screen:
+    ready: bool  # an input box is on screen
+    busy: bool  # the agent is working
+    input_text: str  # what sits in the input box now
+
+
+def _is_rule(line: str) -> bool:
+    stripped = line.strip()
+    return len(stripped) >= 10 and set(stripped) <= {"─", "━", "-"}
+
+
+def read_screen(text: str) -> Screen:
+    """Find Claude Code's input box: a prompt glyph line between two horizontal rules."""
+    lines = text.splitlines()
+    rules = [i for i, line in enumerate(lines) if _is_rule(line)]
+    busy = any(marker in line for line in lines[-6:] for marker in BUSY_MARKERS)
+    for top, bottom in zip(rules[-2::-1], rules[:0:-1]):
+        if bottom <= top + 1:
+            continue
+        box = lines[top + 1 : bottom]
+        first = box[0].lstrip()
+        if first.startswith(PROMPT_GLYPHS):
+            body = first[1:].strip() + "".join(" " + line.strip() for line in box[1:] if line.strip())
+            return Screen(ready=True, busy=busy, input_text=body.strip())
+        break
+    return Screen(ready=False, busy=busy, input_text="")
+
+
+class Step(str, Enum):
+    WAIT = "wait"  # not ready or busy: look again shortly
+    TYPE = "type"  # idle, empty box: type the text
+    CLEAR_FOREIGN = "foreign"  # a human is typing something else: do not touch it
+    ENTER = "enter"  # our text is in the box: press Enter
+    DONE = "done"  # box emptied (or the agent went busy) after Enter
+
+
+def next_step(screen: Screen, text: str, typed: bool) -> Step:
+    """What to do now, given the screen and whether we typed already (pure)."""
+    probe = text[:40].strip()
+    if not typed:
+        if not screen.ready or screen.busy:
+            return Step.WAIT
+        return Step.TYPE if not screen.input_text else Step.CLEAR_FOREIGN
+    if screen.ready and probe and probe[:20] in screen.input_text:
+        return Step.ENTER
+    if screen.busy or (screen.ready and not screen.input_text):
+        return Step.DONE
+    return Step.WAIT
+
+
+class NudgeResult(BaseModel):
+    target: str
+    submitted: bool
+    queued_message_id: str | None = None
+    enter_presses: int = 0
+    seconds: float
+    reason: str = ""
+
+
+def _lock_path(town: Town, address: Address) -> Path:
+    folder = town.root / ".runtime" / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{address.session_name}.nudge.lock"
+
+
+def flatten(message: str) -> str:
+    """One line: a newline typed into Claude Code would submit early."""
+    return " ".join(message.split())
+
+
+def nudge(
+    town: Town, sessions: TownSessions, target: Address, message: str, sender: str = "deacon",
+    idle_timeout: float = 30.0, poll: float = 0.15, max_enters: int = 4,
+) -> NudgeResult:
+    text = flatten(message)
+    started = time.monotonic()
+
+    def queue(reason: str) -> NudgeResult:
+        msg = mail.send(town, parse_address(sender), str(target), f"NUDGE {text[:200]}", text)
+        return NudgeResult(target=str(target), submitted=False, queued_message_id=msg.id,
+                           seconds=time.monotonic() - started, reason=reason)
+
+    if not text:
+        raise ValueError("empty nudge")
+    if not sessions.alive(target):
+        return queue("session not running")
+    with _lock_path(town, target).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _deliver(sessions, target, text, started, idle_timeout, poll, max_enters) or queue(
+                "agent stayed busy or its prompt never became idle")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _deliver(
+    sessions: TownSessions, target: Address, text: str, started: float, idle_timeout: float,
+    poll: float, max_enters: int,
+) -> NudgeResult | None:
+    pane = sessions.pane(target)
+    if pane is None:
+        return None
+    typed, enters = False, 0
+    deadline = started + idle_timeout
+    last_enter = 0.0
+    while time.monotonic() < deadline:
+        screen = read_screen(sessions.capture(target))
+        step = next_step(screen, text, typed)
+        if step is Step.TYPE:
+            for i in range(0, len(text), CHUNK):
+                pane.send_keys(text[i : i + CHUNK], enter=False, literal=True)
+            typed = True
+            deadline = max(deadline, time.monotonic() + 10)
+        elif step is Step.ENTER:
+            if enters >= max_enters:
+                return None
+            if time.monotonic() - last_enter >= 0.6:  # give the TUI time to react first
+                pane.send_keys("Enter", enter=False)
+                enters += 1
+                last_enter = time.monotonic()
+        elif step is Step.DONE:
+            return NudgeResult(target=str(target), submitted=True, enter_presses=enters,
+                               seconds=time.monotonic() - started)
+        time.sleep(poll)
+    return None

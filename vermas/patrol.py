@@ -1,0 +1,65 @@
+"""The runner's patrol loop: observe the town, decide actions (pure), act.
+
+This first patrol keeps exports current and makes sure every started polecat got its
+GUPP nudge; the witness, refinery and deacon patrols build on the same shape.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import dataclass
+
+from vermas import boot, export, polecat
+from vermas.addresses import Address, Role
+from vermas.sessions import TownSessions
+from vermas.town import Town
+
+INTERVAL = 2.0
+
+
+@dataclass(frozen=True)
+class Observed:
+    stale_exports: tuple[str, ...]
+    started_polecats: tuple[tuple[str, str, bool], ...]  # (rig, name, session alive)
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # "export" | "kick"
+    target: str = ""
+
+
+def decide(seen: Observed) -> list[Action]:
+    actions = [Action("export")] if seen.stale_exports else []
+    actions += [Action("kick", f"{rig}/polecats/{name}") for rig, name, alive in seen.started_polecats if alive]
+    return actions
+
+
+def observe(town: Town, sessions: TownSessions) -> Observed:
+    started = tuple(
+        (p.rig, p.name, sessions.alive(Address(role=Role.POLECAT, rig=p.rig, name=p.name)))
+        for p in polecat.list_polecats(town) if p.state == "started"
+    )
+    return Observed(stale_exports=tuple(export.stale_kinds(town)), started_polecats=started)
+
+
+def act(town: Town, sessions: TownSessions, actions: list[Action]) -> None:
+    for action in actions:
+        if action.kind == "export":
+            export.export_town(town)
+        elif action.kind == "kick":
+            rig, _, name = action.target.split("/")
+            polecat.set_state(town, rig, name, "working")
+            address = Address(role=Role.POLECAT, rig=rig, name=name)
+            threading.Thread(target=boot.kick, args=(town, sessions, address), daemon=True).start()
+
+
+def run_forever(town: Town, sessions: TownSessions, interval: float = INTERVAL) -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set():
+        town.reload_config()
+        act(town, sessions, decide(observe(town, sessions)))
+        stop.wait(interval)

@@ -88,9 +88,19 @@ def identity_env(town: Town, address: Address) -> dict[str, str]:
     return env
 
 
+def runtime_dir(town: Town, address: Address) -> Path:
+    return town.root / ".runtime" / "agents" / address.session_name
+
+
+def ready_marker(town: Town, address: Address) -> Path:
+    """Written by the agent's vermas-mcp when it starts (see vermas_mcp.cli.mark_ready)."""
+    return runtime_dir(town, address) / "mcp.ready"
+
+
 def launch_spec(town: Town, address: Address) -> LaunchSpec:
-    runtime = town.root / ".runtime" / "agents" / address.session_name
+    runtime = runtime_dir(town, address)
     runtime.mkdir(parents=True, exist_ok=True)
+    ready_marker(town, address).unlink(missing_ok=True)
     mcp_file, settings_file = runtime / "mcp.json", runtime / "settings.json"
     write_atomic(mcp_file, json.dumps(mcp_config_for(town, address), indent=2))
     write_atomic(settings_file, json.dumps(settings_for(town, address), indent=2))

@@ -64,13 +64,16 @@ def start_agent(town: Town, sessions: TownSessions, address: Address) -> bool:
     return sessions.start(address, Path(spec.cwd), spec.argv, spec.env)
 
 
-def wait_ready(sessions: TownSessions, address: Address, timeout: float = READY_TIMEOUT) -> bool:
+def wait_ready(town: Town, sessions: TownSessions, address: Address, timeout: float = READY_TIMEOUT) -> bool:
+    """The prompt is idle and the agent's MCP server has started (so its tools are there)."""
     deadline = time.monotonic() + timeout
+    marker = agents.ready_marker(town, address)
     while time.monotonic() < deadline:
         if not sessions.alive(address):
             return False
         screen = nudge.read_screen(sessions.capture(address))
-        if screen.ready and not screen.busy:
+        if screen.ready and not screen.busy and marker.exists():
+            time.sleep(0.5)  # let Claude Code finish the MCP handshake it just began
             return True
         time.sleep(0.25)
     return False
@@ -78,7 +81,7 @@ def wait_ready(sessions: TownSessions, address: Address, timeout: float = READY_
 
 def kick(town: Town, sessions: TownSessions, address: Address) -> nudge.NudgeResult | None:
     """Once the prompt is ready, nudge the agent to check its hook (GUPP without a human)."""
-    if not wait_ready(sessions, address):
+    if not wait_ready(town, sessions, address):
         return None
     return nudge.nudge(town, sessions, address, GUPP_NUDGE, sender="deacon")
 

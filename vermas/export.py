@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import fcntl
 import json
+import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,7 +33,7 @@ SELECT json_patch('{"_type":"issue"}', json_object(
   'created_at', i.created_at, 'created_by', i.created_by, 'updated_at', i.updated_at,
   'started_at', i.started_at,
   'closed_at', CASE WHEN i.status = 'closed' THEN i.closed_at END,
-  'close_reason', CASE WHEN i.status = 'closed' THEN i.close_reason END,
+  'close_reason', i.close_reason,
   'external_ref', i.external_ref,
   'ephemeral', CASE WHEN i.ephemeral THEN json('true') END,
   'labels', (SELECT json_group_array(label) FROM (
@@ -110,9 +111,28 @@ def export_town(town: Town, kinds: Iterable[str] = EXPORT_KINDS, force: bool = F
                     written[key] = len(lines)
             if written:
                 write_atomic(_state_path(town), json.dumps(state))
+            _remove_orphan_temp_files(town.beads_dir)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return written
+
+
+def _remove_orphan_temp_files(folder: Path) -> None:
+    """Temp files of exporters that were killed mid-write (`.<name>.<pid>.tmp`)."""
+    for tmp in folder.glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def stale_kinds(town: Town) -> list[str]:
@@ -133,6 +153,7 @@ class ExportScheduler:
         self._pending: set[str] = set()
         self._cond = threading.Condition()
         self._closed = False
+        self._exporting = threading.Lock()  # held while an export runs, so flush waits for it
         self._thread = threading.Thread(target=self._loop, name="vermas-export", daemon=True)
         self._thread.start()
         town.db.add_listener(self.notify)
@@ -152,23 +173,26 @@ class ExportScheduler:
                     return
             # Let a burst of commits land, then export them all at once.
             threading.Event().wait(self.delay)
-            with self._cond:
-                kinds, self._pending = self._pending, set()
-            try:
-                export_town(self.town, sorted(kinds))
-            except Exception:  # an export failure must never take the server down
+            with self._exporting:
                 with self._cond:
-                    self._pending |= kinds
+                    kinds, self._pending = self._pending, set()
+                try:
+                    export_town(self.town, sorted(kinds))
+                except Exception:  # an export failure must never take the server down
+                    with self._cond:
+                        self._pending |= kinds
 
     def flush(self) -> None:
-        """Export whatever is pending now (at exit, so a clean shutdown leaves files current)."""
-        with self._cond:
-            kinds, self._pending = self._pending, set()
-        if kinds:
-            try:
-                export_town(self.town, sorted(kinds))
-            except Exception:
-                pass
+        """Export whatever is pending now, after any export already running has finished
+        (at exit, so a clean shutdown always leaves the files current)."""
+        with self._exporting:
+            with self._cond:
+                kinds, self._pending = self._pending, set()
+            if kinds:
+                try:
+                    export_town(self.town, sorted(kinds))
+                except Exception:
+                    pass
 
     def close(self) -> None:
         self.flush()

@@ -29,6 +29,8 @@ from vermas.town import Town
 PROMPT_GLYPHS = ("❯", ">")
 BUSY_MARKERS = ("esc to interrupt",)
 CHUNK = 200
+PASTE_SETTLE = 0.5
+ENTER_SPACING = 1.0
 
 
 @dataclass(frozen=True)
@@ -68,16 +70,17 @@ class Step(str, Enum):
     DONE = "done"  # box emptied (or the agent went busy) after Enter
 
 
-def next_step(screen: Screen, text: str, typed: bool) -> Step:
-    """What to do now, given the screen and whether we typed already (pure)."""
-    probe = text[:40].strip()
+def next_step(screen: Screen, text: str, typed: bool, entered: bool = False) -> Step:
+    """What to do now, given the screen, whether we typed and pressed Enter yet (pure)."""
+    probe = text[:20].strip()
+    visible = screen.ready and bool(probe) and probe in screen.input_text
     if not typed:
         if not screen.ready or screen.busy:
             return Step.WAIT
         return Step.TYPE if not screen.input_text else Step.CLEAR_FOREIGN
-    if screen.ready and probe and probe[:20] in screen.input_text:
+    if visible:
         return Step.ENTER
-    if screen.busy or (screen.ready and not screen.input_text):
+    if entered and (screen.busy or (screen.ready and not screen.input_text)):
         return Step.DONE
     return Step.WAIT
 
@@ -104,7 +107,7 @@ def flatten(message: str) -> str:
 
 def nudge(
     town: Town, sessions: TownSessions, target: Address, message: str, sender: str = "deacon",
-    idle_timeout: float = 30.0, poll: float = 0.15, max_enters: int = 4,
+    idle_timeout: float = 45.0, poll: float = 0.15, max_enters: int = 6,
 ) -> NudgeResult:
     text = flatten(message)
     started = time.monotonic()
@@ -139,16 +142,19 @@ def _deliver(
     last_enter = 0.0
     while time.monotonic() < deadline:
         screen = read_screen(sessions.capture(target))
-        step = next_step(screen, text, typed)
+        step = next_step(screen, text, typed, entered=enters > 0)
         if step is Step.TYPE:
             for i in range(0, len(text), CHUNK):
                 pane.send_keys(text[i : i + CHUNK], enter=False, literal=True)
             typed = True
-            deadline = max(deadline, time.monotonic() + 10)
+            # Claude Code reads a fast burst of keys as a paste and swallows an Enter that
+            # follows too closely; let the paste settle before the first Enter.
+            last_enter = time.monotonic() - ENTER_SPACING + PASTE_SETTLE
+            deadline = max(deadline, time.monotonic() + max_enters * ENTER_SPACING + 5)
         elif step is Step.ENTER:
             if enters >= max_enters:
                 return None
-            if time.monotonic() - last_enter >= 0.6:  # give the TUI time to react first
+            if time.monotonic() - last_enter >= ENTER_SPACING:  # give the TUI time to react
                 pane.send_keys("Enter", enter=False)
                 enters += 1
                 last_enter = time.monotonic()

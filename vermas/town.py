@@ -49,6 +49,7 @@ class InspectorConfig(BaseModel):
     parallelism: int = 4
     min_confidence: float = 0.7
     level: str = "shell"
+    pass_env: list[str] = Field(default_factory=list)
 
 
 class RigConfig(BaseModel):

@@ -5,7 +5,7 @@ import os
 import sys
 from typing import NoReturn
 
-from vermas.addresses import parse_address
+from vermas.addresses import Address, parse_address
 from vermas.errors import VermasError
 from vermas.town import Town, find_town
 from vermas_mcp.profiles import PROFILES, default_profile
@@ -14,6 +14,16 @@ from vermas_mcp.profiles import PROFILES, default_profile
 def _fail(message: str) -> NoReturn:
     print(f"vermas-mcp: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def mark_ready(town: Town, actor: Address) -> None:
+    """Tell the runner this agent's MCP server is up, so its GUPP nudge can go in: a first
+    turn that reaches the model before the server connects would see no vermas tools."""
+    from vermas.agents import ready_marker
+
+    marker = ready_marker(town, actor)
+    if marker.parent.is_dir():
+        marker.write_text(str(os.getpid()))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     exporter = ExportScheduler(town)
     exporter.notify({"issues", "messages", "routes"})  # catch up after a writer that was killed
     server = build_server(town, actor, profile)
+    mark_ready(town, actor)
     try:
         server.run("stdio")
     finally:

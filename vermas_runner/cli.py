@@ -234,7 +234,7 @@ def cmd_nudge(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from vermas_runner.demo import run_demo
 
-    raise SystemExit(run_demo(model=args.model, keep=args.keep, beads=args.beads))
+    raise SystemExit(run_demo(model=args.model, keep=args.keep, beads_count=args.beads))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beads", type=int, default=3)
     p.add_argument("--keep", action="store_true", help="keep the town and sessions afterwards")
     p.set_defaults(fn=cmd_demo)
+
+    from vermas.inspector.cli import add_verify_parser
+
+    add_verify_parser(sub, _open_town)
     return parser
 
 

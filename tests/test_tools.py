@@ -290,7 +290,8 @@ async def test_profiles_are_small_and_role_scoped(client_for: Any) -> None:
     assert {t.name for t in tools} >= set(ALL_TOOLS)
     by_name = {t.name: t for t in tools}
     assert by_name["bead_show"].annotations.read_only_hint is True
-    assert by_name["bead_close"].annotations.destructive_hint is True
+    assert by_name["bead_close"].annotations.destructive_hint is not False  # MCP's default is True
+    assert by_name["bead_create"].annotations.destructive_hint is False
     assert by_name["bead_show"].output_schema is not None
 
 

@@ -15,13 +15,13 @@ import fcntl
 import json
 import os
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from vermas.store import EXPORT_KINDS
 from vermas.town import Town, write_atomic
 
-COALESCE_SECONDS = 0.2
 
 ISSUE_LINE_SQL = """
 SELECT json_patch('{"_type":"issue"}', json_object(
@@ -98,17 +98,24 @@ def export_town(town: Town, kinds: Iterable[str] = EXPORT_KINDS, force: bool = F
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             state = _read_state(town)
-            for kind in kinds:
-                for key, target, query, args in _targets(town, kind):
-                    with town.db.read() as conn:
-                        generation = town.db.generation(conn, kind)
-                        if not force and target.exists() and state.get(key, -1) >= generation:
-                            continue
-                        lines = [row[0] for row in conn.execute(query, args)]
-                    target.parent.mkdir(exist_ok=True)
-                    write_atomic(target, "".join(line + "\n" for line in lines))
-                    state[key] = generation
-                    written[key] = len(lines)
+            reader = town.db.snapshot_reader()  # its own connection: never blocks tool calls
+            try:
+                for kind in kinds:
+                    for key, target, query, args in _targets(town, kind):
+                        reader.execute("BEGIN")
+                        try:
+                            generation = town.db.generation(reader, kind)
+                            if not force and target.exists() and state.get(key, -1) >= generation:
+                                continue
+                            lines = [row[0] for row in reader.execute(query, args)]
+                        finally:
+                            reader.execute("COMMIT")
+                        target.parent.mkdir(exist_ok=True)
+                        write_atomic(target, "".join(line + "\n" for line in lines))
+                        state[key] = generation
+                        written[key] = len(lines)
+            finally:
+                reader.close()
             if written:
                 write_atomic(_state_path(town), json.dumps(state))
             _remove_orphan_temp_files(town.beads_dir)
@@ -145,12 +152,19 @@ def stale_kinds(town: Town) -> list[str]:
 
 
 class ExportScheduler:
-    """Coalesces this process's commits into few exports, run on a daemon thread."""
+    """Coalesces this process's commits into few exports, run on a daemon thread.
 
-    def __init__(self, town: Town, delay: float = COALESCE_SECONDS) -> None:
+    issues.jsonl and routes.jsonl follow a commit within about half a second (the bd
+    export that travels with the code); messages.jsonl, a record for people and tools,
+    is coalesced over a few seconds, since mail is the busiest table and rewriting it on
+    every send would cost more than the sends themselves.
+    """
+
+    DELAYS = {"issues": 0.5, "routes": 0.5, "messages": 5.0}
+
+    def __init__(self, town: Town) -> None:
         self.town = town
-        self.delay = delay
-        self._pending: set[str] = set()
+        self._due: dict[str, float] = {}  # kind -> monotonic time its export is due
         self._cond = threading.Condition()
         self._closed = False
         self._exporting = threading.Lock()  # held while an export runs, so flush waits for it
@@ -160,39 +174,47 @@ class ExportScheduler:
         atexit.register(self.flush)
 
     def notify(self, kinds: set[str]) -> None:
+        now = time.monotonic()
         with self._cond:
-            self._pending |= kinds
+            for kind in kinds:
+                self._due.setdefault(kind, now + self.DELAYS.get(kind, 0.5))
             self._cond.notify()
+
+    def _take_due(self, everything: bool = False) -> list[str]:
+        now = time.monotonic()
+        due = sorted(k for k, t in self._due.items() if everything or t <= now)
+        for kind in due:
+            del self._due[kind]
+        return due
 
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._closed:
-                    self._cond.wait()
+                while not self._closed and (not self._due or min(self._due.values()) > time.monotonic()):
+                    timeout = min(self._due.values()) - time.monotonic() if self._due else None
+                    self._cond.wait(timeout)
                 if self._closed:
                     return
-            # Let a burst of commits land, then export them all at once.
-            threading.Event().wait(self.delay)
             with self._exporting:
                 with self._cond:
-                    kinds, self._pending = self._pending, set()
-                try:
-                    export_town(self.town, sorted(kinds))
-                except Exception:  # an export failure must never take the server down
-                    with self._cond:
-                        self._pending |= kinds
+                    kinds = self._take_due()
+                self._export(kinds)
+
+    def _export(self, kinds: list[str]) -> None:
+        if not kinds:
+            return
+        try:
+            export_town(self.town, kinds)
+        except Exception:  # an export failure must never take the server down; retry later
+            self.notify(set(kinds))
 
     def flush(self) -> None:
-        """Export whatever is pending now, after any export already running has finished
+        """Export everything pending now, after any export already running has finished
         (at exit, so a clean shutdown always leaves the files current)."""
         with self._exporting:
             with self._cond:
-                kinds, self._pending = self._pending, set()
-            if kinds:
-                try:
-                    export_town(self.town, sorted(kinds))
-                except Exception:
-                    pass
+                kinds = self._take_due(everything=True)
+            self._export(kinds)
 
     def close(self) -> None:
         self.flush()

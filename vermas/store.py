@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS issues (
     external_ref TEXT,
     ephemeral INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS issues_ready ON issues(status, priority, created_ts);
+CREATE INDEX IF NOT EXISTS issues_ready ON issues(status, priority, created_ts, id);
 CREATE INDEX IF NOT EXISTS issues_assignee ON issues(assignee, status);
 CREATE TABLE IF NOT EXISTS labels (
     issue_id TEXT NOT NULL, label TEXT NOT NULL, PRIMARY KEY (issue_id, label)
@@ -207,6 +207,14 @@ class Database:
                 yield self._conn
             finally:
                 self._conn.execute("COMMIT")
+
+    def snapshot_reader(self) -> sqlite3.Connection:
+        """A separate read-only connection for long reads (exports): WAL lets it read a
+        consistent snapshot while this process's own connection keeps serving writes."""
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60.0,
+                               isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 60000")
+        return conn
 
     def generation(self, conn: sqlite3.Connection, kind: str) -> int:
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (f"gen:{kind}",)).fetchone()

@@ -1,0 +1,172 @@
+"""A real town end to end: `vermas-runner` boots Claude Code sessions (the real CLI from npm)
+in tmux on the town's private socket, each with its own vermas-mcp, driven by the stand-in
+model on 127.0.0.1. Real git, real tmux, real MCP; only the model is a test double."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vermas import beads
+from vermas.addresses import parse_address
+from vermas.sessions import TownSessions
+from vermas.testing.standin_model import StandinModelServer, find_claude_binary
+from vermas.town import Town
+from vermas_runner import demo
+
+pytestmark = pytest.mark.skipif(find_claude_binary() is None,
+                                reason="Claude Code CLI not installed (scripts/setup.sh installs it)")
+RUNNER = str(Path(sys.executable).with_name("vermas-runner"))
+CORE = ("mayor", "sample/witness", "sample/refinery")
+
+
+class E2ETown:
+    def __init__(self, root: Path, server: StandinModelServer) -> None:
+        self.root = root
+        self.server = server
+        self.town = Town.open(root)
+        self.sessions = TownSessions(root)
+
+    def run(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("VERMAS_TOWN", "BD_ACTOR", "CLAUDECODE")}
+        proc = subprocess.run([RUNNER, *args, "--town", str(self.root)], capture_output=True, text=True,
+                              timeout=timeout, env=env)
+        assert proc.returncode == 0, f"vermas-runner {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    def status(self) -> dict[str, object]:
+        return json.loads(self.run("status", "--json").stdout)
+
+    def alive(self) -> dict[str, bool]:
+        return {a["address"]: a["alive"] for a in self.status()["agents"]}  # type: ignore[index]
+
+    def pids(self) -> dict[str, int | None]:
+        return {a: self.sessions.info(parse_address(a)).pid for a in CORE}
+
+    def tool_results(self, tool: str) -> list[str]:
+        out = []
+        for req in self.server.requests:
+            for call in req.tool_calls():
+                if call.name.endswith(tool) and call.result is not None and not call.is_error:
+                    out.append(call.text)
+        return out
+
+    def polecat_done_mail(self, bead_id: str, timeout: float = 180) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.town.db.read() as conn:
+                row = conn.execute(
+                    "SELECT body FROM messages WHERE kind = 'POLECAT_DONE' AND recipient = 'sample/witness' "
+                    "AND subject LIKE ?", (f"%{bead_id}",)).fetchone()
+            if row:
+                return str(row[0])
+            time.sleep(1)
+        screens = {n: self.sessions.capture(parse_address(n.replace("vermas-", "", 1).replace("-", "/")))
+                   for n in self.sessions.names() if "polecats" in n}
+        raise AssertionError(f"no POLECAT_DONE for {bead_id} within {timeout}s; polecat screens: {screens}")
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ETown]:
+    base = tmp_path_factory.mktemp("e2e")
+    town, _ = Town.init(base / "town")
+    repo = demo.sample_repo(base / "sample-src")
+    with StandinModelServer(demo.standin_policy()) as server:
+        demo.use_standin(town, server.base_url, base / "claude-home")
+        from vermas import rig
+
+        rig.add(town, "sample", str(repo), prefix="sp", max_polecats=3)
+        town.close()
+        handle = E2ETown(town.root, server)
+        try:
+            yield handle
+        finally:
+            subprocess.run([RUNNER, "down", "--town", str(town.root)], capture_output=True, timeout=60)
+            handle.sessions.kill_server()
+
+
+def test_up_starts_core_sessions_with_mcp_connected(e2e: E2ETown) -> None:
+    out = e2e.run("up", "--once").stdout
+    for address in CORE:
+        assert f"started {address}" in out
+    assert all(e2e.alive()[a] for a in CORE)
+    for address in CORE:  # each session's own vermas-mcp came up
+        marker = e2e.root / ".runtime" / "agents" / parse_address(address).session_name / "mcp.ready"
+        assert marker.is_file()
+    results = " ".join(e2e.tool_results("hook_check"))  # and each agent called it through MCP
+    assert "Patrol: read mail_inbox" in results  # witness
+    assert "MERGE_READY" in results  # refinery
+    assert "use bead_ready and sling" in results  # mayor
+
+
+def test_up_twice_starts_nothing_twice(e2e: E2ETown) -> None:
+    before = e2e.pids()
+    out = e2e.run("up", "--once").stdout
+    assert "started" not in out.replace("already running", "")
+    assert all(f"already running {a}" in out for a in CORE)
+    assert e2e.pids() == before
+
+
+def test_sling_to_rig_spawns_polecat_that_finishes(e2e: E2ETown) -> None:
+    bead = beads.create(e2e.town, parse_address("mayor"), "Write a note", rig="sample")
+    out = e2e.run("sling", bead.id, "sample").stdout
+    assert f"spawned sample/polecats/nux on polecat/nux/{bead.id}" in out
+    body = e2e.polecat_done_mail(bead.id)
+    assert f"branch: polecat/nux/{bead.id}" in body
+    commit = next(line.split(": ")[1] for line in body.splitlines() if line.startswith("commit: "))
+    clone = e2e.root / "sample" / "mayor" / "rig"
+    log = subprocess.run(["git", "log", "--format=%H %an %s", f"polecat/nux/{bead.id}", "-1"], cwd=clone,
+                         capture_output=True, text=True, check=True).stdout
+    assert log.startswith(commit) and "sample/polecats/nux" in log
+    with e2e.town.db.read() as conn:
+        status = conn.execute("SELECT status FROM issues WHERE id = ?", (bead.id,)).fetchone()[0]
+        mr = conn.execute("SELECT branch, commit_sha FROM merge_requests WHERE bead_id = ?", (bead.id,)).fetchone()
+    assert status == "in_progress" and tuple(mr) == (f"polecat/nux/{bead.id}", commit)
+
+
+def test_nudge_to_idle_session_is_submitted_once(e2e: E2ETown) -> None:
+    token = f"nudge-token-{time.monotonic_ns()}"
+    out = json.loads(e2e.run("nudge", "mayor", f"please note {token}").stdout)
+    assert out["submitted"] is True and out["queued_message_id"] is None
+    deadline = time.monotonic() + 30
+    seen: list[int] = []
+    while time.monotonic() < deadline:
+        convos = [r for r in e2e.server.requests if token in r.last_user_text()]
+        if convos:
+            history = json.dumps(convos[-1].messages)
+            seen = [history.count(token)]
+            break
+        time.sleep(0.5)
+    assert seen == [1], "the nudge must reach the model exactly once"
+
+
+def test_down_then_up_resumes_hooked_work(e2e: E2ETown) -> None:
+    bead = beads.create(e2e.town, parse_address("mayor"), "Resume me", rig="sample")
+    out = e2e.run("sling", bead.id, "sample", "--no-wait").stdout
+    address = out.split("spawned ")[1].split(" ")[0]
+    e2e.run("down")
+    assert not any(e2e.alive().values())
+    with e2e.town.db.read() as conn:
+        row = conn.execute("SELECT status, assignee FROM issues WHERE id = ?", (bead.id,)).fetchone()
+    assert tuple(row) == ("hooked", address)  # GUPP: the hook outlives the session
+    up = e2e.run("up", "--once").stdout
+    assert f"started {address}" in up
+    body = e2e.polecat_done_mail(bead.id)
+    assert f"polecat: {address}" in body
+
+
+def test_session_killed_from_outside_is_reported_dead(e2e: E2ETown) -> None:
+    e2e.run("up", "--once", "--no-wait")
+    assert e2e.alive()["sample/witness"]
+    subprocess.run(["tmux", "-L", e2e.sessions.socket, "kill-session", "-t", "vermas-sample-witness"], check=True)
+    alive = e2e.alive()
+    assert alive["sample/witness"] is False and alive["mayor"] is True
+    table = e2e.run("status").stdout
+    assert "dead" in table

@@ -118,5 +118,5 @@ def test_slim_keeps_validation_meaning() -> None:
         "limit": {"default": 20, "type": "integer"}}}
     out = shallow_output({"type": "object", "required": ["bead"], "properties": {
         "bead": {"anyOf": [{"$ref": "#/$defs/Bead"}, {"type": "null"}]}, "n": {"type": "integer"}}})
-    assert out == {"type": "object", "required": ["bead"],
+    assert out == {"type": "object",
                    "properties": {"bead": {"type": ["object", "null"]}, "n": {"type": "integer"}}}

@@ -311,3 +311,14 @@ async def test_export_follows_writes(client_for: Any, town: Town) -> None:
     lines = [json.loads(line) for line in (town.beads_dir / "issues.jsonl").read_text().splitlines()]
     assert [(x["_type"], x["id"], x["status"]) for x in lines] == [("issue", bead["id"], "closed")]
     assert lines[0]["closed_at"]
+
+
+async def test_nudge_without_session_is_queued_as_mail(client_for: Any) -> None:
+    async with client_for("gt/witness") as witness, client_for("gt/polecats/nux") as nux:
+        result = await call(witness, "nudge", target="gt/polecats/nux", message="check\nyour hook")
+        assert result["submitted"] is False and result["queued_message_id"]
+        inbox = (await call(nux, "mail_inbox"))["messages"]
+        assert [(m["kind"], m["sender"], m["body"]) for m in inbox] == [("NUDGE", "gt/witness", "check your hook")]
+        assert (await call(nux, "hook_check"))["unread_mail"] == 1
+        assert "invalid address" in await fail(witness, "nudge", target="nobody", message="x")
+        assert "1 to 4000" in await fail(witness, "nudge", target="mayor", message="  ")

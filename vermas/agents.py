@@ -93,7 +93,7 @@ def runtime_dir(town: Town, address: Address) -> Path:
 
 
 def ready_marker(town: Town, address: Address) -> Path:
-    """Written by the agent's vermas-mcp when it starts (see vermas_mcp.cli.mark_ready)."""
+    """Written by the agent's vermas-mcp when it starts (see vermas_mcp.run.mark_ready)."""
     return runtime_dir(town, address) / "mcp.ready"
 
 

@@ -67,6 +67,7 @@ class BeadDetail(Bead):
     dependencies: list[Dependency] = Field(default_factory=list)
     dependents: list[Dependency] = Field(default_factory=list)
     comments: list[Comment] = Field(default_factory=list)
+    verification: dict[str, Any] | None = None  # the latest VerMAS report, summarised
 
 
 BEAD_COLUMNS = (
@@ -203,7 +204,11 @@ def show(town: Town, bead_id: str) -> BeadDetail:
         comments = [Comment(**dict(r)) for r in conn.execute(
             "SELECT id, issue_id, author, text, created_at FROM comments WHERE issue_id = ? "
             "ORDER BY created_at, rowid", (bead_id,))]
-    return BeadDetail(**bead.model_dump(), dependencies=deps, dependents=dependents, comments=comments)
+        from vermas.inspector.records import latest_report_summary
+
+        summary = latest_report_summary(conn, bead_id)
+    return BeadDetail(**bead.model_dump(), dependencies=deps, dependents=dependents, comments=comments,
+                      verification=summary.model_dump(mode="json") if summary else None)
 
 
 def list_beads(

@@ -13,6 +13,8 @@ without tmux; `nudge` is the thin effect around them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import fcntl
 import time
 from dataclasses import dataclass
@@ -23,12 +25,15 @@ from pydantic import BaseModel
 
 from vermas import mail
 from vermas.addresses import Address, parse_address
-from vermas.sessions import TownSessions
 from vermas.town import Town
+
+if TYPE_CHECKING:
+    from vermas.sessions import TownSessions
 
 PROMPT_GLYPHS = ("❯", ">")
 BUSY_MARKERS = ("esc to interrupt",)
 CHUNK = 200
+MAX_CHARS = 4000
 PASTE_SETTLE = 0.5
 ENTER_SPACING = 1.0
 

@@ -1,67 +1,46 @@
-"""`vermas-mcp`: the stdio MCP server Claude Code launches, one per session."""
+"""`vermas-mcp`: the stdio MCP server Claude Code launches, one per session.
+
+This entry point is kept light on purpose: when the town's zygote runs (`vermas-runner
+up` starts it), the launcher hands its stdin, stdout and stderr to the zygote, which forks
+a child with the MCP SDK and vermas already imported, so a session's server answers in
+tens of milliseconds instead of the second that importing the SDK takes. With no zygote,
+the launcher imports everything and serves in-process; both paths behave the same.
+"""
 
 import argparse
 import os
 import sys
-from typing import NoReturn
-
-from vermas.addresses import Address, parse_address
-from vermas.errors import VermasError
-from vermas.town import Town, find_town
-from vermas_mcp.profiles import PROFILES, default_profile
 
 
-def _fail(message: str) -> NoReturn:
-    print(f"vermas-mcp: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def mark_ready(town: Town, actor: Address) -> None:
-    """Tell the runner this agent's MCP server is up, so its GUPP nudge can go in: a first
-    turn that reaches the model before the server connects would see no vermas tools."""
-    from vermas.agents import ready_marker
-
-    marker = ready_marker(town, actor)
-    if marker.parent.is_dir():
-        marker.write_text(str(os.getpid()))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="vermas-mcp", description=__doc__)
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="vermas-mcp", description="The vermas MCP server (stdio).")
     parser.add_argument("--town", help="town directory (default: $VERMAS_TOWN, else search up from cwd)")
     parser.add_argument("--actor", help="agent address (default: $BD_ACTOR)")
     parser.add_argument("--profile", help="role profile or 'all' (default: the actor's role)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    actor_text = args.actor or os.environ.get("BD_ACTOR")
-    if not actor_text:
-        _fail("no actor: pass --actor ADDRESS or set BD_ACTOR (e.g. overseer, mayor, rig/witness)")
-    try:
-        actor = parse_address(actor_text)
-    except VermasError as exc:
-        _fail(str(exc))
-    town_dir = args.town or os.environ.get("VERMAS_TOWN") or find_town()
-    if not town_dir:
-        _fail("no town: pass --town DIR or set VERMAS_TOWN (create one with: vermas-runner init DIR)")
-    profile = args.profile or default_profile(actor.role)
-    if profile not in PROFILES:
-        _fail(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
-    try:
-        town = Town.open(town_dir)
-    except VermasError as exc:
-        _fail(str(exc))
 
-    from vermas.export import ExportScheduler
+def run_inprocess(args: argparse.Namespace) -> None:
+    from vermas_mcp.run import LaunchError, resolve, serve
     from vermas_mcp.server import build_server
 
-    exporter = ExportScheduler(town)
-    exporter.notify({"issues", "messages", "routes"})  # catch up after a writer that was killed
-    server = build_server(town, actor, profile)
-    mark_ready(town, actor)
     try:
-        server.run("stdio")
-    finally:
-        exporter.close()
+        launch = resolve(args.town, args.actor, args.profile, os.environ)
+    except LaunchError as exc:
+        print(f"vermas-mcp: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    serve(launch, build_server(launch.town, launch.actor, launch.profile))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    if os.environ.get("VERMAS_ZYGOTE", "on") != "off":
+        from vermas_mcp import launcher
+
+        code = launcher.try_zygote(sys.argv[1:] if argv is None else argv, args.town)
+        if code is not None:
+            raise SystemExit(code)
+    run_inprocess(args)
 
 
 if __name__ == "__main__":

@@ -53,10 +53,8 @@ def shallow_output(schema: dict[str, Any]) -> dict[str, Any]:
 
     Models never see output schemas (Claude Code sends them only names, descriptions and
     input schemas); clients use them to check structured results, for which field names
-    and types suffice. The full nested schema tripled the bytes of tools/list.
+    and types suffice (our results always carry every field, pydantic sees to that). The full
+    nested schema tripled the bytes of tools/list.
     """
     properties = {name: {"type": _kind(prop)} for name, prop in schema.get("properties", {}).items()}
-    out: dict[str, Any] = {"type": "object", "properties": properties}
-    if schema.get("required"):
-        out["required"] = schema["required"]
-    return out
+    return {"type": "object", "properties": properties}

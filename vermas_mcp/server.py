@@ -9,18 +9,22 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel
 
 from vermas import beads, convoy, hooks, mail, polecat
+from vermas import nudge as nudging
 from vermas import sling as slinging
 from vermas import status as town_state
-from vermas.addresses import Address
-from vermas.errors import VermasError
+from vermas.addresses import Address, parse_address
+from vermas.errors import InvalidInput, VermasError
 from vermas.town import Town
 from vermas_mcp.profiles import PROFILES
+from vermas_mcp.schema import shallow_output, slim
+from vermas_mcp.verify_tools import register_verify_tools
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,10 +47,15 @@ class ConvoyList(BaseModel):
 
 
 def _edge(fn: F) -> F:
-    """Map domain exceptions to tool errors carrying their actionable message."""
+    """Map domain exceptions to tool errors carrying their actionable message.
+
+    The wrapper is async and calls the core inline: store calls take well under a
+    millisecond, and a stdio server has one client, so the SDK's worker-thread hop for
+    sync tools would cost more than the work itself.
+    """
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except VermasError as exc:
@@ -55,14 +64,12 @@ def _edge(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
-                       open_world_hint=False)
-ADD = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
-                      open_world_hint=False)
-CHANGE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False,
-                         open_world_hint=False)
-MARK = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True,
-                       open_world_hint=False)
+# Only hints that differ from MCP's defaults (read-only false, destructive true, idempotent
+# false, open-world true) are sent: each byte is repeated in every session's tools/list.
+READ = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+ADD = ToolAnnotations(destructive_hint=False, open_world_hint=False)
+CHANGE = ToolAnnotations(open_world_hint=False)
+MARK = ToolAnnotations(destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
 
 def build_server(town: Town, actor: Address, profile: str = "all") -> MCPServer:
@@ -75,22 +82,23 @@ def build_server(town: Town, actor: Address, profile: str = "all") -> MCPServer:
     def tool(annotations: ToolAnnotations) -> Callable[[F], F]:
         def register(fn: F) -> F:
             if fn.__name__ in enabled:
-                server.tool(annotations=annotations)(_edge(fn))
+                description = " ".join((fn.__doc__ or "").split())  # one line, no indentation
+                server.tool(annotations=annotations, description=description)(_edge(fn))
             return fn
         return register
 
     @tool(ADD)
     def bead_create(title: str, description: str = "", issue_type: str = "task", priority: int = 2,
                     labels: list[str] | None = None, parent: str | None = None,
-                    acceptance_criteria: str = "") -> beads.Bead:
-        """Create a bead (work item). issue_type: task|bug|feature|epic|chore|decision|docs;
-        priority 0 (critical) to 4; parent makes a child <parent>.N."""
+                    acceptance_criteria: str = "", rig: str | None = None) -> beads.Bead:
+        """New bead. issue_type: task|bug|feature|epic|chore|decision|docs; priority 0-4 (0 =
+        critical); parent: makes <parent>.N; rig: use that rig's prefix (default: yours)."""
         return beads.create(town, actor, title, description, issue_type, priority, labels, parent,
-                            acceptance_criteria=acceptance_criteria)
+                            rig=rig, acceptance_criteria=acceptance_criteria)
 
     @tool(READ)
     def bead_show(bead_id: str) -> beads.BeadDetail:
-        """A bead in full, with dependencies, dependents and comments."""
+        """A bead in full, with dependencies, dependents, comments."""
         return beads.show(town, bead_id)
 
     @tool(READ)
@@ -109,8 +117,8 @@ def build_server(town: Town, actor: Address, profile: str = "all") -> MCPServer:
                     assignee: str | None = None, title: str | None = None,
                     description: str | None = None, notes: str | None = None,
                     comment: str | None = None) -> beads.Bead:
-        """Change fields of a bead; comment appends a comment. Hooked beads change status only
-        through unsling or polecat_done."""
+        """Change a bead's fields; comment adds a comment. A hooked bead's status changes only
+        via unsling or polecat_done."""
         return beads.update(town, actor, bead_id, status=status, priority=priority, assignee=assignee,
                             title=title, description=description, notes=notes, comment=comment)
 
@@ -144,15 +152,15 @@ def build_server(town: Town, actor: Address, profile: str = "all") -> MCPServer:
     @tool(ADD)
     def mail_send(to: str, subject: str, body: str = "", reply_to: str | None = None,
                   idempotency_key: str | None = None) -> mail.Message:
-        """Send durable mail to an agent address. Protocol subjects start with POLECAT_DONE,
-        MERGE_READY, MERGED, REWORK_REQUEST, ESCALATION, HELP, HANDOFF or NUDGE. A repeated
-        idempotency_key returns the first message."""
+        """Durable mail to an agent address. Protocol subjects begin POLECAT_DONE, MERGE_READY,
+        MERGED, REWORK_REQUEST, ESCALATION, HELP, HANDOFF or NUDGE. A reused idempotency_key
+        returns the first message."""
         return mail.send(town, actor, to, subject, body, reply_to, idempotency_key)
 
     @tool(READ)
     def mail_inbox(unread_only: bool = True, limit: int = 20, address: str | None = None) -> MessageList:
-        """Your mail without marking it read: unread oldest first, or all newest first. Bodies
-        are previews; mail_read gives the full text. address: overseer only."""
+        """Your mail, not marked read: unread oldest first, or all newest first. Bodies are
+        previews (mail_read: full). address: overseer only."""
         return MessageList(messages=mail.inbox(town, actor, unread_only, limit, address))
 
     @tool(MARK)
@@ -167,8 +175,8 @@ def build_server(town: Town, actor: Address, profile: str = "all") -> MCPServer:
 
     @tool(CHANGE)
     def polecat_done(status: str = "COMPLETED", summary: str = "") -> polecat.MergeRequest:
-        """Finish your hooked work. COMPLETED (needs commits on your branch) queues a merge
-        request; ESCALATED asks for help; DEFERRED hands it back. Mails your witness."""
+        """Finish your hooked work: COMPLETED (needs commits) queues a merge request, ESCALATED
+        asks for help, DEFERRED hands it back. Mails your witness."""
         return polecat.done(town, actor, status, summary)
 
     @tool(ADD)
@@ -191,5 +199,34 @@ def build_server(town: Town, actor: Address, profile: str = "all") -> MCPServer:
         """Beads by status, hooked agents, unread mail per agent, open convoys."""
         return town_state.town_status(town)
 
+    if "nudge" in enabled:
+
+        @server.tool(annotations=ADD, description=(
+            "Type a one-line message into an agent's Claude Code session, submitted exactly once "
+            "when its prompt is idle; if it stays busy the text is queued as NUDGE mail."))
+        async def nudge(target: str, message: str) -> nudging.NudgeResult:
+            try:
+                address = parse_address(target)
+                if not message.strip() or len(message) > nudging.MAX_CHARS:
+                    raise InvalidInput(f"message must be 1 to {nudging.MAX_CHARS} characters")
+                from vermas.sessions import TownSessions  # tmux only when a nudge is sent
+
+                # Waiting for an idle prompt takes seconds: keep the event loop free meanwhile.
+                return await anyio.to_thread.run_sync(functools.partial(
+                    nudging.nudge, town, TownSessions(town.root), address, message, sender=str(actor),
+                    idle_timeout=15.0))
+            except VermasError as exc:
+                raise ToolError(str(exc)) from exc
+
+    register_verify_tools(server, town, actor, enabled)
+    _slim_schemas(server)
     return server
+
+
+def _slim_schemas(server: MCPServer) -> None:
+    """Publish slimmer schemas (same validation, fewer bytes in every session's context)."""
+    for registered in server._tool_manager.list_tools():  # the SDK has no public hook for this
+        registered.parameters = slim(registered.parameters)
+        if registered.fn_metadata.output_schema is not None:
+            registered.fn_metadata.output_schema = shallow_output(registered.fn_metadata.output_schema)
 

@@ -1,0 +1,75 @@
+"""Resolve who and where a vermas-mcp process serves, then serve it over stdio.
+
+Shared by the in-process path (`vermas-mcp` when no zygote runs) and the zygote's forked
+children, so both fail the same way: exit code 2 and one clear line on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from vermas.addresses import Address, parse_address
+from vermas.errors import VermasError
+from vermas.town import Town, find_town
+from vermas_mcp.profiles import PROFILES, default_profile
+
+
+class LaunchError(Exception):
+    """Bad arguments or environment; the message is printed and the process exits 2."""
+
+
+@dataclass
+class Launch:
+    town: Town
+    actor: Address
+    profile: str
+
+
+def resolve(town_arg: str | None, actor_arg: str | None, profile_arg: str | None,
+            env: Mapping[str, str]) -> Launch:
+    actor_text = actor_arg or env.get("BD_ACTOR")
+    if not actor_text:
+        raise LaunchError("no actor: pass --actor ADDRESS or set BD_ACTOR (e.g. overseer, mayor, rig/witness)")
+    try:
+        actor = parse_address(actor_text)
+    except VermasError as exc:
+        raise LaunchError(str(exc)) from exc
+    town_dir = town_arg or env.get("VERMAS_TOWN") or find_town()
+    if not town_dir:
+        raise LaunchError("no town: pass --town DIR or set VERMAS_TOWN (create one with: vermas-runner init DIR)")
+    profile = profile_arg or default_profile(actor.role)
+    if profile not in PROFILES:
+        raise LaunchError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
+    try:
+        town = Town.open(town_dir)
+    except VermasError as exc:
+        raise LaunchError(str(exc)) from exc
+    return Launch(town, actor, profile)
+
+
+def mark_ready(town: Town, actor: Address) -> None:
+    """Tell the runner this agent's MCP server is up, so its GUPP nudge can go in: a first
+    turn that reaches the model before the server connects would see no vermas tools."""
+    from vermas.agents import ready_marker
+
+    marker = ready_marker(town, actor)
+    if marker.parent.is_dir():
+        marker.write_text(str(os.getpid()))
+
+
+def serve(launch: Launch, server: object) -> None:
+    """Serve until the client closes stdin; exports are current when this returns."""
+    import anyio
+
+    from vermas.export import ExportScheduler
+    from vermas_mcp.stdio import serve as serve_stdio
+
+    exporter = ExportScheduler(launch.town)
+    exporter.notify({"issues", "messages", "routes"})  # catch up after a writer that was killed
+    mark_ready(launch.town, launch.actor)
+    try:
+        anyio.run(serve_stdio, server)
+    finally:
+        exporter.close()

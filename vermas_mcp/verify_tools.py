@@ -1,0 +1,112 @@
+"""The VerMAS inspector's MCP tools: verify_spec, verify_plan, verify_run, verify_bead,
+verify_report.
+
+Thin like the rest of the server: validate, call vermas.inspector, return pydantic models
+(structured content). Domain errors become ToolErrors carrying their actionable message.
+Slow tools report progress (tests run, model calls made) through the MCP progress mechanism,
+so a client that asked for progress sees the pipeline move.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+
+from vermas.addresses import Address, Role
+from vermas.errors import Forbidden, VermasError
+from vermas.inspector.models import TestRun, VerificationReport
+from vermas.inspector.pipeline import Inspector, ProgressSink
+from vermas.inspector.records import PlanRecord, SpecRecord
+from vermas.town import Town
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+TOOLS = ("verify_spec", "verify_plan", "verify_run", "verify_bead", "verify_report")
+
+# Only hints that differ from MCP's defaults (read-only false, destructive true, idempotent
+# false, open-world true) are sent, as in server.py: every byte is repeated in every session.
+SPEC = ToolAnnotations(idempotent_hint=True)  # calls the model; rewrites acceptance_criteria
+PLAN = ToolAnnotations(destructive_hint=False, idempotent_hint=True)  # calls the model; stores a plan
+RUN = ToolAnnotations(destructive_hint=False, idempotent_hint=True, open_world_hint=False)  # shell tests only
+BEAD = ToolAnnotations(destructive_hint=False, idempotent_hint=True)  # whole pipeline, cached per commit
+READ = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+
+
+def _edge(fn: F) -> F:
+    """Map domain exceptions to tool errors carrying their actionable message."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except VermasError as exc:
+            raise ToolError(str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _sink(ctx: Context | None) -> ProgressSink | None:
+    if ctx is None:
+        return None
+
+    async def report(progress: float, total: float | None, message: str) -> None:
+        await ctx.report_progress(progress, total, message)
+
+    return report
+
+
+def register_verify_tools(server: MCPServer, town: Town, actor: Address, enabled: set[str]) -> None:
+    """Register the inspector tools that are in `enabled` (the actor's profile)."""
+
+    def tool(annotations: ToolAnnotations) -> Callable[[F], F]:
+        def register(fn: F) -> F:
+            if fn.__name__ in enabled:
+                description = " ".join((fn.__doc__ or "").split())  # one line, no indentation
+                server.tool(annotations=annotations, description=description)(_edge(fn))
+            return fn
+        return register
+
+    def inspector(ctx: Context | None) -> Inspector:
+        if actor.role is Role.POLECAT:
+            raise Forbidden(f"{actor} is a polecat; polecats do not verify work (their own least of all): "
+                            "the refinery does, or the mayor/overseer")
+        return Inspector(town, str(actor), progress=_sink(ctx))
+
+    @tool(SPEC)
+    async def verify_spec(bead_id: str, refresh: bool = False, ctx: Context | None = None) -> SpecRecord:
+        """Designer: the bead's Specification (acceptance criteria, objective or subjective), also
+        written to its acceptance_criteria. Reuses the stored spec while the bead is unchanged
+        unless refresh."""
+        return await inspector(ctx).spec(bead_id, refresh)
+
+    @tool(PLAN)
+    async def verify_plan(bead_id: str, refresh: bool = False, worktree: str | None = None,
+                          ctx: Context | None = None) -> PlanRecord:
+        """Strategist: shell tests (exit 0 = pass) for the bead's current Specification. Reuses the
+        stored plan while the spec is unchanged unless refresh. worktree: a checkout to read paths from."""
+        return await inspector(ctx).plan(bead_id, refresh, worktree)
+
+    @tool(RUN)
+    async def verify_run(bead_id: str, worktree: str | None = None, ctx: Context | None = None) -> TestRun:
+        """Verifier: run the bead's planned tests now in the candidate work tree (default: the work
+        tree of its latest merge request); evidence for every test (output clipped). No model, no cache."""
+        return (await inspector(ctx).run(bead_id, worktree)).compact()
+
+    @tool(BEAD)
+    async def verify_bead(bead_id: str, worktree: str | None = None, level: str | None = None,
+                          ctx: Context | None = None) -> VerificationReport:
+        """The whole pipeline: spec, plan, tests, then Auditor/panel where the policy needs them.
+        level: shell|audit|full (default: the rig's verify_level). Unchanged commits are cached."""
+        return (await inspector(ctx).verify(bead_id, worktree, level)).compact()
+
+    @tool(READ)
+    async def verify_report(bead_id: str, full: bool = False) -> VerificationReport:
+        """The bead's latest verification report (any role may read it). Test output is clipped
+        (1 KB per pass, 8 KB per failure) unless full (up to 64 KB per test)."""
+        report = Inspector(town, str(actor)).report(bead_id)
+        return report if full else report.compact()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -178,7 +177,7 @@ async def test_polecat_done_records_merge_request(client_for: Any, town: Town) -
         assert (await call(nux, "hook_check"))["bead"] is None
         inbox = (await call(witness, "mail_inbox"))["messages"]
         assert len(inbox) == 1 and inbox[0]["kind"] == "POLECAT_DONE"
-        assert f"branch: polecat/nux/work" in inbox[0]["body"] and f"commit: {head}" in inbox[0]["body"]
+        assert "branch: polecat/nux/work" in inbox[0]["body"] and f"commit: {head}" in inbox[0]["body"]
         assert "no hooked work" in await fail(nux, "polecat_done")
 
         other = await call(mayor, "bead_create", title="Too hard")

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -101,7 +104,52 @@ def kick_all(town: Town, sessions: TownSessions, addresses: list[Address]) -> li
     return sorted(a for a, ok in results.items() if ok)
 
 
+def zygote_pid(town: Town) -> int | None:
+    pid_file = town.root / ".runtime" / "mcp-zygote.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def start_zygote(town: Town, timeout: float = 30.0) -> int | None:
+    """Start the town's MCP zygote (see vermas_mcp.zygote) so each session's vermas-mcp
+    answers in milliseconds; wait until it is ready. Returns its pid, or None if it did
+    not come up (sessions then start their servers the slow way, which still works)."""
+    pid = zygote_pid(town)
+    if pid is not None:
+        return pid
+    (town.root / ".runtime").mkdir(exist_ok=True)
+    log = (town.root / ".runtime" / "mcp-zygote.log").open("a")
+    subprocess.Popen(
+        [sys.executable, "-m", "vermas_mcp.zygote", "--town", str(town.root)],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=town.root,
+    )
+    log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = zygote_pid(town)
+        if pid is not None:
+            return pid
+        time.sleep(0.05)
+    return None
+
+
+def stop_zygote(town: Town) -> bool:
+    pid = zygote_pid(town)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and zygote_pid(town) is not None:
+        time.sleep(0.05)
+    return True
+
+
 def up(town: Town, sessions: TownSessions, wait: bool = True) -> UpReport:
+    start_zygote(town)
     desired = core_agents(town) + polecat_agents(town)
     alive = set(sessions.names())
     missing = plan_up(desired, alive)
@@ -122,6 +170,7 @@ def down(town: Town, sessions: TownSessions) -> list[str]:
             sessions.server.kill_session(name)
             stopped.append(name)
     sessions.kill_server()
+    stop_zygote(town)
     return stopped
 
 

@@ -9,22 +9,17 @@ so a client that asked for progress sees the pipeline move.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 
-from vermas.addresses import Address, Role
-from vermas.errors import Forbidden, VermasError
+from vermas.addresses import Role
+from vermas.errors import Forbidden
 from vermas.inspector.models import TestRun, VerificationReport
 from vermas.inspector.pipeline import Inspector, ProgressSink
 from vermas.inspector.records import PlanRecord, SpecRecord
-from vermas.town import Town
+from vermas_mcp.registry import Binding, registrar
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 TOOLS = ("verify_spec", "verify_plan", "verify_run", "verify_bead", "verify_report")
 
@@ -37,19 +32,6 @@ BEAD = ToolAnnotations(destructive_hint=False, idempotent_hint=True)  # whole pi
 READ = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
 
-def _edge(fn: F) -> F:
-    """Map domain exceptions to tool errors carrying their actionable message."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await fn(*args, **kwargs)
-        except VermasError as exc:
-            raise ToolError(str(exc)) from exc
-
-    return wrapper  # type: ignore[return-value]
-
-
 def _sink(ctx: Context | None) -> ProgressSink | None:
     if ctx is None:
         return None
@@ -60,22 +42,15 @@ def _sink(ctx: Context | None) -> ProgressSink | None:
     return report
 
 
-def register_verify_tools(server: MCPServer, town: Town, actor: Address, enabled: set[str]) -> None:
+def register_verify_tools(server: MCPServer, b: Binding, enabled: set[str]) -> None:
     """Register the inspector tools that are in `enabled` (the actor's profile)."""
-
-    def tool(annotations: ToolAnnotations) -> Callable[[F], F]:
-        def register(fn: F) -> F:
-            if fn.__name__ in enabled:
-                description = " ".join((fn.__doc__ or "").split())  # one line, no indentation
-                server.tool(annotations=annotations, description=description)(_edge(fn))
-            return fn
-        return register
+    tool = registrar(server, enabled)
 
     def inspector(ctx: Context | None) -> Inspector:
-        if actor.role is Role.POLECAT:
-            raise Forbidden(f"{actor} is a polecat; polecats do not verify work (their own least of all): "
+        if b.actor.role is Role.POLECAT:
+            raise Forbidden(f"{b.actor} is a polecat; polecats do not verify work (their own least of all): "
                             "the refinery does, or the mayor/overseer")
-        return Inspector(town, str(actor), progress=_sink(ctx))
+        return Inspector(b.town, str(b.actor), progress=_sink(ctx))
 
     @tool(SPEC)
     async def verify_spec(bead_id: str, refresh: bool = False, ctx: Context | None = None) -> SpecRecord:
@@ -108,5 +83,5 @@ def register_verify_tools(server: MCPServer, town: Town, actor: Address, enabled
     async def verify_report(bead_id: str, full: bool = False) -> VerificationReport:
         """The bead's latest verification report (any role may read it). Test output is clipped
         (1 KB per pass, 8 KB per failure) unless full (up to 64 KB per test)."""
-        report = Inspector(town, str(actor)).report(bead_id)
+        report = Inspector(b.town, str(b.actor)).report(bead_id)
         return report if full else report.compact()

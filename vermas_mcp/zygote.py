@@ -39,8 +39,8 @@ def _child(conn: socket.socket, request: dict[str, Any], fds: list[int], listene
     for target, fd in zip((0, 1, 2), fds):
         os.dup2(fd, target)
         os.close(fd)
-    sys.stdout = os.fdopen(1, "w", closefd=False)
-    sys.stderr = os.fdopen(2, "w", closefd=False)
+    sys.stdout = os.fdopen(1, "w", closefd=False, buffering=1)
+    sys.stderr = os.fdopen(2, "w", closefd=False, buffering=1)
     os.environ.clear()
     os.environ.update(request.get("env", {}))
     os.chdir(request.get("cwd", "/"))
@@ -54,6 +54,7 @@ def _child(conn: socket.socket, request: dict[str, Any], fds: list[int], listene
         print(f"vermas-mcp: {type(exc).__name__}: {exc}", file=sys.stderr)
         code = 1
     try:
+        sys.stderr.flush()
         conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
     finally:
         os._exit(code)
@@ -84,19 +85,32 @@ def _serve(argv: list[str]) -> int:
     except LaunchError as exc:
         print(f"vermas-mcp: {exc}", file=sys.stderr)
         return 2
-    serve(launch, build_server(launch.town, launch.actor, launch.profile))
+    template = TEMPLATES.get(launch.profile)
+    if template is None:
+        server = build_server(launch.town, launch.actor, launch.profile)
+    else:
+        server, binding = template
+        binding.bind(launch.town, launch.actor)
+    serve(launch, server)
     return 0
 
 
+TEMPLATES: dict[str, tuple[Any, Any]] = {}
+
+
 def _warm_up() -> None:
-    """Import and exercise everything a child needs, once, before any fork."""
+    """Import everything a child needs and build each role's server, once, before any fork."""
     import anyio  # noqa: F401
     import mcp.server.stdio  # noqa: F401
 
     import vermas.export  # noqa: F401
     import vermas_mcp.run  # noqa: F401
     import vermas_mcp.stdio  # noqa: F401
-    from vermas_mcp import server  # noqa: F401
+    from vermas_mcp.profiles import PROFILES
+    from vermas_mcp.server import build_template
+
+    for profile in PROFILES:
+        TEMPLATES[profile] = build_template(profile)
 
 
 def run(town_root: str) -> None:

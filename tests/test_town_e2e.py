@@ -170,3 +170,26 @@ def test_session_killed_from_outside_is_reported_dead(e2e: E2ETown) -> None:
     assert alive["sample/witness"] is False and alive["mayor"] is True
     table = e2e.run("status").stdout
     assert "dead" in table
+
+
+def test_trust_dialog_is_answered_when_the_entry_went_missing(e2e: E2ETown) -> None:
+    """An exiting session can rewrite ~/.claude.json without our trust entry; the runner
+    then answers Claude Code's folder-trust question itself instead of waiting forever."""
+    from vermas import agents, boot
+
+    address = parse_address("sample/crew/zed")
+    spec = agents.launch_spec(e2e.town, address)
+    subprocess.run(["git", "init", "-q", spec.cwd], check=True)  # its own checkout: not covered
+    assert e2e.sessions.start(address, Path(spec.cwd), spec.argv, spec.env)
+    try:
+        assert e2e.sessions.wait_for(address, "Yes, I trust this folder", timeout=60)
+        assert boot.wait_ready(e2e.town, e2e.sessions, address, timeout=60)
+        assert nudge_screen(e2e, address).ready
+    finally:
+        e2e.sessions.kill(address)
+
+
+def nudge_screen(e2e: E2ETown, address: object) -> object:
+    from vermas import nudge
+
+    return nudge.read_screen(e2e.sessions.capture(address))  # type: ignore[arg-type]

@@ -116,6 +116,21 @@ def launch_spec(town: Town, address: Address) -> LaunchSpec:
                       runtime_dir=str(runtime))
 
 
+def _already_trusted(data: dict[str, object], dirs: list[Path], api_key: str | None) -> bool:
+    projects = data.get("projects")
+    if data.get("hasCompletedOnboarding") is not True or not isinstance(projects, dict):
+        return False
+    for d in dirs:
+        entry = projects.get(os.path.realpath(d))
+        if not isinstance(entry, dict) or entry.get("hasTrustDialogAccepted") is not True:
+            return False
+    if api_key:
+        responses = data.get("customApiKeyResponses")
+        if not isinstance(responses, dict) or api_key[-20:] not in responses.get("approved", []):
+            return False
+    return True
+
+
 def trust_directories(config_home: Path, dirs: list[Path], api_key: str | None = None) -> None:
     """Pre-answer Claude Code's first-run screens in `<config_home>/.claude.json`: onboarding,
     folder trust for each dir, and (for a custom key) the API-key question. Merges into an
@@ -125,6 +140,8 @@ def trust_directories(config_home: Path, dirs: list[Path], api_key: str | None =
         data = json.loads(path.read_text()) if path.is_file() else {}
     except ValueError:
         data = {}
+    if _already_trusted(data, dirs, api_key):
+        return  # never rewrite a file live sessions also rewrite unless we must
     data["hasCompletedOnboarding"] = True
     projects = data.setdefault("projects", {})
     for d in dirs:

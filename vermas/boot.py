@@ -62,7 +62,11 @@ def claude_config_home(town: Town) -> Path:
 def start_agent(town: Town, sessions: TownSessions, address: Address) -> bool:
     spec = agents.launch_spec(town, address)
     if "claude" in Path(town.config.agent.command).name:
-        agents.trust_directories(claude_config_home(town), [Path(spec.cwd)],
+        # Claude Code asks for trust per git checkout (a town-root entry does not cover the
+        # worktrees below it), so each agent folder is trusted. The file is rewritten only
+        # when an entry is missing; if an exiting session's own rewrite drops ours anyway,
+        # wait_ready answers the dialog.
+        agents.trust_directories(claude_config_home(town), [town.root, Path(spec.cwd)],
                                  town.config.agent.env.get("ANTHROPIC_API_KEY"))
     return sessions.start(address, Path(spec.cwd), spec.argv, spec.env)
 
@@ -71,10 +75,15 @@ def wait_ready(town: Town, sessions: TownSessions, address: Address, timeout: fl
     """The prompt is idle and the agent's MCP server has started (so its tools are there)."""
     deadline = time.monotonic() + timeout
     marker = agents.ready_marker(town, address)
+    answered = False
     while time.monotonic() < deadline:
         if not sessions.alive(address):
             return False
-        screen = nudge.read_screen(sessions.capture(address))
+        text = sessions.capture(address)
+        if not answered and nudge.is_trust_dialog(text):
+            answered = nudge.accept_trust_dialog(sessions, address)
+            continue
+        screen = nudge.read_screen(text)
         if screen.ready and not screen.busy and marker.exists():
             time.sleep(0.5)  # let Claude Code finish the MCP handshake it just began
             return True

@@ -82,9 +82,10 @@ def _state_path(town: Town) -> Path:
     return town.beads_dir / ".export-state.json"
 
 
-def _read_state(town: Town) -> dict[str, int]:
+def _read_state(town: Town) -> dict[str, float]:
+    """{export key: generation written}, plus "<key>@": wall time of that write."""
     try:
-        return {k: int(v) for k, v in json.loads(_state_path(town).read_text()).items()}
+        return {k: v for k, v in json.loads(_state_path(town).read_text()).items()}
     except (OSError, ValueError, AttributeError):
         return {}
 
@@ -92,7 +93,17 @@ def _read_state(town: Town) -> dict[str, int]:
 def export_town(town: Town, kinds: Iterable[str] = EXPORT_KINDS, force: bool = False) -> dict[str, int]:
     """Bring the JSONL files up to the store's latest commit; returns lines written per
     file (files already current are skipped unless force)."""
+    return _export(town, kinds, force)[0]
+
+
+def _export(
+    town: Town, kinds: Iterable[str], force: bool = False, min_interval: dict[str, float] | None = None,
+) -> tuple[dict[str, int], set[str]]:
+    """Export; with min_interval, a stale kind that any process of the town exported less
+    than that many seconds ago is deferred (returned) instead, so many writers share one
+    export instead of each rewriting the same file."""
     written: dict[str, int] = {}
+    deferred: set[str] = set()
     lock_path = town.beads_dir / ".export.lock"
     with lock_path.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -107,12 +118,17 @@ def export_town(town: Town, kinds: Iterable[str] = EXPORT_KINDS, force: bool = F
                             generation = town.db.generation(reader, kind)
                             if not force and target.exists() and state.get(key, -1) >= generation:
                                 continue
+                            wait = (min_interval or {}).get(kind, 0.0)
+                            if target.exists() and time.time() - state.get(key + "@", 0.0) < wait:
+                                deferred.add(kind)
+                                continue
                             lines = [row[0] for row in reader.execute(query, args)]
                         finally:
                             reader.execute("COMMIT")
                         target.parent.mkdir(exist_ok=True)
                         write_atomic(target, "".join(line + "\n" for line in lines))
                         state[key] = generation
+                        state[key + "@"] = time.time()
                         written[key] = len(lines)
             finally:
                 reader.close()
@@ -121,7 +137,7 @@ def export_town(town: Town, kinds: Iterable[str] = EXPORT_KINDS, force: bool = F
             _remove_orphan_temp_files(town.beads_dir)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-    return written
+    return written, deferred
 
 
 def _remove_orphan_temp_files(folder: Path) -> None:
@@ -200,13 +216,15 @@ class ExportScheduler:
                     kinds = self._take_due()
                 self._export(kinds)
 
-    def _export(self, kinds: list[str]) -> None:
+    def _export(self, kinds: list[str], final: bool = False) -> None:
         if not kinds:
             return
         try:
-            export_town(self.town, kinds)
+            _, deferred = _export(self.town, kinds, min_interval=None if final else self.DELAYS)
         except Exception:  # an export failure must never take the server down; retry later
-            self.notify(set(kinds))
+            deferred = set(kinds)
+        if deferred:
+            self.notify(deferred)
 
     def flush(self) -> None:
         """Export everything pending now, after any export already running has finished
@@ -214,7 +232,7 @@ class ExportScheduler:
         with self._exporting:
             with self._cond:
                 kinds = self._take_due(everything=True)
-            self._export(kinds)
+            self._export(kinds, final=True)
 
     def close(self) -> None:
         self.flush()

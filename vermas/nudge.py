@@ -67,6 +67,30 @@ def read_screen(text: str) -> Screen:
     return Screen(ready=False, busy=busy, input_text="")
 
 
+TRUST_DIALOG = "Yes, I trust this folder"
+
+
+def is_trust_dialog(text: str) -> bool:
+    """Claude Code's folder-trust question, which we pre-answer in its config; it still
+    shows when a concurrently exiting session rewrote that config without our entry."""
+    return TRUST_DIALOG in text and "Enter to confirm" in text
+
+
+def accept_trust_dialog(sessions: "TownSessions", target: Address) -> bool:
+    """Choose "Yes, I trust this folder" (one Down from the default "No, exit"), then Enter.
+    The runner created this folder for this agent, so trusting it is the runner's call."""
+    pane = sessions.pane(target)
+    if pane is None:
+        return False
+    pane.send_keys("Down", enter=False)
+    time.sleep(0.3)
+    if "❯ Yes, I trust this folder" not in sessions.capture(target):
+        return False
+    pane.send_keys("Enter", enter=False)
+    time.sleep(0.5)
+    return True
+
+
 class Step(str, Enum):
     WAIT = "wait"  # not ready or busy: look again shortly
     TYPE = "type"  # idle, empty box: type the text

@@ -110,6 +110,8 @@ class TownSessions:
                 self.server.kill()
         except LibTmuxException:
             pass
+        folder = Path(os.environ.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.getuid()}"
+        (folder / self.socket).unlink(missing_ok=True)  # tmux leaves its socket file behind
 
     def wait_for(self, address: Address, text: str, timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout

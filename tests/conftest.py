@@ -52,3 +52,17 @@ def make_repo(path: Path) -> Path:
     git(path, "add", "README.md")
     git(path, "commit", "-q", "-m", "initial")
     return path
+
+
+async def call(client: Any, name: str, **args: Any) -> dict[str, Any]:
+    """Call a tool that must succeed; its structured result."""
+    result = await client.call_tool(name, args)
+    assert not result.is_error, f"{name} failed: {result.content}"
+    return result.structured_content
+
+
+async def fail(client: Any, name: str, **args: Any) -> str:
+    """Call a tool that must fail; its error text."""
+    result = await client.call_tool(name, args)
+    assert result.is_error, f"{name} unexpectedly succeeded: {result.structured_content}"
+    return result.content[0].text

@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from vermas.testing.standin_model import (
-    ModelRequest, StandinModelServer, claude_env, find_claude_binary, structured_blocks, text_block,
+    ModelRequest,
+    StandinModelServer,
+    claude_env,
+    find_claude_binary,
+    structured_blocks,
+    text_block,
 )
 
 ROLES = ("designer", "strategist", "auditor", "advocate", "critic", "judge")

@@ -11,7 +11,11 @@ import pytest
 
 from tests.inspector_standin import Standin, Text, standin
 from vermas.inspector.backend import (
-    ClaudeCLI, ClaudeSettings, ModelCallFailed, ModelOutputInvalid, RoleCall,
+    ClaudeCLI,
+    ClaudeSettings,
+    ModelCallFailed,
+    ModelOutputInvalid,
+    RoleCall,
 )
 from vermas.inspector.models import AuditResult
 from vermas.inspector.prompts import role_template

@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from tests.inspector_standin import (
-    BAD_CALC, GOOD_CALC, Standin, commit_change, make_candidate, objective_scripts, standin,
+    BAD_CALC,
+    GOOD_CALC,
+    Standin,
+    commit_change,
+    make_candidate,
+    objective_scripts,
+    standin,
 )
 from vermas import beads
 from vermas.addresses import parse_address

@@ -9,7 +9,13 @@ from pydantic import ValidationError
 
 from vermas.inspector.backend import ClaudeCLI, ClaudeSettings, RoleCall, output_schema
 from vermas.inspector.models import (
-    AuditResult, Evidence, Specification, TestPlan, Verdict, VerificationReport, clip,
+    AuditResult,
+    Evidence,
+    Specification,
+    TestPlan,
+    Verdict,
+    VerificationReport,
+    clip,
 )
 from vermas.inspector.strategist import READ_TOOLS
 

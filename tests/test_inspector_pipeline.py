@@ -11,8 +11,23 @@ from pathlib import Path
 import pytest
 
 from tests.inspector_standin import (
-    AC_ADD, AC_DOCS, AC_README, ADD_TEST, BAD_CALC, DOCS_EVIDENCE, GOOD_CALC, README, README_TEST, Standin,
-    commit_change, criterion, make_candidate, objective_scripts, spec, standin, tspec,
+    AC_ADD,
+    AC_DOCS,
+    AC_README,
+    ADD_TEST,
+    BAD_CALC,
+    DOCS_EVIDENCE,
+    GOOD_CALC,
+    README,
+    README_TEST,
+    Standin,
+    commit_change,
+    criterion,
+    make_candidate,
+    objective_scripts,
+    spec,
+    standin,
+    tspec,
 )
 from vermas import beads
 from vermas.addresses import parse_address

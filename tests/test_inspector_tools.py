@@ -11,8 +11,18 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import call, fail
 from tests.inspector_standin import (
-    AC_ADD, AC_README, ADD_TEST, BAD_CALC, README_TEST, Standin, make_candidate, objective_scripts, spec, standin,
+    AC_ADD,
+    AC_README,
+    ADD_TEST,
+    BAD_CALC,
+    README_TEST,
+    Standin,
+    make_candidate,
+    objective_scripts,
+    spec,
+    standin,
     tspec,
 )
 from vermas import beads
@@ -37,18 +47,6 @@ def sm(tmp_path: Path, town: Town, monkeypatch: pytest.MonkeyPatch) -> Iterator[
                 monkeypatch.setenv(key, value)
         town.config.inspector.command = str(s.claude)
         yield s
-
-
-async def call(client: Any, name: str, **args: Any) -> dict[str, Any]:
-    result = await client.call_tool(name, args)
-    assert not result.is_error, f"{name} failed: {result.content}"
-    return result.structured_content
-
-
-async def fail(client: Any, name: str, **args: Any) -> str:
-    result = await client.call_tool(name, args)
-    assert result.is_error, f"{name} unexpectedly succeeded: {result.structured_content}"
-    return result.content[0].text
 
 
 def new_bead(town: Town) -> str:

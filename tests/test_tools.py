@@ -7,21 +7,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import git, make_repo
+from tests.conftest import call, fail, git, make_repo
 from vermas.town import Town
 from vermas_mcp.profiles import ALL_TOOLS, PROFILES
-
-
-async def call(client: Any, name: str, **args: Any) -> dict[str, Any]:
-    result = await client.call_tool(name, args)
-    assert not result.is_error, f"{name} failed: {result.content}"
-    return result.structured_content
-
-
-async def fail(client: Any, name: str, **args: Any) -> str:
-    result = await client.call_tool(name, args)
-    assert result.is_error, f"{name} unexpectedly succeeded: {result.structured_content}"
-    return result.content[0].text
 
 
 def snapshot(town: Town) -> tuple[Any, ...]:

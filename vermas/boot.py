@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from vermas import agents, nudge, polecat
 from vermas.addresses import Address, Role
 from vermas.errors import Conflict
+from vermas.proc import pid_alive
 from vermas.sessions import TownSessions
 from vermas.town import Town
 
@@ -117,10 +118,9 @@ def zygote_pid(town: Town) -> int | None:
     pid_file = town.root / ".runtime" / "mcp-zygote.pid"
     try:
         pid = int(pid_file.read_text().strip())
-        os.kill(pid, 0)
     except (OSError, ValueError):
         return None
-    return pid
+    return pid if pid_alive(pid) else None
 
 
 def start_zygote(town: Town, timeout: float = 30.0) -> int | None:

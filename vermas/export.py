@@ -13,15 +13,14 @@ from __future__ import annotations
 import atexit
 import fcntl
 import json
-import os
 import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from vermas.proc import pid_alive
 from vermas.store import EXPORT_KINDS
 from vermas.town import Town, write_atomic
-
 
 ISSUE_LINE_SQL = """
 SELECT json_patch('{"_type":"issue"}', json_object(
@@ -144,18 +143,8 @@ def _remove_orphan_temp_files(folder: Path) -> None:
     """Temp files of exporters that were killed mid-write (`.<name>.<pid>.tmp`)."""
     for tmp in folder.glob(".*.tmp"):
         pid = tmp.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def stale_kinds(town: Town) -> list[str]:

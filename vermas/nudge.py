@@ -13,13 +13,12 @@ without tmux; `nudge` is the thin effect around them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import fcntl
 import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from vermas import convoy
+from vermas.proc import flock_held, pid_alive
 from vermas.town import Town
 
 
@@ -79,7 +80,7 @@ def runner_status(town: Town, sessions: object) -> RunnerStatus:
     pid = None
     if lock.is_file():
         text = lock.read_text().strip()
-        if text.isdigit() and _pid_alive(int(text)) and _locked(lock):
+        if text.isdigit() and pid_alive(int(text)) and flock_held(lock):
             pid = int(text)
     return RunnerStatus(
         town=town.config.name, root=str(town.root), runner_pid=pid, agents=rows,
@@ -87,28 +88,3 @@ def runner_status(town: Town, sessions: object) -> RunnerStatus:
         polecats=[p.model_dump() for p in polecat.list_polecats(town)],
         unread_mail=base.unread_mail, convoys=base.convoys,
     )
-
-
-def _pid_alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _locked(path: object) -> bool:
-    """Is the runner lock held by someone (a crashed runner's lock is released)?"""
-    import fcntl
-
-    with open(str(path), "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        return False

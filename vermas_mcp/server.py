@@ -25,7 +25,6 @@ from vermas_mcp.registry import Binding, registrar
 from vermas_mcp.schema import shallow_output, slim
 from vermas_mcp.verify_tools import register_verify_tools
 
-
 INSTRUCTIONS = (
     "vermas: Gas Town for Claude Code. Start with hook_check: if your hook has work, do it now "
     "(GUPP). Mail is durable; mail_read marks read, mail_ack marks handled."
@@ -190,7 +189,9 @@ def build_template(profile: str = "all") -> tuple[MCPServer, Binding]:
                 address = parse_address(target)
                 if not message.strip() or len(message) > nudging.MAX_CHARS:
                     raise InvalidInput(f"message must be 1 to {nudging.MAX_CHARS} characters")
-                from vermas.sessions import TownSessions  # tmux only when a nudge is sent
+                from vermas.sessions import (
+                    TownSessions,  # tmux only when a nudge is sent
+                )
 
                 # Waiting for an idle prompt takes seconds: keep the event loop free meanwhile.
                 return await anyio.to_thread.run_sync(functools.partial(

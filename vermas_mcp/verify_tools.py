@@ -9,7 +9,6 @@ so a client that asked for progress sees the pipeline move.
 
 from __future__ import annotations
 
-
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
 
@@ -19,7 +18,6 @@ from vermas.inspector.models import TestRun, VerificationReport
 from vermas.inspector.pipeline import Inspector, ProgressSink
 from vermas.inspector.records import PlanRecord, SpecRecord
 from vermas_mcp.registry import Binding, registrar
-
 
 TOOLS = ("verify_spec", "verify_plan", "verify_run", "verify_bead", "verify_report")
 

@@ -7,14 +7,12 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from vermas.addresses import parse_address
 from vermas.agents import console_script
 from vermas.errors import VermasError
 from vermas.town import Town, find_town
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from vermas.sessions import TownSessions
@@ -138,18 +136,22 @@ def cmd_up(args: argparse.Namespace) -> None:
 
 
 def cmd_down(args: argparse.Namespace) -> None:
+    """Stop the runner first (so it cannot start anything again), then every session."""
+    import time
+
     from vermas import boot
+    from vermas.proc import flock_held, pid_alive
 
     town = _open_town(args.town)
+    lock = town.root / ".runtime" / "runner.lock"
+    text = lock.read_text().strip() if lock.is_file() else ""
+    if text.isdigit() and pid_alive(int(text)) and flock_held(lock):
+        os.kill(int(text), signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while flock_held(lock) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        print(f"stopped runner (pid {text})")
     stopped = boot.down(town, _sessions(town))
-    pid_file = town.root / ".runtime" / "runner.lock"
-    if pid_file.is_file() and pid_file.read_text().strip().isdigit():
-        pid = int(pid_file.read_text().strip())
-        from vermas.status import _locked, _pid_alive
-
-        if _pid_alive(pid) and _locked(pid_file):
-            os.kill(pid, signal.SIGTERM)
-            print(f"stopped runner (pid {pid})")
     print(f"stopped {len(stopped)} session(s); hooked work stays hooked for the next `up`")
 
 

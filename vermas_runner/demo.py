@@ -43,11 +43,10 @@ def sample_repo(path: Path) -> Path:
 
 
 def polecat_script(bead_file_cmd: str | None = None) -> list[Any]:
-    """What the stand-in model does as a polecat: check the hook, write a file named after the
-    hooked bead with Claude Code's Bash tool, commit it, and report done."""
+    """What the stand-in model does as a polecat: check the hook, write a note named after
+    itself with Claude Code's Bash tool, commit it, and report done."""
     command = bead_file_cmd or (
-        'bead=$(basename "$PWD"); f="notes/$BD_ACTOR.md"; f="${f//\\//-}"; '
-        'printf "work by %s\\n" "$BD_ACTOR" > "notes/$(echo $BD_ACTOR | tr / -).md" && '
+        'note="notes/$(echo "$BD_ACTOR" | tr / -).md" && printf "work by %s\\n" "$BD_ACTOR" > "$note" && '
         'git add notes && git commit -q -m "polecat work by $BD_ACTOR" && git log --oneline -1'
     )
     return [
@@ -63,7 +62,12 @@ def idle_script() -> list[Any]:
 
 
 def standin_policy() -> Any:
-    from vermas.testing.standin_model import PerSessionPolicy, RoutingPolicy, ScriptedPolicy, system_contains
+    from vermas.testing.standin_model import (
+        PerSessionPolicy,
+        RoutingPolicy,
+        ScriptedPolicy,
+        system_contains,
+    )
 
     return RoutingPolicy(
         [(system_contains(POLECAT_MARKER), PerSessionPolicy(lambda: ScriptedPolicy(polecat_script())))],
@@ -73,7 +77,12 @@ def standin_policy() -> Any:
 
 def use_standin(town: Town, base_url: str, home: Path) -> None:
     """Point the town's agent sessions at the stand-in model with a private Claude home."""
-    from vermas.testing.standin_model import DUMMY_API_KEY, claude_env, find_claude_binary, write_claude_home
+    from vermas.testing.standin_model import (
+        DUMMY_API_KEY,
+        claude_env,
+        find_claude_binary,
+        write_claude_home,
+    )
 
     binary = find_claude_binary()
     if binary is None:

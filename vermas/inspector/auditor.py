@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from vermas.inspector.backend import RoleCall
-from vermas.inspector.models import AcceptanceCriterion, AuditResult, TestResult, to_context_text
+from vermas.inspector.models import (
+    AcceptanceCriterion,
+    AuditResult,
+    TestResult,
+    to_context_text,
+)
 
 PROMPT_EVIDENCE_CHARS = 24_000
 NO_EVIDENCE = "(no test evidence: the plan has no command for this criterion)"

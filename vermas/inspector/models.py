@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, computed_field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationInfo,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 
 CRITERION_ID_RE = r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$"
 MAX_CRITERIA = 40

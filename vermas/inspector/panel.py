@@ -3,9 +3,19 @@ Judge (sees criterion, evidence, the Auditor's view and both arguments; returns 
 
 from __future__ import annotations
 
-from vermas.inspector.auditor import PROMPT_EVIDENCE_CHARS, criterion_block, evidence_text
+from vermas.inspector.auditor import (
+    PROMPT_EVIDENCE_CHARS,
+    criterion_block,
+    evidence_text,
+)
 from vermas.inspector.backend import RoleCall
-from vermas.inspector.models import AcceptanceCriterion, Argument, AuditResult, TestResult, Verdict
+from vermas.inspector.models import (
+    AcceptanceCriterion,
+    Argument,
+    AuditResult,
+    TestResult,
+    Verdict,
+)
 
 
 def _case(criterion: AcceptanceCriterion, results: list[TestResult], audit: AuditResult | None, why: str) -> list[str]:

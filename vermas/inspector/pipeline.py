@@ -29,10 +29,26 @@ from vermas import beads, git, ids, timeutil, validate
 from vermas.addresses import parse_address
 from vermas.errors import InvalidInput, NotFound, VermasError
 from vermas.inspector import auditor, designer, panel, policy, records, strategist
-from vermas.inspector.backend import ClaudeCLI, ClaudeSettings, ModelBackend, ModelError, RoleCall
+from vermas.inspector.backend import (
+    ClaudeCLI,
+    ClaudeSettings,
+    ModelBackend,
+    ModelError,
+    RoleCall,
+)
 from vermas.inspector.models import (
-    LEVELS, AcceptanceCriterion, Argument, AuditResult, CriterionOutcome, Level, ModelCall, Specification,
-    TestPlan, TestResult, TestRun, VerificationReport,
+    LEVELS,
+    AcceptanceCriterion,
+    Argument,
+    AuditResult,
+    CriterionOutcome,
+    Level,
+    ModelCall,
+    Specification,
+    TestPlan,
+    TestResult,
+    TestRun,
+    VerificationReport,
 )
 from vermas.inspector.prompts import role_template
 from vermas.inspector.records import PlanRecord, SpecRecord

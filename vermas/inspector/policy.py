@@ -30,7 +30,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from vermas.inspector.models import Evidence, Kind, Level, Outcome, Overall, Stage, TestResult
+from vermas.inspector.models import (
+    Evidence,
+    Kind,
+    Level,
+    Outcome,
+    Overall,
+    Stage,
+    TestResult,
+)
 
 NextStage = Literal["auditor", "panel"]
 AMBIGUOUS_EXIT_CODES = (126, 127)

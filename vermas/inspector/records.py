@@ -26,8 +26,16 @@ from pydantic import BaseModel, Field
 
 from vermas import timeutil
 from vermas.inspector.models import (
-    AcceptanceCriterion, CriterionOutcome, Level, ModelCall, Specification, Stage, TestPlan, TestSpec,
-    VerificationReport, VerificationSummary,
+    AcceptanceCriterion,
+    CriterionOutcome,
+    Level,
+    ModelCall,
+    Specification,
+    Stage,
+    TestPlan,
+    TestSpec,
+    VerificationReport,
+    VerificationSummary,
 )
 from vermas.store import Database
 

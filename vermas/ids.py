@@ -37,7 +37,7 @@ def hash_length(count: int) -> int:
 
 
 def candidate(prefix: str, seed: str, nonce: int, length: int) -> str:
-    digest = hashlib.sha256(f"{seed}\x00{nonce}".encode()).digest()
+    digest = hashlib.sha256(f"{seed}\x00{nonce}".encode()).digest()[:8]  # 12+ base36 digits
     return f"{prefix}-{base36(digest)[-length:].rjust(length, '0')}"
 
 
@@ -79,5 +79,5 @@ def bump_prefix(conn: sqlite3.Connection, prefix: str, by: int = 1) -> None:
 
 
 def new_message_id(seed: str) -> str:
-    digest = hashlib.sha256((seed + os.urandom(8).hex()).encode()).digest()
-    return "msg-" + base36(digest)[-12:]
+    digest = hashlib.sha256((seed + os.urandom(8).hex()).encode()).digest()[:8]
+    return "msg-" + base36(digest)[-12:].rjust(12, "0")

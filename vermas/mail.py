@@ -109,8 +109,8 @@ def send_in_txn(
          thread_id or message_id, idempotency_key, stamp, ts),
     )
     db.touch("messages")
-    row = conn.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
-    return _message(row)
+    return Message(id=message_id, sender=sender, to=to, subject=subject, kind=protocol_kind(subject),
+                   body=body, reply_to=reply_to, thread_id=thread_id or message_id, created_at=stamp)
 
 
 def send(

@@ -8,6 +8,8 @@ export of this database, never a source it reads back behind the user's back.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -144,6 +146,11 @@ class Database:
         # crash or power loss may drop the last commits, which we accept for speed.
         self._conn.execute("PRAGMA synchronous = NORMAL")
         self._conn.execute("PRAGMA foreign_keys = OFF")
+        # Writers queue on an flock before BEGIN IMMEDIATE: the kernel wakes the next one the
+        # moment the lock is free, where SQLite's busy handler sleeps and polls (1, 2, 5, 10 ms
+        # ...), which with 16 concurrent writers cost more time than the writes themselves.
+        # The kernel drops the lock of a process that dies, so a crash never leaves it held.
+        self._write_lock = os.open(str(path) + ".writelock", os.O_RDWR | os.O_CREAT, 0o644)
         self._listeners: list[Callable[[set[str]], None]] = []
         self._pending: set[str] | None = None
         self._ensure_schema()
@@ -162,6 +169,7 @@ class Database:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            os.close(self._write_lock)
 
     def add_listener(self, fn: Callable[[set[str]], None]) -> None:
         """Call fn(kinds) after each commit that changed exported tables."""
@@ -171,23 +179,27 @@ class Database:
     def write(self) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction; rolled back whole on any exception."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._pending = set()
+            fcntl.flock(self._write_lock, fcntl.LOCK_EX)
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._pending = set()
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    self._pending = None
+                    raise
+                changed = self._pending
+                for kind in changed:
+                    self._conn.execute(
+                        "INSERT INTO meta(key, value) VALUES (?, '1') ON CONFLICT(key) "
+                        "DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+                        (f"gen:{kind}",),
+                    )
+                self._conn.execute("COMMIT")
                 self._pending = None
-                raise
-            changed = self._pending
-            for kind in changed:
-                self._conn.execute(
-                    "INSERT INTO meta(key, value) VALUES (?, '1') ON CONFLICT(key) "
-                    "DO UPDATE SET value = CAST(value AS INTEGER) + 1",
-                    (f"gen:{kind}",),
-                )
-            self._conn.execute("COMMIT")
-            self._pending = None
+            finally:
+                fcntl.flock(self._write_lock, fcntl.LOCK_UN)
         if changed:
             for fn in self._listeners:
                 fn(changed)

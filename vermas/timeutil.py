@@ -13,8 +13,11 @@ from datetime import datetime, timezone
 def now() -> tuple[str, float]:
     """The current instant as (RFC 3339 UTC string with microseconds, epoch seconds)."""
     ts = time.time()
-    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), ts
+    t = time.gmtime(ts)
+    micro = int((ts % 1) * 1_000_000)
+    stamp = (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:"
+             f"{t.tm_sec:02d}.{micro:06d}Z")  # strftime costs more than the rest of a send
+    return stamp, ts
 
 
 def parse(value: str) -> float:

@@ -134,6 +134,8 @@ def run(town_root: str) -> None:
     try:
         while True:
             _reap(children)
+            if not os.path.isfile(os.path.join(root, "town.toml")):
+                return  # the town was removed (a finished test, a deleted demo): nothing to serve
             if children:
                 last_busy = time.monotonic()
             elif time.monotonic() - last_busy > IDLE_EXIT_SECONDS:

@@ -114,6 +114,14 @@ def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, *
         server = StandinModelServer(standin_policy()).start()
         use_standin(town, server.base_url, root / "claude-home")
         console.print(f"stand-in model on {server.base_url} (no account, scripted agents)")
+    else:  # your own Claude Code login: the sessions use your normal config and credentials
+        from vermas.testing.standin_model import find_claude_binary
+
+        binary = find_claude_binary()
+        if binary is not None:
+            town.config.agent.command = str(binary)
+            town.save_config()
+        console.print(f"using your Claude Code login ({town.config.agent.command})")
     rig.add(town, "sample", str(repo), prefix="sp", max_polecats=max(1, beads_count))
     console.print("rig [bold]sample[/] added (prefix sp)")
     sessions = TownSessions(town.root)

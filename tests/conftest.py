@@ -3,7 +3,9 @@ transport, real git repositories."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -66,3 +68,22 @@ async def fail(client: Any, name: str, **args: Any) -> str:
     result = await client.call_tool(name, args)
     assert result.is_error, f"{name} unexpectedly succeeded: {result.structured_content}"
     return result.content[0].text
+
+
+def process_gone(pid: int, within: float = 3.0) -> bool:
+    """Gone or a zombie within `within` seconds (SIGKILL is delivered asynchronously, and
+    reaping an orphan is init's business)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
+                return True
+        except OSError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)

@@ -3,13 +3,13 @@ model server on 127.0.0.1 scripted per test; real git candidates, real test subp
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import process_gone
 from tests.inspector_standin import (
     AC_ADD,
     AC_DOCS,
@@ -299,24 +299,6 @@ async def test_auditor_failing_twice_fails_its_criterion_clearly_and_is_not_cach
     assert model.count("auditor") == 3 and again.tests_run == 1
 
 
-def _dead(pid: int, within: float = 3.0) -> bool:
-    """Gone or a zombie (SIGKILL is delivered asynchronously; reaping is init's business)."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
-                return True
-        except OSError:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-
-
 async def test_hanging_forking_and_flooding_tests_are_contained_and_the_run_still_reports(
     town: Town, sm: Standin, tmp_path: Path
 ) -> None:
@@ -342,7 +324,7 @@ async def test_hanging_forking_and_flooding_tests_are_contained_and_the_run_stil
     assert "timed out after" in (hang.tests[0].evidence.failure or "")
     assert fork.tests[0].evidence.timed_out and "forked" in fork.tests[0].evidence.output
     children = [int(p) for p in pids.read_text().split()]
-    assert len(children) == 3 and all(_dead(p) for p in children)  # the whole group was killed
+    assert len(children) == 3 and all(process_gone(p) for p in children)  # the whole group was killed
     ev = flood.tests[0].evidence
     assert ev.flooded and ev.truncated and ev.output_bytes > 64 * 1024 * 1024
     assert len(ev.output) < 70_000 and "bytes omitted by the Verifier" in ev.output

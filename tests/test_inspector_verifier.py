@@ -8,26 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import process_gone
 from vermas.inspector.models import TestSpec
 from vermas.inspector.verifier import OutputCap, run_command, run_tests
-
-
-def _dead(pid: int, within: float = 3.0) -> bool:
-    """Gone or a zombie (SIGKILL is delivered asynchronously; reaping is init's business)."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
-                return True
-        except OSError:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
 
 
 def test_pass_and_fail_with_evidence(tmp_path: Path) -> None:
@@ -47,7 +30,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert time.monotonic() - start < 4
     assert ev.timed_out and ev.signal == "SIGKILL" and ev.exit_code is None
     children = [int(p) for p in pids.read_text().split()]
-    assert len(children) == 3 and all(_dead(p) for p in children)
+    assert len(children) == 3 and all(process_gone(p) for p in children)
 
 
 def test_background_leftovers_die_when_the_test_ends(tmp_path: Path) -> None:
@@ -56,7 +39,7 @@ def test_background_leftovers_die_when_the_test_ends(tmp_path: Path) -> None:
     ev = run_command(f"sleep 300 & echo $! > {pids}; echo started", tmp_path, 30)
     assert time.monotonic() - start < 4  # the child holding the pipe does not keep the run waiting
     assert ev.exit_code == 0 and ev.output == "started\n" and not ev.timed_out
-    assert _dead(int(pids.read_text()))
+    assert process_gone(int(pids.read_text()))
 
 
 def test_a_test_that_closes_its_output_but_runs_on_keeps_its_deadline(tmp_path: Path) -> None:

@@ -135,7 +135,8 @@ def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, *
         for bead in made:
             info = polecat.spawn(town, overseer, bead.id, "sample", sessions, kick="background")
             console.print(f"slung {bead.id} -> {info.address} on branch {info.branch}")
-        console.print(f"watch live: tmux -L {sessions.socket} attach -t vermas-sample-polecats-nux")
+        console.print(f"watch live: tmux -L {sessions.socket} attach -t vermas-sample-polecats-nux"
+                      + ("" if keep else " (add --keep to keep the town afterwards)"))
         deadline = time.monotonic() + 300
         done: set[str] = set()
         while time.monotonic() < deadline and len(done) < len(made):

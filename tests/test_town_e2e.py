@@ -131,6 +131,24 @@ def test_sling_to_rig_spawns_polecat_that_finishes(e2e: E2ETown) -> None:
     assert status == "in_progress" and tuple(mr) == (f"polecat/nux/{bead.id}", commit)
 
 
+async def test_sling_tool_to_rig_spawns_polecat(e2e: E2ETown) -> None:
+    """The MCP tool path: the mayor's sling(bead, rig) spawns a polecat whose GUPP nudge is
+    sent from the tool's own process once the session is ready."""
+    from mcp import Client
+
+    from vermas_mcp.server import build_server
+
+    bead = beads.create(e2e.town, parse_address("mayor"), "Slung through MCP", rig="sample")
+    server = build_server(e2e.town, parse_address("mayor"), "mayor")
+    async with Client(server) as client:
+        result = await client.call_tool("sling", {"bead_id": bead.id, "target": "sample"})
+        assert not result.is_error, result.content
+        holder = result.structured_content["assignee"]
+        assert result.structured_content["status"] == "hooked" and holder.startswith("sample/polecats/")
+        body = e2e.polecat_done_mail(bead.id)  # the kick thread lives in this (the tool's) process
+    assert f"polecat: {holder}" in body and f"branch: polecat/{holder.rsplit('/', 1)[1]}/{bead.id}" in body
+
+
 def test_nudge_to_idle_session_is_submitted_once(e2e: E2ETown) -> None:
     token = f"nudge-token-{time.monotonic_ns()}"
     out = json.loads(e2e.run("nudge", "mayor", f"please note {token}").stdout)

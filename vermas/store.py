@@ -111,13 +111,6 @@ CREATE TABLE IF NOT EXISTS polecats (
     created_at TEXT NOT NULL,
     PRIMARY KEY (rig, name)
 );
-CREATE TABLE IF NOT EXISTS dispatch_queue (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    bead_id TEXT NOT NULL UNIQUE,
-    rig TEXT NOT NULL,
-    requested_by TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
 """
 
 # Tables whose change makes an export stale, by export name.

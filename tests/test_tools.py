@@ -251,6 +251,8 @@ BAD_CALLS = [
     ("mail_send", {"to": "mayor", "subject": "x", "body": "y" * (1024 * 1024 + 1)}, "1 MiB"),
     ("mail_send", {"to": "mayor", "subject": "x", "reply_to": "msg-missing"}, "no message"),
     ("mail_read", {"message_id": "../etc/passwd"}, "invalid message_id"),
+    ("mail_send", {"to": "gt/polecats/nux\n", "subject": "x"}, "invalid address"),
+    ("bead_show", {"bead_id": "hq-abcd\n"}, "invalid bead_id"),
     ("convoy_create", {"title": "c", "bead_ids": []}, "1 to 1000"),
 ]
 
@@ -309,3 +311,43 @@ async def test_nudge_without_session_is_queued_as_mail(client_for: Any) -> None:
         assert (await call(nux, "hook_check"))["unread_mail"] == 1
         assert "invalid address" in await fail(witness, "nudge", target="nobody", message="x")
         assert "1 to 4000" in await fail(witness, "nudge", target="mayor", message="  ")
+
+
+async def test_fixes_from_review(client_for: Any, town: Town) -> None:
+    """Comment-only updates bump updated_at; only the holder or a coordinator closes a
+    hooked bead; a re-slung polecat's second report is mailed; a spawn never reuses a
+    polecat name that holds work slung to it directly."""
+    from vermas import polecat
+    from vermas.addresses import parse_address
+    from vermas.town import RigConfig
+
+    async with client_for("mayor") as mayor, client_for("gt/crew/bob") as bob, \
+            client_for("gt/polecats/nux") as nux, client_for("gt/witness") as witness:
+        bead = await call(mayor, "bead_create", title="commented")
+        after = await call(mayor, "bead_update", bead_id=bead["id"], comment="a note")
+        assert after["updated_at"] > bead["updated_at"]
+
+        await call(mayor, "sling", bead_id=bead["id"], target="gt/crew/ann")
+        assert "only its holder" in await fail(bob, "bead_close", bead_id=bead["id"])
+        assert (await call(mayor, "bead_close", bead_id=bead["id"]))["status"] == "closed"
+
+        work = await call(mayor, "bead_create", title="hard")
+        for _ in range(2):
+            await call(mayor, "sling", bead_id=work["id"], target="gt/polecats/nux")
+            await call(nux, "polecat_done", status="ESCALATED", summary="stuck")
+        reports = [m for m in (await call(witness, "mail_inbox"))["messages"] if m["kind"] == "POLECAT_DONE"]
+        assert len(reports) == 2
+
+        direct = await call(mayor, "bead_create", title="direct")
+        await call(mayor, "sling", bead_id=direct["id"], target="gt/polecats/nux")
+    town.config.rigs["gt"] = RigConfig(name="gt", git_url="unused", prefix="gt", max_polecats=2)
+    town.save_config()
+    spawned = await call_allocate(town, polecat, parse_address("mayor"))
+    assert spawned.name == "slit"  # nux holds directly slung work
+
+
+async def call_allocate(town: Town, polecat: Any, actor: Any) -> Any:
+    from vermas import beads
+
+    bead = beads.create(town, actor, "via rig")
+    return polecat.allocate(town, actor, bead.id, "gt")

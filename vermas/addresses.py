@@ -68,13 +68,13 @@ def parse_address(value: str) -> Address:
     parts = value.split("/")
     if len(parts) == 1 and parts[0] in TOWN_ROLES:
         return Address(role=Role(parts[0]))
-    if len(parts) == 2 and RIG_RE.match(parts[0]) and parts[1] in RIG_ROLES:
+    if len(parts) == 2 and RIG_RE.fullmatch(parts[0]) and parts[1] in RIG_ROLES:
         return Address(role=Role(parts[1]), rig=parts[0])
     if (
         len(parts) == 3
-        and RIG_RE.match(parts[0])
+        and RIG_RE.fullmatch(parts[0])
         and parts[1] in NAMED_ROLES
-        and NAME_RE.match(parts[2])
+        and NAME_RE.fullmatch(parts[2])
     ):
         return Address(role=Role(NAMED_ROLES[parts[1]]), rig=parts[0], name=parts[2])
     raise InvalidInput(f"invalid address {value[:80]!r}; allowed: {ALLOWED_FORMS}")
@@ -82,4 +82,4 @@ def parse_address(value: str) -> Address:
 
 def is_rig_name(value: str) -> bool:
     """True for a bare rig name (the sling target that spawns a polecat)."""
-    return bool(RIG_RE.match(value)) and value not in TOWN_ROLES
+    return bool(RIG_RE.fullmatch(value)) and value not in TOWN_ROLES

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import shlex
 import sys
 from pathlib import Path
@@ -136,10 +137,17 @@ def trust_directories(config_home: Path, dirs: list[Path], api_key: str | None =
     folder trust for each dir, and (for a custom key) the API-key question. Merges into an
     existing file so the user's own settings and login stay as they are."""
     path = config_home / ".claude.json"
-    try:
-        data = json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
-        data = {}
+    data: dict[str, object] = {}
+    for _ in range(5):  # a session may be rewriting it right now: read again
+        try:
+            data = json.loads(path.read_text()) if path.is_file() else {}
+            break
+        except (ValueError, OSError):
+            time.sleep(0.2)
+    else:
+        return  # never overwrite a config we could not read (it holds the user's own settings)
+    if not isinstance(data, dict):
+        return
     if _already_trusted(data, dirs, api_key):
         return  # never rewrite a file live sessions also rewrite unless we must
     data["hasCompletedOnboarding"] = True

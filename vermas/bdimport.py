@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from vermas import ids, timeutil
+from vermas import ids, timeutil, validate
 from vermas.errors import InvalidInput
 from vermas.town import Town
 
@@ -47,17 +47,19 @@ def _ts(record: dict[str, Any], key: str, lineno: int) -> float:
 
 def _upsert(conn: sqlite3.Connection, rec: dict[str, Any], lineno: int, report: ImportReport) -> None:
     bead_id = str(_need(rec, "id", lineno))
-    if not ids.BEAD_ID_RE.match(bead_id) or len(bead_id) > ids.MAX_ID_LEN:
+    if not ids.BEAD_ID_RE.fullmatch(bead_id) or len(bead_id) > ids.MAX_ID_LEN:
         raise InvalidInput(f"line {lineno}: invalid bead id {bead_id[:60]!r}")
     created_ts = _ts(rec, "created_at", lineno)
     updated_at = rec.get("updated_at") or rec["created_at"]
-    updated_ts = timeutil.parse(str(updated_at))
+    updated_ts = _ts(rec, "updated_at", lineno) if rec.get("updated_at") else created_ts
     existing = conn.execute("SELECT updated_ts FROM issues WHERE id = ?", (bead_id,)).fetchone()
     if existing is not None and existing[0] >= updated_ts:
         report.unchanged += existing[0] == updated_ts
         report.skipped_older += existing[0] > updated_ts
         return
     status = str(_need(rec, "status", lineno))
+    if status not in validate.STATUSES:
+        raise InvalidInput(f"line {lineno}: status {status[:30]!r} is not one of {', '.join(validate.STATUSES)}")
     priority = rec.get("priority", 2)
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise InvalidInput(f"line {lineno}: priority {priority!r} is not an integer")

@@ -348,12 +348,11 @@ def update(
                 changes["close_reason"] = None
             if new == "in_progress" and row["started_at"] is None:
                 changes["started_at"] = stamp
-        if changes:
-            sets = ", ".join(f"{k} = ?" for k in changes)
-            conn.execute(
-                f"UPDATE issues SET {sets}, updated_at = ?, updated_ts = ? WHERE id = ?",
-                (*changes.values(), stamp, ts, bead_id),
-            )
+        sets = "".join(f"{k} = ?, " for k in changes)  # a comment alone still bumps updated_at,
+        conn.execute(  # so a bd import of the export does not skip it as unchanged
+            f"UPDATE issues SET {sets}updated_at = ?, updated_ts = ? WHERE id = ?",
+            (*changes.values(), stamp, ts, bead_id),
+        )
         if comment is not None:
             add_comment(conn, bead_id, str(actor), comment, stamp)
         town.db.touch("issues")
@@ -396,6 +395,11 @@ def close(town: Town, actor: Address, bead_id: str, reason: str = "") -> Bead:
         row = fetch_row(conn, bead_id)
         if row["status"] == "closed":
             raise Conflict(f"{bead_id} is already closed (at {row['closed_at']})")
+        if row["status"] == "hooked" and row["assignee"] != str(actor) and not actor.is_privileged:
+            raise Conflict(
+                f"{bead_id} is hooked by {row['assignee']}; only its holder, the mayor, deacon or "
+                "overseer may close it (or unsling it first)"
+            )
         close_in_txn(conn, town.db, bead_id, reason, str(actor))
         return fetch(conn, bead_id)
 

@@ -118,9 +118,13 @@ def zygote_pid(town: Town) -> int | None:
     pid_file = town.root / ".runtime" / "mcp-zygote.pid"
     try:
         pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    return pid if pid_alive(pid) else None
+    # A stale pid file (a SIGKILLed zygote, a reboot) may name an unrelated process now.
+    if not pid_alive(pid) or b"vermas_mcp.zygote" not in cmdline or str(town.root).encode() not in cmdline:
+        return None
+    return pid
 
 
 def start_zygote(town: Town, timeout: float = 30.0) -> int | None:

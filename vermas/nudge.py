@@ -152,8 +152,15 @@ def nudge(
     with _lock_path(town, target).open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            return _deliver(sessions, target, text, started, idle_timeout, poll, max_enters) or queue(
-                "agent stayed busy or its prompt never became idle")
+            result = _deliver(sessions, target, text, started, idle_timeout, poll, max_enters)
+            if isinstance(result, NudgeResult):
+                return result
+            if result == "typed":
+                # The text is in the input box, maybe even submitted unseen: queueing it as mail
+                # too could deliver it twice, so report it unconfirmed instead.
+                return NudgeResult(target=str(target), submitted=False, seconds=time.monotonic() - started,
+                                   reason="typed but the submission was not confirmed; not queued")
+            return queue("agent stayed busy or its prompt never became idle")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -161,7 +168,9 @@ def nudge(
 def _deliver(
     sessions: TownSessions, target: Address, text: str, started: float, idle_timeout: float,
     poll: float, max_enters: int,
-) -> NudgeResult | None:
+) -> NudgeResult | str | None:
+    """A NudgeResult when submitted; "typed" when the text went in but was not confirmed;
+    None when nothing was typed (the agent stayed busy)."""
     pane = sessions.pane(target)
     if pane is None:
         return None
@@ -181,7 +190,7 @@ def _deliver(
             deadline = max(deadline, time.monotonic() + max_enters * ENTER_SPACING + 5)
         elif step is Step.ENTER:
             if enters >= max_enters:
-                return None
+                return "typed"
             if time.monotonic() - last_enter >= ENTER_SPACING:  # give the TUI time to react
                 pane.send_keys("Enter", enter=False)
                 enters += 1
@@ -190,4 +199,4 @@ def _deliver(
             return NudgeResult(target=str(target), submitted=True, enter_presses=enters,
                                seconds=time.monotonic() - started)
         time.sleep(poll)
-    return None
+    return "typed" if typed else None

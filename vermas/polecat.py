@@ -129,7 +129,9 @@ def done(town: Town, actor: Address, status: str = "COMPLETED", summary: str = "
         message = mail.send_in_txn(
             conn, town.db, str(actor), f"{rig}/witness", f"POLECAT_DONE {actor.name} {bead_id}",
             "\n".join(lines) + (f"\n\n{summary}" if summary else ""),
-            idempotency_key=f"polecat_done:{bead_id}:{status}:{tree.commit if tree else ''}",
+            # Per hooking (the bead's updated_at when it was slung), so a retried call sends one
+            # mail but a bead re-slung to the same polecat reports again.
+            idempotency_key=f"polecat_done:{bead_id}:{source['updated_at']}:{status}",
         )
     return MergeRequest(
         id=mr_id, bead_id=bead_id, polecat=str(actor), rig=rig, status=status,
@@ -148,6 +150,7 @@ NAME_POOL = (
 
 
 class PolecatInfo(BaseModel):
+    prior_status: str | None = None  # the bead's status before allocate hooked it (not stored)
     address: str
     rig: str
     name: str
@@ -187,6 +190,9 @@ def allocate(town: Town, actor: Address, bead_id: str, rig: str) -> PolecatInfo:
         if row["status"] == "closed":
             raise Conflict(f"{bead_id} is closed; reopen it before slinging")
         taken = {r[0] for r in conn.execute("SELECT name FROM polecats WHERE rig = ?", (rig,))}
+        # A name someone slung work to directly (no slot) is not free either.
+        taken |= {r[0].rsplit("/", 1)[1] for r in conn.execute(
+            "SELECT assignee FROM issues WHERE status = 'hooked' AND assignee GLOB ?", (f"{rig}/polecats/*",))}
         name = choose_name(NAME_POOL, taken, config.max_polecats)
         if name is None:
             raise Conflict(
@@ -208,20 +214,21 @@ def allocate(town: Town, actor: Address, bead_id: str, rig: str) -> PolecatInfo:
         town.db.touch("issues")
     return PolecatInfo(address=str(address), rig=rig, name=name, bead_id=bead_id,
                        branch=branch_name(name, bead_id), worktree=worktree, state="spawning",
-                       created_at=stamp)
+                       created_at=stamp, prior_status=row["status"])
 
 
-def release(town: Town, rig: str, name: str, reopen_bead: bool) -> None:
-    """Give the slot back; optionally put a still-hooked bead back to open."""
+def release(town: Town, rig: str, name: str, reopen_bead: bool, status: str = "open") -> None:
+    """Give the slot back; optionally put a still-hooked bead back (to open, or to the status
+    it had before a spawn that failed)."""
     address = f"{rig}/polecats/{name}"
     with town.db.write() as conn:
         conn.execute("DELETE FROM polecats WHERE rig = ? AND name = ?", (rig, name))
         if reopen_bead:
             stamp, ts = timeutil.now()
             conn.execute(
-                "UPDATE issues SET status = 'open', assignee = NULL, updated_at = ?, updated_ts = ? "
+                "UPDATE issues SET status = ?, assignee = NULL, updated_at = ?, updated_ts = ? "
                 "WHERE assignee = ? AND status = 'hooked'",
-                (stamp, ts, address),
+                (status, stamp, ts, address),
             )
         town.db.touch("issues")
 
@@ -300,7 +307,7 @@ def spawn(
             if unmerged_commits(town, info) == 0:
                 remove_worktree(town, info)
         finally:
-            release(town, rig, info.name, reopen_bead=True)
+            release(town, rig, info.name, reopen_bead=True, status=info.prior_status or "open")
         raise
     # "started" asks the runner's patrol to nudge it; "working" means this call nudges it.
     state = "started" if kick == "none" else "working"

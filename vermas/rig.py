@@ -49,7 +49,7 @@ def add(
     town: Town, name: str, git_url: str, prefix: str | None = None, max_polecats: int = 4,
     test_command: str = "",
 ) -> RigInfo:
-    if not isinstance(name, str) or not RIG_RE.match(name) or name in TOWN_ROLES:
+    if not isinstance(name, str) or not RIG_RE.fullmatch(name) or name in TOWN_ROLES:
         raise InvalidInput(
             f"invalid rig name {str(name)[:40]!r}; allowed: a lowercase letter then up to 31 of "
             "[a-z0-9_-], not mayor/deacon/overseer"

@@ -178,19 +178,20 @@ class Database:
                 self._pending = set()
                 try:
                     yield self._conn
+                    changed = self._pending
+                    for kind in changed:
+                        self._conn.execute(
+                            "INSERT INTO meta(key, value) VALUES (?, '1') ON CONFLICT(key) "
+                            "DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+                            (f"gen:{kind}",),
+                        )
+                    self._conn.execute("COMMIT")
                 except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    self._pending = None
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
                     raise
-                changed = self._pending
-                for kind in changed:
-                    self._conn.execute(
-                        "INSERT INTO meta(key, value) VALUES (?, '1') ON CONFLICT(key) "
-                        "DO UPDATE SET value = CAST(value AS INTEGER) + 1",
-                        (f"gen:{kind}",),
-                    )
-                self._conn.execute("COMMIT")
-                self._pending = None
+                finally:
+                    self._pending = None
             finally:
                 fcntl.flock(self._write_lock, fcntl.LOCK_UN)
         if changed:

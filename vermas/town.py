@@ -72,7 +72,7 @@ class TownConfig(BaseModel):
 
 
 def validate_prefix(prefix: str) -> str:
-    if not isinstance(prefix, str) or not PREFIX_RE.match(prefix):
+    if not isinstance(prefix, str) or not PREFIX_RE.fullmatch(prefix):
         raise InvalidInput(
             f"invalid prefix {str(prefix)[:40]!r}; allowed: a lowercase letter then up to 15 "
             "lowercase letters or digits (e.g. 'hq', 'gt')"

@@ -29,7 +29,7 @@ BLOCKING_DEP_TYPES = ("blocks", "conditional-blocks")
 def bead_id(value: object, field: str = "bead_id") -> str:
     if not isinstance(value, str) or not value:
         raise InvalidInput(f"{field} must be a bead id like 'hq-a1b2' or 'hq-a1b2.1'")
-    if len(value) > MAX_ID_LEN or not BEAD_ID_RE.match(value):
+    if len(value) > MAX_ID_LEN or not BEAD_ID_RE.fullmatch(value):
         raise InvalidInput(
             f"invalid {field} {value[:60]!r}: a bead id is <prefix>-<base36>[.<n>...] "
             "(letters, digits, '-' and '.', no '/' or '..')"
@@ -78,7 +78,7 @@ def labels(values: object) -> list[str]:
     if not isinstance(values, list) or len(values) > MAX_LABELS:
         raise InvalidInput(f"labels must be a list of at most {MAX_LABELS} strings")
     for label in values:
-        if not isinstance(label, str) or not LABEL_RE.match(label):
+        if not isinstance(label, str) or not LABEL_RE.fullmatch(label):
             raise InvalidInput(
                 f"invalid label {str(label)[:40]!r}; allowed: 1-64 characters of letters, digits "
                 "and _:./@+- starting with a letter or digit"

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import socket
+import struct
 
 CONFIG_NAME = "town.toml"
 
@@ -45,6 +46,12 @@ def try_zygote(argv: list[str], town_arg: str | None) -> int | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(socket_address(root))
+        # Abstract sockets have no file permissions: only hand our stdio and environment to
+        # a zygote run by our own user, never to whoever took the name first.
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        if struct.unpack("3i", creds)[1] != os.getuid():
+            sock.close()
+            return None
     except OSError:
         sock.close()
         return None

@@ -59,6 +59,15 @@ def mark_ready(town: Town, actor: Address) -> None:
         marker.write_text(str(os.getpid()))
 
 
+_ACTIVE: list[object] = []  # this process's export scheduler, for flush_exports
+
+
+def flush_exports() -> None:
+    """Export what this process committed, now (before an abrupt exit)."""
+    for exporter in _ACTIVE:
+        exporter.flush()  # type: ignore[attr-defined]
+
+
 def serve(launch: Launch, server: object) -> None:
     """Serve until the client closes stdin; exports are current when this returns."""
     import anyio
@@ -67,6 +76,7 @@ def serve(launch: Launch, server: object) -> None:
     from vermas_mcp.stdio import serve as serve_stdio
 
     exporter = ExportScheduler(launch.town)
+    _ACTIVE.append(exporter)
     exporter.notify({"issues", "messages", "routes"})  # catch up after a writer that was killed
     mark_ready(launch.town, launch.actor)
     try:

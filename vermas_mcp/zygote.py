@@ -28,35 +28,44 @@ IDLE_EXIT_SECONDS = 6 * 3600
 
 def _peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[2]
+    return struct.unpack("3i", creds)[1]  # struct ucred: pid, uid, gid
 
 
 def _child(conn: socket.socket, request: dict[str, Any], fds: list[int], listener: socket.socket) -> None:
-    """In the forked child: take over the launcher's stdio and serve MCP on it."""
-    listener.close()
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    for target, fd in zip((0, 1, 2), fds):
-        os.dup2(fd, target)
-        os.close(fd)
-    sys.stdout = os.fdopen(1, "w", closefd=False, buffering=1)
-    sys.stderr = os.fdopen(2, "w", closefd=False, buffering=1)
-    os.environ.clear()
-    os.environ.update(request.get("env", {}))
-    os.chdir(request.get("cwd", "/"))
-    threading.Thread(target=_exit_when_launcher_dies, args=(conn,), daemon=True).start()
-    code = 0
+    """In the forked child: take over the launcher's stdio and serve MCP on it. Never
+    returns: whatever happens, the child ends here (falling back into the zygote's loop
+    would run its cleanup and delete the zygote's pid file)."""
+    code = 1
     try:
+        listener.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for target, fd in zip((0, 1, 2), fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        sys.stdout = os.fdopen(1, "w", closefd=False, buffering=1)
+        sys.stderr = os.fdopen(2, "w", closefd=False, buffering=1)
+        if not isinstance(request, dict):
+            raise ValueError("malformed launch request")
+        os.environ.clear()
+        os.environ.update(request.get("env", {}))
+        os.chdir(request.get("cwd", "/"))
+        threading.Thread(target=_exit_when_launcher_dies, args=(conn,), daemon=True).start()
         code = _serve(request.get("argv", []))
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException as exc:  # noqa: BLE001 - report and exit non-zero like a crash would
-        print(f"vermas-mcp: {type(exc).__name__}: {exc}", file=sys.stderr)
+        try:
+            print(f"vermas-mcp: {type(exc).__name__}: {exc}", file=sys.stderr)
+        except Exception:  # noqa: BLE001
+            pass
         code = 1
-    try:
-        sys.stderr.flush()
-        conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
     finally:
+        try:
+            sys.stderr.flush()
+            conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
+        except Exception:  # noqa: BLE001 - the launcher may be gone already
+            pass
         os._exit(code)
 
 
@@ -67,6 +76,9 @@ def _exit_when_launcher_dies(conn: socket.socket) -> None:
             pass
     except OSError:
         pass
+    from vermas_mcp.run import flush_exports
+
+    flush_exports()  # Claude Code stopped us: leave the exports current before going
     os._exit(0)
 
 
@@ -163,6 +175,7 @@ def _reap(children: set[int]) -> None:
 
 def _handle(conn: socket.socket, listener: socket.socket, children: set[int]) -> None:
     conn.settimeout(5.0)
+    fds: list[int] = []
     try:
         if _peer_uid(conn) != os.getuid():
             return  # only our own user's launchers may borrow a child
@@ -180,11 +193,11 @@ def _handle(conn: socket.socket, listener: socket.socket, children: set[int]) ->
         if pid == 0:
             _child(conn, request, fds, listener)  # never returns
         children.add(pid)
-        for fd in fds:
-            os.close(fd)
     except (OSError, ValueError):
         pass
     finally:
+        for fd in fds:  # the child has its own copies; the zygote keeps none of a launcher's stdio
+            os.close(fd)
         conn.close()
 
 

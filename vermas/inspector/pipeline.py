@@ -118,7 +118,7 @@ def settings_for(town: Town, bead_id: str, level: str | None = None) -> Inspecto
         problems.append(f"min_confidence {cfg.min_confidence} (allowed 0..1)")
     if not cfg.command.strip():
         problems.append("command is empty")
-    secret = [n for n in cfg.pass_env if SECRET_NAME_RE.search(n) or not ENV_NAME_RE.match(n)]
+    secret = [n for n in cfg.pass_env if SECRET_NAME_RE.search(n) or not ENV_NAME_RE.fullmatch(n)]
     if secret:
         problems.append(f"pass_env {', '.join(secret)} (tests may not see secrets: names with KEY, TOKEN, "
                         "SECRET, PASSWORD, CREDENTIAL or AUTH are refused; names are [A-Za-z_][A-Za-z0-9_]*)")

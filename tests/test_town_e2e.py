@@ -187,7 +187,7 @@ def test_session_killed_from_outside_is_reported_dead(e2e: E2ETown) -> None:
     alive = e2e.alive()
     assert alive["sample/witness"] is False and alive["mayor"] is True
     table = e2e.run("status").stdout
-    assert "dead" in table
+    assert "dead" in table and "rig sample (prefix sp" in table and "polecat/nux/" in table
 
 
 def test_trust_dialog_is_answered_when_the_entry_went_missing(e2e: E2ETown) -> None:

@@ -174,6 +174,14 @@ def cmd_status(args: argparse.Namespace) -> None:
         table.add_row(row.address, "[green]alive[/]" if row.alive else "[red]dead[/]", row.hooked or "-",
                       row.last_activity or "-", str(status.unread_mail.get(row.address, 0)))
     console.print(table)
+    for r in status.rigs:
+        console.print(f"rig [bold]{r['name']}[/] (prefix {r['prefix']}, branch {r['default_branch']}): "
+                      f"{r['polecats']}/{r['max_polecats']} polecats")
+    if status.polecats:
+        polecats = Table("polecat", "state", "bead", "branch")
+        for p in status.polecats:
+            polecats.add_row(str(p["address"]), str(p["state"]), str(p["bead_id"]), str(p["branch"]))
+        console.print(polecats)
     if status.convoys:
         convoys = Table("convoy", "title", "closed/total")
         for c in status.convoys:

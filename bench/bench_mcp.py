@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import math
 import os
 import random
 import shutil
@@ -50,6 +49,7 @@ from vermas import bdimport, beads, boot, hooks, ids, mail
 from vermas.addresses import parse_address
 from vermas.export import export_town
 from vermas.town import Town
+from common import evaluate as judge, pct  # bench/common.py (this script's folder)
 
 TOOLS = ("hook_check", "mail_send", "mail_inbox", "bead_ready", "bead_create")
 PROFILES = (("polecat", "rig/polecats/p1"), ("witness", "rig/witness"), ("refinery", "rig/refinery"),
@@ -79,11 +79,6 @@ def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def ms(seconds: float) -> float:
@@ -703,14 +698,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+
 def evaluate(figures: dict[str, float]) -> list[dict[str, Any]]:
-    rows = []
-    for key, target, op, unit, label in TARGETS:
-        value = figures[key]
-        ok = value <= target if op == "<=" else value >= target
-        rows.append({"key": key, "label": label, "value": value, "target": f"{op} {target:g} {unit}".strip(),
-                     "pass": ok})
-    return rows
+    return judge(figures, TARGETS)
 
 
 def beside(fig: dict[str, float], key: str) -> str:

@@ -57,6 +57,7 @@ from vermas.sessions import TownSessions
 from vermas.testing.standin_model import ModelRequest, StandinModelServer, find_claude_binary
 from vermas.town import Town
 from vermas_runner import demo
+from common import evaluate as judge, pct  # bench/common.py (this script's folder)
 
 RIG_NAMES = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta")
 IDENTITY_RE = re.compile(r"# vermas: you are `([^`]+)`")  # first line of `vermas-runner prime`
@@ -78,13 +79,6 @@ def log(msg: str) -> None:
     print(f"[bench-town] {msg}", file=sys.stderr, flush=True)
 
 
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100); NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def r3(x: float) -> float:
@@ -442,14 +436,9 @@ def bench_nudges(ctx: Context, t: BenchTown, count: int, ready: list[str]) -> di
 # --------------------------------------------------------------------------------------------
 
 
+
 def evaluate(figures: dict[str, float]) -> list[dict[str, Any]]:
-    rows = []
-    for key, target, op, unit, label in TARGETS:
-        value = figures.get(key, math.nan)
-        ok = bool(math.isfinite(value) and (value <= target if op == "<=" else value >= target))
-        rows.append({"key": key, "label": label, "value": value, "target": f"{op} {target:g} {unit}".strip(),
-                     "pass": ok})
-    return rows
+    return judge(figures, TARGETS)
 
 
 def print_table(result: dict[str, Any]) -> None:

@@ -59,7 +59,7 @@ TEXT = "vermas: call hook_check now"
         (nudge.Screen(False, False, ""), False, False, nudge.Step.WAIT),  # still starting
         (nudge.Screen(True, True, ""), False, False, nudge.Step.WAIT),  # busy: never interrupt
         (nudge.Screen(True, False, ""), False, False, nudge.Step.TYPE),
-        (nudge.Screen(True, False, "human typing"), False, False, nudge.Step.CLEAR_FOREIGN),
+        (nudge.Screen(True, False, "human typing"), False, False, nudge.Step.FOREIGN),
         (nudge.Screen(True, False, ""), True, False, nudge.Step.WAIT),  # typed, not echoed yet
         (nudge.Screen(True, False, TEXT), True, False, nudge.Step.ENTER),
         (nudge.Screen(True, False, TEXT), True, True, nudge.Step.ENTER),  # Enter swallowed: again

@@ -93,7 +93,7 @@ def accept_trust_dialog(sessions: "TownSessions", target: Address) -> bool:
 class Step(str, Enum):
     WAIT = "wait"  # not ready or busy: look again shortly
     TYPE = "type"  # idle, empty box: type the text
-    CLEAR_FOREIGN = "foreign"  # a human is typing something else: do not touch it
+    FOREIGN = "foreign"  # someone else's text is in the box: leave it alone and wait
     ENTER = "enter"  # our text is in the box: press Enter
     DONE = "done"  # box emptied (or the agent went busy) after Enter
 
@@ -105,7 +105,7 @@ def next_step(screen: Screen, text: str, typed: bool, entered: bool = False) -> 
     if not typed:
         if not screen.ready or screen.busy:
             return Step.WAIT
-        return Step.TYPE if not screen.input_text else Step.CLEAR_FOREIGN
+        return Step.TYPE if not screen.input_text else Step.FOREIGN
     if visible:
         return Step.ENTER
     if entered and (screen.busy or (screen.ready and not screen.input_text)):

@@ -3,6 +3,8 @@ of its work (`polecat_done`); spawning and nuking live with the runner."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -12,6 +14,9 @@ from vermas.addresses import Address, Role
 from vermas.errors import Conflict, Forbidden, InvalidInput
 from vermas.hooks import hooked_id
 from vermas.town import Town
+
+if TYPE_CHECKING:  # tmux is imported only where a session is touched
+    from vermas.sessions import TownSessions
 
 DONE_STATUSES = ("COMPLETED", "ESCALATED", "DEFERRED")
 # Where the bead goes when it leaves the hook: completed work waits for the merge queue.
@@ -285,7 +290,7 @@ def remove_worktree(town: Town, info: PolecatInfo) -> None:
 
 
 def spawn(
-    town: Town, actor: Address, bead_id: str, rig: str, sessions: object | None = None,
+    town: Town, actor: Address, bead_id: str, rig: str, sessions: TownSessions | None = None,
     kick: str = "background",
 ) -> PolecatInfo:
     """Slot, sandbox, session: reserve a name and hook the bead (one transaction), make the
@@ -295,7 +300,7 @@ def spawn(
 
     if actor.role is Role.POLECAT:
         raise Forbidden("polecats do not sling work; mail your witness or the mayor instead")
-    tmux = sessions if isinstance(sessions, TownSessions) else TownSessions(town.root)
+    tmux = sessions or TownSessions(town.root)
     info = allocate(town, actor, bead_id, rig)
     address = Address(role=Role.POLECAT, rig=rig, name=info.name)
     try:
@@ -324,7 +329,8 @@ def spawn(
     return info.model_copy(update={"state": state})
 
 
-def nuke(town: Town, rig: str, name: str, force: bool = False, sessions: object | None = None) -> PolecatInfo:
+def nuke(town: Town, rig: str, name: str, force: bool = False,
+         sessions: TownSessions | None = None) -> PolecatInfo:
     """Remove a polecat: session, worktree, branch, slot. Refuses while its branch holds
     commits that are not merged, unless force (a human's explicit decision)."""
     from vermas.errors import NotFound
@@ -340,7 +346,7 @@ def nuke(town: Town, rig: str, name: str, force: bool = False, sessions: object 
             f"{info.address} has {ahead} unmerged commit(s) on {info.branch}; merge them first or "
             "nuke with --force to throw them away"
         )
-    tmux = sessions if isinstance(sessions, TownSessions) else TownSessions(town.root)
+    tmux = sessions or TownSessions(town.root)
     tmux.kill(Address(role=Role.POLECAT, rig=rig, name=name))
     remove_worktree(town, info)
     release(town, rig, name, reopen_bead=True)

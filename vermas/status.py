@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel
 
 from vermas import convoy
 from vermas.proc import flock_held, pid_alive
 from vermas.town import Town
+
+if TYPE_CHECKING:
+    from vermas.sessions import TownSessions
 
 
 class HookedAgent(BaseModel):
@@ -59,14 +64,11 @@ class RunnerStatus(BaseModel):
     convoys: list[convoy.ConvoyStatus]
 
 
-def runner_status(town: Town, sessions: object) -> RunnerStatus:
+def runner_status(town: Town, sessions: TownSessions) -> RunnerStatus:
     """Everything `vermas-runner status` shows: which sessions live, what they hold."""
     import datetime as dt
 
     from vermas import boot, polecat, rig
-    from vermas.sessions import TownSessions
-
-    assert isinstance(sessions, TownSessions)
     base = town_status(town)
     hooked = {h.agent: h.bead_id for h in base.hooked}
     rows = []

@@ -21,15 +21,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_inprocess(args: argparse.Namespace) -> None:
-    from vermas_mcp.run import LaunchError, resolve, serve
-    from vermas_mcp.server import build_server
+    from vermas_mcp.run import run
 
-    try:
-        launch = resolve(args.town, args.actor, args.profile, os.environ)
-    except LaunchError as exc:
-        print(f"vermas-mcp: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    serve(launch, build_server(launch.town, launch.actor, launch.profile))
+    raise SystemExit(run(args.town, args.actor, args.profile))
 
 
 def main(argv: list[str] | None = None) -> None:

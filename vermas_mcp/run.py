@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from vermas.addresses import Address, parse_address
 from vermas.errors import VermasError
@@ -83,3 +84,26 @@ def serve(launch: Launch, server: object) -> None:
         anyio.run(serve_stdio, server)
     finally:
         exporter.close()
+
+
+def run(town_arg: str | None, actor_arg: str | None, profile_arg: str | None,
+        templates: Mapping[str, tuple[Any, Any]] | None = None) -> int:
+    """Resolve, build (or bind a prepared template), serve; the exit code. Shared by the
+    in-process launcher and the zygote's children so both fail and serve the same way."""
+    import sys
+
+    from vermas_mcp.server import build_server
+
+    try:
+        launch = resolve(town_arg, actor_arg, profile_arg, os.environ)
+    except LaunchError as exc:
+        print(f"vermas-mcp: {exc}", file=sys.stderr)
+        return 2
+    template = (templates or {}).get(launch.profile)
+    if template is None:
+        server = build_server(launch.town, launch.actor, launch.profile)
+    else:
+        server, binding = template
+        binding.bind(launch.town, launch.actor)
+    serve(launch, server)
+    return 0

@@ -9,7 +9,6 @@ import functools
 
 import anyio
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel
 
@@ -18,7 +17,7 @@ from vermas import nudge as nudging
 from vermas import sling as slinging
 from vermas import status as town_state
 from vermas.addresses import Address, parse_address
-from vermas.errors import InvalidInput, VermasError
+from vermas.errors import InvalidInput
 from vermas.town import Town
 from vermas_mcp.profiles import PROFILES
 from vermas_mcp.registry import Binding, registrar
@@ -179,26 +178,19 @@ def build_template(profile: str = "all") -> tuple[MCPServer, Binding]:
         """Beads by status, hooked agents, unread mail per agent, open convoys."""
         return town_state.town_status(b.town)
 
-    if "nudge" in enabled:
+    @tool(ADD)
+    async def nudge(target: str, message: str) -> nudging.NudgeResult:
+        """Type a one-line message into an agent's Claude Code session, submitted exactly once
+        when its prompt is idle; if it stays busy the text is queued as NUDGE mail."""
+        address = parse_address(target)
+        if not message.strip() or len(message) > nudging.MAX_CHARS:
+            raise InvalidInput(f"message must be 1 to {nudging.MAX_CHARS} characters")
+        from vermas.sessions import TownSessions  # tmux only when a nudge is sent
 
-        @server.tool(annotations=ADD, description=(
-            "Type a one-line message into an agent's Claude Code session, submitted exactly once "
-            "when its prompt is idle; if it stays busy the text is queued as NUDGE mail."))
-        async def nudge(target: str, message: str) -> nudging.NudgeResult:
-            try:
-                address = parse_address(target)
-                if not message.strip() or len(message) > nudging.MAX_CHARS:
-                    raise InvalidInput(f"message must be 1 to {nudging.MAX_CHARS} characters")
-                from vermas.sessions import (
-                    TownSessions,  # tmux only when a nudge is sent
-                )
-
-                # Waiting for an idle prompt takes seconds: keep the event loop free meanwhile.
-                return await anyio.to_thread.run_sync(functools.partial(
-                    nudging.nudge, b.town, TownSessions(b.town.root), address, message, sender=str(b.actor),
-                    idle_timeout=15.0))
-            except VermasError as exc:
-                raise ToolError(str(exc)) from exc
+        # Waiting for an idle prompt takes seconds: keep the event loop free meanwhile.
+        return await anyio.to_thread.run_sync(functools.partial(
+            nudging.nudge, b.town, TownSessions(b.town.root), address, message, sender=str(b.actor),
+            idle_timeout=15.0))
 
     register_verify_tools(server, b, enabled)
     _slim_schemas(server)

@@ -88,23 +88,10 @@ def _stop(*_: object) -> None:
 
 def _serve(argv: list[str]) -> int:
     from vermas_mcp.cli import parse
-    from vermas_mcp.run import LaunchError, resolve, serve
-    from vermas_mcp.server import build_server
+    from vermas_mcp.run import run
 
     args = parse(argv)
-    try:
-        launch = resolve(args.town, args.actor, args.profile, os.environ)
-    except LaunchError as exc:
-        print(f"vermas-mcp: {exc}", file=sys.stderr)
-        return 2
-    template = TEMPLATES.get(launch.profile)
-    if template is None:
-        server = build_server(launch.town, launch.actor, launch.profile)
-    else:
-        server, binding = template
-        binding.bind(launch.town, launch.actor)
-    serve(launch, server)
-    return 0
+    return run(args.town, args.actor, args.profile, TEMPLATES)
 
 
 TEMPLATES: dict[str, tuple[Any, Any]] = {}

@@ -1,5 +1,6 @@
-"""Polecats: ephemeral workers. This module holds what a polecat itself does at the end
-of its work (`polecat_done`); spawning and nuking live with the runner."""
+"""Polecats: ephemeral workers, slot + sandbox + session. This module holds their whole
+life: allocation of a named slot and the hook (one transaction), the git worktree, the
+session start, `polecat_done` at the end of the work, and nuking."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from vermas.proc import pid_alive
 from vermas.store import EXPORT_KINDS
@@ -81,12 +82,34 @@ def _state_path(town: Town) -> Path:
     return town.beads_dir / ".export-state.json"
 
 
-def _read_state(town: Town) -> dict[str, float]:
-    """{export key: generation written}, plus "<key>@": wall time of that write."""
+def _read_state(town: Town) -> dict[str, Any]:
+    """{export key: generation written}, plus "<key>@": wall time of that write and
+    "<key>#": the file's identity right after it (see _fingerprint)."""
     try:
         return {k: v for k, v in json.loads(_state_path(town).read_text()).items()}
     except (OSError, ValueError, AttributeError):
         return {}
+
+
+def _fingerprint(path: Path) -> list[int] | None:
+    """Size, mtime and inode of an export file, or None if it is missing. A file whose
+    fingerprint differs from the one recorded right after our own write was changed by
+    someone else (truncated, hand-edited, restored from an old copy): the store is the
+    record, so it is rewritten even though the generation says it is current."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _current(state: dict[str, Any], key: str, target: Path, generation: int) -> bool:
+    """Whether `target` holds generation `generation` of its export, untouched since."""
+    if state.get(key, -1) < generation:
+        return False
+    recorded = state.get(key + "#")
+    now = _fingerprint(target)
+    return now is not None and (recorded is None or list(recorded) == now)
 
 
 def export_town(town: Town, kinds: Iterable[str] = EXPORT_KINDS, force: bool = False) -> dict[str, int]:
@@ -115,7 +138,7 @@ def _export(
                         reader.execute("BEGIN")
                         try:
                             generation = town.db.generation(reader, kind)
-                            if not force and target.exists() and state.get(key, -1) >= generation:
+                            if not force and _current(state, key, target, generation):
                                 continue
                             wait = (min_interval or {}).get(kind, 0.0)
                             if target.exists() and time.time() - state.get(key + "@", 0.0) < wait:
@@ -128,6 +151,7 @@ def _export(
                         write_atomic(target, "".join(line + "\n" for line in lines))
                         state[key] = generation
                         state[key + "@"] = time.time()
+                        state[key + "#"] = _fingerprint(target)
                         written[key] = len(lines)
             finally:
                 reader.close()
@@ -148,11 +172,14 @@ def _remove_orphan_temp_files(folder: Path) -> None:
 
 
 def stale_kinds(town: Town) -> list[str]:
+    """Export kinds with a file (the town's or a rig clone's) that is behind the store,
+    missing, or changed since it was written (a truncated file is caught here)."""
     state = _read_state(town)
     with town.db.read() as conn:
         return [
-            k for k in EXPORT_KINDS
-            if state.get(k, -1) < town.db.generation(conn, k) or not (town.beads_dir / f"{k}.jsonl").exists()
+            kind for kind in EXPORT_KINDS
+            if any(not _current(state, key, target, town.db.generation(conn, kind))
+                   for key, target, _, _ in _targets(town, kind))
         ]
 
 

@@ -18,6 +18,31 @@ from vermas.addresses import parse_address
 from vermas.town import Town
 from vermas_mcp.server import build_server
 
+# Markers by what a test needs (registered in pyproject.toml). Marked from the fixtures a
+# test uses (directly or through other fixtures) and, for whole end-to-end modules, by
+# module, so a new test gets its marks without anyone remembering to add them.
+# Quick loop: pytest -m "not tmux and not claude".
+FIXTURE_MARKS = {
+    "e2e": ("tmux", "claude", "slow"),  # test_town_e2e: a real town in tmux on the stand-in model
+    "claude_bin": ("claude",),  # test_standin_model: the real Claude Code CLI
+    "private_tmux": ("tmux",),
+    "sm": ("claude",),  # tests/inspector_standin.py: the real CLI against the stand-in model
+}
+MODULE_MARKS = {
+    "test_town_e2e": ("tmux", "claude", "slow"),
+    "test_bench_town_smoke": ("tmux", "claude", "slow"),
+    "test_claude_mcp_add": ("claude",),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(MODULE_MARKS.get(item.module.__name__.rpartition(".")[2], ()) if item.module else ())
+        for fixture in getattr(item, "fixturenames", ()):
+            names.update(FIXTURE_MARKS.get(fixture, ()))
+        for name in sorted(names):
+            item.add_marker(name)
+
 
 @pytest.fixture
 def town(tmp_path: Path) -> Town:

@@ -681,7 +681,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--big-beads", type=int, help="beads in the bead_ready town (default 100000; quick 3000)")
     ap.add_argument("--workers", type=int, help="concurrent vermas-mcp senders (default 16; quick 4)")
     ap.add_argument("--sends", type=int, help="total mail_send calls in the throughput run (default 3000; quick 200)")
-    ap.add_argument("--cold-runs", type=int, help="cold start launches, cycling through the 6 profiles (default 12; quick 6)")
+    ap.add_argument("--cold-runs", type=int,
+                    help="cold start launches, cycling through the 6 profiles (default 12; quick 6)")
     ap.add_argument("--mode", default="legacy", choices=("legacy", "auto"),
                     help="MCP connect mode (legacy = the 2025-11-25 handshake Claude Code speaks)")
     ap.add_argument("--json-out", type=Path, help="also write the JSON here")

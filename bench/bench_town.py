@@ -283,7 +283,8 @@ def bench_sling(ctx: Context, n: int, timeout: float) -> dict[str, Any]:
                                  "sling_ready_count": sum(1 for r in rows if r["ready"]),
                                  "sling_trust_dialog": sum(1 for r in rows if r.get("reason") == "folder trust dialog"),
                                  "sling_zygote": 1 if zygote_pid else 0, "zygote_start_s": r3(zygote_s),
-                                 "sling_session_exists_at_return": sum(1 for r in rows if r["session_exists_at_return"])}
+                                 "sling_session_exists_at_return":
+                                     sum(1 for r in rows if r["session_exists_at_return"])}
     figures["sling_ready_pct"] = round(100 * figures["sling_ready_count"] / n, 1) if n else 0.0
     for key in ("spawn_s", "marker_s", "ready_s", "agent_startup_s"):
         p50, mx = stat(key)

@@ -67,9 +67,11 @@ BEADS: dict[str, tuple[str, list[dict[str, Any]], list[dict[str, Any]], dict[str
     "subjective, confident auditor": (GOOD_CALC, [AC_ADD, AC_DOCS],
                                       [tspec("AC-1", ADD_TEST), tspec("AC-3", DOCS_EVIDENCE)],
                                       {"AC-3": CONFIDENT_PASS}, False),
-    "subjective, unsure auditor": (GOOD_CALC, [AC_ADD, AC_DOCS], [tspec("AC-1", ADD_TEST), tspec("AC-3", DOCS_EVIDENCE)],
+    "subjective, unsure auditor": (GOOD_CALC, [AC_ADD, AC_DOCS],
+                                   [tspec("AC-1", ADD_TEST), tspec("AC-3", DOCS_EVIDENCE)],
                                    {"AC-3": UNSURE_PASS}, True),
-    "ambiguous failure (127)": (GOOD_CALC, [AC_ADD, AC_CLI], [tspec("AC-1", ADD_TEST), tspec("AC-4", "calc-cli add 2 3")],
+    "ambiguous failure (127)": (GOOD_CALC, [AC_ADD, AC_CLI],
+                                [tspec("AC-1", ADD_TEST), tspec("AC-4", "calc-cli add 2 3")],
                                 {"AC-4": CONFIDENT_FAIL}, False),
 }
 

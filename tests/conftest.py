@@ -18,6 +18,44 @@ from vermas.addresses import parse_address
 from vermas.town import Town
 from vermas_mcp.server import build_server
 
+# Markers by what a test needs (registered in pyproject.toml). Marked from the fixtures a
+# test uses (directly or through other fixtures) and, for whole end-to-end modules, by
+# module, so a new test gets its marks without anyone remembering to add them.
+# Quick loop: pytest -m "not tmux and not claude and not slow".
+FIXTURE_MARKS = {
+    "e2e": ("tmux", "claude", "slow"),  # test_town_e2e: a real town in tmux on the stand-in model
+    "claude_bin": ("claude",),  # test_standin_model: the real Claude Code CLI
+    "private_tmux": ("tmux",),
+    "sm": ("claude",),  # tests/inspector_standin.py: the real CLI against the stand-in model
+}
+MODULE_MARKS = {
+    "test_town_e2e": ("tmux", "claude", "slow"),
+    "test_bench_town_smoke": ("tmux", "claude", "slow"),
+    "test_claude_mcp_add": ("claude",),
+    "test_bench_smoke": ("slow",),
+    "test_stdio": ("slow",),  # each test starts vermas-mcp processes: 1.5-4 s apiece
+    "test_zygote": ("slow",),
+}
+# Measured over 4 s each (pytest --durations) with neither tmux nor Claude Code.
+SLOW_TESTS = {
+    "test_crash.py::test_sigkill_writers_lose_nothing_acknowledged",
+    "test_concurrency.py::test_many_writers_lose_and_duplicate_nothing",
+    "test_concurrency.py::test_sling_races_have_exactly_one_winner",
+    "test_runner_lock.py::test_detached_runner_is_stopped_by_down",
+    "test_inspector_verifier.py::test_parallelism_is_bounded_and_faster_than_serial",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(MODULE_MARKS.get(item.module.__name__.rpartition(".")[2], ()) if item.module else ())
+        if f"{item.path.name}::{item.name.partition('[')[0]}" in SLOW_TESTS:
+            names.add("slow")
+        for fixture in getattr(item, "fixturenames", ()):
+            names.update(FIXTURE_MARKS.get(fixture, ()))
+        for name in sorted(names):
+            item.add_marker(name)
+
 
 @pytest.fixture
 def town(tmp_path: Path) -> Town:

@@ -1,6 +1,8 @@
-"""bd compatibility against real bd data: the beads project's own tracker exported by bd in
-its SQLite era (2,458 lines) and a Dolt-era line. Import, export, re-import, and bd 1.0's
-ready rule computed independently here from the raw JSON."""
+"""bd compatibility against bd data: a synthetic bd export committed in tests/fixtures (built
+by tests/fixtures/make_bd_fixture.py, always run) and, when available, the real files: the
+beads project's own tracker exported by bd in its SQLite era (2,458 lines) and a Dolt-era line
+(from $VERMAS_FIXTURES, or ../shared/fixtures next to the checkout). Import, export,
+re-import, and bd 1.0's ready rule computed independently here from the raw JSON."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from collections import deque
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,31 +26,84 @@ from vermas.errors import InvalidInput
 from vermas.export import export_town
 from vermas.town import Town
 
-SQLITE_ERA = "bd-issues-sqlite-era.jsonl"
-DOLT_ERA = "bd-issues-dolt-era.jsonl"
 VERMAS_RUNNER = shutil.which("vermas-runner", path=str(Path(sys.executable).parent))
+SYNTHETIC_DIR = Path(__file__).resolve().parent / "fixtures"
 
 EXCLUDED_TYPES = {"message", "merge-request", "gate", "molecule", "agent", "rig"}
 BLOCKING = {"blocks", "conditional-blocks"}
 
 
-def fixtures_dir() -> Path:
-    candidates = [Path(__file__).resolve().parents[2] / "shared" / "fixtures"]
+@dataclass(frozen=True)
+class FixtureSet:
+    """One SQLite-era file plus one Dolt-era file, and the exact figures known for them."""
+
+    name: str
+    folder: Path | None  # None: not available here (the test is skipped)
+    sqlite_era: str
+    dolt_era: str
+    lines: int  # SQLite-era lines
+    tombstones: int
+    dolt_created: int  # beads new in the Dolt-era file
+    dolt_updated: int  # SQLite-era beads the Dolt-era file updates
+
+    @property
+    def live(self) -> int:
+        return self.lines - self.tombstones + self.dolt_created
+
+    def path(self, name: str) -> Path:
+        assert self.folder is not None
+        return self.folder / name
+
+    def raw(self, *eras: str) -> list[dict[str, Any]]:
+        """Raw records of the given eras ("sqlite", "dolt"), in file order."""
+        out = []
+        for era in eras or ("sqlite", "dolt"):
+            name = self.sqlite_era if era == "sqlite" else self.dolt_era
+            for line in self.path(name).read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    out.append(json.loads(line))
+        return out
+
+
+SYNTHETIC = FixtureSet("synthetic", SYNTHETIC_DIR, "bd-synthetic-sqlite-era.jsonl",
+                       "bd-synthetic-dolt-era.jsonl", lines=123, tombstones=11, dolt_created=5, dolt_updated=1)
+REAL_NAMES = ("bd-issues-sqlite-era.jsonl", "bd-issues-dolt-era.jsonl")
+
+
+def real_fixtures_dir() -> Path | None:
+    """$VERMAS_FIXTURES if set (it must then hold the files), else ../shared/fixtures next
+    to the checkout if it holds them, else None."""
     if os.environ.get("VERMAS_FIXTURES"):
-        candidates.append(Path(os.environ["VERMAS_FIXTURES"]))
-    for folder in candidates:
-        if (folder / SQLITE_ERA).is_file() and (folder / DOLT_ERA).is_file():
-            return folder
-    pytest.fail(f"bd fixtures {SQLITE_ERA} and {DOLT_ERA} not found in any of "
-                f"{[str(c) for c in candidates]}; set VERMAS_FIXTURES to the folder holding them")
+        folder = Path(os.environ["VERMAS_FIXTURES"])
+        missing = [n for n in REAL_NAMES if not (folder / n).is_file()]
+        if missing:
+            raise pytest.UsageError(f"VERMAS_FIXTURES={folder} lacks {', '.join(missing)}; point it at the "
+                                    "folder holding the real bd exports, or unset it")
+        return folder
+    folder = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+    return folder if all((folder / n).is_file() for n in REAL_NAMES) else None
 
 
-def raw_records(*names: str) -> list[dict[str, Any]]:
-    out = []
-    for name in names:
-        for line in (fixtures_dir() / name).read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                out.append(json.loads(line))
+REAL = FixtureSet("real", real_fixtures_dir(), *REAL_NAMES, lines=2458, tombstones=342, dolt_created=1,
+                  dolt_updated=0)
+FIXTURE_SETS = [
+    pytest.param(SYNTHETIC, id="synthetic"),
+    pytest.param(REAL, id="real", marks=pytest.mark.skipif(
+        REAL.folder is None, reason="real bd exports not here: set VERMAS_FIXTURES or add ../shared/fixtures")),
+]
+
+
+@pytest.fixture(scope="module", params=FIXTURE_SETS)
+def bd_set(request: pytest.FixtureRequest) -> FixtureSet:
+    return request.param
+
+
+def merged(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Records by id, the newest `updated_at` winning (as import does across files)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r["id"] not in out or when(r["updated_at"]) > when(out[r["id"]]["updated_at"]):
+            out[r["id"]] = r
     return out
 
 
@@ -62,15 +118,15 @@ def new_town(path: Path) -> Town:
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Town, Any, str]:
-    """One town holding both fixture files; returns (town, sqlite-era report, dolt CLI output)."""
+def imported(tmp_path_factory: pytest.TempPathFactory, bd_set: FixtureSet) -> tuple[Town, Any, str, FixtureSet]:
+    """One town holding both files of a set; (town, sqlite-era report, dolt CLI output, set)."""
     town = new_town(tmp_path_factory.mktemp("bd") / "town")
-    report = import_file(town, fixtures_dir() / SQLITE_ERA)
+    report = import_file(town, bd_set.path(bd_set.sqlite_era))
     assert VERMAS_RUNNER
-    proc = subprocess.run([VERMAS_RUNNER, "import", str(fixtures_dir() / DOLT_ERA), "--town", str(town.root)],
+    proc = subprocess.run([VERMAS_RUNNER, "import", str(bd_set.path(bd_set.dolt_era)), "--town", str(town.root)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    yield town, report, proc.stdout
+    yield town, report, proc.stdout, bd_set
     town.close()
 
 
@@ -81,17 +137,17 @@ def exported_lines(town: Town) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
 
 
-def test_import_counts(imported: tuple[Town, Any, str]) -> None:
-    town, report, dolt_out = imported
-    assert report.lines == 2458
-    assert report.tombstones == 342
-    assert report.created == 2116
+def test_import_counts(imported: tuple[Town, Any, str, FixtureSet]) -> None:
+    town, report, dolt_out, bd_set = imported
+    assert report.lines == bd_set.lines
+    assert report.tombstones == bd_set.tombstones
+    assert report.created == bd_set.lines - bd_set.tombstones
     assert report.updated == report.unchanged == report.skipped_older == report.other == 0
-    assert "1 created" in dolt_out, dolt_out
-    raw = raw_records(SQLITE_ERA, DOLT_ERA)
-    live = [r for r in raw if r["status"] != "tombstone"]
+    assert f"{bd_set.dolt_created} created, {bd_set.dolt_updated} updated" in dolt_out, dolt_out
+    raw = bd_set.raw()
+    live = [r for r in merged(raw).values() if r["status"] != "tombstone"]
     with town.db.read() as conn:
-        assert conn.execute("SELECT COUNT(*) FROM issues").fetchone()[0] == len(live) == 2117
+        assert conn.execute("SELECT COUNT(*) FROM issues").fetchone()[0] == len(live) == bd_set.live
         tomb = [r["id"] for r in raw if r["status"] == "tombstone"]
         hits = conn.execute(f"SELECT COUNT(*) FROM issues WHERE id IN ({','.join('?' * len(tomb))})",
                             tomb).fetchone()[0]
@@ -100,16 +156,19 @@ def test_import_counts(imported: tuple[Town, Any, str]) -> None:
             1 for r in live for d in r.get("dependencies") or [] if d["type"] == "blocks")
 
 
-def test_dolt_era_line(imported: tuple[Town, Any, str]) -> None:
-    town, _, _ = imported
-    (dolt,) = raw_records(DOLT_ERA)
-    assert "_type" not in dolt and dolt.get("started_at")
-    bead = beads.show(town, dolt["id"])
-    assert bead.title == dolt["title"] and bead.status == dolt["status"]
-    assert bead.started_at is not None and when(bead.started_at) == when(dolt["started_at"])
-    assert bead.owner == dolt["owner"] and bead.created_by == dolt["created_by"]
-    line = next(r for r in exported_lines(town) if r["id"] == dolt["id"])
-    assert when(line["started_at"]) == when(dolt["started_at"])
+def test_dolt_era_line(imported: tuple[Town, Any, str, FixtureSet]) -> None:
+    town, _, _, bd_set = imported
+    lines = {r["id"]: r for r in exported_lines(town)}
+    dolt_lines = bd_set.raw("dolt")
+    assert any(d.get("started_at") for d in dolt_lines)
+    for dolt in dolt_lines:
+        assert "_type" not in dolt and dolt["updated_at"].endswith("Z")
+        bead = beads.show(town, dolt["id"])
+        assert bead.title == dolt["title"] and bead.status == dolt["status"]
+        assert bead.owner == dolt.get("owner") and bead.created_by == dolt.get("created_by")
+        if dolt.get("started_at"):
+            assert bead.started_at is not None and when(bead.started_at) == when(dolt["started_at"])
+            assert when(lines[dolt["id"]]["started_at"]) == when(dolt["started_at"])
 
 
 def _norm_deps(deps: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -121,9 +180,9 @@ def _norm_comments(comments: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
                   for c in comments)
 
 
-def test_fixture_fields_survive_import_and_export(imported: tuple[Town, Any, str]) -> None:
-    town, _, _ = imported
-    raw = {r["id"]: r for r in raw_records(SQLITE_ERA, DOLT_ERA) if r["status"] != "tombstone"}
+def test_fixture_fields_survive_import_and_export(imported: tuple[Town, Any, str, FixtureSet]) -> None:
+    town, _, _, bd_set = imported
+    raw = {i: r for i, r in merged(bd_set.raw()).items() if r["status"] != "tombstone"}
     lines = exported_lines(town)
     assert [r["id"] for r in lines] == sorted(raw)
     for line in lines:
@@ -145,10 +204,10 @@ def test_fixture_fields_survive_import_and_export(imported: tuple[Town, Any, str
         assert _norm_comments(line.get("comments", [])) == _norm_comments(src.get("comments") or [])
 
 
-def test_export_shape(imported: tuple[Town, Any, str]) -> None:
-    town, _, _ = imported
+def test_export_shape(imported: tuple[Town, Any, str, FixtureSet]) -> None:
+    town, _, _, bd_set = imported
     lines = exported_lines(town)
-    assert len(lines) == 2117
+    assert len(lines) == bd_set.live
     ids = [r["id"] for r in lines]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     for line in lines:
@@ -169,37 +228,38 @@ def _detail(town: Town, bead_id: str) -> dict[str, Any]:
     return data
 
 
-def test_regression_close_reason_of_reopened_bead_lost_in_export_round_trip(tmp_path: Path) -> None:
-    """BUG (vermas/bdimport.py vs vermas/export.py): the fixture's bd-4sxh is `hooked` but
+def test_regression_close_reason_of_reopened_bead_lost_in_export_round_trip(tmp_path: Path,
+                                                                           bd_set: FixtureSet) -> None:
+    """BUG (vermas/bdimport.py vs vermas/export.py): a hooked bead (bd-4sxh in the real data) that
     carries a close_reason (bd kept it when the bead was reopened). Import stores it, the
     export drops close_reason for every non-closed bead, so a re-import of the export no
     longer matches the store it came from. Either import should normalise it away (as
     beads.update does on reopen) or export should keep it; today the two disagree."""
-    (src,) = [r for r in raw_records(SQLITE_ERA) if r["id"] == "bd-4sxh"]
-    assert src["status"] == "hooked" and src.get("close_reason")
+    (src,) = [r for r in bd_set.raw("sqlite") if r["status"] == "hooked" and r.get("close_reason")]
+    bead_id = src["id"]
     first = new_town(tmp_path / "a")
     second = new_town(tmp_path / "b")
     try:
         import_lines(first, [json.dumps(src)])
         (line,) = exported_lines(first)
         import_lines(second, [json.dumps(line)])
-        before = beads.show(first, "bd-4sxh").close_reason
-        after = beads.show(second, "bd-4sxh").close_reason
+        before = beads.show(first, bead_id).close_reason
+        after = beads.show(second, bead_id).close_reason
         assert before == after, f"store holds close_reason {before!r:.40} but its export round-trips to {after!r}"
     finally:
         first.close()
         second.close()
 
 
-def test_reimport_of_export_is_identical(imported: tuple[Town, Any, str], tmp_path: Path) -> None:
-    town, _, _ = imported
+def test_reimport_of_export_is_identical(imported: tuple[Town, Any, str, FixtureSet], tmp_path: Path) -> None:
+    town, _, _, bd_set = imported
     exported_lines(town)
     copy = tmp_path / "issues.jsonl"
     shutil.copy(town.beads_dir / "issues.jsonl", copy)
     second = new_town(tmp_path / "second")
     try:
         report = import_file(second, copy)
-        assert report.created == 2117 and report.tombstones == 0
+        assert report.created == bd_set.live and report.tombstones == 0
         with town.db.read() as conn:
             ids = [r[0] for r in conn.execute("SELECT id FROM issues ORDER BY id")]
         with second.db.read() as conn:
@@ -213,7 +273,7 @@ def test_reimport_of_export_is_identical(imported: tuple[Town, Any, str], tmp_pa
         assert (second.beads_dir / "issues.jsonl").read_bytes() == copy.read_bytes()
         # Importing the same file again changes nothing.
         again = import_file(second, copy)
-        assert again.unchanged == 2117 and again.created == again.updated == 0
+        assert again.unchanged == bd_set.live and again.created == again.updated == 0
     finally:
         second.close()
 
@@ -311,6 +371,13 @@ def test_malformed_file_imports_nothing(tmp_path: Path) -> None:
         town.close()
 
 
+def test_synthetic_fixture_is_what_its_generator_writes() -> None:
+    """The committed synthetic files are exactly make_bd_fixture.py's output (no hand edits)."""
+    proc = subprocess.run([sys.executable, str(SYNTHETIC_DIR / "make_bd_fixture.py"), "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
 def bd_ready(records: list[dict[str, Any]]) -> list[str]:
     """bd 1.0's ready rule, computed from raw bd JSONL records."""
     live = {r["id"]: r for r in records if r.get("status") != "tombstone"}
@@ -336,16 +403,16 @@ def bd_ready(records: list[dict[str, Any]]) -> list[str]:
     return [r["id"] for r in ready]
 
 
-def test_ready_matches_bd_rule_on_fixture(imported: tuple[Town, Any, str]) -> None:
-    town, _, _ = imported
-    expected = bd_ready(raw_records(SQLITE_ERA, DOLT_ERA))
+def test_ready_matches_bd_rule_on_fixture(imported: tuple[Town, Any, str, FixtureSet]) -> None:
+    town, _, _, bd_set = imported
+    expected = bd_ready(bd_set.raw())
     got = [b.id for b in beads.ready(town, limit=10000)]
     assert len(expected) > 10, "fixture should have a meaningful ready set"
     assert got == expected, (
         f"only in vermas: {sorted(set(got) - set(expected))[:10]}, "
         f"only in bd rule: {sorted(set(expected) - set(got))[:10]}")
     # The rule's edges are exercised by the data, not vacuous.
-    raw = raw_records(SQLITE_ERA)
+    raw = bd_set.raw("sqlite")
     open_ids = {r["id"] for r in raw if r["status"] == "open"}
     assert any(r.get("ephemeral") for r in raw if r["id"] in open_ids)
     assert any(r["issue_type"] in EXCLUDED_TYPES for r in raw if r["id"] in open_ids)

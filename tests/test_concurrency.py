@@ -109,8 +109,8 @@ async def test_many_writers_lose_and_duplicate_nothing(town_dir: Path) -> None:
                 got: list[str] = []
 
                 async def send_dup() -> None:
-                    got.append((await ok(c, "mail_send", to=to, subject=f"NUDGE dup {i}",
-                                         idempotency_key=dkey))["id"])
+                    got.append((await ok(c, "mail_send", to=to, subject=f"NUDGE dup {i}",  # noqa: B023
+                                         idempotency_key=dkey))["id"])  # noqa: B023
 
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(send_dup)

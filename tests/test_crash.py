@@ -79,7 +79,9 @@ def read_lines(stream: Any, on_line: Any) -> None:
         on_line(line.rstrip("\n"))
 
 
-def library_writer(town_dir: Path, tag: str, actor: str, script: Path, acks: Acks) -> tuple[subprocess.Popen, threading.Thread, threading.Event]:
+def library_writer(
+    town_dir: Path, tag: str, actor: str, script: Path, acks: Acks
+) -> tuple[subprocess.Popen, threading.Thread, threading.Event]:
     proc = subprocess.Popen([sys.executable, str(script), str(town_dir), tag, actor],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     started = threading.Event()
@@ -100,7 +102,9 @@ def library_writer(town_dir: Path, tag: str, actor: str, script: Path, acks: Ack
     return proc, reader, started
 
 
-def mcp_writer(town_dir: Path, tag: str, actor: str, acks: Acks, log: Path) -> tuple[subprocess.Popen, threading.Thread, threading.Event]:
+def mcp_writer(
+    town_dir: Path, tag: str, actor: str, acks: Acks, log: Path
+) -> tuple[subprocess.Popen, threading.Thread, threading.Event]:
     """A real vermas-mcp, driven the way Claude Code drives it: newline-delimited JSON-RPC."""
     assert VERMAS_MCP
     env = {**os.environ, "VERMAS_TOWN": str(town_dir), "BD_ACTOR": actor}

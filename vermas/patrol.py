@@ -10,7 +10,7 @@ import signal
 import threading
 from dataclasses import dataclass
 
-from vermas import boot, export, polecat
+from vermas import export, polecat, up
 from vermas.addresses import Address, Role
 from vermas.sessions import TownSessions
 from vermas.town import Town
@@ -52,7 +52,7 @@ def act(town: Town, sessions: TownSessions, actions: list[Action]) -> None:
             rig, _, name = action.target.split("/")
             polecat.set_state(town, rig, name, "working")
             address = Address(role=Role.POLECAT, rig=rig, name=name)
-            threading.Thread(target=boot.kick, args=(town, sessions, address), daemon=True).start()
+            threading.Thread(target=up.kick, args=(town, sessions, address), daemon=True).start()
 
 
 def run_forever(town: Town, sessions: TownSessions, interval: float = INTERVAL) -> None:

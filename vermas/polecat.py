@@ -296,7 +296,7 @@ def spawn(
 ) -> PolecatInfo:
     """Slot, sandbox, session: reserve a name and hook the bead (one transaction), make the
     worktree, start the session. On failure, undo in reverse and free the slot."""
-    from vermas.boot import start_agent
+    from vermas.up import start_agent
     from vermas.sessions import TownSessions
 
     if actor.role is Role.POLECAT:
@@ -321,12 +321,12 @@ def spawn(
     if kick != "none":
         import threading
 
-        from vermas import boot
+        from vermas import up
 
         if kick == "wait":
-            boot.kick(town, tmux, address)
+            up.kick(town, tmux, address)
         else:  # the caller (an MCP tool) returns now; the session gets its GUPP nudge when ready
-            threading.Thread(target=boot.kick, args=(town, tmux, address), daemon=True).start()
+            threading.Thread(target=up.kick, args=(town, tmux, address), daemon=True).start()
     return info.model_copy(update={"state": state})
 
 

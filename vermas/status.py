@@ -68,11 +68,11 @@ def runner_status(town: Town, sessions: TownSessions) -> RunnerStatus:
     """Everything `vermas-runner status` shows: which sessions live, what they hold."""
     import datetime as dt
 
-    from vermas import boot, polecat, rig
+    from vermas import polecat, rig, up
     base = town_status(town)
     hooked = {h.agent: h.bead_id for h in base.hooked}
     rows = []
-    for address in boot.core_agents(town) + boot.polecat_agents(town):
+    for address in up.core_agents(town) + up.polecat_agents(town):
         info = sessions.info(address)
         when = (dt.datetime.fromtimestamp(info.last_activity, dt.timezone.utc).isoformat(timespec="seconds")
                 if info.last_activity else None)

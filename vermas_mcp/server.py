@@ -13,7 +13,7 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel
 
 from vermas import beads, convoy, hooks, mail, polecat
-from vermas import nudge as nudging
+from vermas.sessions import nudge as nudging
 from vermas import sling as slinging
 from vermas import status as town_state
 from vermas.addresses import Address, parse_address

@@ -104,7 +104,7 @@ def cmd_rig_list(args: argparse.Namespace) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> None:
-    from vermas import boot, patrol
+    from vermas import patrol, up
 
     town = _open_town(args.town)
     if args.detach:
@@ -117,11 +117,11 @@ def cmd_up(args: argparse.Namespace) -> None:
             )
         print(f"runner started in the background (pid {proc.pid}); log: {log}")
         return
-    lock = boot.RunnerLock(town)
+    lock = up.RunnerLock(town)
     lock.acquire()
     try:
         sessions = _sessions(town)
-        report = boot.up(town, sessions, wait=not args.no_wait)
+        report = up.up(town, sessions, wait=not args.no_wait)
         for address in report.started:
             print(f"started {address}")
         for address in report.already_running:
@@ -139,7 +139,7 @@ def cmd_down(args: argparse.Namespace) -> None:
     """Stop the runner first (so it cannot start anything again), then every session."""
     import time
 
-    from vermas import boot
+    from vermas import up
     from vermas.proc import flock_held, pid_alive
 
     town = _open_town(args.town)
@@ -151,7 +151,7 @@ def cmd_down(args: argparse.Namespace) -> None:
         while flock_held(lock) and time.monotonic() < deadline:
             time.sleep(0.1)
         print(f"stopped runner (pid {text})")
-    stopped = boot.down(town, _sessions(town))
+    stopped = up.down(town, _sessions(town))
     print(f"stopped {len(stopped)} session(s); hooked work stays hooked for the next `up`")
 
 
@@ -233,7 +233,7 @@ def cmd_polecat_nuke(args: argparse.Namespace) -> None:
 
 
 def cmd_nudge(args: argparse.Namespace) -> None:
-    from vermas import nudge
+    from vermas.sessions import nudge
 
     town = _open_town(args.town)
     result = nudge.nudge(town, _sessions(town), parse_address(args.address), args.message,

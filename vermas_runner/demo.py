@@ -62,7 +62,7 @@ def idle_script() -> list[Any]:
 
 
 def standin_policy() -> Any:
-    from vermas.testing.standin_model import (
+    from vermas.testing.standin import (
         PerSessionPolicy,
         RoutingPolicy,
         ScriptedPolicy,
@@ -77,7 +77,7 @@ def standin_policy() -> Any:
 
 def use_standin(town: Town, base_url: str, home: Path) -> None:
     """Point the town's agent sessions at the stand-in model with a private Claude home."""
-    from vermas.testing.standin_model import (
+    from vermas.testing.standin import (
         DUMMY_API_KEY,
         claude_env,
         find_claude_binary,
@@ -99,7 +99,7 @@ def use_standin(town: Town, base_url: str, home: Path) -> None:
 def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, **_: Any) -> int:
     from rich.console import Console
 
-    from vermas import boot, rig
+    from vermas import rig, up
     from vermas.sessions import TownSessions
 
     console = Console()
@@ -109,13 +109,13 @@ def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, *
     repo = sample_repo(root / "sample.git.src")
     server = None
     if model == "standin":
-        from vermas.testing.standin_model import StandinModelServer
+        from vermas.testing.standin import StandinModelServer
 
         server = StandinModelServer(standin_policy()).start()
         use_standin(town, server.base_url, root / "claude-home")
         console.print(f"stand-in model on {server.base_url} (no account, scripted agents)")
     else:  # your own Claude Code login: the sessions use your normal config and credentials
-        from vermas.testing.standin_model import find_claude_binary
+        from vermas.testing.standin import find_claude_binary
 
         binary = find_claude_binary()
         if binary is not None:
@@ -127,7 +127,7 @@ def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, *
     sessions = TownSessions(town.root)
     overseer = parse_address("overseer")
     try:
-        report = boot.up(town, sessions, wait=False)
+        report = up.up(town, sessions, wait=False)
         console.print(f"started {', '.join(report.started)}")
         made = [beads.create(town, overseer, f"Write demo note {i + 1}", rig="sample",
                              description="Add a note file under notes/ and commit it.")
@@ -151,7 +151,7 @@ def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, *
         return 0 if ok else 1
     finally:
         if not keep:
-            boot.down(town, sessions)
+            up.down(town, sessions)
             if server is not None:
                 server.stop()
             shutil.rmtree(root, ignore_errors=True)

@@ -19,7 +19,8 @@ from typing import IO
 
 from pydantic import BaseModel
 
-from vermas import agents, nudge, polecat
+from vermas import agents, polecat
+from vermas.sessions import nudge
 from vermas.addresses import Address, Role
 from vermas.errors import Conflict
 from vermas.proc import pid_alive

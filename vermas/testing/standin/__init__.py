@@ -1,0 +1,42 @@
+"""The stand-in Anthropic model server (see `request` for the wire protocol and usage)."""
+
+from vermas.testing.standin.request import (
+    DEFERRED_TOOLS_MARKER,
+    DUMMY_API_KEY,
+    REPO_ROOT,
+    STRUCTURED_OUTPUT_ENFORCE,
+    STRUCTURED_OUTPUT_TOOL,
+    TOOL_SEARCH_TOOL,
+    Block,
+    ModelRequest,
+    PerSessionPolicy,
+    Policy,
+    PolicyError,
+    RoutingPolicy,
+    ScriptedPolicy,
+    StandinModelServer,
+    Step,
+    ToolCall,
+    auxiliary_reply,
+    claude_env,
+    example_for_schema,
+    find_claude_binary,
+    main,
+    message_json,
+    sse_events,
+    step_blocks,
+    structured_blocks,
+    system_contains,
+    text_block,
+    tool_use_block,
+    write_claude_home,
+)
+
+__all__ = [
+    "DEFERRED_TOOLS_MARKER", "DUMMY_API_KEY", "REPO_ROOT", "STRUCTURED_OUTPUT_ENFORCE",
+    "STRUCTURED_OUTPUT_TOOL", "TOOL_SEARCH_TOOL", "Block", "ModelRequest", "PerSessionPolicy",
+    "Policy", "PolicyError", "RoutingPolicy", "ScriptedPolicy", "StandinModelServer", "Step",
+    "ToolCall", "auxiliary_reply", "claude_env", "example_for_schema", "find_claude_binary", "main",
+    "message_json", "sse_events", "step_blocks", "structured_blocks", "system_contains",
+    "text_block", "tool_use_block", "write_claude_home",
+]

@@ -7,7 +7,7 @@ Measures:
   1. sling to session-ready latency (the town's MCP zygote started first, as `up` does):
      N polecats spawned one after another with
      `polecat.spawn(..., kick="none")`; per polecat the time to (a) spawn's return (slot, worktree,
-     tmux session: vermas's own share), (b) the agent's MCP ready marker, (c) `up.wait_ready`
+     tmux session: vermas's own share), (b) the agent's MCP ready marker, (c) `launch.wait_ready`
      (prompt idle + marker; includes wait_ready's fixed 0.5 s settle). Agent start-up = (c) - (a).
      Each polecat's session is killed once measured (and its Claude Code process waited for),
      so the next one boots on a quiet machine. A session that never gets ready is reported with
@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from vermas import agents, beads, polecat, rig, up
-from vermas.sessions import nudge
+from vermas.sessions import launch, nudge
 from vermas.addresses import Address, parse_address
 from vermas.sessions import TownSessions
 from vermas.testing.standin import ModelRequest, StandinModelServer, find_claude_binary
@@ -260,7 +260,7 @@ def bench_sling(ctx: Context, n: int, timeout: float) -> dict[str, Any]:
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        ready = up.wait_ready(town, sessions, address, timeout=timeout)
+        ready = launch.wait_ready(town, sessions, address, timeout=timeout)
         t_ready = time.perf_counter() - t0
         stop.set()
         watcher.join(timeout=2)
@@ -303,9 +303,9 @@ def gupp_deliveries(server: StandinModelServer, addresses: list[str]) -> dict[st
     latest: dict[str, ModelRequest] = {}
     for r in main_turns(server):
         who = identity(r)
-        if who in addresses and up.GUPP_NUDGE in json.dumps(r.messages, ensure_ascii=False):
+        if who in addresses and launch.GUPP_NUDGE in json.dumps(r.messages, ensure_ascii=False):
             latest[who] = r
-    return {a: json.dumps(latest[a].messages, ensure_ascii=False).count(up.GUPP_NUDGE) if a in latest else 0
+    return {a: json.dumps(latest[a].messages, ensure_ascii=False).count(launch.GUPP_NUDGE) if a in latest else 0
             for a in addresses}
 
 
@@ -529,7 +529,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--nudges", type=int, help="nudges to idle core sessions (default 50; quick 9)")
     ap.add_argument("--ready-timeout", type=float,
                     help="seconds a polecat may take to become ready (default 45; quick 30; "
-                         f"up.READY_TIMEOUT is {up.READY_TIMEOUT:g})")
+                         f"launch.READY_TIMEOUT is {launch.READY_TIMEOUT:g})")
     ap.add_argument("--json-out", type=Path, help="also write the JSON here")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (sessions are still stopped)")
     args = ap.parse_args(argv)

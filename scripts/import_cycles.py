@@ -38,10 +38,18 @@ class Graph:
     imports: list[Import] = field(default_factory=list)
 
     def edges(self) -> dict[str, set[str]]:
+        """Importing a.b.c also runs the __init__ of packages a and a.b (those that are not
+        the importer's own packages, which are already being imported), so those count too."""
         out: dict[str, set[str]] = {m: set() for m in self.modules}
         for imp in self.imports:
-            if imp.target in self.modules:
-                out[imp.module].add(imp.target)
+            if imp.target not in self.modules:
+                continue
+            out[imp.module].add(imp.target)
+            parts = imp.target.split(".")
+            for i in range(1, len(parts)):
+                package = ".".join(parts[:i])
+                if package in self.modules and not (imp.module + ".").startswith(package + "."):
+                    out[imp.module].add(package)
         return out
 
 
@@ -75,7 +83,7 @@ def _targets(node: ast.Import | ast.ImportFrom, this: str, is_pkg: bool, modules
         # `from pkg import sub` imports the submodule pkg.sub when it exists
         names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
     found = [_resolve(modules, n) for n in names]
-    return sorted({f for f in found if f and f != this} | ({this} if this in found and False else set()))
+    return sorted({f for f in found if f and f != this})
 
 
 def _walk(tree: ast.AST, in_function: bool = False):

@@ -193,7 +193,8 @@ def test_session_killed_from_outside_is_reported_dead(e2e: E2ETown) -> None:
 def test_trust_dialog_is_answered_when_the_entry_went_missing(e2e: E2ETown) -> None:
     """An exiting session can rewrite ~/.claude.json without our trust entry; the runner
     then answers Claude Code's folder-trust question itself instead of waiting forever."""
-    from vermas import agents, up
+    from vermas import agents
+    from vermas.sessions import launch
 
     address = parse_address("sample/crew/zed")
     spec = agents.launch_spec(e2e.town, address)
@@ -201,7 +202,7 @@ def test_trust_dialog_is_answered_when_the_entry_went_missing(e2e: E2ETown) -> N
     assert e2e.sessions.start(address, Path(spec.cwd), spec.argv, spec.env)
     try:
         assert e2e.sessions.wait_for(address, "Yes, I trust this folder", timeout=60)
-        assert up.wait_ready(e2e.town, e2e.sessions, address, timeout=60)
+        assert launch.wait_ready(e2e.town, e2e.sessions, address, timeout=60)
         assert nudge_screen(e2e, address).ready
     finally:
         e2e.sessions.kill(address)

@@ -17,7 +17,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from vermas.addresses import Address, Role
-from vermas.town import Town, write_atomic
+from vermas.atomic import write_atomic
+from vermas.town import Town
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 ALLOWED_TOOLS = ["mcp__vermas", "Bash", "Edit", "Write", "Read", "Glob", "Grep", "MultiEdit", "TodoWrite"]

@@ -17,10 +17,14 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from vermas.atomic import write_atomic
 from vermas.proc import pid_alive
 from vermas.store import EXPORT_KINDS
-from vermas.town import Town, write_atomic
+
+if TYPE_CHECKING:  # the town exports itself when created (Town.init), so only the type here
+    from vermas.town import Town
 
 ISSUE_LINE_SQL = """
 SELECT json_patch('{"_type":"issue"}', json_object(

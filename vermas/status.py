@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from vermas import convoy
+from vermas import convoy, polecat, rig, up
 from vermas.proc import flock_held, pid_alive
 from vermas.town import Town
 
@@ -66,9 +67,6 @@ class RunnerStatus(BaseModel):
 
 def runner_status(town: Town, sessions: TownSessions) -> RunnerStatus:
     """Everything `vermas-runner status` shows: which sessions live, what they hold."""
-    import datetime as dt
-
-    from vermas import polecat, rig, up
     base = town_status(town)
     hooked = {h.agent: h.bead_id for h in base.hooked}
     rows = []

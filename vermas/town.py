@@ -11,7 +11,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from vermas import timeutil
+from vermas.atomic import write_atomic
 from vermas.errors import InvalidInput, TownNotFound
+from vermas.export import export_town
 from vermas.store import Database
 
 if sys.version_info >= (3, 11):
@@ -131,16 +133,6 @@ def load_config(path: Path) -> TownConfig:
     )
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via temp file, fsync and rename so readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 class Town:
     """An open town: its root, config and store connection."""
 
@@ -190,8 +182,6 @@ class Town:
                 (timeutil.now()[0],),
             )
             db.touch("issues", "messages", "routes")
-        from vermas.export import export_town
-
         export_town(town)
         return town, True
 

@@ -118,11 +118,12 @@ def scan(root: Path) -> Graph:
                 continue
             text = lines[node.lineno - 1]
             comment = text.split("#", 1)[1].strip() if "#" in text else ""
-            for target in _targets(node, mod, path.name == "__init__.py", graph.modules):
+            targets = _targets(node, mod, path.name == "__init__.py", graph.modules)
+            for target in targets:
                 graph.imports.append(Import(mod, target, node.lineno, in_function, comment))
-            if in_function and not _targets(node, mod, path.name == "__init__.py", graph.modules):
+            if not targets:  # an outside package (stdlib, mcp, rich...): kept for the listings
                 name = node.names[0].name if isinstance(node, ast.Import) else (node.module or ".")
-                graph.imports.append(Import(mod, name, node.lineno, True, comment))
+                graph.imports.append(Import(mod, name, node.lineno, in_function, comment))
     return graph
 
 

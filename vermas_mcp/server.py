@@ -185,7 +185,7 @@ def build_template(profile: str = "all") -> tuple[MCPServer, Binding]:
         address = parse_address(target)
         if not message.strip() or len(message) > nudging.MAX_CHARS:
             raise InvalidInput(f"message must be 1 to {nudging.MAX_CHARS} characters")
-        from vermas.sessions import TownSessions  # tmux only when a nudge is sent
+        from vermas.sessions import TownSessions  # deferred: libtmux (~70 ms) only when a nudge is sent
 
         # Waiting for an idle prompt takes seconds: keep the event loop free meanwhile.
         return await anyio.to_thread.run_sync(functools.partial(

@@ -1,0 +1,51 @@
+"""The tree's shape: no import cycles (top-level and in-function imports alike), every import
+inside a function says why it is deferred, and the core never imports the MCP SDK."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _finder():
+    spec = importlib.util.spec_from_file_location("import_cycles", ROOT / "scripts" / "import_cycles.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["import_cycles"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_module_graph_has_no_cycles() -> None:
+    finder = _finder()
+    graph = finder.scan(ROOT)
+    assert "vermas.town" in graph.modules and len(graph.imports) > 100  # it did read the tree
+    assert finder.cycles(graph) == []
+
+
+def test_the_cycle_finder_sees_a_cycle_made_inside_a_function(tmp_path: Path) -> None:
+    finder = _finder()
+    pkg = tmp_path / "vermas"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from vermas import b\n")
+    (pkg / "b.py").write_text("def f():\n    from vermas.a import x\n")
+    assert finder.cycles(finder.scan(tmp_path)) == [["vermas.a", "vermas.b"]]
+
+
+def test_every_in_function_import_says_why_it_is_deferred() -> None:
+    finder = _finder()
+    undocumented = [f"{i.module}:{i.line}" for i in finder.in_function_imports(finder.scan(ROOT))
+                    if not i.comment.startswith("deferred:")]
+    assert undocumented == []
+
+
+def test_the_core_never_imports_mcp() -> None:
+    finder = _finder()
+    graph = finder.scan(ROOT)
+    offenders = sorted({f"{i.module}:{i.line}" for i in graph.imports
+                        if i.module.split(".")[0] == "vermas" and i.target.split(".")[0] == "mcp"})
+    assert offenders == []

@@ -49,3 +49,32 @@ def test_the_core_never_imports_mcp() -> None:
     offenders = sorted({f"{i.module}:{i.line}" for i in graph.imports
                         if i.module.split(".")[0] == "vermas" and i.target.split(".")[0] == "mcp"})
     assert offenders == []
+
+
+def test_the_layout_places_every_part_of_a_town(tmp_path: Path) -> None:
+    from vermas.layout import TownLayout
+
+    layout = TownLayout(tmp_path)
+    assert layout.store_path == tmp_path / ".beads" / "vermas.db"
+    assert layout.routes_file == tmp_path / ".beads" / "routes.jsonl"
+    assert layout.runner_lock == tmp_path / ".runtime" / "runner.lock"
+    assert layout.ready_marker("vermas-gt-polecats-nux") == tmp_path / ".runtime/agents/vermas-gt-polecats-nux/mcp.ready"
+    assert layout.canonical_clone("gt") == tmp_path / "gt" / "mayor" / "rig"
+    assert layout.clone_route("gt") == "gt/mayor/rig"
+    assert layout.refinery_worktree("gt") == tmp_path / "gt" / "refinery" / "rig"
+    assert layout.polecat_worktree("gt", "nux") == tmp_path / "gt" / "polecats" / "nux"
+    assert layout.crew_dir("gt", "zed") == tmp_path / "gt" / "crew" / "zed"
+    assert not layout.is_town()
+
+
+def test_the_layout_refuses_names_that_would_leave_their_folder(tmp_path: Path) -> None:
+    import pytest
+
+    from vermas.layout import TownLayout
+
+    layout = TownLayout(tmp_path)
+    for bad in ("..", "a/b", "../x", "", ".hidden"):
+        with pytest.raises(ValueError, match="invalid polecat name"):
+            layout.polecat_worktree("gt", bad)
+    with pytest.raises(ValueError, match="invalid rig name"):
+        layout.canonical_clone("../../etc")

@@ -71,18 +71,17 @@ QUERIES = {"issues": ISSUE_LINE_SQL.replace("{where}", ""), "messages": MESSAGE_
 def _targets(town: Town, kind: str) -> list[tuple[str, Path, str, tuple[str, ...]]]:
     """(state key, file, query, args) for one export kind. The town file holds every bead;
     each rig's canonical clone also gets its own beads, so they travel with its code."""
-    out = [(kind, town.beads_dir / f"{kind}.jsonl", QUERIES[kind], ())]
+    out = [(kind, town.layout.export_file(kind), QUERIES[kind], ())]
     if kind == "issues":
         for rig in town.config.rigs.values():
-            clone = town.root / rig.name / "mayor" / "rig"
-            if clone.is_dir():
-                out.append((f"issues:{rig.name}", clone / ".beads" / "issues.jsonl",
+            if town.layout.canonical_clone(rig.name).is_dir():
+                out.append((f"issues:{rig.name}", town.layout.rig_export_file(rig.name),
                             ISSUE_LINE_SQL.replace("{where}", "WHERE i.id GLOB ?"), (rig.prefix + "-*",)))
     return out
 
 
 def _state_path(town: Town) -> Path:
-    return town.beads_dir / ".export-state.json"
+    return town.layout.export_state
 
 
 def _read_state(town: Town) -> dict[str, float]:
@@ -107,7 +106,7 @@ def _export(
     export instead of each rewriting the same file."""
     written: dict[str, int] = {}
     deferred: set[str] = set()
-    lock_path = town.beads_dir / ".export.lock"
+    lock_path = town.layout.export_lock
     with lock_path.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -156,7 +155,7 @@ def stale_kinds(town: Town) -> list[str]:
     with town.db.read() as conn:
         return [
             k for k in EXPORT_KINDS
-            if state.get(k, -1) < town.db.generation(conn, k) or not (town.beads_dir / f"{k}.jsonl").exists()
+            if state.get(k, -1) < town.db.generation(conn, k) or not town.layout.export_file(k).exists()
         ]
 
 

@@ -52,7 +52,7 @@ class WorkTree(BaseModel):
 
 
 def worktree_path(town: Town, actor: Address) -> Path:
-    return town.root / str(actor.rig) / "polecats" / str(actor.name)
+    return town.layout.polecat_worktree(str(actor.rig), str(actor.name))
 
 
 def inspect_worktree(town: Town, actor: Address) -> WorkTree | None:

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from vermas import convoy, polecat, rig, up
-from vermas.proc import flock_held, pid_alive
 from vermas.town import Town
 
 if TYPE_CHECKING:
@@ -76,12 +75,7 @@ def runner_status(town: Town, sessions: TownSessions) -> RunnerStatus:
                 if info.last_activity else None)
         rows.append(AgentRow(address=str(address), session=info.session_name, alive=info.alive,
                              hooked=hooked.get(str(address)), last_activity=when))
-    lock = town.root / ".runtime" / "runner.lock"
-    pid = None
-    if lock.is_file():
-        text = lock.read_text().strip()
-        if text.isdigit() and pid_alive(int(text)) and flock_held(lock):
-            pid = int(text)
+    pid = up.runner_pid(town)
     return RunnerStatus(
         town=town.config.name, root=str(town.root), runner_pid=pid, agents=rows,
         rigs=[r.model_dump() for r in rig.list_rigs(town)],

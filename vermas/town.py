@@ -14,6 +14,7 @@ from vermas import timeutil
 from vermas.atomic import write_atomic
 from vermas.errors import InvalidInput, TownNotFound
 from vermas.export import export_town
+from vermas.layout import BEADS_DIR, CONFIG_NAME, DB_NAME, TownLayout
 from vermas.store import Database
 
 if sys.version_info >= (3, 11):
@@ -22,9 +23,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
-CONFIG_NAME = "town.toml"
-BEADS_DIR = ".beads"
-DB_NAME = "vermas.db"
 
 
 class AgentCommand(BaseModel):
@@ -138,39 +136,40 @@ class Town:
 
     def __init__(self, root: Path, config: TownConfig, db: Database) -> None:
         self.root = root
+        self.layout = TownLayout(root)
         self.config = config
         self.db = db
 
     @property
     def beads_dir(self) -> Path:
-        return self.root / BEADS_DIR
+        return self.layout.beads_dir
 
     @classmethod
     def open(cls, root: str | os.PathLike[str]) -> "Town":
         path = Path(root).expanduser().resolve()
-        config_path = path / CONFIG_NAME
-        db_path = path / BEADS_DIR / DB_NAME
-        if not config_path.is_file() or not db_path.is_file():
+        layout = TownLayout(path)
+        if not layout.is_town():
             raise TownNotFound(
                 f"no vermas town at {path} (missing {CONFIG_NAME} or {BEADS_DIR}/{DB_NAME}); "
                 "create one with: vermas-runner init DIR"
             )
-        return cls(path, load_config(config_path), Database(db_path))
+        return cls(path, load_config(layout.config_file), Database(layout.store_path))
 
     @classmethod
     def init(cls, root: str | os.PathLike[str], prefix: str = "hq") -> tuple["Town", bool]:
         """Create a town, or open it unchanged when it exists. Returns (town, created)."""
         validate_prefix(prefix)
         path = Path(root).expanduser().resolve()
-        if (path / CONFIG_NAME).is_file() and (path / BEADS_DIR / DB_NAME).is_file():
+        layout = TownLayout(path)
+        if layout.is_town():
             return cls.open(path), False
-        (path / BEADS_DIR).mkdir(parents=True, exist_ok=True)
+        layout.beads_dir.mkdir(parents=True, exist_ok=True)
         config = TownConfig(name=path.name or "town", prefix=prefix)
-        if not (path / CONFIG_NAME).is_file():
-            write_atomic(path / CONFIG_NAME, dump_config(config))
+        if not layout.config_file.is_file():
+            write_atomic(layout.config_file, dump_config(config))
         else:
-            config = load_config(path / CONFIG_NAME)
-        db = Database(path / BEADS_DIR / DB_NAME, create=True)
+            config = load_config(layout.config_file)
+        db = Database(layout.store_path, create=True)
         town = cls(path, config, db)
         with db.write() as conn:
             conn.execute(
@@ -186,10 +185,10 @@ class Town:
         return town, True
 
     def save_config(self) -> None:
-        write_atomic(self.root / CONFIG_NAME, dump_config(self.config))
+        write_atomic(self.layout.config_file, dump_config(self.config))
 
     def reload_config(self) -> None:
-        self.config = load_config(self.root / CONFIG_NAME)
+        self.config = load_config(self.layout.config_file)
 
     def prefix_for_rig(self, rig: str | None) -> str:
         if rig and rig in self.config.rigs:
@@ -204,6 +203,6 @@ def find_town(start: Path | None = None) -> Path | None:
     """Walk up from start (default cwd) to the nearest directory holding a town.toml."""
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
-        if (folder / CONFIG_NAME).is_file() and (folder / BEADS_DIR / DB_NAME).is_file():
+        if TownLayout(folder).is_town():
             return folder
     return None

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from vermas import polecat
 from vermas.addresses import Address, Role
 from vermas.errors import Conflict
-from vermas.proc import pid_alive
+from vermas.proc import flock_held, pid_alive
 from vermas.sessions.launch import kick_all, start_agent
 from vermas.town import Town
 
@@ -52,7 +52,7 @@ def plan_up(desired: list[Address], alive: set[str]) -> list[Address]:
 
 
 def zygote_pid(town: Town) -> int | None:
-    pid_file = town.root / ".runtime" / "mcp-zygote.pid"
+    pid_file = town.layout.zygote_pid
     try:
         pid = int(pid_file.read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -71,8 +71,8 @@ def start_zygote(town: Town, timeout: float = 30.0) -> int | None:
     pid = zygote_pid(town)
     if pid is not None:
         return pid
-    (town.root / ".runtime").mkdir(exist_ok=True)
-    log = (town.root / ".runtime" / "mcp-zygote.log").open("a")
+    town.layout.runtime_dir.mkdir(exist_ok=True)
+    log = town.layout.zygote_log.open("a")
     subprocess.Popen(
         [sys.executable, "-m", "vermas_mcp.zygote", "--town", str(town.root)],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=town.root,
@@ -124,13 +124,22 @@ def down(town: Town, sessions: TownSessions) -> list[str]:
     return stopped
 
 
+def runner_pid(town: Town) -> int | None:
+    """The pid of the town's running runner: the lock file names it and its flock is held
+    (a pid alone may be stale or reused)."""
+    lock = town.layout.runner_lock
+    text = lock.read_text().strip() if lock.is_file() else ""
+    if text.isdigit() and pid_alive(int(text)) and flock_held(lock):
+        return int(text)
+    return None
+
+
 class RunnerLock:
     """One runner per town: an flock the kernel releases if the runner dies."""
 
     def __init__(self, town: Town) -> None:
-        folder = town.root / ".runtime"
-        folder.mkdir(exist_ok=True)
-        self.path = folder / "runner.lock"
+        town.layout.runtime_dir.mkdir(exist_ok=True)
+        self.path = town.layout.runner_lock
         self._fh: IO[str] | None = None
 
     def acquire(self) -> None:

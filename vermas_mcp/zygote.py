@@ -19,12 +19,14 @@ import struct
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio  # noqa: F401  (imported before any fork, so children start warm)
 import mcp.server.stdio  # noqa: F401
 
 import vermas.export  # noqa: F401
+from vermas.layout import TownLayout
 import vermas_mcp.stdio  # noqa: F401
 from vermas_mcp.cli import parse
 from vermas_mcp.launcher import socket_address
@@ -117,9 +119,9 @@ def run(town_root: str) -> None:
         raise SystemExit(0) from None
     listener.listen(64)
     _warm_up()
-    pid_file = os.path.join(root, ".runtime", "mcp-zygote.pid")
-    os.makedirs(os.path.dirname(pid_file), exist_ok=True)
-    with open(pid_file, "w") as fh:
+    pid_file = TownLayout(Path(root)).zygote_pid
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    with pid_file.open("w") as fh:
         fh.write(str(os.getpid()))
     signal.signal(signal.SIGTERM, _stop)
     listener.settimeout(1.0)

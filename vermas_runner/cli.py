@@ -18,7 +18,7 @@ from vermas.errors import VermasError
 from vermas.export import export_town
 from vermas.inspector.cli import add_verify_parser
 from vermas.prime import prime
-from vermas.proc import flock_held, pid_alive
+from vermas.proc import flock_held
 from vermas.sessions import nudge
 from vermas.status import runner_status
 from vermas.town import Town, find_town
@@ -104,7 +104,7 @@ def cmd_rig_list(args: argparse.Namespace) -> None:
 def cmd_up(args: argparse.Namespace) -> None:
     town = _open_town(args.town)
     if args.detach:
-        log = town.root / ".runtime" / "runner.log"
+        log = town.layout.runner_log
         log.parent.mkdir(exist_ok=True)
         with log.open("a") as fh:
             proc = subprocess.Popen(
@@ -134,14 +134,13 @@ def cmd_up(args: argparse.Namespace) -> None:
 def cmd_down(args: argparse.Namespace) -> None:
     """Stop the runner first (so it cannot start anything again), then every session."""
     town = _open_town(args.town)
-    lock = town.root / ".runtime" / "runner.lock"
-    text = lock.read_text().strip() if lock.is_file() else ""
-    if text.isdigit() and pid_alive(int(text)) and flock_held(lock):
-        os.kill(int(text), signal.SIGTERM)
+    pid = up.runner_pid(town)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
-        while flock_held(lock) and time.monotonic() < deadline:
+        while flock_held(town.layout.runner_lock) and time.monotonic() < deadline:
             time.sleep(0.1)
-        print(f"stopped runner (pid {text})")
+        print(f"stopped runner (pid {pid})")
     stopped = up.down(town, _sessions(town))
     print(f"stopped {len(stopped)} session(s); hooked work stays hooked for the next `up`")
 

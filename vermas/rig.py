@@ -12,14 +12,12 @@ import re
 import shutil
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from vermas import git
 from vermas.addresses import RIG_RE, TOWN_ROLES
 from vermas.errors import Conflict, InvalidInput
-from vermas.town import RigConfig, Town, validate_prefix
-
-MAX_POLECATS_LIMIT = 64
+from vermas.town import MAX_POLECATS_LIMIT, RigConfig, Town, describe_errors, validate_prefix  # noqa: F401
 
 
 class RigInfo(BaseModel):
@@ -55,8 +53,11 @@ def add(
             "[a-z0-9_-], not mayor/deacon/overseer"
         )
     prefix = validate_prefix(prefix or default_prefix(name))
-    if not 1 <= max_polecats <= MAX_POLECATS_LIMIT:
-        raise InvalidInput(f"max_polecats must be 1 to {MAX_POLECATS_LIMIT}")
+    try:  # the config model's bounds, checked before anything is cloned or written
+        config = RigConfig(name=name, git_url=git_url, prefix=prefix, max_polecats=max_polecats,
+                           test_command=test_command)
+    except ValidationError as exc:
+        raise InvalidInput(f"rig {name}: {describe_errors(exc)}") from None
     town.reload_config()
     if name in town.config.rigs:
         raise Conflict(f"rig {name!r} exists already (rig list shows rigs)")
@@ -76,9 +77,7 @@ def add(
     except Exception:
         shutil.rmtree(town.layout.rig_dir(name), ignore_errors=True)
         raise
-    config = RigConfig(name=name, git_url=git_url, prefix=prefix, max_polecats=max_polecats,
-                       test_command=test_command, default_branch=branch)
-    town.config.rigs[name] = config
+    town.config.rigs[name] = config.model_copy(update={"default_branch": branch})
     town.save_config()
     with town.db.write() as conn:
         conn.execute(

@@ -22,6 +22,7 @@ from vermas.town import Town
 from vermas_mcp.profiles import PROFILES
 from vermas_mcp.registry import Binding, registrar
 from vermas_mcp.schema import shallow_output, slim
+from vermas_mcp.sdk import registered_tools
 from vermas_mcp.verify_tools import register_verify_tools
 
 INSTRUCTIONS = (
@@ -199,7 +200,7 @@ def build_template(profile: str = "all") -> tuple[MCPServer, Binding]:
 
 def _slim_schemas(server: MCPServer) -> None:
     """Publish slimmer schemas (same validation, fewer bytes in every session's context)."""
-    for registered in server._tool_manager.list_tools():  # the SDK has no public hook for this
+    for registered in registered_tools(server):
         registered.parameters = slim(registered.parameters)
         if registered.fn_metadata.output_schema is not None:
             registered.fn_metadata.output_schema = shallow_output(registered.fn_metadata.output_schema)

@@ -45,7 +45,7 @@ from typing import Any
 import anyio
 from mcp import Client, StdioServerParameters
 
-from vermas import bdimport, beads, boot, hooks, ids, mail
+from vermas import bdimport, beads, hooks, ids, mail, up
 from vermas.addresses import parse_address
 from vermas.export import export_town
 from vermas.town import Town
@@ -217,17 +217,17 @@ def zygote_running(town: Town) -> Iterator[int]:
     """The town's MCP zygote, as `vermas-runner up` starts it; stopped on the way out,
     whatever happened inside."""
     t0 = time.perf_counter()
-    pid = boot.start_zygote(town)
+    pid = up.start_zygote(town)
     if pid is None:
         log_file = town.root / ".runtime" / "mcp-zygote.log"
         tail = log_file.read_text()[-2000:] if log_file.exists() else "(no log)"
-        boot.stop_zygote(town)
+        up.stop_zygote(town)
         raise RuntimeError(f"the MCP zygote did not come up for {town.root}:\n{tail}")
     log(f"zygote {pid} up for {town.root} in {ms(time.perf_counter() - t0)} ms")
     try:
         yield pid
     finally:
-        boot.stop_zygote(town)
+        up.stop_zygote(town)
         log(f"zygote {pid} stopped")
 
 

@@ -7,13 +7,13 @@ Measures:
   1. sling to session-ready latency (the town's MCP zygote started first, as `up` does):
      N polecats spawned one after another with
      `polecat.spawn(..., kick="none")`; per polecat the time to (a) spawn's return (slot, worktree,
-     tmux session: vermas's own share), (b) the agent's MCP ready marker, (c) `boot.wait_ready`
+     tmux session: vermas's own share), (b) the agent's MCP ready marker, (c) `launch.wait_ready`
      (prompt idle + marker; includes wait_ready's fixed 0.5 s settle). Agent start-up = (c) - (a).
      Each polecat's session is killed once measured (and its Claude Code process waited for),
      so the next one boots on a quiet machine. A session that never gets ready is reported with
      the reason (e.g. stuck at Claude Code's folder-trust dialog).
-  2. `up` of a town of R rigs (1 + 2R sessions): `boot.up(wait=False)` on a fresh town (MCP
-     zygote and sessions started), `boot.up(wait=True)` on another fresh town (all sessions ready and GUPP-nudged, the
+  2. `up` of a town of R rigs (1 + 2R sessions): `up.up(wait=False)` on a fresh town (MCP
+     zygote and sessions started), `up.up(wait=True)` on another fresh town (all sessions ready and GUPP-nudged, the
      nudge checked on the model side), and a second `up` on that town (must start nothing).
   3. nudge delivery: M nudges, each with a unique token, round robin over the idle mayor /
      witness / refinery sessions of that town, waiting for the target to be idle again before
@@ -28,7 +28,7 @@ Prints the figures as JSON (stdout, and --json-out FILE), then a short table wit
     python bench/bench_town.py             # full run: 5 polecats, 3 rigs, 50 nudges (~4-6 min)
     python bench/bench_town.py --quick     # 2 polecats, 1 rig, 9 nudges (~1-2 min)
 
-Every session (boot.down + TownSessions.kill_server), the stand-in server and the temp dir are
+Every session (up.down + TownSessions.kill_server), the stand-in server and the temp dir are
 cleaned up at the end, also on failure or SIGTERM (unless --keep).
 """
 
@@ -51,10 +51,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vermas import agents, beads, boot, nudge, polecat, rig
+from vermas import agents, beads, polecat, rig, up
+from vermas.sessions import launch, nudge
 from vermas.addresses import Address, parse_address
 from vermas.sessions import TownSessions
-from vermas.testing.standin_model import ModelRequest, StandinModelServer, find_claude_binary
+from vermas.testing.standin import ModelRequest, StandinModelServer, find_claude_binary
 from vermas.town import Town
 from vermas_runner import demo
 from common import evaluate as judge, pct  # bench/common.py (this script's folder)
@@ -122,14 +123,14 @@ class Context:
         problems = []
         for t in self.towns:
             try:
-                boot.down(t.town, t.sessions)
+                up.down(t.town, t.sessions)
             except Exception as exc:  # noqa: BLE001 - keep cleaning up
                 problems.append(f"down {t.town.root}: {exc!r}")
             try:
                 t.sessions.kill_server()
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"kill_server {t.sessions.socket}: {exc!r}")
-            stop_zygote = getattr(boot, "stop_zygote", None)  # down stops it too; make sure
+            stop_zygote = getattr(up, "stop_zygote", None)  # down stops it too; make sure
             if stop_zygote is not None:
                 try:
                     stop_zygote(t.town)
@@ -230,7 +231,7 @@ def bench_sling(ctx: Context, n: int, timeout: float) -> dict[str, Any]:
     town, sessions, rig_name = t.town, t.sessions, t.rigs[0]
     # In a running town `up` has started the MCP zygote before anything is slung; do the same.
     zygote_s, zygote_pid = math.nan, None
-    start_zygote = getattr(boot, "start_zygote", None)
+    start_zygote = getattr(up, "start_zygote", None)
     if start_zygote is not None:
         t0 = time.perf_counter()
         zygote_pid = start_zygote(town)
@@ -259,7 +260,7 @@ def bench_sling(ctx: Context, n: int, timeout: float) -> dict[str, Any]:
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        ready = boot.wait_ready(town, sessions, address, timeout=timeout)
+        ready = launch.wait_ready(town, sessions, address, timeout=timeout)
         t_ready = time.perf_counter() - t0
         stop.set()
         watcher.join(timeout=2)
@@ -273,7 +274,7 @@ def bench_sling(ctx: Context, n: int, timeout: float) -> dict[str, Any]:
         log(f"  {address}: spawn {t_spawn:.2f} s, marker {row['marker_s']} s, ready {row['ready_s']} s"
             + ("" if ready else f" NOT READY: {row['reason']}"))
         kill_and_wait(t, address)  # measure the next polecat on a machine without this one
-    boot.down(town, sessions)
+    up.down(town, sessions)
 
     def stat(key: str) -> tuple[float, float]:
         vals = [float(r[key]) for r in rows if r[key] is not None]
@@ -303,9 +304,9 @@ def gupp_deliveries(server: StandinModelServer, addresses: list[str]) -> dict[st
     latest: dict[str, ModelRequest] = {}
     for r in main_turns(server):
         who = identity(r)
-        if who in addresses and boot.GUPP_NUDGE in json.dumps(r.messages, ensure_ascii=False):
+        if who in addresses and launch.GUPP_NUDGE in json.dumps(r.messages, ensure_ascii=False):
             latest[who] = r
-    return {a: json.dumps(latest[a].messages, ensure_ascii=False).count(boot.GUPP_NUDGE) if a in latest else 0
+    return {a: json.dumps(latest[a].messages, ensure_ascii=False).count(launch.GUPP_NUDGE) if a in latest else 0
             for a in addresses}
 
 
@@ -314,18 +315,18 @@ def bench_up(ctx: Context, rigs: int) -> tuple[dict[str, Any], BenchTown]:
     log(f"figure 2: up of a town with {rigs} rig(s), {expected} sessions")
     a = ctx.make_town("up-nowait", rigs)
     t0 = time.perf_counter()
-    rep_a = boot.up(a.town, a.sessions, wait=False)
+    rep_a = up.up(a.town, a.sessions, wait=False)
     up_nowait = time.perf_counter() - t0
     alive_a = sum(1 for n in a.sessions.names() if n.startswith("vermas-"))
     log(f"  up(wait=False): {up_nowait:.2f} s, started {len(rep_a.started)}, alive {alive_a}")
-    boot.down(a.town, a.sessions)  # free the CPU for the next town
+    up.down(a.town, a.sessions)  # free the CPU for the next town
 
     b = ctx.make_town("up-wait", rigs)
     t0 = time.perf_counter()
-    rep_b = boot.up(b.town, b.sessions, wait=True)
+    rep_b = up.up(b.town, b.sessions, wait=True)
     up_wait = time.perf_counter() - t0
     log(f"  up(wait=True): {up_wait:.2f} s, started {len(rep_b.started)}, kicked {len(rep_b.kicked)}")
-    core = [str(x) for x in boot.core_agents(b.town)]
+    core = [str(x) for x in up.core_agents(b.town)]
     not_ready = {a: why_not_ready(b, parse_address(a)) for a in core if a not in rep_b.kicked}
     for a, why in not_ready.items():
         log(f"  {a} not kicked: {why['reason']}")
@@ -336,7 +337,7 @@ def bench_up(ctx: Context, rigs: int) -> tuple[dict[str, Any], BenchTown]:
         time.sleep(0.5)
         gupp = gupp_deliveries(ctx.server, core)
     t0 = time.perf_counter()
-    rep_again = boot.up(b.town, b.sessions, wait=True)
+    rep_again = up.up(b.town, b.sessions, wait=True)
     up_again = time.perf_counter() - t0
     log(f"  second up: {up_again:.2f} s, started {len(rep_again.started)}")
     figures = {
@@ -379,7 +380,7 @@ def wait_idle(t: BenchTown, server: StandinModelServer, address: Address, prev_t
 def bench_nudges(ctx: Context, t: BenchTown, count: int, ready: list[str]) -> dict[str, Any]:
     """Nudges go to the core sessions `up` found ready (a session stuck at start-up is an
     `up` failure, reported there, not a nudge failure)."""
-    core = boot.core_agents(t.town)
+    core = up.core_agents(t.town)
     targets = [a for a in core if str(a) in ready] or core
     log(f"figure 3: {count} nudges round robin over {len(targets)} idle sessions")
     last_token: dict[str, str] = {}
@@ -529,7 +530,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--nudges", type=int, help="nudges to idle core sessions (default 50; quick 9)")
     ap.add_argument("--ready-timeout", type=float,
                     help="seconds a polecat may take to become ready (default 45; quick 30; "
-                         f"boot.READY_TIMEOUT is {boot.READY_TIMEOUT:g})")
+                         f"launch.READY_TIMEOUT is {launch.READY_TIMEOUT:g})")
     ap.add_argument("--json-out", type=Path, help="also write the JSON here")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (sessions are still stopped)")
     args = ap.parse_args(argv)

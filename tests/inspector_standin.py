@@ -1,5 +1,5 @@
 """Test support for the inspector: a scripted "model" per inspector role for the stand-in model
-server (vermas.testing.standin_model), so the REAL `claude -p` answers every role offline.
+server (vermas.testing.standin), so the REAL `claude -p` answers every role offline.
 
 Why an adapter on top of the stand-in's ScriptedPolicy: the inspector runs several `claude -p`
 processes, some concurrently (one Auditor per criterion, Advocate and Critic together), so a
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vermas.testing.standin_model import (
+from vermas.testing.standin import (
     ModelRequest,
     StandinModelServer,
     claude_env,

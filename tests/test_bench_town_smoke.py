@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vermas.testing.standin_model import find_claude_binary
+from vermas.testing.standin import find_claude_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vermas.testing.standin_model import find_claude_binary
+from vermas.testing.standin import find_claude_binary
 from vermas.town import Town
 
 CLAUDE = find_claude_binary()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from vermas import boot, nudge, patrol, polecat
+from vermas import patrol, polecat, up
+from vermas.sessions import nudge
 from vermas.addresses import Address, Role, parse_address
 from vermas_mcp.schema import shallow_output, slim
 
@@ -80,9 +81,9 @@ def test_plan_up_starts_only_missing_sessions() -> None:
     mayor, witness = parse_address("mayor"), parse_address("gt/witness")
     refinery = parse_address("gt/refinery")
     desired = [mayor, witness, refinery]
-    assert boot.plan_up(desired, set()) == desired
-    assert boot.plan_up(desired, {mayor.session_name, refinery.session_name}) == [witness]
-    assert boot.plan_up(desired, {a.session_name for a in desired}) == []
+    assert up.plan_up(desired, set()) == desired
+    assert up.plan_up(desired, {mayor.session_name, refinery.session_name}) == [witness]
+    assert up.plan_up(desired, {a.session_name for a in desired}) == []
 
 
 def test_choose_name_respects_pool_and_limit() -> None:

@@ -23,7 +23,7 @@ from tests.inspector_standin import (
 )
 from vermas import beads
 from vermas.addresses import parse_address
-from vermas.inspector import verify_for_merge
+from vermas.inspector.pipeline import verify_for_merge
 from vermas.town import Town
 
 

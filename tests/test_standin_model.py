@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from vermas.testing.standin_model import (
+from vermas.testing.standin import (
     DUMMY_API_KEY,
     ModelRequest,
     ScriptedPolicy,
@@ -200,7 +200,7 @@ def test_cli_form_serves_a_json_script(tmp_path: Path) -> None:
     script = tmp_path / "steps.json"
     script.write_text(json.dumps(["from the file"]))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vermas.testing.standin_model", "--port", "0", "--script", str(script)],
+        [sys.executable, "-m", "vermas.testing.standin", "--port", "0", "--script", str(script)],
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parents[1],

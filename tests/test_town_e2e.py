@@ -17,7 +17,7 @@ import pytest
 from vermas import beads
 from vermas.addresses import parse_address
 from vermas.sessions import TownSessions
-from vermas.testing.standin_model import StandinModelServer, find_claude_binary
+from vermas.testing.standin import StandinModelServer, find_claude_binary
 from vermas.town import Town
 from vermas_runner import demo
 
@@ -193,7 +193,8 @@ def test_session_killed_from_outside_is_reported_dead(e2e: E2ETown) -> None:
 def test_trust_dialog_is_answered_when_the_entry_went_missing(e2e: E2ETown) -> None:
     """An exiting session can rewrite ~/.claude.json without our trust entry; the runner
     then answers Claude Code's folder-trust question itself instead of waiting forever."""
-    from vermas import agents, boot
+    from vermas import agents
+    from vermas.sessions import launch
 
     address = parse_address("sample/crew/zed")
     spec = agents.launch_spec(e2e.town, address)
@@ -201,13 +202,13 @@ def test_trust_dialog_is_answered_when_the_entry_went_missing(e2e: E2ETown) -> N
     assert e2e.sessions.start(address, Path(spec.cwd), spec.argv, spec.env)
     try:
         assert e2e.sessions.wait_for(address, "Yes, I trust this folder", timeout=60)
-        assert boot.wait_ready(e2e.town, e2e.sessions, address, timeout=60)
+        assert launch.wait_ready(e2e.town, e2e.sessions, address, timeout=60)
         assert nudge_screen(e2e, address).ready
     finally:
         e2e.sessions.kill(address)
 
 
 def nudge_screen(e2e: E2ETown, address: object) -> object:
-    from vermas import nudge
+    from vermas.sessions import nudge
 
     return nudge.read_screen(e2e.sessions.capture(address))  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mcp import Client, StdioServerParameters
 
-from vermas import boot
+from vermas import up
 from vermas.addresses import parse_address
 from vermas.agents import ready_marker, runtime_dir
 from vermas.town import Town
@@ -25,13 +25,13 @@ MCP = str(Path(sys.executable).with_name("vermas-mcp"))
 @pytest.fixture
 def zygote_town(tmp_path: Path) -> Iterator[Town]:
     town, _ = Town.init(tmp_path / "town")
-    pid = boot.start_zygote(town)
+    pid = up.start_zygote(town)
     assert pid is not None, (town.root / ".runtime" / "mcp-zygote.log").read_text()
     try:
         yield town
     finally:
-        boot.stop_zygote(town)
-        assert boot.zygote_pid(town) is None
+        up.stop_zygote(town)
+        assert up.zygote_pid(town) is None
         town.close()
 
 
@@ -53,7 +53,7 @@ async def test_launch_is_served_by_a_zygote_child(zygote_town: Town) -> None:
         created = await client.call_tool("mail_send", {"to": "mayor", "subject": "HELP from the zygote"})
         assert not created.is_error and created.structured_content["sender"] == "gt/witness"
         server_pid = int(ready_marker(zygote_town, address).read_text())
-        assert parent_of(server_pid) == boot.zygote_pid(zygote_town)
+        assert parent_of(server_pid) == up.zygote_pid(zygote_town)
     with zygote_town.db.read() as conn:
         assert conn.execute("SELECT sender FROM messages").fetchall()[0][0] == "gt/witness"
 
@@ -90,7 +90,7 @@ def test_child_exits_when_its_launcher_is_killed(zygote_town: Town) -> None:
 
 async def test_without_zygote_the_launcher_serves_in_process(tmp_path: Path) -> None:
     town, _ = Town.init(tmp_path / "town")
-    assert boot.zygote_pid(town) is None
+    assert up.zygote_pid(town) is None
     params = StdioServerParameters(command=MCP, args=[], env=env_for(town, "mayor"))
     async with Client(params) as client:
         result = await client.call_tool("bead_create", {"title": "made in-process"})

@@ -17,7 +17,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from vermas.addresses import Address, Role
-from vermas.town import Town, write_atomic
+from vermas.atomic import write_atomic
+from vermas.town import Town
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 ALLOWED_TOOLS = ["mcp__vermas", "Bash", "Edit", "Write", "Read", "Glob", "Grep", "MultiEdit", "TodoWrite"]
@@ -34,14 +35,14 @@ class LaunchSpec(BaseModel):
 def workdir(town: Town, address: Address) -> Path:
     """Where an agent works: polecats in their worktree, the refinery in its worktree."""
     if address.role is Role.POLECAT:
-        return town.root / str(address.rig) / "polecats" / str(address.name)
+        return town.layout.polecat_worktree(str(address.rig), str(address.name))
     if address.role is Role.CREW:
-        return town.root / str(address.rig) / "crew" / str(address.name)
+        return town.layout.crew_dir(str(address.rig), str(address.name))
     if address.role is Role.REFINERY:
-        return town.root / str(address.rig) / "refinery" / "rig"
+        return town.layout.refinery_worktree(str(address.rig))
     if address.role is Role.WITNESS:
-        return town.root / str(address.rig) / "witness"
-    return town.root / address.role.value
+        return town.layout.witness_dir(str(address.rig))
+    return town.layout.role_dir(address.role.value)
 
 
 def console_script(name: str) -> list[str]:
@@ -90,12 +91,12 @@ def identity_env(town: Town, address: Address) -> dict[str, str]:
 
 
 def runtime_dir(town: Town, address: Address) -> Path:
-    return town.root / ".runtime" / "agents" / address.session_name
+    return town.layout.agent_runtime_dir(address.session_name)
 
 
 def ready_marker(town: Town, address: Address) -> Path:
     """Written by the agent's vermas-mcp when it starts (see vermas_mcp.run.mark_ready)."""
-    return runtime_dir(town, address) / "mcp.ready"
+    return town.layout.ready_marker(address.session_name)
 
 
 def launch_spec(town: Town, address: Address) -> LaunchSpec:

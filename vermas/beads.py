@@ -8,8 +8,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from vermas import ids, timeutil, validate
-from vermas.addresses import Address
+from vermas.addresses import Address, parse_address
 from vermas.errors import Conflict, InvalidInput, NotFound
+from vermas.inspector.records import latest_report_summary
 from vermas.store import Database
 from vermas.town import Town
 
@@ -204,8 +205,6 @@ def show(town: Town, bead_id: str) -> BeadDetail:
         comments = [Comment(**dict(r)) for r in conn.execute(
             "SELECT id, issue_id, author, text, created_at FROM comments WHERE issue_id = ? "
             "ORDER BY created_at, rowid", (bead_id,))]
-        from vermas.inspector.records import latest_report_summary
-
         summary = latest_report_summary(conn, bead_id)
     return BeadDetail(**bead.model_dump(), dependencies=deps, dependents=dependents, comments=comments,
                       verification=summary.model_dump(mode="json") if summary else None)
@@ -316,8 +315,6 @@ def update(
         changes["priority"] = validate.priority(priority)
     if assignee is not None:
         if assignee != "":
-            from vermas.addresses import parse_address
-
             parse_address(assignee)
         changes["assignee"] = assignee or None
     if title is not None:
@@ -357,8 +354,6 @@ def update(
             add_comment(conn, bead_id, str(actor), comment, stamp)
         town.db.touch("issues")
         if changes.get("status") == "closed":
-            from vermas.convoy import land_convoys_tracking
-
             land_convoys_tracking(conn, town.db, bead_id, str(actor))
         return fetch(conn, bead_id)
 
@@ -383,9 +378,41 @@ def close_in_txn(
         (stamp, reason or None, stamp, ts, bead_id),
     )
     db.touch("issues")
-    from vermas.convoy import land_convoys_tracking
-
     land_convoys_tracking(conn, db, bead_id, actor)
+
+
+# --- Convoy landing: closing a bead lands the convoys it completes (same transaction) -----
+
+
+def tracked(conn: sqlite3.Connection, convoy_id: str) -> list[sqlite3.Row]:
+    """(depends_on_id, status) of each bead a convoy tracks, by id."""
+    return conn.execute(
+        "SELECT d.depends_on_id, i.status FROM dependencies d LEFT JOIN issues i ON i.id = d.depends_on_id "
+        "WHERE d.issue_id = ? AND d.type = 'tracks' ORDER BY d.depends_on_id",
+        (convoy_id,),
+    ).fetchall()
+
+
+def is_landed(tracked_rows: list[sqlite3.Row]) -> bool:
+    """A convoy lands when it tracks at least one bead and every tracked bead is closed (pure)."""
+    return bool(tracked_rows) and all(r[1] == "closed" for r in tracked_rows)
+
+
+def land_if_done(conn: sqlite3.Connection, db: Database, convoy_id: str, actor: str) -> None:
+    row = conn.execute("SELECT status FROM issues WHERE id = ?", (convoy_id,)).fetchone()
+    if row is not None and row[0] != "closed" and is_landed(tracked(conn, convoy_id)):
+        close_in_txn(conn, db, convoy_id, "landed: all tracked beads closed", actor)
+
+
+def land_convoys_tracking(conn: sqlite3.Connection, db: Database, bead_id: str, actor: str) -> None:
+    """Called inside the transaction that closes bead_id: land convoys it completes."""
+    for (convoy_id,) in conn.execute(
+        "SELECT d.issue_id FROM dependencies d JOIN issues c ON c.id = d.issue_id "
+        "WHERE d.depends_on_id = ? AND d.type = 'tracks' AND c.issue_type = 'convoy' "
+        "AND c.status != 'closed'",
+        (bead_id,),
+    ).fetchall():
+        land_if_done(conn, db, convoy_id, actor)
 
 
 def close(town: Town, actor: Address, bead_id: str, reason: str = "") -> Bead:

@@ -13,7 +13,6 @@ from pydantic import BaseModel
 from vermas import beads, ids, validate
 from vermas.addresses import Address
 from vermas.errors import InvalidInput, NotFound
-from vermas.store import Database
 from vermas.town import Town
 
 MAX_TRACKED = 1000
@@ -35,16 +34,12 @@ def _status(conn: sqlite3.Connection, convoy_id: str) -> ConvoyStatus:
     ).fetchone()
     if row is None:
         raise NotFound(f"no convoy {convoy_id!r}; convoy_list shows existing convoys")
-    tracked = conn.execute(
-        "SELECT d.depends_on_id, i.status FROM dependencies d LEFT JOIN issues i ON i.id = d.depends_on_id "
-        "WHERE d.issue_id = ? AND d.type = 'tracks' ORDER BY d.depends_on_id",
-        (convoy_id,),
-    ).fetchall()
+    tracked = beads.tracked(conn, convoy_id)
     open_beads = [r[0] for r in tracked if r[1] != "closed"]
     total = len(tracked)
     return ConvoyStatus(
         id=row["id"], title=row["title"], status=row["status"], closed=total - len(open_beads),
-        total=total, landed=total > 0 and not open_beads, open_beads=open_beads[:50],
+        total=total, landed=beads.is_landed(tracked), open_beads=open_beads[:50],
     )
 
 
@@ -61,7 +56,7 @@ def create(town: Town, actor: Address, title: str, bead_ids: list[str]) -> Convo
                      issue_type="convoy", description=f"Convoy tracking {len(wanted)} bead(s).")
         for bead_id in wanted:
             beads.add_dependency(conn, town.db, convoy_id, bead_id, "tracks", str(actor))
-        _land_if_done(conn, town.db, convoy_id, str(actor))
+        beads.land_if_done(conn, town.db, convoy_id, str(actor))
         return _status(conn, convoy_id)
 
 
@@ -80,19 +75,3 @@ def list_convoys(town: Town, include_landed: bool = False, limit: int = 50) -> l
     with town.db.read() as conn:
         return [_status(conn, r[0]) for r in conn.execute(sql, (limit,)).fetchall()]
 
-
-def _land_if_done(conn: sqlite3.Connection, db: Database, convoy_id: str, actor: str) -> None:
-    state = _status(conn, convoy_id)
-    if state.landed and state.status != "closed":
-        beads.close_in_txn(conn, db, convoy_id, "landed: all tracked beads closed", actor)
-
-
-def land_convoys_tracking(conn: sqlite3.Connection, db: Database, bead_id: str, actor: str) -> None:
-    """Called inside the transaction that closes bead_id: land convoys it completes."""
-    for (convoy_id,) in conn.execute(
-        "SELECT d.issue_id FROM dependencies d JOIN issues c ON c.id = d.issue_id "
-        "WHERE d.depends_on_id = ? AND d.type = 'tracks' AND c.issue_type = 'convoy' "
-        "AND c.status != 'closed'",
-        (bead_id,),
-    ).fetchall():
-        _land_if_done(conn, db, convoy_id, actor)

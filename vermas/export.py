@@ -17,11 +17,14 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from vermas.atomic import write_atomic
 from vermas.proc import pid_alive
 from vermas.store import EXPORT_KINDS
-from vermas.town import Town, write_atomic
+
+if TYPE_CHECKING:  # the town exports itself when created (Town.init), so only the type here
+    from vermas.town import Town
 
 ISSUE_LINE_SQL = """
 SELECT json_patch('{"_type":"issue"}', json_object(
@@ -68,18 +71,17 @@ QUERIES = {"issues": ISSUE_LINE_SQL.replace("{where}", ""), "messages": MESSAGE_
 def _targets(town: Town, kind: str) -> list[tuple[str, Path, str, tuple[str, ...]]]:
     """(state key, file, query, args) for one export kind. The town file holds every bead;
     each rig's canonical clone also gets its own beads, so they travel with its code."""
-    out = [(kind, town.beads_dir / f"{kind}.jsonl", QUERIES[kind], ())]
+    out = [(kind, town.layout.export_file(kind), QUERIES[kind], ())]
     if kind == "issues":
         for rig in town.config.rigs.values():
-            clone = town.root / rig.name / "mayor" / "rig"
-            if clone.is_dir():
-                out.append((f"issues:{rig.name}", clone / ".beads" / "issues.jsonl",
+            if town.layout.canonical_clone(rig.name).is_dir():
+                out.append((f"issues:{rig.name}", town.layout.rig_export_file(rig.name),
                             ISSUE_LINE_SQL.replace("{where}", "WHERE i.id GLOB ?"), (rig.prefix + "-*",)))
     return out
 
 
 def _state_path(town: Town) -> Path:
-    return town.beads_dir / ".export-state.json"
+    return town.layout.export_state
 
 
 def _read_state(town: Town) -> dict[str, Any]:
@@ -126,7 +128,7 @@ def _export(
     export instead of each rewriting the same file."""
     written: dict[str, int] = {}
     deferred: set[str] = set()
-    lock_path = town.beads_dir / ".export.lock"
+    lock_path = town.layout.export_lock
     with lock_path.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

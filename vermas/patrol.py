@@ -10,9 +10,9 @@ import signal
 import threading
 from dataclasses import dataclass
 
-from vermas import boot, export, polecat
+from vermas import export, polecat
 from vermas.addresses import Address, Role
-from vermas.sessions import TownSessions
+from vermas.sessions import TownSessions, launch
 from vermas.town import Town
 
 INTERVAL = 2.0
@@ -52,7 +52,7 @@ def act(town: Town, sessions: TownSessions, actions: list[Action]) -> None:
             rig, _, name = action.target.split("/")
             polecat.set_state(town, rig, name, "working")
             address = Address(role=Role.POLECAT, rig=rig, name=name)
-            threading.Thread(target=boot.kick, args=(town, sessions, address), daemon=True).start()
+            threading.Thread(target=launch.kick, args=(town, sessions, address), daemon=True).start()
 
 
 def run_forever(town: Town, sessions: TownSessions, interval: float = INTERVAL) -> None:

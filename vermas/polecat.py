@@ -4,16 +4,18 @@ session start, `polecat_done` at the end of the work, and nuking."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from vermas import beads, git, ids, mail, timeutil
+from vermas import beads, git, ids, mail, timeutil, validate
 from vermas.addresses import Address, Role
-from vermas.errors import Conflict, Forbidden, InvalidInput
+from vermas.errors import Conflict, Forbidden, InvalidInput, NotFound
 from vermas.hooks import hooked_id
+from vermas.rig import canonical_clone
+from vermas.sessions import launch
 from vermas.town import Town
 
 if TYPE_CHECKING:  # tmux is imported only where a session is touched
@@ -50,7 +52,7 @@ class WorkTree(BaseModel):
 
 
 def worktree_path(town: Town, actor: Address) -> Path:
-    return town.root / str(actor.rig) / "polecats" / str(actor.name)
+    return town.layout.polecat_worktree(str(actor.rig), str(actor.name))
 
 
 def inspect_worktree(town: Town, actor: Address) -> WorkTree | None:
@@ -180,9 +182,6 @@ def branch_name(name: str, bead_id: str) -> str:
 def allocate(town: Town, actor: Address, bead_id: str, rig: str) -> PolecatInfo:
     """Reserve a slot and hook the bead to it in one transaction: never two polecats with
     one name, never more than max_polecats, never a bead hooked twice."""
-    from vermas import validate
-    from vermas.errors import NotFound
-
     validate.bead_id(bead_id)
     town.reload_config()
     config = town.config.rigs.get(rig)
@@ -256,8 +255,6 @@ def list_polecats(town: Town, rig: str | None = None) -> list[PolecatInfo]:
 
 def create_worktree(town: Town, info: PolecatInfo) -> None:
     """A fresh branch from the rig's default branch, in the polecat's folder."""
-    from vermas.rig import canonical_clone
-
     clone = canonical_clone(town, info.rig)
     base = town.config.rigs[info.rig].default_branch
     path = Path(str(info.worktree))
@@ -270,8 +267,6 @@ def create_worktree(town: Town, info: PolecatInfo) -> None:
 
 
 def unmerged_commits(town: Town, info: PolecatInfo) -> int:
-    from vermas.rig import canonical_clone
-
     clone = canonical_clone(town, info.rig)
     if not info.branch or not git.has_ref(clone, f"refs/heads/{info.branch}"):
         return 0
@@ -280,8 +275,6 @@ def unmerged_commits(town: Town, info: PolecatInfo) -> int:
 
 
 def remove_worktree(town: Town, info: PolecatInfo) -> None:
-    from vermas.rig import canonical_clone
-
     clone = canonical_clone(town, info.rig)
     if info.worktree and Path(info.worktree).exists():
         git.run(clone, "worktree", "remove", "--force", info.worktree)
@@ -296,8 +289,7 @@ def spawn(
 ) -> PolecatInfo:
     """Slot, sandbox, session: reserve a name and hook the bead (one transaction), make the
     worktree, start the session. On failure, undo in reverse and free the slot."""
-    from vermas.boot import start_agent
-    from vermas.sessions import TownSessions
+    from vermas.sessions import TownSessions  # deferred: libtmux (~70 ms) only when a session is touched
 
     if actor.role is Role.POLECAT:
         raise Forbidden("polecats do not sling work; mail your witness or the mayor instead")
@@ -306,7 +298,7 @@ def spawn(
     address = Address(role=Role.POLECAT, rig=rig, name=info.name)
     try:
         create_worktree(town, info)
-        start_agent(town, tmux, address)
+        launch.start_agent(town, tmux, address)
     except Exception:
         try:
             tmux.kill(address)
@@ -319,14 +311,10 @@ def spawn(
     state = "started" if kick == "none" else "working"
     set_state(town, rig, info.name, state)
     if kick != "none":
-        import threading
-
-        from vermas import boot
-
         if kick == "wait":
-            boot.kick(town, tmux, address)
+            launch.kick(town, tmux, address)
         else:  # the caller (an MCP tool) returns now; the session gets its GUPP nudge when ready
-            threading.Thread(target=boot.kick, args=(town, tmux, address), daemon=True).start()
+            threading.Thread(target=launch.kick, args=(town, tmux, address), daemon=True).start()
     return info.model_copy(update={"state": state})
 
 
@@ -334,8 +322,7 @@ def nuke(town: Town, rig: str, name: str, force: bool = False,
          sessions: TownSessions | None = None) -> PolecatInfo:
     """Remove a polecat: session, worktree, branch, slot. Refuses while its branch holds
     commits that are not merged, unless force (a human's explicit decision)."""
-    from vermas.errors import NotFound
-    from vermas.sessions import TownSessions
+    from vermas.sessions import TownSessions  # deferred: libtmux (~70 ms) only when a session is touched
 
     found = [p for p in list_polecats(town, rig) if p.name == name]
     if not found:

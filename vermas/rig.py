@@ -12,14 +12,12 @@ import re
 import shutil
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from vermas import git
 from vermas.addresses import RIG_RE, TOWN_ROLES
 from vermas.errors import Conflict, InvalidInput
-from vermas.town import RigConfig, Town, validate_prefix
-
-MAX_POLECATS_LIMIT = 64
+from vermas.town import MAX_POLECATS_LIMIT, RigConfig, Town, describe_errors, validate_prefix  # noqa: F401
 
 
 class RigInfo(BaseModel):
@@ -34,11 +32,11 @@ class RigInfo(BaseModel):
 
 
 def canonical_clone(town: Town, rig: str) -> Path:
-    return town.root / rig / "mayor" / "rig"
+    return town.layout.canonical_clone(rig)
 
 
 def refinery_worktree(town: Town, rig: str) -> Path:
-    return town.root / rig / "refinery" / "rig"
+    return town.layout.refinery_worktree(rig)
 
 
 def default_prefix(name: str) -> str:
@@ -55,35 +53,36 @@ def add(
             "[a-z0-9_-], not mayor/deacon/overseer"
         )
     prefix = validate_prefix(prefix or default_prefix(name))
-    if not 1 <= max_polecats <= MAX_POLECATS_LIMIT:
-        raise InvalidInput(f"max_polecats must be 1 to {MAX_POLECATS_LIMIT}")
+    try:  # the config model's bounds, checked before anything is cloned or written
+        config = RigConfig(name=name, git_url=git_url, prefix=prefix, max_polecats=max_polecats,
+                           test_command=test_command)
+    except ValidationError as exc:
+        raise InvalidInput(f"rig {name}: {describe_errors(exc)}") from None
     town.reload_config()
     if name in town.config.rigs:
         raise Conflict(f"rig {name!r} exists already (rig list shows rigs)")
     taken = {r.prefix for r in town.config.rigs.values()} | {town.config.prefix}
     if prefix in taken:
         raise Conflict(f"prefix {prefix!r} is used already; choose another with --prefix")
-    if (town.root / name).exists():
-        raise Conflict(f"{town.root / name} exists already; remove it or choose another rig name")
+    if town.layout.rig_dir(name).exists():
+        raise Conflict(f"{town.layout.rig_dir(name)} exists already; remove it or choose another rig name")
     clone = canonical_clone(town, name)
     clone.parent.mkdir(parents=True)
     try:
         git.run(town.root, "clone", "--quiet", git_url, str(clone), timeout=600)
         branch = git.run(clone, "symbolic-ref", "--short", "HEAD")
         git.run(clone, "worktree", "add", "--quiet", "--detach", str(refinery_worktree(town, name)), branch)
-        for folder in ("polecats", "crew", "witness"):
-            (town.root / name / folder).mkdir()
+        for folder in town.layout.rig_folders(name):
+            folder.mkdir()
     except Exception:
-        shutil.rmtree(town.root / name, ignore_errors=True)
+        shutil.rmtree(town.layout.rig_dir(name), ignore_errors=True)
         raise
-    config = RigConfig(name=name, git_url=git_url, prefix=prefix, max_polecats=max_polecats,
-                       test_command=test_command, default_branch=branch)
-    town.config.rigs[name] = config
+    town.config.rigs[name] = config.model_copy(update={"default_branch": branch})
     town.save_config()
     with town.db.write() as conn:
         conn.execute(
             "INSERT OR REPLACE INTO routes(prefix, path, rig) VALUES (?, ?, ?)",
-            (prefix + "-", f"{name}/mayor/rig", name),
+            (prefix + "-", town.layout.clone_route(name), name),
         )
         town.db.touch("routes", "issues")
     return info(town, name)

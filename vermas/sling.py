@@ -3,7 +3,7 @@ two processes can never both take one bead, and no agent ever holds two."""
 
 from __future__ import annotations
 
-from vermas import beads, timeutil, validate
+from vermas import beads, polecat, timeutil, validate
 from vermas.addresses import Address, Role, is_rig_name, parse_address
 from vermas.errors import Conflict, Forbidden, InvalidInput
 from vermas.hooks import hooked_id
@@ -16,8 +16,6 @@ def sling(town: Town, actor: Address, bead_id: str, target: str) -> beads.Bead:
     """To an agent address: hook the bead there. To a rig name: spawn a polecat for it."""
     validate.bead_id(bead_id)
     if isinstance(target, str) and "/" not in target and is_rig_name(target):
-        from vermas import polecat
-
         town.reload_config()
         if target not in town.config.rigs:
             known = ", ".join(sorted(town.config.rigs)) or "none yet (vermas-runner rig add)"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from vermas import convoy
-from vermas.proc import flock_held, pid_alive
+from vermas import convoy, polecat, rig, up
 from vermas.town import Town
 
 if TYPE_CHECKING:
@@ -66,24 +66,16 @@ class RunnerStatus(BaseModel):
 
 def runner_status(town: Town, sessions: TownSessions) -> RunnerStatus:
     """Everything `vermas-runner status` shows: which sessions live, what they hold."""
-    import datetime as dt
-
-    from vermas import boot, polecat, rig
     base = town_status(town)
     hooked = {h.agent: h.bead_id for h in base.hooked}
     rows = []
-    for address in boot.core_agents(town) + boot.polecat_agents(town):
+    for address in up.core_agents(town) + up.polecat_agents(town):
         info = sessions.info(address)
         when = (dt.datetime.fromtimestamp(info.last_activity, dt.timezone.utc).isoformat(timespec="seconds")
                 if info.last_activity else None)
         rows.append(AgentRow(address=str(address), session=info.session_name, alive=info.alive,
                              hooked=hooked.get(str(address)), last_activity=when))
-    lock = town.root / ".runtime" / "runner.lock"
-    pid = None
-    if lock.is_file():
-        text = lock.read_text().strip()
-        if text.isdigit() and pid_alive(int(text)) and flock_held(lock):
-            pid = int(text)
+    pid = up.runner_pid(town)
     return RunnerStatus(
         town=town.config.name, root=str(town.root), runner_pid=pid, agents=rows,
         rigs=[r.model_dump() for r in rig.list_rigs(town)],

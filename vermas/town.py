@@ -8,10 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+import tomlkit
+from pydantic import BaseModel, Field, ValidationError
 
 from vermas import timeutil
+from vermas.atomic import write_atomic
 from vermas.errors import InvalidInput, TownNotFound
+from vermas.export import export_town
+from vermas.layout import BEADS_DIR, CONFIG_NAME, DB_NAME, TownLayout
 from vermas.store import Database
 
 if sys.version_info >= (3, 11):
@@ -20,9 +24,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
-CONFIG_NAME = "town.toml"
-BEADS_DIR = ".beads"
-DB_NAME = "vermas.db"
+PREFIX_RULE = "a lowercase letter then up to 15 lowercase letters or digits (e.g. 'hq', 'gt')"
+MAX_POLECATS_LIMIT = 64
 
 
 class AgentCommand(BaseModel):
@@ -53,10 +56,10 @@ class InspectorConfig(BaseModel):
 
 
 class RigConfig(BaseModel):
-    name: str
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
     git_url: str
-    prefix: str
-    max_polecats: int = 4
+    prefix: str = Field(pattern=PREFIX_RE.pattern)
+    max_polecats: int = Field(4, ge=1, le=MAX_POLECATS_LIMIT)
     test_command: str = ""
     default_branch: str = "main"
     verify_level: str = "shell"
@@ -65,7 +68,7 @@ class RigConfig(BaseModel):
 
 class TownConfig(BaseModel):
     name: str
-    prefix: str = "hq"
+    prefix: str = Field("hq", pattern=PREFIX_RE.pattern)
     agent: AgentCommand = Field(default_factory=AgentCommand)
     inspector: InspectorConfig = Field(default_factory=InspectorConfig)
     rigs: dict[str, RigConfig] = Field(default_factory=dict)
@@ -73,11 +76,20 @@ class TownConfig(BaseModel):
 
 def validate_prefix(prefix: str) -> str:
     if not isinstance(prefix, str) or not PREFIX_RE.fullmatch(prefix):
-        raise InvalidInput(
-            f"invalid prefix {str(prefix)[:40]!r}; allowed: a lowercase letter then up to 15 "
-            "lowercase letters or digits (e.g. 'hq', 'gt')"
-        )
+        raise InvalidInput(f"invalid prefix {str(prefix)[:40]!r}; allowed: {PREFIX_RULE}")
     return prefix
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """pydantic's errors as `field.path: what is wrong (got value)`, one clause each."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        message = err["msg"]
+        if "pattern" in message and where.endswith("prefix"):
+            message = f"allowed: {PREFIX_RULE}"
+        parts.append(f"{where}: {message} (got {str(err.get('input'))[:40]!r})")
+    return "; ".join(parts)
 
 
 def _toml_value(value: object) -> str:
@@ -118,27 +130,79 @@ def dump_config(config: TownConfig) -> str:
 
 
 def load_config(path: Path) -> TownConfig:
-    with path.open("rb") as fh:
-        data = tomllib.load(fh)
+    """Read and validate the whole config; a bad value is one error naming the file and field."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{path}: not valid TOML: {exc}") from None
     town = data.get("town", {})
-    rigs = {name: RigConfig(name=name, **values) for name, values in data.get("rigs", {}).items()}
-    return TownConfig(
-        name=town.get("name", path.parent.name),
-        prefix=town.get("prefix", "hq"),
-        agent=AgentCommand(**data.get("agent", {})),
-        inspector=InspectorConfig(**data.get("inspector", {})),
-        rigs=rigs,
-    )
+    try:
+        return TownConfig.model_validate({
+            "name": town.get("name", path.parent.name),
+            "prefix": town.get("prefix", "hq"),
+            "agent": data.get("agent", {}),
+            "inspector": data.get("inspector", {}),
+            "rigs": {name: {**values, "name": name} for name, values in data.get("rigs", {}).items()},
+        })
+    except ValidationError as exc:
+        raise InvalidInput(f"{path}: {describe_errors(exc)}") from None
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via temp file, fsync and rename so readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _sections(config: TownConfig) -> dict[str, Any]:
+    """The config as the TOML document's tables hold it."""
+    return {
+        "town": {"name": config.name, "prefix": config.prefix},
+        "agent": config.agent.model_dump(),
+        "inspector": config.inspector.model_dump(),
+        "rigs": {name: rig.model_dump(exclude={"name"}) for name, rig in config.rigs.items()},
+    }
+
+
+def _item(value: Any) -> Any:
+    """Dict values as inline tables (`inspector = { model = "opus" }`), as dump_config writes them."""
+    if isinstance(value, dict):
+        inline = tomlkit.inline_table()
+        inline.update(value)
+        return inline
+    return value
+
+
+def _merge(table: Any, values: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Set in `table` the values that changed; a key the file leaves out stays out while it
+    holds its default. Everything else of the user's file (comments, order) is kept."""
+    for key, value in values.items():
+        if key in table:
+            if table[key] != value:
+                table[key] = _item(value)
+        elif value != defaults.get(key, object()):
+            table[key] = _item(value)
+
+
+def update_config_text(text: str, config: TownConfig) -> str:
+    """Rewrite a town.toml's text for a changed config, keeping the user's comments and layout."""
+    doc = tomlkit.parse(text)
+    wanted = _sections(config)
+    defaults = _sections(TownConfig(name=config.name))
+    for section in ("town", "agent", "inspector"):
+        if section not in doc:
+            doc[section] = tomlkit.table()
+        _merge(doc[section], wanted[section], defaults[section])
+    rigs = doc.get("rigs")
+    if wanted["rigs"] and rigs is None:
+        rigs = doc["rigs"] = tomlkit.table(is_super_table=True)
+    if rigs is not None:
+        for name in [n for n in rigs if n not in wanted["rigs"]]:
+            del rigs[name]
+        for name, values in wanted["rigs"].items():
+            if name not in rigs:
+                table = tomlkit.table()
+                for key, value in values.items():
+                    table[key] = _item(value)
+                rigs[name] = table
+            else:
+                _merge(rigs[name], values, {})
+    return tomlkit.dumps(doc)
 
 
 class Town:
@@ -146,39 +210,40 @@ class Town:
 
     def __init__(self, root: Path, config: TownConfig, db: Database) -> None:
         self.root = root
+        self.layout = TownLayout(root)
         self.config = config
         self.db = db
 
     @property
     def beads_dir(self) -> Path:
-        return self.root / BEADS_DIR
+        return self.layout.beads_dir
 
     @classmethod
     def open(cls, root: str | os.PathLike[str]) -> "Town":
         path = Path(root).expanduser().resolve()
-        config_path = path / CONFIG_NAME
-        db_path = path / BEADS_DIR / DB_NAME
-        if not config_path.is_file() or not db_path.is_file():
+        layout = TownLayout(path)
+        if not layout.is_town():
             raise TownNotFound(
                 f"no vermas town at {path} (missing {CONFIG_NAME} or {BEADS_DIR}/{DB_NAME}); "
                 "create one with: vermas-runner init DIR"
             )
-        return cls(path, load_config(config_path), Database(db_path))
+        return cls(path, load_config(layout.config_file), Database(layout.store_path))
 
     @classmethod
     def init(cls, root: str | os.PathLike[str], prefix: str = "hq") -> tuple["Town", bool]:
         """Create a town, or open it unchanged when it exists. Returns (town, created)."""
         validate_prefix(prefix)
         path = Path(root).expanduser().resolve()
-        if (path / CONFIG_NAME).is_file() and (path / BEADS_DIR / DB_NAME).is_file():
+        layout = TownLayout(path)
+        if layout.is_town():
             return cls.open(path), False
-        (path / BEADS_DIR).mkdir(parents=True, exist_ok=True)
+        layout.beads_dir.mkdir(parents=True, exist_ok=True)
         config = TownConfig(name=path.name or "town", prefix=prefix)
-        if not (path / CONFIG_NAME).is_file():
-            write_atomic(path / CONFIG_NAME, dump_config(config))
+        if not layout.config_file.is_file():
+            write_atomic(layout.config_file, dump_config(config))
         else:
-            config = load_config(path / CONFIG_NAME)
-        db = Database(path / BEADS_DIR / DB_NAME, create=True)
+            config = load_config(layout.config_file)
+        db = Database(layout.store_path, create=True)
         town = cls(path, config, db)
         with db.write() as conn:
             conn.execute(
@@ -190,16 +255,17 @@ class Town:
                 (timeutil.now()[0],),
             )
             db.touch("issues", "messages", "routes")
-        from vermas.export import export_town
-
         export_town(town)
         return town, True
 
     def save_config(self) -> None:
-        write_atomic(self.root / CONFIG_NAME, dump_config(self.config))
+        """Write the config back; an existing town.toml keeps its comments and layout."""
+        path = self.layout.config_file
+        text = update_config_text(path.read_text(), self.config) if path.is_file() else dump_config(self.config)
+        write_atomic(path, text)
 
     def reload_config(self) -> None:
-        self.config = load_config(self.root / CONFIG_NAME)
+        self.config = load_config(self.layout.config_file)
 
     def prefix_for_rig(self, rig: str | None) -> str:
         if rig and rig in self.config.rigs:
@@ -214,6 +280,6 @@ def find_town(start: Path | None = None) -> Path | None:
     """Walk up from start (default cwd) to the nearest directory holding a town.toml."""
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
-        if (folder / CONFIG_NAME).is_file() and (folder / BEADS_DIR / DB_NAME).is_file():
+        if TownLayout(folder).is_town():
             return folder
     return None

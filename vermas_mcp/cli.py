@@ -11,6 +11,8 @@ import argparse
 import os
 import sys
 
+from vermas_mcp import launcher
+
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vermas-mcp", description="The vermas MCP server (stdio).")
@@ -21,7 +23,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_inprocess(args: argparse.Namespace) -> None:
-    from vermas_mcp.run import run
+    from vermas_mcp.run import run  # deferred: the zygote path must not import vermas or mcp (~0.6 s)
 
     raise SystemExit(run(args.town, args.actor, args.profile))
 
@@ -29,8 +31,6 @@ def run_inprocess(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     if os.environ.get("VERMAS_ZYGOTE", "on") != "off":
-        from vermas_mcp import launcher
-
         code = launcher.try_zygote(sys.argv[1:] if argv is None else argv, args.town)
         if code is not None:
             raise SystemExit(code)

@@ -7,14 +7,21 @@ children, so both fail the same way: exit code 2 and one clear line on stderr.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
 from vermas.addresses import Address, parse_address
+from vermas.agents import ready_marker
 from vermas.errors import VermasError
+from vermas.export import ExportScheduler
 from vermas.town import Town, find_town
 from vermas_mcp.profiles import PROFILES, default_profile
+from vermas_mcp.server import build_server
+from vermas_mcp.stdio import serve as serve_stdio
 
 
 class LaunchError(Exception):
@@ -53,8 +60,6 @@ def resolve(town_arg: str | None, actor_arg: str | None, profile_arg: str | None
 def mark_ready(town: Town, actor: Address) -> None:
     """Tell the runner this agent's MCP server is up, so its GUPP nudge can go in: a first
     turn that reaches the model before the server connects would see no vermas tools."""
-    from vermas.agents import ready_marker
-
     marker = ready_marker(town, actor)
     if marker.parent.is_dir():
         marker.write_text(str(os.getpid()))
@@ -71,11 +76,6 @@ def flush_exports() -> None:
 
 def serve(launch: Launch, server: object) -> None:
     """Serve until the client closes stdin; exports are current when this returns."""
-    import anyio
-
-    from vermas.export import ExportScheduler
-    from vermas_mcp.stdio import serve as serve_stdio
-
     exporter = ExportScheduler(launch.town)
     _ACTIVE.append(exporter)
     exporter.notify({"issues", "messages", "routes"})  # catch up after a writer that was killed
@@ -90,10 +90,6 @@ def run(town_arg: str | None, actor_arg: str | None, profile_arg: str | None,
         templates: Mapping[str, tuple[Any, Any]] | None = None) -> int:
     """Resolve, build (or bind a prepared template), serve; the exit code. Shared by the
     in-process launcher and the zygote's children so both fail and serve the same way."""
-    import sys
-
-    from vermas_mcp.server import build_server
-
     try:
         launch = resolve(town_arg, actor_arg, profile_arg, os.environ)
     except LaunchError as exc:

@@ -13,7 +13,7 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel
 
 from vermas import beads, convoy, hooks, mail, polecat
-from vermas import nudge as nudging
+from vermas.sessions import nudge as nudging
 from vermas import sling as slinging
 from vermas import status as town_state
 from vermas.addresses import Address, parse_address
@@ -22,6 +22,7 @@ from vermas.town import Town
 from vermas_mcp.profiles import PROFILES
 from vermas_mcp.registry import Binding, registrar
 from vermas_mcp.schema import shallow_output, slim
+from vermas_mcp.sdk import registered_tools
 from vermas_mcp.verify_tools import register_verify_tools
 
 INSTRUCTIONS = (
@@ -185,7 +186,7 @@ def build_template(profile: str = "all") -> tuple[MCPServer, Binding]:
         address = parse_address(target)
         if not message.strip() or len(message) > nudging.MAX_CHARS:
             raise InvalidInput(f"message must be 1 to {nudging.MAX_CHARS} characters")
-        from vermas.sessions import TownSessions  # tmux only when a nudge is sent
+        from vermas.sessions import TownSessions  # deferred: libtmux (~70 ms) only when a nudge is sent
 
         # Waiting for an idle prompt takes seconds: keep the event loop free meanwhile.
         return await anyio.to_thread.run_sync(functools.partial(
@@ -199,7 +200,7 @@ def build_template(profile: str = "all") -> tuple[MCPServer, Binding]:
 
 def _slim_schemas(server: MCPServer) -> None:
     """Publish slimmer schemas (same validation, fewer bytes in every session's context)."""
-    for registered in server._tool_manager.list_tools():  # the SDK has no public hook for this
+    for registered in registered_tools(server):
         registered.parameters = slim(registered.parameters)
         if registered.fn_metadata.output_schema is not None:
             registered.fn_metadata.output_schema = shallow_output(registered.fn_metadata.output_schema)

@@ -19,6 +19,8 @@ from typing import Any
 
 from mcp.server.stdio import stdio_server
 
+from vermas_mcp.sdk import lowlevel_server
+
 
 class _LineReader:
     """`async for line in reader` over a pipe, decoded as UTF-8."""
@@ -80,6 +82,6 @@ async def fast_stdio() -> AsyncIterator[tuple[Any, Any]]:
 async def serve(server: Any) -> None:
     """Run an MCPServer over the fast transport (the SDK has no public hook for a custom
     stdio transport on MCPServer, so we drive its low-level server like run_stdio_async)."""
-    lowlevel = server._lowlevel_server
+    lowlevel = lowlevel_server(server)
     async with fast_stdio() as (read_stream, write_stream):
         await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())

@@ -19,9 +19,20 @@ import struct
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+import anyio  # noqa: F401  (imported before any fork, so children start warm)
+import mcp.server.stdio  # noqa: F401
+
+import vermas.export  # noqa: F401
+from vermas.layout import TownLayout
+import vermas_mcp.stdio  # noqa: F401
+from vermas_mcp.cli import parse
 from vermas_mcp.launcher import socket_address
+from vermas_mcp.profiles import PROFILES
+from vermas_mcp.run import flush_exports, run as run_server
+from vermas_mcp.server import build_template
 
 IDLE_EXIT_SECONDS = 6 * 3600
 
@@ -76,8 +87,6 @@ def _exit_when_launcher_dies(conn: socket.socket) -> None:
             pass
     except OSError:
         pass
-    from vermas_mcp.run import flush_exports
-
     flush_exports()  # Claude Code stopped us: leave the exports current before going
     os._exit(0)
 
@@ -87,27 +96,15 @@ def _stop(*_: object) -> None:
 
 
 def _serve(argv: list[str]) -> int:
-    from vermas_mcp.cli import parse
-    from vermas_mcp.run import run
-
     args = parse(argv)
-    return run(args.town, args.actor, args.profile, TEMPLATES)
+    return run_server(args.town, args.actor, args.profile, TEMPLATES)
 
 
 TEMPLATES: dict[str, tuple[Any, Any]] = {}
 
 
 def _warm_up() -> None:
-    """Import everything a child needs and build each role's server, once, before any fork."""
-    import anyio  # noqa: F401
-    import mcp.server.stdio  # noqa: F401
-
-    import vermas.export  # noqa: F401
-    import vermas_mcp.run  # noqa: F401
-    import vermas_mcp.stdio  # noqa: F401
-    from vermas_mcp.profiles import PROFILES
-    from vermas_mcp.server import build_template
-
+    """Build each role's server once, before any fork (what a child imports is imported at the top)."""
     for profile in PROFILES:
         TEMPLATES[profile] = build_template(profile)
 
@@ -122,9 +119,9 @@ def run(town_root: str) -> None:
         raise SystemExit(0) from None
     listener.listen(64)
     _warm_up()
-    pid_file = os.path.join(root, ".runtime", "mcp-zygote.pid")
-    os.makedirs(os.path.dirname(pid_file), exist_ok=True)
-    with open(pid_file, "w") as fh:
+    pid_file = TownLayout(Path(root)).zygote_pid
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    with pid_file.open("w") as fh:
         fh.write(str(os.getpid()))
     signal.signal(signal.SIGTERM, _stop)
     listener.settimeout(1.0)

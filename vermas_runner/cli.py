@@ -6,12 +6,21 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from vermas import patrol, polecat, rig, sling, up
 from vermas.addresses import parse_address
 from vermas.agents import console_script
+from vermas.bdimport import import_file
 from vermas.errors import VermasError
+from vermas.export import export_town
+from vermas.inspector.cli import add_verify_parser
+from vermas.prime import prime
+from vermas.proc import flock_held
+from vermas.sessions import nudge
+from vermas.status import runner_status
 from vermas.town import Town, find_town
 
 if TYPE_CHECKING:
@@ -39,8 +48,6 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from vermas.export import export_town
-
     town = _open_town(args.town)
     written = export_town(town, force=True)
     for kind, lines in written.items():  # kind is "issues", "messages", "routes" or "issues:<rig>"
@@ -48,9 +55,6 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    from vermas.bdimport import import_file
-    from vermas.export import export_town
-
     town = _open_town(args.town)
     report = import_file(town, Path(args.file))
     export_town(town)
@@ -62,8 +66,6 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 
 def cmd_prime(args: argparse.Namespace) -> None:
-    from vermas.prime import prime
-
     actor_text = args.actor or os.environ.get("BD_ACTOR")
     if not actor_text:
         _fail("no actor: pass --actor ADDRESS or set BD_ACTOR")
@@ -72,14 +74,12 @@ def cmd_prime(args: argparse.Namespace) -> None:
 
 
 def _sessions(town: Town) -> "TownSessions":
-    from vermas.sessions import TownSessions
+    from vermas.sessions import TownSessions  # deferred: libtmux (~70 ms) only for commands that touch sessions, not `prime`
 
     return TownSessions(town.root)
 
 
 def cmd_rig_add(args: argparse.Namespace) -> None:
-    from vermas import rig
-
     town = _open_town(args.town)
     info = rig.add(town, args.name, args.git_url, prefix=args.prefix, max_polecats=args.max_polecats,
                    test_command=args.test_command or "")
@@ -87,10 +87,8 @@ def cmd_rig_add(args: argparse.Namespace) -> None:
 
 
 def cmd_rig_list(args: argparse.Namespace) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from vermas import rig
+    from rich.console import Console  # deferred: rich (~40 ms) only for the commands that print tables
+    from rich.table import Table  # deferred: with rich.console above
 
     rigs = rig.list_rigs(_open_town(args.town))
     if args.json:
@@ -104,11 +102,9 @@ def cmd_rig_list(args: argparse.Namespace) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> None:
-    from vermas import boot, patrol
-
     town = _open_town(args.town)
     if args.detach:
-        log = town.root / ".runtime" / "runner.log"
+        log = town.layout.runner_log
         log.parent.mkdir(exist_ok=True)
         with log.open("a") as fh:
             proc = subprocess.Popen(
@@ -117,11 +113,11 @@ def cmd_up(args: argparse.Namespace) -> None:
             )
         print(f"runner started in the background (pid {proc.pid}); log: {log}")
         return
-    lock = boot.RunnerLock(town)
+    lock = up.RunnerLock(town)
     lock.acquire()
     try:
         sessions = _sessions(town)
-        report = boot.up(town, sessions, wait=not args.no_wait)
+        report = up.up(town, sessions, wait=not args.no_wait)
         for address in report.started:
             print(f"started {address}")
         for address in report.already_running:
@@ -137,29 +133,21 @@ def cmd_up(args: argparse.Namespace) -> None:
 
 def cmd_down(args: argparse.Namespace) -> None:
     """Stop the runner first (so it cannot start anything again), then every session."""
-    import time
-
-    from vermas import boot
-    from vermas.proc import flock_held, pid_alive
-
     town = _open_town(args.town)
-    lock = town.root / ".runtime" / "runner.lock"
-    text = lock.read_text().strip() if lock.is_file() else ""
-    if text.isdigit() and pid_alive(int(text)) and flock_held(lock):
-        os.kill(int(text), signal.SIGTERM)
+    pid = up.runner_pid(town)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
-        while flock_held(lock) and time.monotonic() < deadline:
+        while flock_held(town.layout.runner_lock) and time.monotonic() < deadline:
             time.sleep(0.1)
-        print(f"stopped runner (pid {text})")
-    stopped = boot.down(town, _sessions(town))
+        print(f"stopped runner (pid {pid})")
+    stopped = up.down(town, _sessions(town))
     print(f"stopped {len(stopped)} session(s); hooked work stays hooked for the next `up`")
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from vermas.status import runner_status
+    from rich.console import Console  # deferred: rich (~40 ms) only for the commands that print tables
+    from rich.table import Table  # deferred: with rich.console above
 
     town = _open_town(args.town)
     status = runner_status(town, _sessions(town))
@@ -199,31 +187,23 @@ def cmd_attach(args: argparse.Namespace) -> None:
 
 
 def cmd_sling(args: argparse.Namespace) -> None:
-    from vermas import sling
-
     town = _open_town(args.town)
     actor = parse_address(args.actor or os.environ.get("BD_ACTOR") or "overseer")
     if "/" in args.target:
         bead = sling.sling(town, actor, args.bead, args.target)
         print(f"hooked {bead.id} to {bead.assignee}")
         return
-    from vermas import polecat
-
     info = polecat.spawn(town, actor, args.bead, args.target, _sessions(town),
                          kick="none" if args.no_wait else "wait")
     print(f"spawned {info.address} on {info.branch} for {args.bead}")
 
 
 def cmd_polecat_list(args: argparse.Namespace) -> None:
-    from vermas import polecat
-
     for p in polecat.list_polecats(_open_town(args.town), args.rig):
         print(f"{p.address}\t{p.state}\t{p.bead_id}\t{p.branch}")
 
 
 def cmd_polecat_nuke(args: argparse.Namespace) -> None:
-    from vermas import polecat
-
     town = _open_town(args.town)
     address = parse_address(args.address)
     if address.name is None or address.role.value != "polecat":
@@ -233,8 +213,6 @@ def cmd_polecat_nuke(args: argparse.Namespace) -> None:
 
 
 def cmd_nudge(args: argparse.Namespace) -> None:
-    from vermas import nudge
-
     town = _open_town(args.town)
     result = nudge.nudge(town, _sessions(town), parse_address(args.address), args.message,
                          sender=args.sender)
@@ -242,8 +220,6 @@ def cmd_nudge(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from vermas_runner.demo import run_demo
-
     raise SystemExit(run_demo(model=args.model, keep=args.keep, beads_count=args.beads))
 
 
@@ -339,8 +315,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beads", type=int, default=3)
     p.add_argument("--keep", action="store_true", help="keep the town and sessions afterwards")
     p.set_defaults(fn=cmd_demo)
-
-    from vermas.inspector.cli import add_verify_parser
 
     add_verify_parser(sub, _open_town)
     return parser

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vermas import beads, polecat
+from vermas import beads, polecat, rig, up
 from vermas.addresses import parse_address
 from vermas.town import Town
 
@@ -62,7 +62,7 @@ def idle_script() -> list[Any]:
 
 
 def standin_policy() -> Any:
-    from vermas.testing.standin_model import (
+    from vermas.testing.standin import (  # deferred: the stand-in server is test machinery, loaded only when the demo uses it
         PerSessionPolicy,
         RoutingPolicy,
         ScriptedPolicy,
@@ -77,7 +77,7 @@ def standin_policy() -> Any:
 
 def use_standin(town: Town, base_url: str, home: Path) -> None:
     """Point the town's agent sessions at the stand-in model with a private Claude home."""
-    from vermas.testing.standin_model import (
+    from vermas.testing.standin import (  # deferred: the stand-in server is test machinery, loaded only when the demo uses it
         DUMMY_API_KEY,
         claude_env,
         find_claude_binary,
@@ -97,10 +97,9 @@ def use_standin(town: Town, base_url: str, home: Path) -> None:
 
 
 def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, **_: Any) -> int:
-    from rich.console import Console
+    from rich.console import Console  # deferred: rich (~40 ms) only when the demo prints
 
-    from vermas import boot, rig
-    from vermas.sessions import TownSessions
+    from vermas.sessions import TownSessions  # deferred: libtmux (~70 ms) only when the demo runs
 
     console = Console()
     root = Path(tempfile.mkdtemp(prefix="vermas-demo-"))
@@ -109,13 +108,13 @@ def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, *
     repo = sample_repo(root / "sample.git.src")
     server = None
     if model == "standin":
-        from vermas.testing.standin_model import StandinModelServer
+        from vermas.testing.standin import StandinModelServer  # deferred: test machinery, only for the demo
 
         server = StandinModelServer(standin_policy()).start()
         use_standin(town, server.base_url, root / "claude-home")
         console.print(f"stand-in model on {server.base_url} (no account, scripted agents)")
     else:  # your own Claude Code login: the sessions use your normal config and credentials
-        from vermas.testing.standin_model import find_claude_binary
+        from vermas.testing.standin import find_claude_binary  # deferred: test machinery, only for the demo
 
         binary = find_claude_binary()
         if binary is not None:
@@ -127,7 +126,7 @@ def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, *
     sessions = TownSessions(town.root)
     overseer = parse_address("overseer")
     try:
-        report = boot.up(town, sessions, wait=False)
+        report = up.up(town, sessions, wait=False)
         console.print(f"started {', '.join(report.started)}")
         made = [beads.create(town, overseer, f"Write demo note {i + 1}", rig="sample",
                              description="Add a note file under notes/ and commit it.")
@@ -151,7 +150,7 @@ def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, *
         return 0 if ok else 1
     finally:
         if not keep:
-            boot.down(town, sessions)
+            up.down(town, sessions)
             if server is not None:
                 server.stop()
             shutil.rmtree(root, ignore_errors=True)

@@ -157,7 +157,7 @@ def resolve_worktree(town: Town, bead_id: str, worktree: str | None) -> Path:
         raise InvalidInput(f"{bead_id} has no merge request, so no candidate work tree is known; "
                            "pass worktree=PATH (a git checkout of the work to verify)")
     address = parse_address(row["polecat"])
-    path = town.root / str(address.rig) / "polecats" / str(address.name)
+    path = town.layout.polecat_worktree(str(address.rig), str(address.name))
     if not git.is_worktree(path):
         raise NotFound(f"the work tree of merge request {row['id']} ({address}) at {path} is gone; "
                        "pass worktree=PATH")

@@ -123,7 +123,7 @@ class NudgeResult(BaseModel):
 
 
 def _lock_path(town: Town, address: Address) -> Path:
-    folder = town.root / ".runtime" / "locks"
+    folder = town.layout.locks_dir
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{address.session_name}.nudge.lock"
 

@@ -12,23 +12,21 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from vermas import agents, nudge, polecat
+from vermas import polecat
 from vermas.addresses import Address, Role
 from vermas.errors import Conflict
-from vermas.proc import pid_alive
-from vermas.sessions import TownSessions
+from vermas.proc import flock_held, pid_alive
+from vermas.sessions.launch import kick_all, start_agent
 from vermas.town import Town
 
-GUPP_NUDGE = "vermas: call hook_check now; if your hook has work, run it (GUPP)."
-READY_TIMEOUT = 90.0
-
+if TYPE_CHECKING:  # tmux is imported only where a session is touched
+    from vermas.sessions import TownSessions
 
 class UpReport(BaseModel):
     started: list[str]
@@ -53,69 +51,8 @@ def plan_up(desired: list[Address], alive: set[str]) -> list[Address]:
     return [a for a in desired if a.session_name not in alive]
 
 
-def claude_config_home(town: Town) -> Path:
-    env = town.config.agent.env
-    if env.get("CLAUDE_CONFIG_DIR"):
-        return Path(env["CLAUDE_CONFIG_DIR"])
-    return Path(env.get("HOME") or Path.home())
-
-
-def start_agent(town: Town, sessions: TownSessions, address: Address) -> bool:
-    spec = agents.launch_spec(town, address)
-    if "claude" in Path(town.config.agent.command).name:
-        # Claude Code asks for trust per git checkout (a town-root entry does not cover the
-        # worktrees below it), so each agent folder is trusted. The file is rewritten only
-        # when an entry is missing; if an exiting session's own rewrite drops ours anyway,
-        # wait_ready answers the dialog.
-        agents.trust_directories(claude_config_home(town), [town.root, Path(spec.cwd)],
-                                 town.config.agent.env.get("ANTHROPIC_API_KEY"))
-    return sessions.start(address, Path(spec.cwd), spec.argv, spec.env)
-
-
-def wait_ready(town: Town, sessions: TownSessions, address: Address, timeout: float = READY_TIMEOUT) -> bool:
-    """The prompt is idle and the agent's MCP server has started (so its tools are there)."""
-    deadline = time.monotonic() + timeout
-    marker = agents.ready_marker(town, address)
-    answered = False
-    while time.monotonic() < deadline:
-        if not sessions.alive(address):
-            return False
-        text = sessions.capture(address)
-        if not answered and nudge.is_trust_dialog(text):
-            answered = nudge.accept_trust_dialog(sessions, address)
-            continue
-        screen = nudge.read_screen(text)
-        if screen.ready and not screen.busy and marker.exists():
-            time.sleep(0.5)  # let Claude Code finish the MCP handshake it just began
-            return True
-        time.sleep(0.25)
-    return False
-
-
-def kick(town: Town, sessions: TownSessions, address: Address) -> nudge.NudgeResult | None:
-    """Once the prompt is ready, nudge the agent to check its hook (GUPP without a human)."""
-    if not wait_ready(town, sessions, address):
-        return None
-    return nudge.nudge(town, sessions, address, GUPP_NUDGE, sender="deacon")
-
-
-def kick_all(town: Town, sessions: TownSessions, addresses: list[Address]) -> list[str]:
-    results: dict[str, bool] = {}
-
-    def run(a: Address) -> None:
-        r = kick(town, sessions, a)
-        results[str(a)] = bool(r and r.submitted)
-
-    threads = [threading.Thread(target=run, args=(a,), daemon=True) for a in addresses]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sorted(a for a, ok in results.items() if ok)
-
-
 def zygote_pid(town: Town) -> int | None:
-    pid_file = town.root / ".runtime" / "mcp-zygote.pid"
+    pid_file = town.layout.zygote_pid
     try:
         pid = int(pid_file.read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -134,8 +71,8 @@ def start_zygote(town: Town, timeout: float = 30.0) -> int | None:
     pid = zygote_pid(town)
     if pid is not None:
         return pid
-    (town.root / ".runtime").mkdir(exist_ok=True)
-    log = (town.root / ".runtime" / "mcp-zygote.log").open("a")
+    town.layout.runtime_dir.mkdir(exist_ok=True)
+    log = town.layout.zygote_log.open("a")
     subprocess.Popen(
         [sys.executable, "-m", "vermas_mcp.zygote", "--town", str(town.root)],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=town.root,
@@ -187,13 +124,22 @@ def down(town: Town, sessions: TownSessions) -> list[str]:
     return stopped
 
 
+def runner_pid(town: Town) -> int | None:
+    """The pid of the town's running runner: the lock file names it and its flock is held
+    (a pid alone may be stale or reused)."""
+    lock = town.layout.runner_lock
+    text = lock.read_text().strip() if lock.is_file() else ""
+    if text.isdigit() and pid_alive(int(text)) and flock_held(lock):
+        return int(text)
+    return None
+
+
 class RunnerLock:
     """One runner per town: an flock the kernel releases if the runner dies."""
 
     def __init__(self, town: Town) -> None:
-        folder = town.root / ".runtime"
-        folder.mkdir(exist_ok=True)
-        self.path = folder / "runner.lock"
+        town.layout.runtime_dir.mkdir(exist_ok=True)
+        self.path = town.layout.runner_lock
         self._fh: IO[str] | None = None
 
     def acquire(self) -> None:

@@ -1,0 +1,85 @@
+"""Starting an agent in its session and kicking it: the launch spec goes into a tmux
+session, and once the prompt is ready the agent is nudged to check its hook (GUPP).
+
+Used by `up` (every core agent) and by polecat spawning (one polecat), so it lives with the
+sessions rather than in either of them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vermas import agents
+from vermas.addresses import Address
+from vermas.sessions import nudge
+from vermas.town import Town
+
+if TYPE_CHECKING:  # tmux is imported only where a session is touched
+    from vermas.sessions import TownSessions
+
+GUPP_NUDGE = "vermas: call hook_check now; if your hook has work, run it (GUPP)."
+READY_TIMEOUT = 90.0
+
+
+def claude_config_home(town: Town) -> Path:
+    env = town.config.agent.env
+    if env.get("CLAUDE_CONFIG_DIR"):
+        return Path(env["CLAUDE_CONFIG_DIR"])
+    return Path(env.get("HOME") or Path.home())
+
+
+def start_agent(town: Town, sessions: TownSessions, address: Address) -> bool:
+    spec = agents.launch_spec(town, address)
+    if "claude" in Path(town.config.agent.command).name:
+        # Claude Code asks for trust per git checkout (a town-root entry does not cover the
+        # worktrees below it), so each agent folder is trusted. The file is rewritten only
+        # when an entry is missing; if an exiting session's own rewrite drops ours anyway,
+        # wait_ready answers the dialog.
+        agents.trust_directories(claude_config_home(town), [town.root, Path(spec.cwd)],
+                                 town.config.agent.env.get("ANTHROPIC_API_KEY"))
+    return sessions.start(address, Path(spec.cwd), spec.argv, spec.env)
+
+
+def wait_ready(town: Town, sessions: TownSessions, address: Address, timeout: float = READY_TIMEOUT) -> bool:
+    """The prompt is idle and the agent's MCP server has started (so its tools are there)."""
+    deadline = time.monotonic() + timeout
+    marker = agents.ready_marker(town, address)
+    answered = False
+    while time.monotonic() < deadline:
+        if not sessions.alive(address):
+            return False
+        text = sessions.capture(address)
+        if not answered and nudge.is_trust_dialog(text):
+            answered = nudge.accept_trust_dialog(sessions, address)
+            continue
+        screen = nudge.read_screen(text)
+        if screen.ready and not screen.busy and marker.exists():
+            time.sleep(0.5)  # let Claude Code finish the MCP handshake it just began
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def kick(town: Town, sessions: TownSessions, address: Address) -> nudge.NudgeResult | None:
+    """Once the prompt is ready, nudge the agent to check its hook (GUPP without a human)."""
+    if not wait_ready(town, sessions, address):
+        return None
+    return nudge.nudge(town, sessions, address, GUPP_NUDGE, sender="deacon")
+
+
+def kick_all(town: Town, sessions: TownSessions, addresses: list[Address]) -> list[str]:
+    results: dict[str, bool] = {}
+
+    def run(a: Address) -> None:
+        r = kick(town, sessions, a)
+        results[str(a)] = bool(r and r.submitted)
+
+    threads = [threading.Thread(target=run, args=(a,), daemon=True) for a in addresses]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(a for a, ok in results.items() if ok)

@@ -10,10 +10,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from vermas import beads, git, ids, mail, timeutil
+from vermas import beads, git, ids, mail, permissions, timeutil
 from vermas.addresses import Address, Role
-from vermas.errors import Conflict, Forbidden, InvalidInput
+from vermas.errors import Conflict, InvalidInput
 from vermas.hooks import hooked_id
+from vermas.permissions import Action
 from vermas.town import Town
 
 if TYPE_CHECKING:  # tmux is imported only where a session is touched
@@ -68,8 +69,7 @@ def inspect_worktree(town: Town, actor: Address) -> WorkTree | None:
 
 
 def done(town: Town, actor: Address, status: str = "COMPLETED", summary: str = "") -> MergeRequest:
-    if actor.role is not Role.POLECAT:
-        raise Forbidden(f"polecat_done is for polecats; {actor} is a {actor.role.value}")
+    permissions.require(actor, Action.POLECAT_DONE)
     if status not in DONE_STATUSES:
         raise InvalidInput(f"invalid status {str(status)[:30]!r}; allowed: {', '.join(DONE_STATUSES)}")
     if not isinstance(summary, str) or len(summary) > MAX_SUMMARY_CHARS:
@@ -299,8 +299,7 @@ def spawn(
     from vermas.boot import start_agent
     from vermas.sessions import TownSessions
 
-    if actor.role is Role.POLECAT:
-        raise Forbidden("polecats do not sling work; mail your witness or the mayor instead")
+    permissions.require(actor, Action.SLING)
     tmux = sessions or TownSessions(town.root)
     info = allocate(town, actor, bead_id, rig)
     address = Address(role=Role.POLECAT, rig=rig, name=info.name)

@@ -16,12 +16,11 @@ from vermas import ids, permissions, timeutil, validate
 from vermas.addresses import Address, parse_address
 from vermas.errors import Conflict, Forbidden, InvalidInput, NotFound
 from vermas.permissions import Action, Target
+from vermas.protocol import ProtocolKind, kind_of
 from vermas.store import Database
 from vermas.town import Town
 
-PROTOCOL_SUBJECTS = (
-    "POLECAT_DONE", "MERGE_READY", "MERGED", "REWORK_REQUEST", "ESCALATION", "HELP", "HANDOFF", "NUDGE",
-)
+PROTOCOL_SUBJECTS = tuple(k.value for k in ProtocolKind)
 MAX_SUBJECT_CHARS = 500
 MAX_KEY_CHARS = 200
 PREVIEW_CHARS = 2000
@@ -66,9 +65,10 @@ def _message(row: sqlite3.Row, preview: bool = False) -> Message:
 
 
 def protocol_kind(subject: str) -> str | None:
-    """The protocol word a subject starts with (`POLECAT_DONE nux` -> POLECAT_DONE)."""
-    word = subject.split(None, 1)[0].rstrip(":") if subject.strip() else ""
-    return word if word in PROTOCOL_SUBJECTS else None
+    """The protocol word a subject starts with (`POLECAT_DONE nux` -> POLECAT_DONE); see
+    vermas.protocol for the typed messages."""
+    kind = kind_of(subject)
+    return kind.value if kind else None
 
 
 def _validate_id(message_id: object) -> str:

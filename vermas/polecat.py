@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from vermas import beads, git, ids, mail, permissions, timeutil
+from vermas import beads, git, ids, mail, permissions, protocol, timeutil
 from vermas.addresses import Address, Role
 from vermas.errors import Conflict, InvalidInput
 from vermas.hooks import hooked_id
@@ -127,14 +127,11 @@ def done(town: Town, actor: Address, status: str = "COMPLETED", summary: str = "
         if summary:
             beads.add_comment(conn, bead_id, str(actor), f"polecat_done {status}: {summary}", stamp)
         town.db.touch("issues")
-        lines = [f"bead: {bead_id}", f"status: {status}", f"polecat: {actor}"]
-        if tree is not None:
-            lines += [f"branch: {tree.branch}", f"commit: {tree.commit}"]
-        if mr_id:
-            lines.append(f"merge_request: {mr_id}")
+        subject, body = protocol.format(protocol.PolecatDone(
+            bead=bead_id, status=status, polecat=str(actor), branch=tree.branch if tree else None,
+            commit=tree.commit if tree else None, merge_request=mr_id, text=summary))
         message = mail.send_in_txn(
-            conn, town.db, str(actor), f"{rig}/witness", f"POLECAT_DONE {actor.name} {bead_id}",
-            "\n".join(lines) + (f"\n\n{summary}" if summary else ""),
+            conn, town.db, str(actor), f"{rig}/witness", subject, body,
             # Per hooking (the bead's updated_at when it was slung), so a retried call sends one
             # mail but a bead re-slung to the same polecat reports again.
             idempotency_key=f"polecat_done:{bead_id}:{source['updated_at']}:{status}",

@@ -125,3 +125,19 @@ async def test_refusals_are_forbidden_not_conflict(town: Town) -> None:
     bead = beads.create(town, mayor, "b")
     with pytest.raises(Forbidden, match="set assignees"):
         beads.update(town, ann, bead.id, assignee="gt/crew/ann")
+
+
+ROLE_ONLY = {"sling": Action.SLING, "polecat_done": Action.POLECAT_DONE, "verify_spec": Action.VERIFY,
+             "verify_plan": Action.VERIFY, "verify_run": Action.VERIFY, "verify_bead": Action.VERIFY}
+
+
+@pytest.mark.parametrize("role", ["polecat", "witness", "refinery", "crew", "mayor", "deacon"])
+def test_profiles_show_no_tool_the_role_may_never_use(role: str) -> None:
+    """Profiles choose what a role sees; they must not offer a tool its role is always refused."""
+    from vermas_mcp.profiles import PROFILES
+
+    who = {"polecat": "gt/polecats/nux", "witness": "gt/witness", "refinery": "gt/refinery",
+           "crew": "gt/crew/ann"}.get(role, role)
+    shown = [t for t in PROFILES[role] if t in ROLE_ONLY]
+    refused = [t for t in shown if not decide(parse_address(who), ROLE_ONLY[t], OPEN_BY_MAYOR).allowed]
+    assert refused == []

@@ -35,6 +35,10 @@ class Role(str, Enum):
     CREW = "crew"
 
 
+# Town-level coordinators; what each may do is written once in vermas/permissions.py.
+COORDINATOR_ROLES = frozenset({Role.MAYOR, Role.DEACON, Role.OVERSEER})
+
+
 class Address(BaseModel, frozen=True):
     """A parsed, validated agent address."""
 
@@ -57,8 +61,10 @@ class Address(BaseModel, frozen=True):
 
     @property
     def is_privileged(self) -> bool:
-        """Town-level coordinators may act on any agent's behalf (read mail, unsling)."""
-        return self.role in (Role.OVERSEER, Role.MAYOR, Role.DEACON)
+        """A town-level coordinator (mayor, deacon, overseer). What that allows (editing,
+        assigning, closing, unslinging any bead; not reading others' mail, which is the
+        overseer's alone) is decided in vermas/permissions.py, nowhere else."""
+        return self.role in COORDINATOR_ROLES
 
 
 def parse_address(value: str) -> Address:

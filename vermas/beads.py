@@ -7,10 +7,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from vermas import ids, timeutil, validate
+from vermas import ids, permissions, timeutil, validate
 from vermas.addresses import Address, parse_address
 from vermas.errors import Conflict, InvalidInput, NotFound
 from vermas.inspector.records import latest_report_summary
+from vermas.permissions import Action
 from vermas.store import Database
 from vermas.town import Town
 
@@ -332,11 +333,14 @@ def update(
         )
     with town.db.write() as conn:
         row = fetch_row(conn, bead_id)
+        _may_update(actor, row, changes)
         if row["status"] == "hooked" and ("status" in changes or "assignee" in changes):
             raise Conflict(
                 f"{bead_id} is hooked by {row['assignee']}; its status and assignee change only "
                 "through unsling or polecat_done"
             )
+        if changes.get("status") == "closed":
+            _may_close(actor, row)
         stamp, ts = timeutil.now()
         if "status" in changes:
             new = changes["status"]
@@ -415,18 +419,30 @@ def land_convoys_tracking(conn: sqlite3.Connection, db: Database, bead_id: str, 
         land_if_done(conn, db, convoy_id, actor)
 
 
+def _may_update(actor: Address, row: sqlite3.Row, changes: dict[str, Any]) -> None:
+    """Permission for an update (vermas.permissions): any field or comment is an edit;
+    setting or clearing the assignee is an assignment as well."""
+    target = permissions.bead_target(row)
+    permissions.require(actor, Action.BEAD_EDIT, target)
+    if "assignee" in changes:
+        permissions.require(actor, Action.BEAD_ASSIGN, target)
+
+
+def _may_close(actor: Address, row: sqlite3.Row) -> None:
+    """The one close rule, for bead_close and bead_update(status=closed) alike: the
+    permission, then the state (closing twice is a Conflict)."""
+    permissions.require(actor, Action.BEAD_CLOSE, permissions.bead_target(row))
+    if row["status"] == "closed":
+        raise Conflict(f"{row['id']} is already closed (at {row['closed_at']}); bead_update(status='open') "
+                       "reopens it")
+
+
 def close(town: Town, actor: Address, bead_id: str, reason: str = "") -> Bead:
     validate.bead_id(bead_id)
     reason = validate.body(reason, "reason")
     with town.db.write() as conn:
         row = fetch_row(conn, bead_id)
-        if row["status"] == "closed":
-            raise Conflict(f"{bead_id} is already closed (at {row['closed_at']})")
-        if row["status"] == "hooked" and row["assignee"] != str(actor) and not actor.is_privileged:
-            raise Conflict(
-                f"{bead_id} is hooked by {row['assignee']}; only its holder, the mayor, deacon or "
-                "overseer may close it (or unsling it first)"
-            )
+        _may_close(actor, row)
         close_in_txn(conn, town.db, bead_id, reason, str(actor))
         return fetch(conn, bead_id)
 

@@ -2,7 +2,8 @@
 
 Each message has one recipient and its own read and ack state, so reading an inbox never
 consumes anything: `mail_read` marks read, `mail_ack` says "handled". A retried send with
-the same idempotency key returns the first message instead of creating a second.
+the same idempotency key and the same message returns the first message instead of creating
+a second; the same key with a different recipient, subject, body or reply_to is a Conflict.
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ import sqlite3
 
 from pydantic import BaseModel
 
-from vermas import ids, timeutil, validate
+from vermas import ids, permissions, timeutil, validate
 from vermas.addresses import Address, parse_address
 from vermas.errors import Conflict, Forbidden, InvalidInput, NotFound
+from vermas.permissions import Action, Target
+from vermas.protocol import ProtocolKind, kind_of
 from vermas.store import Database
 from vermas.town import Town
 
-PROTOCOL_SUBJECTS = (
-    "POLECAT_DONE", "MERGE_READY", "MERGED", "REWORK_REQUEST", "ESCALATION", "HELP", "HANDOFF", "NUDGE",
-)
+PROTOCOL_SUBJECTS = tuple(k.value for k in ProtocolKind)
 MAX_SUBJECT_CHARS = 500
 MAX_KEY_CHARS = 200
 PREVIEW_CHARS = 2000
@@ -64,9 +65,10 @@ def _message(row: sqlite3.Row, preview: bool = False) -> Message:
 
 
 def protocol_kind(subject: str) -> str | None:
-    """The protocol word a subject starts with (`POLECAT_DONE nux` -> POLECAT_DONE)."""
-    word = subject.split(None, 1)[0].rstrip(":") if subject.strip() else ""
-    return word if word in PROTOCOL_SUBJECTS else None
+    """The protocol word a subject starts with (`POLECAT_DONE nux` -> POLECAT_DONE); see
+    vermas.protocol for the typed messages."""
+    kind = kind_of(subject)
+    return kind.value if kind else None
 
 
 def _validate_id(message_id: object) -> str:
@@ -93,7 +95,7 @@ def send_in_txn(
             (sender, idempotency_key),
         ).fetchone()
         if row is not None:
-            return _message(row)
+            return _same_send(row, idempotency_key, to, subject, body, reply_to)
     thread_id = None
     if reply_to is not None:
         parent = conn.execute("SELECT thread_id FROM messages WHERE id = ?", (reply_to,)).fetchone()
@@ -111,6 +113,22 @@ def send_in_txn(
     db.touch("messages")
     return Message(id=message_id, sender=sender, to=to, subject=subject, kind=protocol_kind(subject),
                    body=body, reply_to=reply_to, thread_id=thread_id or message_id, created_at=stamp)
+
+
+def _same_send(row: sqlite3.Row, key: str, to: str, subject: str, body: str,
+               reply_to: str | None) -> Message:
+    """A retried send (same key, same message) gets the first message back; the same key
+    for a different message is a caller's mistake that must not pass as delivered."""
+    sent = {"to": row["recipient"], "subject": row["subject"], "body": row["body"], "reply_to": row["reply_to"]}
+    asked = {"to": to, "subject": subject, "body": body, "reply_to": reply_to}
+    differs = [name for name in sent if sent[name] != asked[name]]
+    if differs:
+        raise Conflict(
+            f"idempotency_key {key[:60]!r} was already used for message {row['id']} with a different "
+            f"{', '.join(differs)}; nothing was sent. Reuse a key only to retry the same message; "
+            "use a new key for a new message"
+        )
+    return _message(row)
 
 
 def send(
@@ -146,8 +164,7 @@ def _mailbox(actor: Address, address: str | None) -> str:
     if address is None or address == str(actor):
         return str(actor)
     target = str(parse_address(address))
-    if actor.role.value != "overseer":
-        raise Forbidden(f"{actor} may read only its own mailbox; only overseer reads others'")
+    permissions.require(actor, Action.MAIL_READ_OTHERS, Target(recipient=target))
     return target
 
 
@@ -179,8 +196,10 @@ def _own(conn: sqlite3.Connection, actor: Address, message_id: str) -> sqlite3.R
     row = conn.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
     if row is None:
         raise NotFound(f"no message {message_id!r}; mail_inbox lists your messages")
-    if row["recipient"] != str(actor) and actor.role.value != "overseer":
-        raise Forbidden(f"{message_id} is addressed to {row['recipient']}, not to {actor}")
+    if row["recipient"] != str(actor):
+        decision = permissions.decide(actor, Action.MAIL_READ_OTHERS, Target(recipient=row["recipient"]))
+        if not decision.allowed:
+            raise Forbidden(f"{message_id} is addressed to {row['recipient']}, not to {actor}: {decision.reason}")
     return row
 
 
@@ -200,8 +219,7 @@ def ack(town: Town, actor: Address, message_id: str) -> AckState:
     _validate_id(message_id)
     with town.db.write() as conn:
         row = _own(conn, actor, message_id)
-        if row["recipient"] != str(actor):
-            raise Conflict(f"only the recipient {row['recipient']} acknowledges {message_id}")
+        permissions.require(actor, Action.MAIL_ACK, Target(recipient=row["recipient"]))
         if row["acked_at"] is None:
             stamp = timeutil.now()[0]
             conn.execute(

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from vermas import beads, git, ids, mail, timeutil, validate
+from vermas import beads, git, ids, mail, permissions, protocol, timeutil, validate
 from vermas.addresses import Address, Role
-from vermas.errors import Conflict, Forbidden, InvalidInput, NotFound
+from vermas.errors import Conflict, InvalidInput, NotFound
 from vermas.hooks import hooked_id
+from vermas.permissions import Action
 from vermas.rig import canonical_clone
 from vermas.sessions import launch
 from vermas.town import Town
@@ -70,8 +71,7 @@ def inspect_worktree(town: Town, actor: Address) -> WorkTree | None:
 
 
 def done(town: Town, actor: Address, status: str = "COMPLETED", summary: str = "") -> MergeRequest:
-    if actor.role is not Role.POLECAT:
-        raise Forbidden(f"polecat_done is for polecats; {actor} is a {actor.role.value}")
+    permissions.require(actor, Action.POLECAT_DONE)
     if status not in DONE_STATUSES:
         raise InvalidInput(f"invalid status {str(status)[:30]!r}; allowed: {', '.join(DONE_STATUSES)}")
     if not isinstance(summary, str) or len(summary) > MAX_SUMMARY_CHARS:
@@ -129,14 +129,11 @@ def done(town: Town, actor: Address, status: str = "COMPLETED", summary: str = "
         if summary:
             beads.add_comment(conn, bead_id, str(actor), f"polecat_done {status}: {summary}", stamp)
         town.db.touch("issues")
-        lines = [f"bead: {bead_id}", f"status: {status}", f"polecat: {actor}"]
-        if tree is not None:
-            lines += [f"branch: {tree.branch}", f"commit: {tree.commit}"]
-        if mr_id:
-            lines.append(f"merge_request: {mr_id}")
+        subject, body = protocol.format(protocol.PolecatDone(
+            bead=bead_id, status=status, polecat=str(actor), branch=tree.branch if tree else None,
+            commit=tree.commit if tree else None, merge_request=mr_id, text=summary))
         message = mail.send_in_txn(
-            conn, town.db, str(actor), f"{rig}/witness", f"POLECAT_DONE {actor.name} {bead_id}",
-            "\n".join(lines) + (f"\n\n{summary}" if summary else ""),
+            conn, town.db, str(actor), f"{rig}/witness", subject, body,
             # Per hooking (the bead's updated_at when it was slung), so a retried call sends one
             # mail but a bead re-slung to the same polecat reports again.
             idempotency_key=f"polecat_done:{bead_id}:{source['updated_at']}:{status}",
@@ -291,8 +288,7 @@ def spawn(
     worktree, start the session. On failure, undo in reverse and free the slot."""
     from vermas.sessions import TownSessions  # deferred: libtmux (~70 ms) only when a session is touched
 
-    if actor.role is Role.POLECAT:
-        raise Forbidden("polecats do not sling work; mail your witness or the mayor instead")
+    permissions.require(actor, Action.SLING)
     tmux = sessions or TownSessions(town.root)
     info = allocate(town, actor, bead_id, rig)
     address = Address(role=Role.POLECAT, rig=rig, name=info.name)

@@ -3,9 +3,10 @@ two processes can never both take one bead, and no agent ever holds two."""
 
 from __future__ import annotations
 
-from vermas import beads, polecat, timeutil, validate
-from vermas.addresses import Address, Role, is_rig_name, parse_address
-from vermas.errors import Conflict, Forbidden, InvalidInput
+from vermas import beads, permissions, polecat, timeutil, validate
+from vermas.addresses import Address, is_rig_name, parse_address
+from vermas.errors import Conflict, InvalidInput
+from vermas.permissions import Action
 from vermas.hooks import hooked_id
 from vermas.town import Town
 
@@ -24,8 +25,7 @@ def sling(town: Town, actor: Address, bead_id: str, target: str) -> beads.Bead:
         with town.db.read() as conn:
             return beads.fetch(conn, bead_id)
     agent = parse_address(target)
-    if actor.role is Role.POLECAT:
-        raise Forbidden("polecats do not sling work; mail your witness or the mayor instead")
+    permissions.require(actor, Action.SLING)
     with town.db.write() as conn:
         row = beads.fetch_row(conn, bead_id)
         if row["status"] == "hooked":
@@ -53,18 +53,7 @@ def unsling(town: Town, actor: Address, bead_id: str) -> beads.Bead:
         row = beads.fetch_row(conn, bead_id)
         if row["status"] != "hooked":
             raise Conflict(f"{bead_id} is {row['status']}, not hooked; nothing to unsling")
-        holder = row["assignee"]
-        holder_rig = holder.split("/", 1)[0] if holder and "/" in holder else None
-        allowed = (
-            actor.is_privileged
-            or holder == str(actor)
-            or (actor.role is Role.WITNESS and actor.rig == holder_rig)
-        )
-        if not allowed:
-            raise Forbidden(
-                f"{actor} may not unsling {bead_id} (held by {holder}); the holder, its witness, "
-                "mayor, deacon or overseer may"
-            )
+        permissions.require(actor, Action.UNSLING, permissions.bead_target(row))
         stamp, ts = timeutil.now()
         conn.execute(
             "UPDATE issues SET status = 'open', assignee = NULL, updated_at = ?, updated_ts = ? "

@@ -25,9 +25,10 @@ from typing import Any, cast
 
 from pydantic import ValidationError
 
-from vermas import beads, git, ids, timeutil, validate
+from vermas import beads, git, ids, permissions, timeutil, validate
 from vermas.addresses import parse_address
 from vermas.errors import InvalidInput, NotFound, VermasError
+from vermas.permissions import Action
 from vermas.inspector import auditor, designer, panel, policy, records, strategist
 from vermas.inspector.backend import (
     ClaudeCLI,
@@ -225,6 +226,11 @@ class Inspector:
 
     # -- helpers ---------------------------------------------------------------------------------
 
+    def _may_verify(self) -> None:
+        """Polecats never run the inspector: the rule lives in vermas.permissions, so the MCP
+        tools and the shell (`vermas-runner verify --actor ...`) obey it alike."""
+        permissions.require(parse_address(self.actor), Action.VERIFY)
+
     def _template(self, role: str) -> str:
         return role_template(role, self.town.root)
 
@@ -248,6 +254,7 @@ class Inspector:
     async def spec(self, bead_id: str, refresh: bool = False, *, _calls: list[ModelCall] | None = None,
                    _settings: InspectorSettings | None = None) -> SpecRecord:
         """The bead's Specification: the stored one while current, else a new one from the Designer."""
+        self._may_verify()
         validate.bead_id(bead_id)
         settings = _settings or settings_for(self.town, bead_id)
         with self.town.db.read() as conn:
@@ -291,6 +298,7 @@ class Inspector:
                    _spec: Specification | None = None, _calls: list[ModelCall] | None = None,
                    _settings: InspectorSettings | None = None, _path: Path | None = None) -> PlanRecord:
         """Tests for the bead's current Specification: stored ones while they match it, else new."""
+        self._may_verify()
         validate.bead_id(bead_id)
         settings = _settings or settings_for(self.town, bead_id)
         spec = _spec or self._current_spec(bead_id)
@@ -340,6 +348,7 @@ class Inspector:
 
     async def run(self, bead_id: str, worktree: str | None = None) -> TestRun:
         """Run the stored plan's tests now (no model, no cache): the Verifier alone."""
+        self._may_verify()
         validate.bead_id(bead_id)
         self._bead_row(bead_id)
         settings = settings_for(self.town, bead_id)
@@ -369,6 +378,7 @@ class Inspector:
         """Verify the candidate's HEAD: spec and plan (reused while current), the tests of every
         criterion not already decided for this commit, then the Auditor and panel where the policy
         sends a criterion. The report is stored; decided criteria are cached (clean trees only)."""
+        self._may_verify()
         validate.bead_id(bead_id)
         self._bead_row(bead_id)
         settings = settings_for(self.town, bead_id, level)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from vermas import mail
+from vermas import mail, protocol
 from vermas.addresses import Address, parse_address
 from vermas.town import Town
 
@@ -141,7 +141,8 @@ def nudge(
     started = time.monotonic()
 
     def queue(reason: str) -> NudgeResult:
-        msg = mail.send(town, parse_address(sender), str(target), f"NUDGE {text[:200]}", text)
+        subject, body = protocol.format(protocol.Nudge(text=text))
+        msg = mail.send(town, parse_address(sender), str(target), subject, body)
         return NudgeResult(target=str(target), submitted=False, queued_message_id=msg.id,
                            seconds=time.monotonic() - started, reason=reason)
 

@@ -1,0 +1,223 @@
+"""Who may do what: every permission rule of the town, in one pure module.
+
+Each rule is a function of the acting address, an `Action`, and the facts about the target
+(a bead's holder, creator and status; a message's recipient). `decide` returns an allow/deny
+`Decision` with a reason that says who may; `require` raises `Forbidden` with that reason.
+The core calls `require` right where it acts, so the MCP tools and the shell obey the same
+rules. Role profiles (vermas_mcp/profiles.py) only choose which tool schemas a role sees;
+they are a convenience for context size, never the check.
+
+Permission refusals are `Forbidden`; a state that forbids the change (already closed, the
+hook occupied) is `Conflict` and is raised by the module that owns that state.
+
+The rules, written once (tests/test_permissions.py checks every role x action):
+
+- Coordinators are the mayor, the deacon and the overseer: they may edit, assign, close and
+  unsling any bead.
+- Reading another agent's mail (its inbox or one of its messages) is the overseer's alone:
+  the overseer is the human looking over the town; the mayor and deacon coordinate by
+  sending mail, and never need to read someone else's. Acknowledging is the recipient's
+  alone, for everyone (an ack says "I handled it").
+- A bead on someone's hook is edited (title, description, notes, priority, comments...)
+  only by its holder, a coordinator, or the witness of the holder's rig (it recovers that
+  rig's polecats and may annotate their work).
+- A polecat edits only its own hooked bead and beads it created.
+- Only coordinators set or clear assignees (everyone else hooks work through sling).
+- Closing (bead_close, or bead_update with status=closed, which goes through the same
+  rule): a bead hooked by someone else only by a coordinator or its holder; a polecat
+  closes only beads it created; its hooked bead leaves the hook through polecat_done.
+- Polecats do not sling (they mail their witness or the mayor). Unsling: the holder, the
+  witness of the holder's rig, or a coordinator.
+- polecat_done is for polecats. Polecats do not run the inspector (verify_*) on anything,
+  their own work least of all; anyone may read a verification report.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel
+
+from vermas.addresses import COORDINATOR_ROLES, Address, Role
+from vermas.errors import Forbidden
+
+COORDINATORS = "the mayor, deacon or overseer"
+
+
+class Action(StrEnum):
+    """Everything an agent does that some agent may not."""
+
+    MAIL_READ_OTHERS = "mail.read_others"  # another address's inbox, or a message sent to another
+    MAIL_ACK = "mail.ack"
+    BEAD_EDIT = "bead.edit"  # title, description, notes, acceptance criteria, priority, comment, status
+    BEAD_ASSIGN = "bead.assign"
+    BEAD_CLOSE = "bead.close"
+    SLING = "sling"
+    UNSLING = "unsling"
+    POLECAT_DONE = "polecat.done"
+    VERIFY = "verify"  # verify_spec, verify_plan, verify_run, verify_bead
+    VERIFY_REPORT = "verify.report"
+
+
+class Target(BaseModel, frozen=True):
+    """The facts about what is acted on that a rule may look at."""
+
+    bead: str | None = None
+    status: str | None = None
+    assignee: str | None = None
+    creator: str | None = None
+    recipient: str | None = None
+
+    @property
+    def holder(self) -> str | None:
+        """Who has the bead on their hook (None unless it is hooked)."""
+        return self.assignee if self.status == "hooked" else None
+
+
+class Decision(BaseModel, frozen=True):
+    allowed: bool
+    reason: str
+
+
+ALLOW = Decision(allowed=True, reason="allowed")
+NO_TARGET = Target()
+
+
+def is_coordinator(actor: Address) -> bool:
+    return actor.role in COORDINATOR_ROLES
+
+
+def rig_of(address: str | None) -> str | None:
+    """The rig part of a rig-scoped address string (`gt/polecats/nux` -> `gt`)."""
+    return address.split("/", 1)[0] if address and "/" in address else None
+
+
+def _is_rig_witness(actor: Address, address: str | None) -> bool:
+    return actor.role is Role.WITNESS and address is not None and actor.rig == rig_of(address)
+
+
+def _deny(reason: str) -> Decision:
+    return Decision(allowed=False, reason=reason)
+
+
+def _what(target: Target) -> str:
+    return target.bead or "this bead"
+
+
+def _mail_read_others(actor: Address, target: Target) -> Decision:
+    if actor.role is Role.OVERSEER:
+        return ALLOW
+    whose = f"{target.recipient}'s" if target.recipient else "others'"
+    return _deny(f"{actor} may read only its own mailbox, not {whose}; only the overseer reads others' mail")
+
+
+def _mail_ack(actor: Address, target: Target) -> Decision:
+    if target.recipient == str(actor):
+        return ALLOW
+    return _deny(f"only the recipient {target.recipient} acknowledges its mail; {actor} may not")
+
+
+def _bead_edit(actor: Address, target: Target) -> Decision:
+    if is_coordinator(actor):
+        return ALLOW
+    holder = target.holder
+    if holder is not None and holder != str(actor) and not _is_rig_witness(actor, holder):
+        return _deny(
+            f"{_what(target)} is hooked by {holder}; only its holder, its rig's witness, or "
+            f"{COORDINATORS} may edit it"
+        )
+    if actor.role is Role.POLECAT and holder != str(actor) and target.creator != str(actor):
+        return _deny(
+            f"{actor} is a polecat; a polecat edits only its own hooked bead and beads it created "
+            f"(not {_what(target)}); mail your witness to change it"
+        )
+    return ALLOW
+
+
+def _bead_assign(actor: Address, target: Target) -> Decision:
+    if is_coordinator(actor):
+        return ALLOW
+    return _deny(f"only {COORDINATORS} set assignees; {actor} may not (sling puts work on a hook)")
+
+
+def _bead_close(actor: Address, target: Target) -> Decision:
+    holder = target.holder
+    if is_coordinator(actor):
+        return ALLOW
+    if actor.role is Role.POLECAT:
+        if holder == str(actor):
+            return _deny(f"{_what(target)} is on your hook: finish it with polecat_done, not by closing it")
+        if target.creator != str(actor):
+            return _deny(f"{actor} is a polecat; a polecat closes only beads it created, not {_what(target)}")
+        return ALLOW
+    if holder is not None and holder != str(actor):
+        return _deny(
+            f"{_what(target)} is hooked by {holder}; only its holder or {COORDINATORS} may close it "
+            "(or unsling it first)"
+        )
+    return ALLOW
+
+
+def _sling(actor: Address, target: Target) -> Decision:
+    if actor.role is Role.POLECAT:
+        return _deny("polecats do not sling work; mail your witness or the mayor instead")
+    return ALLOW
+
+
+def _unsling(actor: Address, target: Target) -> Decision:
+    holder = target.holder
+    if is_coordinator(actor) or (holder is not None and holder == str(actor)) or _is_rig_witness(actor, holder):
+        return ALLOW
+    return _deny(
+        f"{actor} may not unsling {_what(target)} (held by {holder}); the holder, its witness, "
+        f"{COORDINATORS} may"
+    )
+
+
+def _polecat_done(actor: Address, target: Target) -> Decision:
+    if actor.role is Role.POLECAT:
+        return ALLOW
+    return _deny(f"polecat_done is for polecats; {actor} is a {actor.role.value}")
+
+
+def _verify(actor: Address, target: Target) -> Decision:
+    if actor.role is Role.POLECAT:
+        return _deny(f"{actor} is a polecat; polecats do not verify work (their own least of all): "
+                     "the refinery does, or the mayor/overseer")
+    return ALLOW
+
+
+def _anyone(actor: Address, target: Target) -> Decision:
+    return ALLOW
+
+
+RULES = {
+    Action.MAIL_READ_OTHERS: _mail_read_others,
+    Action.MAIL_ACK: _mail_ack,
+    Action.BEAD_EDIT: _bead_edit,
+    Action.BEAD_ASSIGN: _bead_assign,
+    Action.BEAD_CLOSE: _bead_close,
+    Action.SLING: _sling,
+    Action.UNSLING: _unsling,
+    Action.POLECAT_DONE: _polecat_done,
+    Action.VERIFY: _verify,
+    Action.VERIFY_REPORT: _anyone,
+}
+
+
+def decide(actor: Address, action: Action, target: Target = NO_TARGET) -> Decision:
+    """May `actor` do `action` to `target`? (pure; the reason says who may, when not)"""
+    return RULES[action](actor, target)
+
+
+def require(actor: Address, action: Action, target: Target = NO_TARGET) -> None:
+    """Raise Forbidden with the rule's reason unless `actor` may do `action` to `target`."""
+    decision = decide(actor, action, target)
+    if not decision.allowed:
+        raise Forbidden(decision.reason)
+
+
+def bead_target(row: object) -> Target:
+    """The facts of a bead row (sqlite3.Row or mapping with id/status/assignee/created_by)."""
+    get = row.__getitem__  # type: ignore[attr-defined]
+    return Target(bead=get("id"), status=get("status"), assignee=get("assignee"), creator=get("created_by"))

@@ -1,0 +1,165 @@
+"""Mail protocol messages: one typed model per kind, one formatter, one parser.
+
+Wire form (what templates/*.md tell agents, and what POLECAT_DONE always looked like):
+the subject is the kind, then the message's key words (`POLECAT_DONE nux gt-a1b2`); the body
+is `field: value` header lines, a blank line, then free text. Headers are authoritative; the
+subject's words after the kind are for people. A body with no headers is all text (NUDGE,
+or HELP written by hand). `parse(*format(m)) == m` for every message (property-tested).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, ClassVar
+
+from pydantic import BaseModel, StringConstraints, ValidationError
+
+Line = Annotated[str, StringConstraints(min_length=1, max_length=300, pattern=r"^[^\n\r\s][^\n\r]*$")]
+
+
+class ProtocolKind(StrEnum):
+    POLECAT_DONE = "POLECAT_DONE"
+    MERGE_READY = "MERGE_READY"
+    MERGED = "MERGED"
+    REWORK_REQUEST = "REWORK_REQUEST"
+    ESCALATION = "ESCALATION"
+    HELP = "HELP"
+    HANDOFF = "HANDOFF"
+    NUDGE = "NUDGE"
+
+
+class ProtocolMessage(BaseModel, frozen=True):
+    """Base: `text` is the free text after the headers (a summary, a reason, the nudge)."""
+
+    KIND: ClassVar[ProtocolKind]
+    SUBJECT: ClassVar[tuple[str, ...]] = ()  # fields whose values follow the kind in the subject
+    text: str = ""
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [(name, value) for name in type(self).model_fields if name != "text"
+                for value in [getattr(self, name)] if value is not None]
+
+    def subject(self) -> str:
+        words = [str(getattr(self, f)) for f in self.SUBJECT if getattr(self, f, None) is not None]
+        return " ".join([self.KIND.value, *words])
+
+
+class PolecatDone(ProtocolMessage, frozen=True):
+    KIND = ProtocolKind.POLECAT_DONE
+    bead: Line
+    status: Line
+    polecat: Line
+    branch: Line | None = None
+    commit: Line | None = None
+    merge_request: Line | None = None
+
+    def subject(self) -> str:
+        return f"{self.KIND.value} {self.polecat.rsplit('/', 1)[-1]} {self.bead}"
+
+
+class MergeReady(ProtocolMessage, frozen=True):
+    KIND = ProtocolKind.MERGE_READY
+    SUBJECT = ("bead", "branch")
+    bead: Line
+    branch: Line
+    merge_request: Line | None = None
+    commit: Line | None = None
+    polecat: Line | None = None
+
+
+class Merged(ProtocolMessage, frozen=True):
+    KIND = ProtocolKind.MERGED
+    SUBJECT = ("bead",)
+    bead: Line
+    merge_request: Line | None = None
+    commit: Line | None = None
+    polecat: Line | None = None
+
+
+class ReworkRequest(ProtocolMessage, frozen=True):
+    KIND = ProtocolKind.REWORK_REQUEST
+    SUBJECT = ("bead",)
+    bead: Line
+    merge_request: Line | None = None
+    polecat: Line | None = None
+    branch: Line | None = None
+
+
+class Escalation(ProtocolMessage, frozen=True):
+    KIND = ProtocolKind.ESCALATION
+    SUBJECT = ("bead",)
+    bead: Line | None = None
+    polecat: Line | None = None
+
+
+class Help(ProtocolMessage, frozen=True):
+    KIND = ProtocolKind.HELP
+    SUBJECT = ("bead",)
+    bead: Line | None = None
+
+
+class Handoff(ProtocolMessage, frozen=True):
+    KIND = ProtocolKind.HANDOFF
+    SUBJECT = ("bead",)
+    bead: Line | None = None
+
+
+class Nudge(ProtocolMessage, frozen=True):
+    KIND = ProtocolKind.NUDGE
+
+    def subject(self) -> str:
+        return f"{self.KIND.value} {' '.join(self.text.split())[:200]}".rstrip()
+
+
+MODELS: dict[ProtocolKind, type[ProtocolMessage]] = {
+    m.KIND: m for m in (PolecatDone, MergeReady, Merged, ReworkRequest, Escalation, Help, Handoff, Nudge)
+}
+
+
+def kind_of(subject: str) -> ProtocolKind | None:
+    """The protocol word a subject starts with (`POLECAT_DONE nux` -> POLECAT_DONE)."""
+    word = subject.split(None, 1)[0].rstrip(":") if subject.strip() else ""
+    return ProtocolKind(word) if word in ProtocolKind.__members__ else None
+
+
+def format(msg: ProtocolMessage) -> tuple[str, str]:  # noqa: A001 - the protocol's one formatter
+    """(subject, body) of a message."""
+    lines = [f"{name}: {value}" for name, value in msg.headers()]
+    if lines:
+        body = "\n".join(lines) + (f"\n\n{msg.text}" if msg.text else "")
+    else:  # all text; a leading blank line keeps header-like or blank-first text from being misread
+        body = f"\n{msg.text}" if msg.text.startswith("\n") or _header_like(type(msg), msg.text) else msg.text
+    return msg.subject(), body
+
+
+def _header_like(model: type[ProtocolMessage], text: str) -> bool:
+    first = text.split("\n", 1)[0]
+    return any(first.startswith(f"{name}: ") for name in model.model_fields if name != "text")
+
+
+def parse(subject: str, body: str) -> ProtocolMessage | None:
+    """The typed message, or None when the subject is no protocol kind or the body lacks a
+    field the kind requires (hand-written mail then stays plain mail)."""
+    kind = kind_of(subject)
+    if kind is None:
+        return None
+    model = MODELS[kind]
+    names = [n for n in model.model_fields if n != "text"]
+    lines = body.split("\n")
+    fields: dict[str, str] = {}
+    i = 0
+    while i < len(lines):
+        name, sep, value = lines[i].partition(": ")
+        if not sep or name not in names or name in fields:
+            break
+        fields[name] = value
+        i += 1
+    if fields:
+        rest = lines[i:]
+        text = "\n".join(rest[1:] if rest and rest[0] == "" else rest)
+    else:
+        text = body[1:] if body.startswith("\n") else body
+    try:
+        return model(**fields, text=text)
+    except ValidationError:
+        return None

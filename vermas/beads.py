@@ -12,6 +12,7 @@ from vermas.addresses import Address
 from vermas.errors import Conflict, InvalidInput, NotFound
 from vermas.store import Database
 from vermas.town import Town
+from vermas.twins import twin
 
 # bd 1.0 excludes these system types; vermas adds convoy (a tracking bead, never work).
 READY_EXCLUDED_TYPES = ("message", "merge-request", "gate", "molecule", "agent", "rig", "convoy")
@@ -89,7 +90,7 @@ def _bead(conn: sqlite3.Connection, row: sqlite3.Row) -> Bead:
 def fetch_row(conn: sqlite3.Connection, bead_id: str) -> sqlite3.Row:
     row = conn.execute(f"SELECT {BEAD_COLUMNS} FROM issues WHERE id = ?", (bead_id,)).fetchone()
     if row is None:
-        raise NotFound(f"no bead {bead_id!r} in this town; bead_list or bead_ready show existing ids")
+        raise NotFound(f"no bead {bead_id!r} in this town; {twin('bead_list')} or {twin('bead_ready')} show existing ids")
     return row
 
 
@@ -338,7 +339,7 @@ def update(
         if row["status"] == "hooked" and ("status" in changes or "assignee" in changes):
             raise Conflict(
                 f"{bead_id} is hooked by {row['assignee']}; its status and assignee change only "
-                "through unsling or polecat_done"
+                f"through {twin('unsling')} or {twin('polecat_done')}"
             )
         stamp, ts = timeutil.now()
         if "status" in changes:
@@ -398,7 +399,7 @@ def close(town: Town, actor: Address, bead_id: str, reason: str = "") -> Bead:
         if row["status"] == "hooked" and row["assignee"] != str(actor) and not actor.is_privileged:
             raise Conflict(
                 f"{bead_id} is hooked by {row['assignee']}; only its holder, the mayor, deacon or "
-                "overseer may close it (or unsling it first)"
+                f"overseer may close it (or {twin('unsling')} it first)"
             )
         close_in_txn(conn, town.db, bead_id, reason, str(actor))
         return fetch(conn, bead_id)

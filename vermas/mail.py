@@ -16,6 +16,7 @@ from vermas.addresses import Address, parse_address
 from vermas.errors import Conflict, Forbidden, InvalidInput, NotFound
 from vermas.store import Database
 from vermas.town import Town
+from vermas.twins import twin
 
 PROTOCOL_SUBJECTS = (
     "POLECAT_DONE", "MERGE_READY", "MERGED", "REWORK_REQUEST", "ESCALATION", "HELP", "HANDOFF", "NUDGE",
@@ -178,7 +179,7 @@ def unread_count(conn: sqlite3.Connection, address: str) -> int:
 def _own(conn: sqlite3.Connection, actor: Address, message_id: str) -> sqlite3.Row:
     row = conn.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
     if row is None:
-        raise NotFound(f"no message {message_id!r}; mail_inbox lists your messages")
+        raise NotFound(f"no message {message_id!r}; {twin('mail_inbox')} lists your messages")
     if row["recipient"] != str(actor) and actor.role.value != "overseer":
         raise Forbidden(f"{message_id} is addressed to {row['recipient']}, not to {actor}")
     return row

@@ -11,6 +11,7 @@ subcommands from it. This module never imports the MCP SDK, so the runner starts
 from __future__ import annotations
 
 import enum
+import re
 import inspect
 import typing
 from collections.abc import Awaitable, Callable
@@ -110,7 +111,7 @@ def _parse_doc(doc: str) -> tuple[str, str, dict[str, str]]:
             helps[current] = text.strip()
         elif current and line.strip():
             helps[current] += " " + line.strip()
-    return description, description.split(". ")[0].rstrip("."), helps
+    return description, re.split(r"[.;:] +(?=[A-Z])", description)[0].rstrip("."), helps
 
 
 def _evaluate(annotation: Any, fn: Callable[..., Any]) -> Any:

@@ -152,3 +152,37 @@ def test_help_on_every_command_and_option() -> None:
             assert action.help and action.help.strip(), f"`{path}` {action.option_strings or action.dest}: no help"
             seen += 1
     assert seen > 150
+
+
+def test_sling_to_an_address_is_the_tool_and_unsling_undoes_it(town: Town, capsys: pytest.CaptureFixture[str]) -> None:
+    bead = beads.create(town, parse_address("overseer"), "for the mayor")
+    code, out, err = in_process(town, capsys, "sling", bead.id, "mayor", "--json")
+    assert code == 0, err
+    assert json.loads(out)["status"] == "hooked" and json.loads(out)["assignee"] == "mayor"
+    code, out, _ = in_process(town, capsys, "hook", "check", "--actor", "mayor", "--json")
+    assert json.loads(out)["bead"]["id"] == bead.id
+    code, out, _ = in_process(town, capsys, "unsling", bead.id, "--json")
+    assert code == 0 and json.loads(out)["status"] == "open"
+
+
+def test_polecat_list_and_rig_list_are_tables_or_json(town: Town, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import make_repo
+
+    from vermas import polecat, rig
+
+    rig.add(town, "gt", str(make_repo(tmp_path / "upstream")))
+    bead = beads.create(town, parse_address("overseer"), "work", rig="gt")
+    info = polecat.allocate(town, parse_address("overseer"), bead.id, "gt")
+    code, out, _ = in_process(town, capsys, "polecat", "list")
+    assert code == 0 and info.address in out and "┃" in out and "\t" not in out
+    code, out, _ = in_process(town, capsys, "polecat", "list", "--json")
+    assert [p["address"] for p in json.loads(out)] == [info.address]
+    code, out, _ = in_process(town, capsys, "rig", "list", "--json")
+    assert [r["name"] for r in json.loads(out)] == ["gt"]
+
+
+def test_rig_add_help_describes_its_options() -> None:
+    out = subprocess.run([RUNNER, "rig", "add", "--help"], capture_output=True, text=True, timeout=30).stdout
+    for text in ("--max-polecats", "most polecats working at once", "--test-command", "--prefix", "git_url"):
+        assert text in out

@@ -57,6 +57,9 @@ class Call:
     town: Town
     actor: Address
     progress: ProgressSink | None = None
+    # How long a nudge waits for an idle prompt before queueing mail: an agent's tool call keeps
+    # it short; a person at the shell can wait as long as the runner's own nudges do.
+    nudge_wait: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -385,7 +388,7 @@ def nudge(c: Call, target: str, message: str) -> nudging.NudgeResult:
     from vermas.sessions import TownSessions  # tmux (libtmux) only when a nudge is sent
 
     return nudging.nudge(c.town, TownSessions(c.town.root), address, message, sender=str(c.actor),
-                         idle_timeout=15.0)
+                         idle_timeout=c.nudge_wait)
 
 
 def _inspector(c: Call) -> Inspector:

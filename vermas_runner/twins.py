@@ -27,6 +27,7 @@ from vermas.tools import TOOLS, Call, Param, ToolSpec
 from vermas.town import Town
 
 DEFAULT_ACTOR = "overseer"
+SHELL_NUDGE_WAIT = 45.0  # seconds; the runner's nudges wait as long (vermas.nudge's default)
 
 
 def actor_option(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +92,8 @@ def run_tool(spec: ToolSpec, town: Town, args: argparse.Namespace) -> Any:
         if not getattr(args, "quiet", False):
             print(f"[{int(done)}/{int(total) if total else '?'}] {message}", file=sys.stderr, flush=True)
 
-    call = Call(town, resolve_actor(args.actor), progress=progress if spec.progress else None)
+    call = Call(town, resolve_actor(args.actor), progress=progress if spec.progress else None,
+                nudge_wait=SHELL_NUDGE_WAIT)
     if spec.is_async:
         return asyncio.run(spec.fn(call, **kwargs))
     return spec.fn(call, **kwargs)

@@ -194,7 +194,7 @@ def cmd_attach(args: argparse.Namespace) -> None:
     address = parse_address(args.address)
     sessions = _sessions(town)
     if not sessions.alive(address):
-        _fail(f"{address} has no running session (vermas-runner status lists sessions)", code=1)
+        _fail(f"{address} has no running session (vermas-runner status lists sessions)")
     os.execvp("tmux", ["tmux", "-L", sessions.socket, "attach-session", "-t", address.session_name])
 
 

@@ -64,18 +64,22 @@ def test_import_and_export_commands(tmp_path: Path) -> None:
         '{"id":"bd-a2","title":"gone","status":"tombstone","priority":1,"issue_type":"task",'
         '"created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}\n'
     )
-    out = runner("import", str(good), "--town", str(town.root))
-    assert out.returncode == 0 and "1 created" in out.stdout and "1 tombstones skipped" in out.stdout
+    out = runner("import", str(good), "--town", str(town.root), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) | {"created": 1, "tombstones": 1} == json.loads(out.stdout)
+    again = runner("import", str(good), "--town", str(town.root))
+    assert again.returncode == 0 and "unchanged" in again.stdout and "│ 1 " in again.stdout  # a table
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id":"bd-b1","title":"x","status":"open","priority":1,"issue_type":"task",'
                    '"created_at":"2026-01-01T00:00:00Z"}\nnot json\n')
     out = runner("import", str(bad), "--town", str(town.root))
-    assert out.returncode == 1 and "line 2: not JSON" in out.stderr
+    assert out.returncode == 2 and "line 2: not JSON" in out.stderr
     with town.db.read() as conn:
         assert [r[0] for r in conn.execute("SELECT id FROM issues")] == ["bd-a1"]
     out = runner("export", "--town", str(town.root))
-    assert out.returncode == 0 and "issues.jsonl: 1 lines" in out.stdout
+    assert out.returncode == 0 and "issues.jsonl" in out.stdout and "│ 1 " in out.stdout  # a table
+    out = runner("export", "--town", str(town.root), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["issues.jsonl"] == 1
     line = json.loads((town.beads_dir / "issues.jsonl").read_text())
     assert line["_type"] == "issue" and line["id"] == "bd-a1" and "mystery" not in line
     missing = runner("export", "--town", str(tmp_path / "nowhere"))
-    assert missing.returncode == 1 and "no vermas town" in missing.stderr
+    assert missing.returncode == 2 and "no vermas town" in missing.stderr

@@ -53,7 +53,7 @@ def test_second_runner_is_refused_and_a_killed_one_leaves_no_stuck_lock(town: To
         assert status["runner_pid"] == first.pid
         assert [a["alive"] for a in status["agents"]] == [True]  # the mayor (no rigs yet)
         second = runner(town, "up", "--once", "--no-wait")
-        assert second.returncode == 1 and f"already running for this town (pid {first.pid})" in second.stderr
+        assert second.returncode == 2 and f"already running for this town (pid {first.pid})" in second.stderr
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)

@@ -151,7 +151,7 @@ async def test_sling_tool_to_rig_spawns_polecat(e2e: E2ETown) -> None:
 
 def test_nudge_to_idle_session_is_submitted_once(e2e: E2ETown) -> None:
     token = f"nudge-token-{time.monotonic_ns()}"
-    out = json.loads(e2e.run("nudge", "mayor", f"please note {token}").stdout)
+    out = json.loads(e2e.run("nudge", "mayor", f"please note {token}", "--json").stdout)
     assert out["submitted"] is True and out["queued_message_id"] is None
     deadline = time.monotonic() + 30
     seen: list[int] = []

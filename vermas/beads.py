@@ -14,6 +14,7 @@ from vermas.inspector.records import latest_report_summary
 from vermas.permissions import Action
 from vermas.store import Database
 from vermas.town import Town
+from vermas.twins import twin
 
 # bd 1.0 excludes these system types; vermas adds convoy (a tracking bead, never work).
 READY_EXCLUDED_TYPES = ("message", "merge-request", "gate", "molecule", "agent", "rig", "convoy")
@@ -91,7 +92,7 @@ def _bead(conn: sqlite3.Connection, row: sqlite3.Row) -> Bead:
 def fetch_row(conn: sqlite3.Connection, bead_id: str) -> sqlite3.Row:
     row = conn.execute(f"SELECT {BEAD_COLUMNS} FROM issues WHERE id = ?", (bead_id,)).fetchone()
     if row is None:
-        raise NotFound(f"no bead {bead_id!r} in this town; bead_list or bead_ready show existing ids")
+        raise NotFound(f"no bead {bead_id!r} in this town; {twin('bead_list')} or {twin('bead_ready')} show existing ids")
     return row
 
 
@@ -337,7 +338,7 @@ def update(
         if row["status"] == "hooked" and ("status" in changes or "assignee" in changes):
             raise Conflict(
                 f"{bead_id} is hooked by {row['assignee']}; its status and assignee change only "
-                "through unsling or polecat_done"
+                f"through {twin('unsling')} or {twin('polecat_done')}"
             )
         if changes.get("status") == "closed":
             _may_close(actor, row)

@@ -19,6 +19,7 @@ from vermas.permissions import Action, Target
 from vermas.protocol import ProtocolKind, kind_of
 from vermas.store import Database
 from vermas.town import Town
+from vermas.twins import twin
 
 PROTOCOL_SUBJECTS = tuple(k.value for k in ProtocolKind)
 MAX_SUBJECT_CHARS = 500
@@ -195,7 +196,7 @@ def unread_count(conn: sqlite3.Connection, address: str) -> int:
 def _own(conn: sqlite3.Connection, actor: Address, message_id: str) -> sqlite3.Row:
     row = conn.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
     if row is None:
-        raise NotFound(f"no message {message_id!r}; mail_inbox lists your messages")
+        raise NotFound(f"no message {message_id!r}; {twin('mail_inbox')} lists your messages")
     if row["recipient"] != str(actor):
         decision = permissions.decide(actor, Action.MAIL_READ_OTHERS, Target(recipient=row["recipient"]))
         if not decision.allowed:

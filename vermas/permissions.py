@@ -40,6 +40,7 @@ from pydantic import BaseModel
 
 from vermas.addresses import COORDINATOR_ROLES, Address, Role
 from vermas.errors import Forbidden
+from vermas.twins import twin
 
 COORDINATORS = "the mayor, deacon or overseer"
 
@@ -153,7 +154,7 @@ def _bead_close(actor: Address, target: Target) -> Decision:
     if holder is not None and holder != str(actor):
         return _deny(
             f"{_what(target)} is hooked by {holder}; only its holder or {COORDINATORS} may close it "
-            "(or unsling it first)"
+            f"(or {twin('unsling')} it first)"
         )
     return ALLOW
 

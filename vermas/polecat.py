@@ -18,6 +18,7 @@ from vermas.permissions import Action
 from vermas.rig import canonical_clone
 from vermas.sessions import launch
 from vermas.town import Town
+from vermas.twins import twin
 
 if TYPE_CHECKING:  # tmux is imported only where a session is touched
     from vermas.sessions import TownSessions
@@ -89,7 +90,7 @@ def done(town: Town, actor: Address, status: str = "COMPLETED", summary: str = "
         if tree.dirty:
             raise Conflict(
                 "uncommitted changes in your worktree: " + ", ".join(tree.dirty[:10])
-                + "; commit them (or discard them) before polecat_done"
+                + f"; commit them (or discard them) before {twin('polecat_done')}"
             )
         if tree.commits_ahead == 0:
             raise Conflict(
@@ -188,7 +189,7 @@ def allocate(town: Town, actor: Address, bead_id: str, rig: str) -> PolecatInfo:
     with town.db.write() as conn:
         row = beads.fetch_row(conn, bead_id)
         if row["status"] == "hooked":
-            raise Conflict(f"{bead_id} is already hooked by {row['assignee']}; unsling it first")
+            raise Conflict(f"{bead_id} is already hooked by {row['assignee']}; {twin('unsling')} it first")
         if row["status"] == "closed":
             raise Conflict(f"{bead_id} is closed; reopen it before slinging")
         taken = {r[0] for r in conn.execute("SELECT name FROM polecats WHERE rig = ?", (rig,))}

@@ -9,6 +9,7 @@ from vermas.errors import Conflict, InvalidInput
 from vermas.permissions import Action
 from vermas.hooks import hooked_id
 from vermas.town import Town
+from vermas.twins import twin
 
 HOOKABLE = ("open", "in_progress", "blocked", "deferred", "pinned")
 
@@ -29,7 +30,7 @@ def sling(town: Town, actor: Address, bead_id: str, target: str) -> beads.Bead:
     with town.db.write() as conn:
         row = beads.fetch_row(conn, bead_id)
         if row["status"] == "hooked":
-            raise Conflict(f"{bead_id} is already hooked by {row['assignee']}; unsling it first")
+            raise Conflict(f"{bead_id} is already hooked by {row['assignee']}; {twin('unsling')} it first")
         if row["status"] not in HOOKABLE:
             raise Conflict(f"{bead_id} is {row['status']}; only {', '.join(HOOKABLE)} beads can be slung")
         holder = hooked_id(conn, str(agent))

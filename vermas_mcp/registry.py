@@ -1,5 +1,5 @@
-"""What every vermas tool module shares: the binding of a server to its town and actor,
-the domain-error edge, and registration limited to the actor's profile.
+"""MCP tools built from the one tool registry (vermas/tools.py): the binding of a server to
+its town and actor, the annotations of each tool kind, and the domain-error edge.
 
 The binding is filled in after the server is built, so the town's MCP zygote can build
 each role's server once and fork children that only bind (building takes ~100 ms).
@@ -11,17 +11,30 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from mcp.server.mcpserver import MCPServer
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 
 from vermas.addresses import Address
 from vermas.errors import VermasError
+from vermas.tools import Call, Kind, ProgressSink, ToolSpec
 from vermas.town import Town
 
-F = TypeVar("F", bound=Callable[..., Any])
+# Only hints that differ from MCP's defaults (read-only false, destructive true, idempotent
+# false, open-world true) are sent: each byte is repeated in every session's tools/list.
+ANNOTATIONS: dict[Kind, ToolAnnotations] = {
+    Kind.READ: ToolAnnotations(read_only_hint=True, open_world_hint=False),
+    Kind.ADD: ToolAnnotations(destructive_hint=False, open_world_hint=False),
+    Kind.CHANGE: ToolAnnotations(open_world_hint=False),
+    Kind.MARK: ToolAnnotations(destructive_hint=False, idempotent_hint=True, open_world_hint=False),
+    Kind.SPEC: ToolAnnotations(idempotent_hint=True),  # calls the model; rewrites acceptance_criteria
+    Kind.PLAN: ToolAnnotations(destructive_hint=False, idempotent_hint=True),  # calls the model
+    Kind.RUN: ToolAnnotations(destructive_hint=False, idempotent_hint=True, open_world_hint=False),
+    Kind.PIPELINE: ToolAnnotations(destructive_hint=False, idempotent_hint=True),  # cached per commit
+}
 
 
 @dataclass
@@ -48,45 +61,51 @@ class Binding:
         return self._actor
 
 
-def edge(fn: F) -> F:
-    """Map domain exceptions to tool errors carrying their actionable message.
+def _sink(ctx: Context | None) -> ProgressSink | None:
+    """Inspector progress as MCP progress notifications (seen by clients that asked for them)."""
+    if ctx is None:
+        return None
 
-    The wrapper is async; a sync core call runs inline: store calls take well under a
-    millisecond, and a stdio server has one client, so the SDK's worker-thread hop for
-    sync tools would cost more than the work itself.
+    async def report(progress: float, total: float | None, message: str) -> None:
+        await ctx.report_progress(progress, total, message)
+
+    return report
+
+
+def mcp_function(spec: ToolSpec, b: Binding) -> Callable[..., Any]:
+    """An async function whose signature is the spec's parameters (plus the SDK's Context for
+    tools that report progress), calling the spec's core function as the bound actor.
+
+    Domain exceptions become tool errors carrying their actionable message. A sync core call
+    runs inline (store calls take well under a millisecond, and a stdio server has one
+    client, so the SDK's worker-thread hop would cost more than the work); a blocking one
+    (a nudge waits seconds for an idle prompt) runs in a worker thread.
     """
-    if inspect.iscoroutinefunction(fn):
 
-        @functools.wraps(fn)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await fn(*args, **kwargs)
-            except VermasError as exc:
-                raise ToolError(str(exc)) from exc
+    async def tool(**kwargs: Any) -> Any:
+        call = Call(b.town, b.actor, progress=_sink(kwargs.pop("ctx", None)))
+        try:
+            if spec.is_async:
+                return await spec.fn(call, **kwargs)
+            if spec.blocking:
+                return await anyio.to_thread.run_sync(functools.partial(spec.fn, call, **kwargs))
+            return spec.fn(call, **kwargs)
+        except VermasError as exc:
+            raise ToolError(str(exc)) from exc
 
-    else:
-
-        @functools.wraps(fn)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except VermasError as exc:
-                raise ToolError(str(exc)) from exc
-
-    return wrapper  # type: ignore[return-value]
-
-
-def registrar(server: MCPServer, enabled: set[str]) -> Callable[[ToolAnnotations], Callable[[F], F]]:
-    """`@tool(annotations)`: register a function as a tool if the profile includes it, with
-    its docstring folded to one line (bytes in tools/list are paid in every session)."""
-
-    def tool(annotations: ToolAnnotations) -> Callable[[F], F]:
-        def register(fn: F) -> F:
-            if fn.__name__ in enabled:
-                description = " ".join((fn.__doc__ or "").split())
-                server.tool(annotations=annotations, description=description)(edge(fn))
-            return fn
-
-        return register
-
+    params = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default, annotation=p.annotation)
+              for p in spec.params]
+    if spec.progress:
+        params.append(inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Context | None))
+    result = spec.result
+    tool.__name__ = tool.__qualname__ = spec.name
+    tool.__doc__ = spec.description
+    tool.__signature__ = inspect.Signature(params, return_annotation=result)  # type: ignore[attr-defined]
+    tool.__annotations__ = {p.name: p.annotation for p in params} | {"return": result}
     return tool
+
+
+def register(server: MCPServer, spec: ToolSpec, b: Binding) -> None:
+    server.tool(name=spec.name, annotations=ANNOTATIONS[spec.kind], description=spec.description)(
+        mcp_function(spec, b))

@@ -10,21 +10,27 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from vermas import patrol, polecat, rig, sling, up
+from rich.console import Console
+from rich.table import Table
+
+from vermas import patrol, polecat, rig, up
 from vermas.addresses import parse_address
 from vermas.agents import console_script
 from vermas.bdimport import import_file
 from vermas.errors import VermasError
 from vermas.export import export_town
-from vermas.inspector.cli import add_verify_parser
+from vermas.inspector.cli import render
+from vermas.polecat import PolecatInfo
 from vermas.prime import prime
 from vermas.proc import flock_held
-from vermas.sessions import nudge
 from vermas.status import runner_status
+from vermas.tools import TOOLS
 from vermas.town import Town, find_town
+from vermas_runner import twins
 
 if TYPE_CHECKING:
     from vermas.sessions import TownSessions
+    from vermas.tools import ToolSpec
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -49,20 +55,21 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     town = _open_town(args.town)
-    written = export_town(town, force=True)
-    for kind, lines in written.items():  # kind is "issues", "messages", "routes" or "issues:<rig>"
-        print(f"{kind}.jsonl: {lines} lines")
+    written = export_town(town, force=True)  # kind is "issues", "messages", "routes" or "issues:<rig>"
+    if args.json:
+        print(json.dumps({f"{kind}.jsonl": lines for kind, lines in written.items()}, indent=2))
+        return
+    table = Table("file", "lines")
+    for kind, lines in written.items():
+        table.add_row(f"{kind}.jsonl", str(lines))
+    Console().print(table)
 
 
 def cmd_import(args: argparse.Namespace) -> None:
     town = _open_town(args.town)
     report = import_file(town, Path(args.file))
     export_town(town)
-    print(
-        f"imported {report.lines} lines: {report.created} created, {report.updated} updated, "
-        f"{report.unchanged} unchanged, {report.skipped_older} older than the store, "
-        f"{report.tombstones} tombstones skipped, {report.other} non-issue lines skipped"
-    )
+    twins.emit(report, args.json)  # lines read, created, updated, unchanged, older, tombstones, other
 
 
 def cmd_prime(args: argparse.Namespace) -> None:
@@ -74,7 +81,9 @@ def cmd_prime(args: argparse.Namespace) -> None:
 
 
 def _sessions(town: Town) -> "TownSessions":
-    from vermas.sessions import TownSessions  # deferred: libtmux (~70 ms) only for commands that touch sessions, not `prime`
+    from vermas.sessions import (
+        TownSessions,  # deferred: libtmux (~70 ms) only for commands that touch sessions, not `prime`
+    )
 
     return TownSessions(town.root)
 
@@ -87,8 +96,6 @@ def cmd_rig_add(args: argparse.Namespace) -> None:
 
 
 def cmd_rig_list(args: argparse.Namespace) -> None:
-    from rich.console import Console  # deferred: rich (~40 ms) only for the commands that print tables
-    from rich.table import Table  # deferred: with rich.console above
 
     rigs = rig.list_rigs(_open_town(args.town))
     if args.json:
@@ -146,8 +153,6 @@ def cmd_down(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    from rich.console import Console  # deferred: rich (~40 ms) only for the commands that print tables
-    from rich.table import Table  # deferred: with rich.console above
 
     town = _open_town(args.town)
     status = runner_status(town, _sessions(town))
@@ -182,25 +187,48 @@ def cmd_attach(args: argparse.Namespace) -> None:
     address = parse_address(args.address)
     sessions = _sessions(town)
     if not sessions.alive(address):
-        _fail(f"{address} has no running session (vermas-runner status lists sessions)", code=1)
+        _fail(f"{address} has no running session (vermas-runner status lists sessions)")
     os.execvp("tmux", ["tmux", "-L", sessions.socket, "attach-session", "-t", address.session_name])
 
 
-def cmd_sling(args: argparse.Namespace) -> None:
+def _sling_in_shell(args: argparse.Namespace) -> object:
+    """The runner's sling: a rig name spawns a polecat in tmux; an address hooks (the tool)."""
     town = _open_town(args.town)
-    actor = parse_address(args.actor or os.environ.get("BD_ACTOR") or "overseer")
-    if "/" in args.target:
-        bead = sling.sling(town, actor, args.bead, args.target)
-        print(f"hooked {bead.id} to {bead.assignee}")
-        return
-    info = polecat.spawn(town, actor, args.bead, args.target, _sessions(town),
-                         kick="none" if args.no_wait else "wait")
-    print(f"spawned {info.address} on {info.branch} for {args.bead}")
+    if "/" not in args.target and args.target in town.config.rigs:
+        return polecat.spawn(town, twins.resolve_actor(args.actor), args.bead_id, args.target,
+                             _sessions(town), kick="none" if args.no_wait else "wait")
+    return twins.run_tool(TOOLS["sling"], town, args)
+
+
+def _sling_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-wait", action="store_true", help="do not wait to nudge a newly spawned polecat")
+
+
+def cmd_tool(spec: "ToolSpec", args: argparse.Namespace) -> None:
+    """Run a registry tool from the shell (see vermas_runner/twins.py) and print its result."""
+    if spec.name == "sling":
+        result = _sling_in_shell(args)
+    else:
+        result = twins.run_tool(spec, _open_town(args.town), args)
+    if isinstance(result, PolecatInfo) and not args.json:  # sling BEAD RIG
+        print(f"spawned {result.address} on {result.branch} for {result.bead_id}")
+    elif spec.name == "verify_bead" and not args.json:
+        print(render(result))
+    else:
+        twins.emit(result, args.json)
+    if spec.name == "verify_bead":  # grep/diff style, as before: 0 PASS, 1 FAIL (2: error)
+        raise SystemExit(0 if result.overall == "PASS" else 1)
 
 
 def cmd_polecat_list(args: argparse.Namespace) -> None:
-    for p in polecat.list_polecats(_open_town(args.town), args.rig):
-        print(f"{p.address}\t{p.state}\t{p.bead_id}\t{p.branch}")
+    polecats = polecat.list_polecats(_open_town(args.town), args.rig)
+    if args.json:
+        print(json.dumps([p.model_dump(mode="json") for p in polecats], indent=2))
+        return
+    table = Table("polecat", "state", "bead", "branch")
+    for p in polecats:
+        table.add_row(str(p.address), str(p.state), p.bead_id or "-", p.branch or "-")
+    Console().print(table)
 
 
 def cmd_polecat_nuke(args: argparse.Namespace) -> None:
@@ -212,120 +240,110 @@ def cmd_polecat_nuke(args: argparse.Namespace) -> None:
     print(f"nuked {address}; its bead is back to open")
 
 
-def cmd_nudge(args: argparse.Namespace) -> None:
-    town = _open_town(args.town)
-    result = nudge.nudge(town, _sessions(town), parse_address(args.address), args.message,
-                         sender=args.sender)
-    print(result.model_dump_json())
-
-
 def cmd_demo(args: argparse.Namespace) -> None:
+    from vermas_runner.demo import run_demo  # deferred: the demo loads the stand-in model server
+
     raise SystemExit(run_demo(model=args.model, keep=args.keep, beads_count=args.beads))
 
 
+def _common() -> argparse.ArgumentParser:
+    """The options every town command shares, declared once."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--town", help="the town's directory (default: $VERMAS_TOWN, else the town above this folder)")
+    common.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vermas-runner", description="Create, boot and run vermas towns.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="vermas-runner", description="Create, boot and run vermas towns; every MCP tool has a twin here.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="a command")
+    common = _common()
+    town_only = argparse.ArgumentParser(add_help=False)
+    town_only.add_argument("--town", help="the town's directory (default: $VERMAS_TOWN, else the town above this folder)")
 
     p = sub.add_parser("init", help="create a town (idempotent)")
-    p.add_argument("dir")
+    p.add_argument("dir", help="the town's directory (created if missing)")
     p.add_argument("--prefix", default="hq", help="bead id prefix for town-level beads (default hq)")
     p.set_defaults(fn=cmd_init)
 
-    p = sub.add_parser("export", help="write .beads/*.jsonl from the store now")
-    p.add_argument("--town")
+    p = sub.add_parser("export", parents=[common], help="write .beads/*.jsonl from the store now")
     p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("import", help="upsert beads from a bd issues.jsonl file")
-    p.add_argument("file")
-    p.add_argument("--town")
+    p = sub.add_parser("import", parents=[common], help="upsert beads from a bd issues.jsonl file")
+    p.add_argument("file", help="a bd issues.jsonl file")
     p.set_defaults(fn=cmd_import)
 
-    p = sub.add_parser("prime", help="print SessionStart context for an agent")
-    p.add_argument("--actor")
-    p.add_argument("--town")
+    p = sub.add_parser("prime", parents=[town_only], help="print SessionStart context for an agent")
+    p.add_argument("--actor", help="the agent's address (default: $BD_ACTOR)")
     p.set_defaults(fn=cmd_prime)
 
     rig_parser = sub.add_parser("rig", help="manage rigs (projects)")
-    rig_sub = rig_parser.add_subparsers(dest="rig_command", required=True)
-    p = rig_sub.add_parser("add", help="clone a git repository into the town as a rig")
-    p.add_argument("name")
-    p.add_argument("git_url")
-    p.add_argument("--prefix")
-    p.add_argument("--max-polecats", type=int, default=4)
-    p.add_argument("--test-command")
-    p.add_argument("--town")
+    rig_sub = rig_parser.add_subparsers(dest="rig_command", required=True, metavar="COMMAND", help="rig command")
+    p = rig_sub.add_parser("add", parents=[town_only], help="clone a git repository into the town as a rig")
+    p.add_argument("name", help="the rig's name (lowercase letters, digits, - and _)")
+    p.add_argument("git_url", help="the repository to clone (URL or path)")
+    p.add_argument("--prefix", help="bead id prefix for the rig's beads (default: from the name)")
+    p.add_argument("--max-polecats", type=int, default=4, help="most polecats working at once (default 4)")
+    p.add_argument("--test-command", help="shell command the refinery runs to test a merge")
     p.set_defaults(fn=cmd_rig_add)
-    p = rig_sub.add_parser("list", help="list rigs")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--town")
+    p = rig_sub.add_parser("list", parents=[common], help="list rigs")
     p.set_defaults(fn=cmd_rig_list)
 
-    p = sub.add_parser("up", help="start the town's sessions and patrol in the foreground")
-    p.add_argument("--town")
+    p = sub.add_parser("up", parents=[town_only], help="start the town's sessions and patrol in the foreground")
     p.add_argument("--detach", action="store_true", help="run the runner in the background")
     p.add_argument("--once", action="store_true", help="start sessions, then exit (no patrol)")
     p.add_argument("--no-wait", action="store_true", help="do not wait to nudge new sessions")
     p.set_defaults(fn=cmd_up)
 
-    p = sub.add_parser("down", help="stop the town's sessions and runner (hooked work stays)")
-    p.add_argument("--town")
+    p = sub.add_parser("down", parents=[town_only], help="stop the town's sessions and runner (hooked work stays)")
     p.set_defaults(fn=cmd_down)
 
-    p = sub.add_parser("status", help="agents, hooks, mail, convoys")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--town")
+    p = sub.add_parser("status", parents=[common],
+                       help="the town's sessions: agents, hooks, mail, polecats, convoys (town-status: the ledger)")
     p.set_defaults(fn=cmd_status)
 
-    p = sub.add_parser("attach", help="attach your terminal to an agent's session")
-    p.add_argument("address")
-    p.add_argument("--town")
+    p = sub.add_parser("attach", parents=[town_only], help="attach your terminal to an agent's session")
+    p.add_argument("address", help="the agent's address, e.g. mayor")
     p.set_defaults(fn=cmd_attach)
 
-    p = sub.add_parser("sling", help="hook a bead to an agent, or spawn a polecat in a rig")
-    p.add_argument("bead")
-    p.add_argument("target", help="a rig name (spawns a polecat) or an agent address")
-    p.add_argument("--actor", help="who slings (default $BD_ACTOR or overseer)")
-    p.add_argument("--no-wait", action="store_true", help="do not wait to nudge the new polecat")
-    p.add_argument("--town")
-    p.set_defaults(fn=cmd_sling)
-
-    pc = sub.add_parser("polecat", help="list or nuke polecats")
-    pc_sub = pc.add_subparsers(dest="polecat_command", required=True)
-    p = pc_sub.add_parser("list")
-    p.add_argument("--rig")
-    p.add_argument("--town")
+    pc = sub.add_parser("polecat", help="polecat commands: list, nuke, done")
+    pc_sub = pc.add_subparsers(dest="polecat_command", required=True, metavar="COMMAND", help="polecat command")
+    p = pc_sub.add_parser("list", parents=[common], help="list polecats and their state")
+    p.add_argument("--rig", help="only this rig's polecats")
     p.set_defaults(fn=cmd_polecat_list)
-    p = pc_sub.add_parser("nuke", help="remove a polecat's session, worktree and branch")
-    p.add_argument("address")
+    p = pc_sub.add_parser("nuke", parents=[town_only], help="remove a polecat's session, worktree and branch")
+    p.add_argument("address", help="the polecat's address, e.g. rig/polecats/nux")
     p.add_argument("--force", action="store_true", help="even with unmerged commits (they are lost)")
-    p.add_argument("--town")
     p.set_defaults(fn=cmd_polecat_nuke)
-
-    p = sub.add_parser("nudge", help="type a message into an agent's session, submitted once")
-    p.add_argument("address")
-    p.add_argument("message")
-    p.add_argument("--sender", default="overseer")
-    p.add_argument("--town")
-    p.set_defaults(fn=cmd_nudge)
 
     p = sub.add_parser("demo", help="a throwaway town where polecats work beads, shown live")
     p.add_argument("--model", choices=("standin", "claude"), default="standin",
                    help="standin: a scripted local model (no account); claude: your Claude Code login")
-    p.add_argument("--beads", type=int, default=3)
+    p.add_argument("--beads", type=int, default=3, help="how many beads the demo works (default 3)")
     p.add_argument("--keep", action="store_true", help="keep the town and sessions afterwards")
     p.set_defaults(fn=cmd_demo)
 
-    add_verify_parser(sub, _open_town)
+    twins.add_tool_commands(sub, {"polecat": pc_sub}, common, cmd_tool, {"sling": _sling_options})
     return parser
 
 
+VERIFY_SUBCOMMANDS = ("spec", "plan", "run", "bead", "report", "-h", "--help")
+
+
+def _compat(argv: list[str]) -> list[str]:
+    """`verify BEAD ...` (the older form) means `verify bead BEAD ...`."""
+    if len(argv) >= 2 and argv[0] == "verify" and argv[1] not in VERIFY_SUBCOMMANDS:
+        return ["verify", "bead", *argv[1:]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_compat(list(sys.argv[1:] if argv is None else argv)))
     try:
         args.fn(args)
     except VermasError as exc:
-        _fail(str(exc), code=1)
+        _fail(str(exc), code=2)
 
 
 if __name__ == "__main__":

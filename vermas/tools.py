@@ -1,0 +1,462 @@
+"""The tool registry: every vermas tool defined once, for the MCP server and the shell alike.
+
+Each tool is a plain function `fn(call, **params) -> Model`: its type hints are the parameter
+schema (pydantic validates them, the same way on both surfaces), the first paragraph of its
+docstring is the published description (kept short: MCP tool bytes are paid in every
+session), and the following `name: help` lines are the shell's per-option help (never
+published). vermas_mcp builds MCP tools from `TOOLS`; vermas_runner builds argparse
+subcommands from it. This module never imports the MCP SDK, so the runner starts fast.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import inspect
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from vermas import beads, convoy, hooks, mail, polecat
+from vermas import nudge as nudging
+from vermas import sling as slinging
+from vermas import status as town_state
+from vermas.addresses import Address, Role, parse_address
+from vermas.errors import Forbidden, InvalidInput
+from vermas.town import Town
+from vermas.twins import shell_words
+
+if typing.TYPE_CHECKING:
+    from vermas.inspector.models import TestRun, VerificationReport
+    from vermas.inspector.pipeline import Inspector
+    from vermas.inspector.records import PlanRecord, SpecRecord
+
+ProgressSink = Callable[[float, "float | None", str], Awaitable[None]]
+
+
+class Kind(enum.Enum):
+    """What a tool does to the town; the MCP layer maps each to its tool annotations."""
+
+    READ = "read"  # changes nothing
+    ADD = "add"  # adds records, destroys none
+    CHANGE = "change"  # changes existing records
+    MARK = "mark"  # sets a mark; repeating it changes nothing more
+    SPEC = "spec"  # calls the model; rewrites acceptance_criteria
+    PLAN = "plan"  # calls the model; stores a plan
+    RUN = "run"  # runs shell tests only
+    PIPELINE = "pipeline"  # the whole inspector pipeline, cached per commit
+
+
+@dataclass
+class Call:
+    """Who calls a tool, in which town, and where progress goes (None: nowhere)."""
+
+    town: Town
+    actor: Address
+    progress: ProgressSink | None = None
+    # How long a nudge waits for an idle prompt before queueing mail: an agent's tool call keeps
+    # it short; a person at the shell can wait as long as the runner's own nudges do.
+    nudge_wait: float = 15.0
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    annotation: Any
+    default: Any  # inspect.Parameter.empty when required
+    help: str
+
+    @property
+    def required(self) -> bool:
+        return self.default is inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """One tool: its core call and what both surfaces need to present it."""
+
+    name: str
+    fn: Callable[..., Any]
+    kind: Kind
+    blocking: bool = False  # waits seconds (tmux): the MCP layer runs it off the event loop
+    progress: bool = False  # reports progress (the MCP layer passes its Context's sink)
+    params: tuple[Param, ...] = field(default=())
+    description: str = ""
+    shell_help: str = ""
+
+    @property
+    def result(self) -> Any:
+        """The result model (resolved on use: the inspector's models cost ~150 ms to import)."""
+        return typing.get_type_hints(self.fn, localns=_inspector_types())["return"]
+
+    @property
+    def shell(self) -> tuple[str, ...]:
+        return shell_words(self.name)
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+
+def _parse_doc(doc: str) -> tuple[str, str, dict[str, str]]:
+    """(published description, shell summary, per-parameter help) from a tool's docstring."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    description = " ".join(paragraphs[0].split())
+    helps: dict[str, str] = {}
+    current = ""
+    for line in "\n\n".join(paragraphs[1:]).splitlines():
+        head, sep, text = line.partition(":")
+        if sep and head.strip().isidentifier() and not line.startswith(" "):
+            current = head.strip()
+            helps[current] = text.strip()
+        elif current and line.strip():
+            helps[current] += " " + line.strip()
+    return description, re.split(r"[.;:] +(?=[A-Z])", description)[0].rstrip("."), helps
+
+
+def _evaluate(annotation: Any, fn: Callable[..., Any]) -> Any:
+    """A parameter's annotation as a type (they are strings under `from __future__ import annotations`)."""
+    return eval(annotation, fn.__globals__) if isinstance(annotation, str) else annotation  # noqa: S307
+
+
+def _inspector_types() -> dict[str, Any]:
+    from vermas.inspector.models import TestRun, VerificationReport
+    from vermas.inspector.records import PlanRecord, SpecRecord
+
+    return {"TestRun": TestRun, "VerificationReport": VerificationReport, "PlanRecord": PlanRecord,
+            "SpecRecord": SpecRecord}
+
+
+TOOLS: dict[str, ToolSpec] = {}
+
+
+def tool(kind: Kind, blocking: bool = False, progress: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register `fn` as a tool (in definition order, which is tools/list's order)."""
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        description, summary, helps = _parse_doc(fn.__doc__ or "")
+        signature = inspect.signature(fn)
+        params = tuple(
+            Param(p.name, _evaluate(p.annotation, fn), p.default, helps.get(p.name, ""))
+            for p in list(signature.parameters.values())[1:]  # the first is the Call
+        )
+        TOOLS[fn.__name__] = ToolSpec(fn.__name__, fn, kind, blocking, progress, params, description,
+                                      summary)
+        return fn
+
+    return register
+
+
+class BeadList(BaseModel):
+    beads: list[beads.BeadSummary]
+
+
+class MessageList(BaseModel):
+    messages: list[mail.Message]
+
+
+class ConvoyList(BaseModel):
+    convoys: list[convoy.ConvoyStatus]
+
+
+@tool(Kind.ADD)
+def bead_create(c: Call, title: str, description: str = "", issue_type: str = "task", priority: int = 2,
+                labels: list[str] | None = None, parent: str | None = None,
+                acceptance_criteria: str = "", rig: str | None = None) -> beads.Bead:
+    """New bead. issue_type: task|bug|feature|epic|chore|decision|docs; priority 0-4 (0 =
+    critical); parent: makes <parent>.N; rig: use that rig's prefix (default: yours).
+
+    title: one-line summary of the work
+    description: what to do and why
+    issue_type: task, bug, feature, epic, chore, decision or docs
+    priority: 0 (critical) to 4 (backlog)
+    labels: a label (repeat the option for several)
+    parent: parent bead id; the new bead becomes <parent>.N
+    acceptance_criteria: how to tell the work is done
+    rig: rig whose prefix the id takes (default: the actor's)
+    """
+    return beads.create(c.town, c.actor, title, description, issue_type, priority, labels, parent,
+                        rig=rig, acceptance_criteria=acceptance_criteria)
+
+
+@tool(Kind.READ)
+def bead_show(c: Call, bead_id: str) -> beads.BeadDetail:
+    """A bead in full, with dependencies, dependents, comments.
+
+    bead_id: the bead's id, e.g. hq-a1b2
+    """
+    return beads.show(c.town, bead_id)
+
+
+@tool(Kind.READ)
+def bead_list(c: Call, status: str | None = None, issue_type: str | None = None,
+              assignee: str | None = None, label: str | None = None, limit: int = 50) -> BeadList:
+    """Beads matching all given filters, newest first.
+
+    status: open, in_progress, blocked, deferred, closed, pinned or hooked
+    issue_type: only beads of this type
+    assignee: only beads assigned to this address
+    label: only beads with this label
+    limit: at most this many beads
+    """
+    return BeadList(beads=beads.list_beads(c.town, status, issue_type, assignee, label, limit))
+
+
+@tool(Kind.READ)
+def bead_ready(c: Call, limit: int = 20) -> BeadList:
+    """Open beads with no open blocker, by priority then age (bd's ready rule).
+
+    limit: at most this many beads
+    """
+    return BeadList(beads=beads.ready(c.town, limit))
+
+
+@tool(Kind.CHANGE)
+def bead_update(c: Call, bead_id: str, status: str | None = None, priority: int | None = None,
+                assignee: str | None = None, title: str | None = None,
+                description: str | None = None, notes: str | None = None,
+                comment: str | None = None) -> beads.Bead:
+    """Change a bead's fields; comment adds a comment. A hooked bead's status changes only
+    via unsling or polecat_done.
+
+    bead_id: the bead to change
+    status: new status (open, in_progress, blocked, deferred, closed, pinned)
+    priority: new priority, 0 (critical) to 4
+    assignee: new assignee address
+    title: new title
+    description: new description
+    notes: new notes
+    comment: a comment to add
+    """
+    return beads.update(c.town, c.actor, bead_id, status=status, priority=priority, assignee=assignee,
+                        title=title, description=description, notes=notes, comment=comment)
+
+
+@tool(Kind.CHANGE)
+def bead_close(c: Call, bead_id: str, reason: str = "") -> beads.Bead:
+    """Close a bead; lands convoys it completes.
+
+    bead_id: the bead to close
+    reason: why it is closed
+    """
+    return beads.close(c.town, c.actor, bead_id, reason)
+
+
+@tool(Kind.MARK)
+def bead_dep_add(c: Call, bead_id: str, depends_on_id: str, dep_type: str = "blocks") -> beads.Dependency:
+    """bead_id depends on depends_on_id. dep_type: blocks (default), parent-child, related,
+    discovered-from, tracks, conditional-blocks, waits-for, ...
+
+    bead_id: the dependent bead
+    depends_on_id: the bead it depends on (its blocker, for blocks)
+    dep_type: blocks, parent-child, related, discovered-from, tracks, conditional-blocks, waits-for
+    """
+    return beads.dep_add(c.town, c.actor, bead_id, depends_on_id, dep_type)
+
+
+@tool(Kind.READ)
+def hook_check(c: Call) -> hooks.HookStatus:
+    """Your hooked bead (null if none), unread mail count, and what to do next."""
+    return hooks.check(c.town, c.actor)
+
+
+@tool(Kind.CHANGE)
+def sling(c: Call, bead_id: str, target: str) -> beads.Bead:
+    """Hook a bead onto an agent (e.g. rig/crew/name). Refused if the bead is hooked or the
+    agent's hook is occupied.
+
+    bead_id: the bead to hook
+    target: the agent address whose hook takes it (shell: a rig name spawns a polecat)
+    """
+    return slinging.sling(c.town, c.actor, bead_id, target)
+
+
+@tool(Kind.CHANGE)
+def unsling(c: Call, bead_id: str) -> beads.Bead:
+    """Take a bead off its hook, back to open.
+
+    bead_id: the hooked bead
+    """
+    return slinging.unsling(c.town, c.actor, bead_id)
+
+
+@tool(Kind.ADD)
+def mail_send(c: Call, to: str, subject: str, body: str = "", reply_to: str | None = None,
+              idempotency_key: str | None = None) -> mail.Message:
+    """Durable mail to an agent address. Protocol subjects begin POLECAT_DONE, MERGE_READY,
+    MERGED, REWORK_REQUEST, ESCALATION, HELP, HANDOFF or NUDGE. A reused idempotency_key
+    returns the first message.
+
+    to: the recipient's address, e.g. mayor or gt/witness
+    subject: one line; protocol messages begin with their kind
+    body: the message text
+    reply_to: id of the message this answers
+    idempotency_key: a key that makes a retried send return the first message
+    """
+    return mail.send(c.town, c.actor, to, subject, body, reply_to, idempotency_key)
+
+
+@tool(Kind.READ)
+def mail_inbox(c: Call, unread_only: bool = True, limit: int = 20, address: str | None = None) -> MessageList:
+    """Your mail, not marked read: unread oldest first, or all newest first. Bodies are
+    previews (mail_read: full). address: overseer only.
+
+    unread_only: only unread messages (--no-unread-only: all, newest first)
+    limit: at most this many messages
+    address: whose mailbox (overseer only; default: the actor's)
+    """
+    return MessageList(messages=mail.inbox(c.town, c.actor, unread_only, limit, address))
+
+
+@tool(Kind.MARK)
+def mail_read(c: Call, message_id: str) -> mail.Message:
+    """A message in full; marks it read.
+
+    message_id: the message's id
+    """
+    return mail.read(c.town, c.actor, message_id)
+
+
+@tool(Kind.MARK)
+def mail_ack(c: Call, message_id: str) -> mail.AckState:
+    """Acknowledge a message as handled.
+
+    message_id: the message's id
+    """
+    return mail.ack(c.town, c.actor, message_id)
+
+
+@tool(Kind.CHANGE)
+def polecat_done(c: Call, status: str = "COMPLETED", summary: str = "") -> polecat.MergeRequest:
+    """Finish your hooked work: COMPLETED (needs commits) queues a merge request, ESCALATED
+    asks for help, DEFERRED hands it back. Mails your witness.
+
+    status: COMPLETED, ESCALATED or DEFERRED
+    summary: what was done (or what blocks it)
+    """
+    return polecat.done(c.town, c.actor, status, summary)
+
+
+@tool(Kind.ADD)
+def convoy_create(c: Call, title: str, bead_ids: list[str]) -> convoy.ConvoyStatus:
+    """Track a batch of beads; the convoy lands when all are closed.
+
+    title: what the batch delivers
+    bead_ids: the beads to track (one or more)
+    """
+    return convoy.create(c.town, c.actor, title, bead_ids)
+
+
+@tool(Kind.READ)
+def convoy_status(c: Call, convoy_id: str) -> convoy.ConvoyStatus:
+    """Closed / total beads of a convoy, and whether it landed.
+
+    convoy_id: the convoy's id
+    """
+    return convoy.status(c.town, convoy_id)
+
+
+@tool(Kind.READ)
+def convoy_list(c: Call, include_landed: bool = False) -> ConvoyList:
+    """Convoys, open ones only unless include_landed.
+
+    include_landed: list landed convoys too
+    """
+    return ConvoyList(convoys=convoy.list_convoys(c.town, include_landed))
+
+
+@tool(Kind.READ)
+def town_status(c: Call) -> town_state.TownStatus:
+    """Beads by status, hooked agents, unread mail per agent, open convoys."""
+    return town_state.town_status(c.town)
+
+
+@tool(Kind.ADD, blocking=True)
+def nudge(c: Call, target: str, message: str) -> nudging.NudgeResult:
+    """Type a one-line message into an agent's Claude Code session, submitted exactly once
+    when its prompt is idle; if it stays busy the text is queued as NUDGE mail.
+
+    target: the agent's address, e.g. mayor or gt/polecats/nux
+    message: the text to type (one line; newlines become spaces)
+    """
+    address = parse_address(target)
+    if not message.strip() or len(message) > nudging.MAX_CHARS:
+        raise InvalidInput(f"message must be 1 to {nudging.MAX_CHARS} characters")
+    from vermas.sessions import TownSessions  # tmux (libtmux) only when a nudge is sent
+
+    return nudging.nudge(c.town, TownSessions(c.town.root), address, message, sender=str(c.actor),
+                         idle_timeout=c.nudge_wait)
+
+
+def _inspector(c: Call) -> Inspector:
+    from vermas.inspector.pipeline import Inspector  # ~150 ms of imports: only when verifying
+
+    if c.actor.role is Role.POLECAT:
+        raise Forbidden(f"{c.actor} is a polecat; polecats do not verify work (their own least of all): "
+                        "the refinery does, or the mayor/overseer")
+    return Inspector(c.town, str(c.actor), progress=c.progress)
+
+
+@tool(Kind.SPEC, progress=True)
+async def verify_spec(c: Call, bead_id: str, refresh: bool = False) -> SpecRecord:
+    """Designer: the bead's Specification (acceptance criteria, objective or subjective), also
+    written to its acceptance_criteria. Reuses the stored spec while the bead is unchanged
+    unless refresh.
+
+    bead_id: the bead to specify
+    refresh: write a new spec even if the bead is unchanged
+    """
+    return await _inspector(c).spec(bead_id, refresh)
+
+
+@tool(Kind.PLAN, progress=True)
+async def verify_plan(c: Call, bead_id: str, refresh: bool = False, worktree: str | None = None) -> PlanRecord:
+    """Strategist: shell tests (exit 0 = pass) for the bead's current Specification. Reuses the
+    stored plan while the spec is unchanged unless refresh. worktree: a checkout to read paths from.
+
+    bead_id: the bead to plan tests for
+    refresh: plan anew even if the spec is unchanged
+    worktree: a git checkout the planner may read paths from
+    """
+    return await _inspector(c).plan(bead_id, refresh, worktree)
+
+
+@tool(Kind.RUN, progress=True)
+async def verify_run(c: Call, bead_id: str, worktree: str | None = None) -> TestRun:
+    """Verifier: run the bead's planned tests now in the candidate work tree (default: the work
+    tree of its latest merge request); evidence for every test (output clipped). No model, no cache.
+
+    bead_id: the bead whose planned tests run
+    worktree: the candidate's git checkout (default: its latest merge request's worktree)
+    """
+    return (await _inspector(c).run(bead_id, worktree)).compact()
+
+
+@tool(Kind.PIPELINE, progress=True)
+async def verify_bead(c: Call, bead_id: str, worktree: str | None = None,
+                      level: str | None = None) -> VerificationReport:
+    """The whole pipeline: spec, plan, tests, then Auditor/panel where the policy needs them.
+    level: shell|audit|full (default: the rig's verify_level). Unchanged commits are cached.
+
+    bead_id: the bead to verify
+    worktree: the candidate's git checkout (default: its latest merge request's worktree)
+    level: shell, audit or full (default: the rig's verify_level)
+    """
+    return (await _inspector(c).verify(bead_id, worktree, level)).compact()
+
+
+@tool(Kind.READ)
+async def verify_report(c: Call, bead_id: str, full: bool = False) -> VerificationReport:
+    """The bead's latest verification report (any role may read it). Test output is clipped
+    (1 KB per pass, 8 KB per failure) unless full (up to 64 KB per test).
+
+    bead_id: the verified bead
+    full: test output up to 64 KB per test instead of clipped
+    """
+    from vermas.inspector.pipeline import Inspector  # deferred as in _inspector
+
+    report = Inspector(c.town, str(c.actor)).report(bead_id)
+    return report if full else report.compact()

@@ -11,8 +11,8 @@ subcommands from it. This module never imports the MCP SDK, so the runner starts
 from __future__ import annotations
 
 import enum
-import re
 import inspect
+import re
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,11 +21,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from vermas import beads, convoy, hooks, mail, polecat
-from vermas import nudge as nudging
 from vermas import sling as slinging
 from vermas import status as town_state
 from vermas.addresses import Address, Role, parse_address
 from vermas.errors import Forbidden, InvalidInput
+from vermas.sessions import nudge as nudging
 from vermas.town import Town
 from vermas.twins import shell_words
 
@@ -385,7 +385,7 @@ def nudge(c: Call, target: str, message: str) -> nudging.NudgeResult:
     address = parse_address(target)
     if not message.strip() or len(message) > nudging.MAX_CHARS:
         raise InvalidInput(f"message must be 1 to {nudging.MAX_CHARS} characters")
-    from vermas.sessions import TownSessions  # tmux (libtmux) only when a nudge is sent
+    from vermas.sessions import TownSessions  # deferred: tmux (libtmux) only when a nudge is sent
 
     return nudging.nudge(c.town, TownSessions(c.town.root), address, message, sender=str(c.actor),
                          idle_timeout=c.nudge_wait)

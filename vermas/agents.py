@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from pydantic import BaseModel

@@ -6,8 +6,8 @@ from __future__ import annotations
 from vermas import beads, permissions, polecat, timeutil, validate
 from vermas.addresses import Address, is_rig_name, parse_address
 from vermas.errors import Conflict, InvalidInput
-from vermas.permissions import Action
 from vermas.hooks import hooked_id
+from vermas.permissions import Action
 from vermas.town import Town
 from vermas.twins import twin
 

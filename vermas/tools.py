@@ -123,8 +123,9 @@ def _evaluate(annotation: Any, fn: Callable[..., Any]) -> Any:
 
 
 def _inspector_types() -> dict[str, Any]:
-    from vermas.inspector.models import TestRun, VerificationReport
-    from vermas.inspector.records import PlanRecord, SpecRecord
+    # deferred: the inspector's models are only needed to resolve verify tools' annotations
+    from vermas.inspector.models import TestRun, VerificationReport  # deferred: as above
+    from vermas.inspector.records import PlanRecord, SpecRecord  # deferred: as above
 
     return {"TestRun": TestRun, "VerificationReport": VerificationReport, "PlanRecord": PlanRecord,
             "SpecRecord": SpecRecord}
@@ -392,7 +393,7 @@ def nudge(c: Call, target: str, message: str) -> nudging.NudgeResult:
 
 
 def _inspector(c: Call) -> Inspector:
-    from vermas.inspector.pipeline import Inspector  # ~150 ms of imports: only when verifying
+    from vermas.inspector.pipeline import Inspector  # deferred: ~150 ms of imports, only when verifying
 
     if c.actor.role is Role.POLECAT:
         raise Forbidden(f"{c.actor} is a polecat; polecats do not verify work (their own least of all): "
@@ -456,7 +457,7 @@ async def verify_report(c: Call, bead_id: str, full: bool = False) -> Verificati
     bead_id: the verified bead
     full: test output up to 64 KB per test instead of clipped
     """
-    from vermas.inspector.pipeline import Inspector  # deferred as in _inspector
+    from vermas.inspector.pipeline import Inspector  # deferred: as in _inspector
 
     report = Inspector(c.town, str(c.actor)).report(bead_id)
     return report if full else report.compact()

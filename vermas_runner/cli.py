@@ -81,9 +81,7 @@ def cmd_prime(args: argparse.Namespace) -> None:
 
 
 def _sessions(town: Town) -> "TownSessions":
-    from vermas.sessions import (
-        TownSessions,  # deferred: libtmux (~70 ms) only for commands that touch sessions, not `prime`
-    )
+    from vermas.sessions import TownSessions  # deferred: libtmux (~70 ms), only commands that touch sessions
 
     return TownSessions(town.root)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import types
@@ -179,8 +180,6 @@ def emit(result: Any, as_json: bool) -> None:
         if isinstance(result, BaseModel):
             print(result.model_dump_json(indent=2))
         else:
-            import json
-
             print(json.dumps([r.model_dump(mode="json") if isinstance(r, BaseModel) else r for r in result],
                              indent=2))
         return

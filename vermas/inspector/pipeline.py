@@ -28,7 +28,6 @@ from pydantic import ValidationError
 from vermas import beads, git, ids, permissions, timeutil, validate
 from vermas.addresses import parse_address
 from vermas.errors import InvalidInput, NotFound, VermasError
-from vermas.permissions import Action
 from vermas.inspector import auditor, designer, panel, policy, records, strategist
 from vermas.inspector.backend import (
     ClaudeCLI,
@@ -54,6 +53,7 @@ from vermas.inspector.models import (
 from vermas.inspector.prompts import role_template
 from vermas.inspector.records import PlanRecord, SpecRecord
 from vermas.inspector.verifier import run_tests
+from vermas.permissions import Action
 from vermas.town import InspectorConfig, RigConfig, Town
 
 ProgressSink = Callable[[float, float | None, str], Awaitable[None]]

@@ -12,7 +12,6 @@ from typing import Any
 
 from vermas.testing.standin.request import DUMMY_API_KEY
 
-
 # --------------------------------------------------------------------------------------------
 # Running the real CLI against it
 # --------------------------------------------------------------------------------------------

@@ -12,8 +12,16 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vermas.testing.standin.request import Block, ModelRequest, Policy, STRUCTURED_OUTPUT_TOOL, TOOL_SEARCH_TOOL, auxiliary_reply, text_block, tool_use_block
-
+from vermas.testing.standin.request import (
+    STRUCTURED_OUTPUT_TOOL,
+    TOOL_SEARCH_TOOL,
+    Block,
+    ModelRequest,
+    Policy,
+    auxiliary_reply,
+    text_block,
+    tool_use_block,
+)
 
 # --------------------------------------------------------------------------------------------
 # Policies

@@ -70,7 +70,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-
 Block = dict[str, Any]
 """One content block of an assistant turn: ``{"type": "text", ...}`` or ``{"type": "tool_use", ...}``."""
 

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from vermas.testing.standin.request import Block, ModelRequest, Policy, auxiliary_reply
 from vermas.testing.standin.policies import ScriptedPolicy
+from vermas.testing.standin.request import Block, ModelRequest, Policy, auxiliary_reply
 from vermas.testing.standin.wire import message_json, sse_events
-
 
 # --------------------------------------------------------------------------------------------
 # Server

@@ -177,7 +177,7 @@ def branch_name(name: str, bead_id: str) -> str:
     return f"polecat/{name}/{bead_id}"
 
 
-def allocate(town: Town, actor: Address, bead_id: str, rig: str) -> PolecatInfo:
+def allocate(town: Town, actor: Address, bead_id: str, rig: str, force: bool = False) -> PolecatInfo:
     """Reserve a slot and hook the bead to it in one transaction: never two polecats with
     one name, never more than max_polecats, never a bead hooked twice."""
     from vermas import validate
@@ -190,11 +190,10 @@ def allocate(town: Town, actor: Address, bead_id: str, rig: str) -> PolecatInfo:
         known = ", ".join(sorted(town.config.rigs)) or "none yet (vermas-runner rig add)"
         raise NotFound(f"unknown rig {rig!r}; rigs in this town: {known}")
     with town.db.write() as conn:
-        row = beads.fetch_row(conn, bead_id)
-        if row["status"] == "hooked":
-            raise Conflict(f"{bead_id} is already hooked by {row['assignee']}; unsling it first")
-        if row["status"] == "closed":
-            raise Conflict(f"{bead_id} is closed; reopen it before slinging")
+        # The sling rule (in_progress, open merge request, closed: refused unless forced).
+        from vermas.sling import admit  # sling imports this module to spawn
+
+        row = admit(conn, bead_id, actor, force)
         taken = {r[0] for r in conn.execute("SELECT name FROM polecats WHERE rig = ?", (rig,))}
         # A name someone slung work to directly (no slot) is not free either.
         taken |= {r[0].rsplit("/", 1)[1] for r in conn.execute(
@@ -214,7 +213,8 @@ def allocate(town: Town, actor: Address, bead_id: str, rig: str) -> PolecatInfo:
             (rig, name, bead_id, branch_name(name, bead_id), worktree, "spawning", stamp),
         )
         conn.execute(
-            "UPDATE issues SET status = 'hooked', assignee = ?, updated_at = ?, updated_ts = ? WHERE id = ?",
+            "UPDATE issues SET status = 'hooked', assignee = ?, closed_at = NULL, close_reason = NULL, "
+            "updated_at = ?, updated_ts = ? WHERE id = ?",
             (str(address), stamp, ts, bead_id),
         )
         town.db.touch("issues")
@@ -292,7 +292,7 @@ def remove_worktree(town: Town, info: PolecatInfo) -> None:
 
 def spawn(
     town: Town, actor: Address, bead_id: str, rig: str, sessions: TownSessions | None = None,
-    kick: str = "background",
+    kick: str = "background", force: bool = False,
 ) -> PolecatInfo:
     """Slot, sandbox, session: reserve a name and hook the bead (one transaction), make the
     worktree, start the session. On failure, undo in reverse and free the slot."""
@@ -302,7 +302,7 @@ def spawn(
     if actor.role is Role.POLECAT:
         raise Forbidden("polecats do not sling work; mail your witness or the mayor instead")
     tmux = sessions or TownSessions(town.root)
-    info = allocate(town, actor, bead_id, rig)
+    info = allocate(town, actor, bead_id, rig, force=force)
     address = Address(role=Role.POLECAT, rig=rig, name=info.name)
     try:
         create_worktree(town, info)

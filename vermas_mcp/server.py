@@ -118,10 +118,10 @@ def build_template(profile: str = "all") -> tuple[MCPServer, Binding]:
         return hooks.check(b.town, b.actor)
 
     @tool(CHANGE)
-    def sling(bead_id: str, target: str) -> beads.Bead:
-        """Hook a bead onto an agent (e.g. rig/crew/name). Refused if the bead is hooked or the
-        agent's hook is occupied."""
-        return slinging.sling(b.town, b.actor, bead_id, target)
+    def sling(bead_id: str, target: str, force: bool = False) -> beads.Bead:
+        """Hook a bead onto an agent (e.g. rig/crew/name) or spawn a polecat (target: a rig).
+        Refused if hooked, in_progress, closed or in the merge queue; force: overseer only."""
+        return slinging.sling(b.town, b.actor, bead_id, target, force=force)
 
     @tool(CHANGE)
     def unsling(bead_id: str) -> beads.Bead:

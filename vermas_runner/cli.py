@@ -203,15 +203,13 @@ def cmd_sling(args: argparse.Namespace) -> None:
 
     town = _open_town(args.town)
     actor = parse_address(args.actor or os.environ.get("BD_ACTOR") or "overseer")
-    if "/" in args.target:
-        bead = sling.sling(town, actor, args.bead, args.target)
+    bead = sling.sling(town, actor, args.bead, args.target, force=args.force, sessions=_sessions(town),
+                       kick="none" if args.no_wait else "wait")
+    if "/polecats/" in str(bead.assignee) and "/" not in args.target:
+        name = str(bead.assignee).rsplit("/", 1)[1]
+        print(f"spawned {bead.assignee} on polecat/{name}/{bead.id} for {bead.id}")
+    else:
         print(f"hooked {bead.id} to {bead.assignee}")
-        return
-    from vermas import polecat
-
-    info = polecat.spawn(town, actor, args.bead, args.target, _sessions(town),
-                         kick="none" if args.no_wait else "wait")
-    print(f"spawned {info.address} on {info.branch} for {args.bead}")
 
 
 def cmd_polecat_list(args: argparse.Namespace) -> None:
@@ -311,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="a rig name (spawns a polecat) or an agent address")
     p.add_argument("--actor", help="who slings (default $BD_ACTOR or overseer)")
     p.add_argument("--no-wait", action="store_true", help="do not wait to nudge the new polecat")
+    p.add_argument("--force", action="store_true",
+                   help="overseer only: sling even if in_progress, closed or in the merge queue")
     p.add_argument("--town")
     p.set_defaults(fn=cmd_sling)
 

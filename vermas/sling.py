@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Collection
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
@@ -18,6 +19,9 @@ from vermas.addresses import ALLOWED_FORMS, TOWN_ROLES, Address, Role, is_rig_na
 from vermas.errors import Conflict, Forbidden, InvalidInput, VermasError
 from vermas.hooks import hooked_id
 from vermas.town import Town
+
+if TYPE_CHECKING:  # tmux is imported only where a session is touched
+    from vermas.sessions import TownSessions
 
 HOOKABLE = ("open", "in_progress", "blocked", "deferred", "pinned")
 # Statuses a plain sling refuses and `force` (overseer only) overrides.
@@ -101,7 +105,7 @@ def admit(conn: sqlite3.Connection, bead_id: str, actor: Address, force: bool) -
 
 
 def sling(town: Town, actor: Address, bead_id: str, target: str, force: bool = False,
-          sessions: object | None = None, kick: str = "background") -> beads.Bead:
+          sessions: TownSessions | None = None, kick: str = "background") -> beads.Bead:
     """To an agent address: hook the bead there. To a rig name: spawn a polecat for it."""
     validate.bead_id(bead_id)
     town.reload_config()
@@ -109,7 +113,7 @@ def sling(town: Town, actor: Address, bead_id: str, target: str, force: bool = F
     if where.kind is TargetKind.RIG:
         from vermas import polecat
 
-        polecat.spawn(town, actor, bead_id, str(where.rig), sessions, kick=kick, force=force)  # type: ignore[arg-type]
+        polecat.spawn(town, actor, bead_id, str(where.rig), sessions, kick=kick, force=force)
         with town.db.read() as conn:
             return beads.fetch(conn, bead_id)
     agent = where.agent

@@ -7,8 +7,8 @@ re-import, and bd 1.0's ready rule computed independently here from the raw JSON
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from vermas import patrol, polecat, up
-from vermas.sessions import nudge
 from vermas.addresses import Address, Role, parse_address
+from vermas.sessions import nudge
 from vermas_mcp.schema import shallow_output, slim
 
 RULE = "─" * 60

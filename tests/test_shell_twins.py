@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import fail
 
 from vermas import beads
 from vermas.addresses import parse_address
 from vermas.tools import TOOLS
 from vermas.town import Town
 from vermas_runner import cli
-
-from conftest import fail
 
 RUNNER = str(Path(sys.executable).with_name("vermas-runner"))
 

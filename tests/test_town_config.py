@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import make_repo
+
 from vermas import rig
 from vermas.errors import InvalidInput
 from vermas.town import Town

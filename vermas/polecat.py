@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from vermas import beads, git, ids, mail, permissions, protocol, timeutil, validate
 from vermas.addresses import Address, Role
+from vermas.dispatch import admit
 from vermas.errors import Conflict, InvalidInput, NotFound
 from vermas.hooks import hooked_id
 from vermas.permissions import Action
@@ -177,7 +178,7 @@ def branch_name(name: str, bead_id: str) -> str:
     return f"polecat/{name}/{bead_id}"
 
 
-def allocate(town: Town, actor: Address, bead_id: str, rig: str) -> PolecatInfo:
+def allocate(town: Town, actor: Address, bead_id: str, rig: str, force: bool = False) -> PolecatInfo:
     """Reserve a slot and hook the bead to it in one transaction: never two polecats with
     one name, never more than max_polecats, never a bead hooked twice."""
     validate.bead_id(bead_id)
@@ -187,11 +188,7 @@ def allocate(town: Town, actor: Address, bead_id: str, rig: str) -> PolecatInfo:
         known = ", ".join(sorted(town.config.rigs)) or "none yet (vermas-runner rig add)"
         raise NotFound(f"unknown rig {rig!r}; rigs in this town: {known}")
     with town.db.write() as conn:
-        row = beads.fetch_row(conn, bead_id)
-        if row["status"] == "hooked":
-            raise Conflict(f"{bead_id} is already hooked by {row['assignee']}; {twin('unsling')} it first")
-        if row["status"] == "closed":
-            raise Conflict(f"{bead_id} is closed; reopen it before slinging")
+        row = admit(conn, bead_id, actor, force)
         taken = {r[0] for r in conn.execute("SELECT name FROM polecats WHERE rig = ?", (rig,))}
         # A name someone slung work to directly (no slot) is not free either.
         taken |= {r[0].rsplit("/", 1)[1] for r in conn.execute(
@@ -211,7 +208,8 @@ def allocate(town: Town, actor: Address, bead_id: str, rig: str) -> PolecatInfo:
             (rig, name, bead_id, branch_name(name, bead_id), worktree, "spawning", stamp),
         )
         conn.execute(
-            "UPDATE issues SET status = 'hooked', assignee = ?, updated_at = ?, updated_ts = ? WHERE id = ?",
+            "UPDATE issues SET status = 'hooked', assignee = ?, closed_at = NULL, close_reason = NULL, "
+            "updated_at = ?, updated_ts = ? WHERE id = ?",
             (str(address), stamp, ts, bead_id),
         )
         town.db.touch("issues")
@@ -283,7 +281,7 @@ def remove_worktree(town: Town, info: PolecatInfo) -> None:
 
 def spawn(
     town: Town, actor: Address, bead_id: str, rig: str, sessions: TownSessions | None = None,
-    kick: str = "background",
+    kick: str = "background", force: bool = False,
 ) -> PolecatInfo:
     """Slot, sandbox, session: reserve a name and hook the bead (one transaction), make the
     worktree, start the session. On failure, undo in reverse and free the slot."""
@@ -291,7 +289,7 @@ def spawn(
 
     permissions.require(actor, Action.SLING)
     tmux = sessions or TownSessions(town.root)
-    info = allocate(town, actor, bead_id, rig)
+    info = allocate(town, actor, bead_id, rig, force=force)
     address = Address(role=Role.POLECAT, rig=rig, name=info.name)
     try:
         create_worktree(town, info)

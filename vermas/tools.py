@@ -265,14 +265,15 @@ def hook_check(c: Call) -> hooks.HookStatus:
 
 
 @tool(Kind.CHANGE)
-def sling(c: Call, bead_id: str, target: str) -> beads.Bead:
-    """Hook a bead onto an agent (e.g. rig/crew/name). Refused if the bead is hooked or the
-    agent's hook is occupied.
+def sling(c: Call, bead_id: str, target: str, force: bool = False) -> beads.Bead:
+    """Hook a bead onto an agent (e.g. rig/crew/name), or to a rig name: spawns a polecat.
+    Refused if hooked, in_progress, closed or in the merge queue; force: overseer only.
 
     bead_id: the bead to hook
-    target: the agent address whose hook takes it (shell: a rig name spawns a polecat)
+    target: an agent address whose hook takes it, or a rig name (spawns a polecat for it)
+    force: overseer only: sling even if in_progress, closed or waiting in the merge queue
     """
-    return slinging.sling(c.town, c.actor, bead_id, target)
+    return slinging.sling(c.town, c.actor, bead_id, target, force=force)
 
 
 @tool(Kind.CHANGE)

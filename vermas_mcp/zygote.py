@@ -26,12 +26,13 @@ import anyio  # noqa: F401  (imported before any fork, so children start warm)
 import mcp.server.stdio  # noqa: F401
 
 import vermas.export  # noqa: F401
-from vermas.layout import TownLayout
 import vermas_mcp.stdio  # noqa: F401
+from vermas.layout import TownLayout
 from vermas_mcp.cli import parse
 from vermas_mcp.launcher import socket_address
 from vermas_mcp.profiles import PROFILES
-from vermas_mcp.run import flush_exports, run as run_server
+from vermas_mcp.run import flush_exports
+from vermas_mcp.run import run as run_server
 from vermas_mcp.server import build_template
 
 IDLE_EXIT_SECONDS = 6 * 3600

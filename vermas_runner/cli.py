@@ -13,18 +13,16 @@ from typing import TYPE_CHECKING, NoReturn
 from rich.console import Console
 from rich.table import Table
 
-from vermas import patrol, polecat, rig, up
+from vermas import patrol, polecat, rig, sling, up
 from vermas.addresses import parse_address
 from vermas.agents import console_script
 from vermas.bdimport import import_file
 from vermas.errors import VermasError
 from vermas.export import export_town
 from vermas.inspector.cli import render
-from vermas.polecat import PolecatInfo
 from vermas.prime import prime
 from vermas.proc import flock_held
 from vermas.status import runner_status
-from vermas.tools import TOOLS
 from vermas.town import Town, find_town
 from vermas_runner import twins
 
@@ -190,12 +188,19 @@ def cmd_attach(args: argparse.Namespace) -> None:
 
 
 def _sling_in_shell(args: argparse.Namespace) -> object:
-    """The runner's sling: a rig name spawns a polecat in tmux; an address hooks (the tool)."""
+    """The runner's sling: the one core sling (a rig name spawns a polecat, an address hooks),
+    waiting to nudge a new polecat unless --no-wait."""
     town = _open_town(args.town)
-    if "/" not in args.target and args.target in town.config.rigs:
-        return polecat.spawn(town, twins.resolve_actor(args.actor), args.bead_id, args.target,
-                             _sessions(town), kick="none" if args.no_wait else "wait")
-    return twins.run_tool(TOOLS["sling"], town, args)
+    bead = sling.sling(town, twins.resolve_actor(args.actor), args.bead_id, args.target, force=args.force,
+                       sessions=_sessions(town), kick="none" if args.no_wait else "wait")
+    if args.json:
+        return bead
+    if "/" not in args.target and "/polecats/" in str(bead.assignee):
+        name = str(bead.assignee).rsplit("/", 1)[1]
+        print(f"spawned {bead.assignee} on polecat/{name}/{bead.id} for {bead.id}")
+    else:
+        print(f"hooked {bead.id} to {bead.assignee}")
+    return None
 
 
 def _sling_options(p: argparse.ArgumentParser) -> None:
@@ -206,11 +211,11 @@ def cmd_tool(spec: "ToolSpec", args: argparse.Namespace) -> None:
     """Run a registry tool from the shell (see vermas_runner/twins.py) and print its result."""
     if spec.name == "sling":
         result = _sling_in_shell(args)
-    else:
-        result = twins.run_tool(spec, _open_town(args.town), args)
-    if isinstance(result, PolecatInfo) and not args.json:  # sling BEAD RIG
-        print(f"spawned {result.address} on {result.branch} for {result.bead_id}")
-    elif spec.name == "verify_bead" and not args.json:
+        if result is not None:
+            twins.emit(result, args.json)
+        return
+    result = twins.run_tool(spec, _open_town(args.town), args)
+    if spec.name == "verify_bead" and not args.json:
         print(render(result))
     else:
         twins.emit(result, args.json)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import call, fail, git, make_repo
-from vermas import beads, polecat, rig, sling
+from vermas import beads, dispatch, polecat, rig, sling
 from vermas.addresses import parse_address
 from vermas.errors import Conflict, Forbidden, InvalidInput
 from vermas.town import Town
@@ -22,19 +22,19 @@ RIGS = {"gt", "sample"}
 
 
 @pytest.mark.parametrize(("target", "kind", "value"), [
-    ("mayor", sling.TargetKind.AGENT, "mayor"),
-    ("deacon", sling.TargetKind.AGENT, "deacon"),
-    ("overseer", sling.TargetKind.AGENT, "overseer"),
-    ("gt/witness", sling.TargetKind.AGENT, "gt/witness"),
-    ("gt/crew/ann", sling.TargetKind.AGENT, "gt/crew/ann"),
-    ("other/polecats/nux", sling.TargetKind.AGENT, "other/polecats/nux"),
-    ("gt", sling.TargetKind.RIG, "gt"),
-    ("sample", sling.TargetKind.RIG, "sample"),
+    ("mayor", dispatch.TargetKind.AGENT, "mayor"),
+    ("deacon", dispatch.TargetKind.AGENT, "deacon"),
+    ("overseer", dispatch.TargetKind.AGENT, "overseer"),
+    ("gt/witness", dispatch.TargetKind.AGENT, "gt/witness"),
+    ("gt/crew/ann", dispatch.TargetKind.AGENT, "gt/crew/ann"),
+    ("other/polecats/nux", dispatch.TargetKind.AGENT, "other/polecats/nux"),
+    ("gt", dispatch.TargetKind.RIG, "gt"),
+    ("sample", dispatch.TargetKind.RIG, "sample"),
 ])
-def test_classify_target(target: str, kind: sling.TargetKind, value: str) -> None:
-    got = sling.classify_target(target, RIGS)
+def test_classify_target(target: str, kind: dispatch.TargetKind, value: str) -> None:
+    got = dispatch.classify_target(target, RIGS)
     assert got.kind is kind
-    assert (str(got.agent) if kind is sling.TargetKind.AGENT else got.rig) == value
+    assert (str(got.agent) if kind is dispatch.TargetKind.AGENT else got.rig) == value
 
 
 @pytest.mark.parametrize(("target", "message"), [
@@ -46,11 +46,11 @@ def test_classify_target(target: str, kind: sling.TargetKind, value: str) -> Non
 ])
 def test_classify_target_rejects(target: str, message: str) -> None:
     with pytest.raises(InvalidInput) as info:
-        sling.classify_target(target, RIGS)
+        dispatch.classify_target(target, RIGS)
     assert message in str(info.value)
 
 
-MR = sling.OpenMergeRequest(id="gt-mr1", branch="polecat/nux/gt-a", state="queued")
+MR = dispatch.OpenMergeRequest(id="gt-mr1", branch="polecat/nux/gt-a", state="queued")
 MAYOR, OVERSEER, NUX = parse_address("mayor"), parse_address("overseer"), parse_address("gt/polecats/nux")
 
 
@@ -71,9 +71,9 @@ MAYOR, OVERSEER, NUX = parse_address("mayor"), parse_address("overseer"), parse_
     ("open", [], NUX, False, Forbidden, "polecats do not sling"),
     ("tombstone", [], MAYOR, False, Conflict, "only open"),
 ])
-def test_refusal(status: str, mrs: list[sling.OpenMergeRequest], actor: Any, force: bool,
+def test_refusal(status: str, mrs: list[dispatch.OpenMergeRequest], actor: Any, force: bool,
                  error: type | None, text: str) -> None:
-    got = sling.refusal(status, "gt/crew/ann", mrs, actor, force)
+    got = dispatch.refusal(status, "gt/crew/ann", mrs, actor, force)
     if error is None:
         assert got is None
     else:
@@ -126,10 +126,10 @@ def test_in_progress_with_open_mr_is_not_slung_again_runner(town: Town, tmp_path
     env = {k: v for k, v in os.environ.items() if k not in ("VERMAS_TOWN", "BD_ACTOR")}
     proc = subprocess.run([runner, "sling", bead_id, "gt", "--town", str(town.root)], capture_output=True,
                           text=True, timeout=120, env=env)
-    assert proc.returncode == 1 and mr_id in proc.stderr and "polecat/nux/work" in proc.stderr
+    assert proc.returncode == 2 and mr_id in proc.stderr and "polecat/nux/work" in proc.stderr
     proc = subprocess.run([runner, "sling", bead_id, "gt", "--force", "--actor", "mayor", "--town",
                            str(town.root)], capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 1 and "overseer only" in proc.stderr
+    assert proc.returncode == 2 and "overseer only" in proc.stderr
     assert polecat_rows(town) == 0
 
 

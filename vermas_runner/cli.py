@@ -23,6 +23,7 @@ from vermas.inspector.cli import render
 from vermas.prime import prime
 from vermas.proc import flock_held
 from vermas.status import runner_status
+from vermas.tools import TOOLS
 from vermas.town import Town, find_town
 from vermas_runner import twins
 
@@ -191,8 +192,9 @@ def _sling_in_shell(args: argparse.Namespace) -> object:
     """The runner's sling: the one core sling (a rig name spawns a polecat, an address hooks),
     waiting to nudge a new polecat unless --no-wait."""
     town = _open_town(args.town)
-    bead = sling.sling(town, twins.resolve_actor(args.actor), args.bead_id, args.target, force=args.force,
-                       sessions=_sessions(town), kick="none" if args.no_wait else "wait")
+    kwargs = twins.arguments(TOOLS["sling"], args)
+    bead = sling.sling(town, twins.resolve_actor(args.actor), **kwargs, sessions=_sessions(town),
+                       kick="none" if args.no_wait else "wait")
     if args.json:
         return bead
     if "/" not in args.target and "/polecats/" in str(bead.assignee):

@@ -85,9 +85,15 @@ def validate(spec: ToolSpec, given: dict[str, Any]) -> dict[str, Any]:
     return {p.name: getattr(model, p.name) for p in spec.params}
 
 
+def arguments(spec: ToolSpec, args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed arguments of a tool's command, validated as the MCP layer validates them
+    (defaults filled in for options not given)."""
+    return validate(spec, {p.name: getattr(args, p.name) for p in spec.params if hasattr(args, p.name)})
+
+
 def run_tool(spec: ToolSpec, town: Town, args: argparse.Namespace) -> Any:
     """Validate the parsed arguments and call the tool's core function as the shell's actor."""
-    kwargs = validate(spec, {p.name: getattr(args, p.name) for p in spec.params if hasattr(args, p.name)})
+    kwargs = arguments(spec, args)
 
     async def progress(done: float, total: float | None, message: str) -> None:
         if not getattr(args, "quiet", False):

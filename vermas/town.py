@@ -173,6 +173,9 @@ class Town:
         if (path / CONFIG_NAME).is_file() and (path / BEADS_DIR / DB_NAME).is_file():
             return cls.open(path), False
         (path / BEADS_DIR).mkdir(parents=True, exist_ok=True)
+        for private in (path / BEADS_DIR, path / ".runtime"):  # store, mail, pids, logs, temp HOMEs
+            private.mkdir(mode=0o700, exist_ok=True)
+            private.chmod(0o700)
         config = TownConfig(name=path.name or "town", prefix=prefix)
         if not (path / CONFIG_NAME).is_file():
             write_atomic(path / CONFIG_NAME, dump_config(config))

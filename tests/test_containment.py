@@ -10,10 +10,12 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import make_repo
+from tests.test_inspector_tools import sm  # noqa: F401 - the stand-in model fixture
 from vermas import beads, contain
 from vermas.addresses import parse_address
 from vermas.errors import InvalidInput
@@ -153,3 +155,31 @@ def test_worktrees_outside_the_town_are_refused(town: Town, tmp_path: Path) -> N
     with pytest.raises(InvalidInput, match="not one of this town's work trees"):
         resolve_worktree(town, bead.id, str(link))
     assert resolve_worktree(town, bead.id, str(worktree(town, "polecats", "p2"))).name == "p2"
+
+
+async def test_escapes_through_the_mcp_verify_run(client_for: Any, town: Town, sm: Any,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once end to end: the stand-in Strategist plans the escapes, verify_run runs them."""
+    from tests.conftest import call
+    from tests.inspector_standin import criterion, spec, tspec
+
+    secret = "s3cr3t-" + secrets.token_hex(8)
+    monkeypatch.setenv("SECRET", secret)
+    token = f"3000.{secrets.randbelow(10**6):06d}"
+    wt = worktree(town)
+    bead = beads.create(town, parse_address("overseer"), "original title", "escape").id
+    (wt / "evil.py").write_text(f"import sqlite3\nc = sqlite3.connect({str(town.db.path)!r})\n"
+                                "c.execute(\"UPDATE issues SET title = 'pwned'\")\nc.commit()\n")
+    command = (f"cat /proc/$PPID/environ; {sys.executable} evil.py; setsid sleep {token} & "
+               f"(sleep {token} &); kill -9 $PPID; sleep 0.2; echo END")
+    sm.script(designer=[spec(criterion("AC-1", "escapes"))], strategist=[{"tests": [tspec("AC-1", command)]}])
+    async with client_for("overseer") as c:
+        await call(c, "verify_spec", bead_id=bead)
+        await call(c, "verify_plan", bead_id=bead, worktree=str(wt))
+        run_ = await call(c, "verify_run", bead_id=bead, worktree=str(wt))
+        output = run_["results"][0]["evidence"]["output"]
+        assert secret not in output
+        assert "END" in output or run_["results"][0]["evidence"]["signal"]
+    assert beads.show(town, bead).title == "original title"
+    time.sleep(0.3)
+    assert alive_with(token) == []

@@ -197,3 +197,15 @@ def which(name: str) -> str:
     found = shutil.which(name)
     assert found, f"{name} not on PATH"
     return found
+
+
+def town_candidate(town: Any, name: str = "dev") -> Path:
+    """Where a candidate checkout may live so that the Verifier accepts it: a crew dir of one of the
+    town's rigs (a rig `app` is registered if the town has none)."""
+    if not town.config.rigs:
+        from vermas.town import RigConfig
+
+        town.config.rigs["app"] = RigConfig(name="app", git_url="file:///dev/null", prefix="app")
+        town.save_config()
+    rig = sorted(town.config.rigs)[0]
+    return town.root / rig / "crew" / name

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.inspector_standin import (
+    town_candidate,
     BAD_CALC,
     GOOD_CALC,
     Standin,
@@ -44,7 +45,7 @@ def test_runner_verify_exit_codes_and_evidence(town: Town, sm: Standin, tmp_path
     town.config.inspector.command = str(sm.claude)
     town.save_config()  # the runner process reads town.toml
     bead_id = beads.create(town, parse_address("overseer"), "Add numbers", "add(a, b)").id
-    repo = make_candidate(tmp_path / "repo", calc=BAD_CALC)
+    repo = make_candidate(town_candidate(town), calc=BAD_CALC)
 
     failed = runner(town, sm, bead_id, "--worktree", str(repo))
     assert failed.returncode == 1, failed.stderr
@@ -59,7 +60,7 @@ def test_runner_verify_exit_codes_and_evidence(town: Town, sm: Standin, tmp_path
     report = json.loads(passed.stdout)
     assert report["overall"] == "PASS" and report["model_calls"] == 0 and passed.stderr == ""
 
-    broken = runner(town, sm, bead_id, "--worktree", str(tmp_path / "nowhere"))
+    broken = runner(town, sm, bead_id, "--worktree", str(town_candidate(town, "nowhere")))
     assert broken.returncode == 2 and "is not a git work tree" in broken.stderr and broken.stdout == ""
     assert sm.model.roles() == ["designer", "strategist"]
 
@@ -68,7 +69,7 @@ def test_verify_for_merge_is_the_refinery_gate(town: Town, sm: Standin, tmp_path
     sm.script(**objective_scripts())
     town.config.inspector.command = str(sm.claude)
     bead_id = beads.create(town, parse_address("overseer"), "Add numbers", "add(a, b)").id
-    repo = make_candidate(tmp_path / "repo", calc=GOOD_CALC)
+    repo = make_candidate(town_candidate(town), calc=GOOD_CALC)
     seen: list[str] = []
 
     async def progress(done: float, total: float | None, message: str) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import process_gone
 from tests.inspector_standin import (
+    town_candidate,
     AC_ADD,
     AC_DOCS,
     AC_README,
@@ -61,7 +62,7 @@ def new_bead(town: Town, ac: str = "") -> str:
 
 async def test_planted_bad_change_fails_with_evidence_that_shows_why(town: Town, sm: Standin, tmp_path: Path) -> None:
     model = sm.script(**objective_scripts())
-    repo = make_candidate(tmp_path / "repo", calc=BAD_CALC)
+    repo = make_candidate(town_candidate(town), calc=BAD_CALC)
     bead_id = new_bead(town, ac="adds numbers; documented")
 
     report = await inspector(town, sm).verify(bead_id, str(repo))
@@ -91,7 +92,7 @@ async def test_good_change_passes_with_no_model_call_beyond_designer_and_strateg
     town: Town, sm: Standin, tmp_path: Path
 ) -> None:
     model = sm.script(**objective_scripts())
-    repo = make_candidate(tmp_path / "repo", calc=GOOD_CALC)
+    repo = make_candidate(town_candidate(town), calc=GOOD_CALC)
     bead_id = new_bead(town)
 
     report = await inspector(town, sm).verify(bead_id, str(repo))
@@ -110,13 +111,13 @@ async def test_good_change_passes_with_no_model_call_beyond_designer_and_strateg
 async def test_rework_reuses_spec_and_plan_and_an_unchanged_commit_is_cached(
     town: Town, sm: Standin, tmp_path: Path
 ) -> None:
-    marker = tmp_path / "runs.log"
+    marker = town_candidate(town) / ".runs.log"  # inside the work tree: the only place a test may write
     model = sm.script(
         designer=[spec(AC_ADD, AC_README)],
         strategist=[{"tests": [tspec("AC-1", f"echo run >> {marker}; {ADD_TEST}"),
                                tspec("AC-2", f"echo run >> {marker}; {README_TEST}")]}],
     )
-    repo = make_candidate(tmp_path / "repo", calc=BAD_CALC)
+    repo = make_candidate(town_candidate(town), calc=BAD_CALC)
     bead_id = new_bead(town)
     insp = inspector(town, sm)
 
@@ -153,7 +154,7 @@ async def test_subjective_criterion_goes_through_the_auditor(town: Town, sm: Sta
         auditor={"AC-3": [{"passed": True, "reasoning": "The README shows a runnable example and its result.",
                            "quotes": [USAGE_LINE], "confidence": 0.9}]},
     )
-    repo = make_candidate(tmp_path / "repo")
+    repo = make_candidate(town_candidate(town))
     bead_id = new_bead(town)
 
     report = await inspector(town, sm, level="audit").verify(bead_id, str(repo))
@@ -188,7 +189,7 @@ async def test_contested_criterion_goes_through_the_panel(town: Town, sm: Standi
                          "reasoning": "A newcomer learns the call but not installation or limits.",
                          "quotes": [USAGE_LINE]}]},
     )
-    repo = make_candidate(tmp_path / "repo")
+    repo = make_candidate(town_candidate(town))
     bead_id = new_bead(town)
 
     report = await inspector(town, sm, level="full").verify(bead_id, str(repo))
@@ -217,7 +218,7 @@ async def test_auditor_contradicting_the_tests_at_level_audit_is_a_conservative_
         auditor={"AC-1": [{"passed": True, "reasoning": "The tool is probably fine.", "quotes": [],
                            "confidence": 0.95}]},
     )
-    repo = make_candidate(tmp_path / "repo")
+    repo = make_candidate(town_candidate(town))
     report = await inspector(town, sm, level="audit").verify(new_bead(town), str(repo))
 
     add = report.outcome("AC-1")
@@ -232,7 +233,7 @@ async def test_malformed_designer_output_is_retried_once_then_reported_and_nothi
 ) -> None:
     duplicate = spec(AC_ADD, criterion("AC-1", "again"))
     model = sm.script(designer=[duplicate, duplicate])
-    repo = make_candidate(tmp_path / "repo")
+    repo = make_candidate(town_candidate(town))
     bead_id = new_bead(town, ac="as written by a human")
     export_town(town, force=True)
     before = (town.beads_dir / "issues.jsonl").read_text()
@@ -265,7 +266,7 @@ async def test_invented_quote_is_retried_once_with_the_error_and_the_second_answ
             {"passed": True, "reasoning": "r", "quotes": [USAGE_LINE], "confidence": 0.9},
         ]},
     )
-    repo = make_candidate(tmp_path / "repo")
+    repo = make_candidate(town_candidate(town))
     report = await inspector(town, sm, level="audit").verify(new_bead(town), str(repo))
 
     docs = report.outcome("AC-3")
@@ -284,7 +285,7 @@ async def test_auditor_failing_twice_fails_its_criterion_clearly_and_is_not_cach
     model = sm.script(designer=[spec(AC_ADD, AC_DOCS)],
                       strategist=[{"tests": [tspec("AC-1", ADD_TEST), tspec("AC-3", DOCS_EVIDENCE)]}],
                       auditor={"AC-3": [bad, bad, good]})
-    repo = make_candidate(tmp_path / "repo")
+    repo = make_candidate(town_candidate(town))
     bead_id = new_bead(town)
     insp = inspector(town, sm, level="audit")
 
@@ -300,9 +301,10 @@ async def test_auditor_failing_twice_fails_its_criterion_clearly_and_is_not_cach
 
 
 async def test_hanging_forking_and_flooding_tests_are_contained_and_the_run_still_reports(
-    town: Town, sm: Standin, tmp_path: Path
+    town: Town, sm: Standin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pids = tmp_path / "pids"
+    monkeypatch.setenv("VERMAS_CONTAIN", "process")  # PIDs are read from outside: no PID namespace
+    pids = town_candidate(town) / ".pids"
     sm.script(
         designer=[spec(criterion("AC-1", "hangs"), criterion("AC-2", "forks"), criterion("AC-3", "floods"),
                        criterion("AC-4", "fine"))],
@@ -314,7 +316,7 @@ async def test_hanging_forking_and_flooding_tests_are_contained_and_the_run_stil
             tspec("AC-4", README_TEST),
         ]}],
     )
-    repo = make_candidate(tmp_path / "repo")
+    repo = make_candidate(town_candidate(town))
     start = time.monotonic()
     report = await inspector(town, sm, level="shell").verify(new_bead(town), str(repo))
     assert time.monotonic() - start < 15

@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import call, fail
 from tests.inspector_standin import (
+    town_candidate,
     AC_ADD,
     AC_README,
     ADD_TEST,
@@ -77,7 +78,7 @@ async def test_pipeline_step_by_step_through_the_tools(
     client_for: Any, town: Town, sm: Standin, tmp_path: Path
 ) -> None:
     model = sm.script(**objective_scripts())
-    repo = make_candidate(tmp_path / "repo", calc=BAD_CALC)
+    repo = make_candidate(town_candidate(town), calc=BAD_CALC)
     bead_id = new_bead(town)
     async with client_for("overseer") as c:
         assert "no specification yet; run verify_spec" in await fail(c, "verify_plan", bead_id=bead_id)
@@ -134,8 +135,8 @@ async def test_pipeline_step_by_step_through_the_tools(
 async def test_bad_input_is_a_tool_error_and_writes_nothing(client_for: Any, town: Town, sm: Standin,
                                                             tmp_path: Path) -> None:
     bead_id = new_bead(town)
-    not_git = tmp_path / "plain"
-    not_git.mkdir()
+    not_git = town_candidate(town, "plain")
+    not_git.mkdir(parents=True)
     async with client_for("overseer") as c:
         assert "invalid bead_id" in await fail(c, "verify_bead", bead_id="../etc", worktree=str(not_git))
         assert "no bead 'hq-zzzz'" in await fail(c, "verify_bead", bead_id="hq-zzzz", worktree=str(not_git))
@@ -159,7 +160,7 @@ async def test_rig_settings_choose_level_and_model(client_for: Any, town: Town, 
               auditor={"AC-2": [{"passed": False, "reasoning": "no docs tool", "quotes": [], "confidence": 0.6}]})
     bead_id = beads.create(town, parse_address("mayor"), "Add", "add it", rig="gastown").id
     assert bead_id.startswith("gt-")
-    repo = make_candidate(tmp_path / "repo")
+    repo = make_candidate(town_candidate(town))
     async with client_for("gastown/refinery") as c:
         report = await call(c, "verify_bead", bead_id=bead_id, worktree=str(repo))
     assert report["level"] == "audit" and report["actor"] == "gastown/refinery"

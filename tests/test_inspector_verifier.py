@@ -13,6 +13,13 @@ from vermas.inspector.models import TestSpec
 from vermas.inspector.verifier import OutputCap, run_command, run_tests
 
 
+@pytest.fixture(autouse=True)
+def _process_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read the test's PIDs from outside, so they run in process mode (no PID
+    namespace); tests/test_containment.py covers both modes."""
+    monkeypatch.setenv("VERMAS_CONTAIN", "process")
+
+
 def test_pass_and_fail_with_evidence(tmp_path: Path) -> None:
     (tmp_path / "f.txt").write_text("hello\n")
     ok = run_command("cat f.txt", tmp_path, 10)

@@ -117,6 +117,16 @@ CREATE TABLE IF NOT EXISTS polecats (
 EXPORT_KINDS = ("issues", "messages", "routes")
 
 
+def private_files(db_path: Path) -> None:
+    """Owner-only modes for the store and its companions (0600): mail and beads are not for other
+    OS users. Also repairs towns made before this rule (0644 under umask 022)."""
+    for suffix in ("", "-wal", "-shm", ".writelock"):
+        try:
+            os.chmod(str(db_path) + suffix, 0o600)
+        except (FileNotFoundError, PermissionError):
+            pass
+
+
 class Database:
     """A connection to a town's store, safe to share between this process's threads.
 
@@ -129,6 +139,8 @@ class Database:
             raise FileNotFoundError(path)
         self.path = path
         self._lock = threading.RLock()
+        if create and not path.exists():
+            os.close(os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600))  # SQLite gives -wal/-shm its mode
         self._conn = sqlite3.connect(
             str(path), timeout=60.0, isolation_level=None, check_same_thread=False
         )
@@ -143,10 +155,11 @@ class Database:
         # moment the lock is free, where SQLite's busy handler sleeps and polls (1, 2, 5, 10 ms
         # ...), which with 16 concurrent writers cost more time than the writes themselves.
         # The kernel drops the lock of a process that dies, so a crash never leaves it held.
-        self._write_lock = os.open(str(path) + ".writelock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._write_lock = os.open(str(path) + ".writelock", os.O_RDWR | os.O_CREAT, 0o600)
         self._listeners: list[Callable[[set[str]], None]] = []
         self._pending: set[str] | None = None
         self._ensure_schema()
+        private_files(path)
 
     def _ensure_schema(self) -> None:
         row = self._conn.execute("PRAGMA user_version").fetchone()

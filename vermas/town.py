@@ -238,6 +238,9 @@ class Town:
         if layout.is_town():
             return cls.open(path), False
         layout.beads_dir.mkdir(parents=True, exist_ok=True)
+        for private in (layout.beads_dir, layout.runtime_dir):  # store, mail, pids, logs, temp HOMEs
+            private.mkdir(mode=0o700, exist_ok=True)
+            private.chmod(0o700)
         config = TownConfig(name=path.name or "town", prefix=prefix)
         if not layout.config_file.is_file():
             write_atomic(layout.config_file, dump_config(config))

@@ -52,7 +52,7 @@ from vermas.inspector.models import (
 )
 from vermas.inspector.prompts import role_template
 from vermas.inspector.records import PlanRecord, SpecRecord
-from vermas.inspector.verifier import run_tests
+from vermas.inspector.verifier import run_tests, town_private_paths
 from vermas.permissions import Action
 from vermas.town import InspectorConfig, RigConfig, Town
 
@@ -146,9 +146,12 @@ def resolve_worktree(town: Town, bead_id: str, worktree: str | None) -> Path:
         if not isinstance(worktree, str) or not worktree.strip() or "\x00" in worktree:
             raise InvalidInput("worktree must be the path of a git work tree (the candidate's checkout)")
         path = Path(worktree).expanduser().resolve()
+        check_town_worktree(town, path)
         if not git.is_worktree(path):
             raise InvalidInput(f"worktree {str(path)[:300]!r} is not a git work tree; pass the candidate's checkout")
-        return Path(git.run(path, "rev-parse", "--show-toplevel"))
+        top = Path(git.run(path, "rev-parse", "--show-toplevel")).resolve()
+        check_town_worktree(town, top)
+        return top
     with town.db.read() as conn:
         row = conn.execute(
             "SELECT id, polecat FROM merge_requests WHERE bead_id = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
@@ -163,6 +166,25 @@ def resolve_worktree(town: Town, bead_id: str, worktree: str | None) -> Path:
         raise NotFound(f"the work tree of merge request {row['id']} ({address}) at {path} is gone; "
                        "pass worktree=PATH")
     return path
+
+
+TOWN_WORKTREE_KINDS = "<rig>/polecats/<name>, <rig>/refinery/rig or <rig>/crew/<name>"
+
+
+def check_town_worktree(town: Town, path: Path) -> None:
+    """Refuse a work tree outside the town: the Verifier runs a model's shell commands in it, so a
+    caller (MCP or shell) must not point it at any other repository. Checks the resolved path.
+    The canonical clone (<rig>/mayor/rig) is not allowed: it holds the git directory of every work
+    tree of its rig."""
+    real = path.resolve()
+    root = town.root.resolve()
+    for name in town.config.rigs:
+        if real == root / name / "refinery" / "rig" or real.parent in (root / name / "polecats",
+                                                                         root / name / "crew"):
+            return
+    rigs = ", ".join(sorted(town.config.rigs)) or "none yet"
+    raise InvalidInput(f"worktree {str(real)[:300]!r} is not one of this town's work trees; allowed: "
+                       f"{town.root.resolve()}/{TOWN_WORKTREE_KINDS} (rigs: {rigs})")
 
 
 def worktree_state(path: Path) -> tuple[str, bool]:
@@ -370,7 +392,7 @@ class Inspector:
             await self.progress.step(f"verifier: {result.criterion_id} {state} in {result.evidence.duration_s:.1f}s")
 
         return await run_tests(tests, path, parallelism=settings.parallelism, on_result=tick,
-                               keep_env=settings.pass_env)
+                               keep_env=settings.pass_env, hidden=town_private_paths(self.town.root))
 
     # -- whole pipeline --------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_repo
-from tests.test_inspector_tools import sm  # noqa: F401 - the stand-in model fixture
+from tests.test_inspector_tools import sm  # noqa: F401,F811 - the stand-in model fixture
 from vermas import beads, contain
 from vermas.addresses import parse_address
 from vermas.errors import InvalidInput
@@ -109,7 +109,7 @@ def test_store_cannot_be_written_nor_read(town: Town, namespace_only: None) -> N
 def test_nothing_outside_the_worktree_is_writable(town: Town, namespace_only: None) -> None:
     wt = worktree(town)
     other = worktree(town, "polecats", "p1")
-    ev = run(town, wt, f"touch ../escape; touch {other}/escape; touch {town.root}/escape; "
+    run(town, wt, f"touch ../escape; touch {other}/escape; touch {town.root}/escape; "
                        "mount -o remount,rw / 2>/dev/null; touch ../escape2; touch inside; echo $TMPDIR > tmpdir")
     assert not (wt.parent / "escape").exists() and not (other / "escape").exists()
     assert not (town.root / "escape").exists() and not (wt.parent / "escape2").exists()
@@ -157,7 +157,7 @@ def test_worktrees_outside_the_town_are_refused(town: Town, tmp_path: Path) -> N
     assert resolve_worktree(town, bead.id, str(worktree(town, "polecats", "p2"))).name == "p2"
 
 
-async def test_escapes_through_the_mcp_verify_run(client_for: Any, town: Town, sm: Any,
+async def test_escapes_through_the_mcp_verify_run(client_for: Any, town: Town, sm: Any,  # noqa: F811
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Once end to end: the stand-in Strategist plans the escapes, verify_run runs them."""
     from tests.conftest import call

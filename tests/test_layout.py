@@ -58,7 +58,8 @@ def test_the_layout_places_every_part_of_a_town(tmp_path: Path) -> None:
     assert layout.store_path == tmp_path / ".beads" / "vermas.db"
     assert layout.routes_file == tmp_path / ".beads" / "routes.jsonl"
     assert layout.runner_lock == tmp_path / ".runtime" / "runner.lock"
-    assert layout.ready_marker("vermas-gt-polecats-nux") == tmp_path / ".runtime/agents/vermas-gt-polecats-nux/mcp.ready"
+    marker = tmp_path / ".runtime/agents/vermas-gt-polecats-nux/mcp.ready"
+    assert layout.ready_marker("vermas-gt-polecats-nux") == marker
     assert layout.canonical_clone("gt") == tmp_path / "gt" / "mayor" / "rig"
     assert layout.clone_route("gt") == "gt/mayor/rig"
     assert layout.refinery_worktree("gt") == tmp_path / "gt" / "refinery" / "rig"

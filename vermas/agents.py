@@ -12,6 +12,8 @@ import os
 import shlex
 import sys
 import time
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -20,7 +22,8 @@ from vermas.addresses import Address, Role
 from vermas.atomic import write_atomic
 from vermas.town import Town
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# Role prompts ship inside the package (package data), so a wheel install has them too.
+TEMPLATES: Traversable = resources.files("vermas") / "templates"
 ALLOWED_TOOLS = ["mcp__vermas", "Bash", "Edit", "Write", "Read", "Glob", "Grep", "MultiEdit", "TodoWrite"]
 
 
@@ -55,8 +58,9 @@ def console_script(name: str) -> list[str]:
 
 
 def role_prompt(role: Role) -> str:
+    """The role's system prompt from the packaged templates ("" for roles without one)."""
     path = TEMPLATES / f"{role.value}.md"
-    return path.read_text() if path.is_file() else ""
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
 def settings_for(town: Town, address: Address) -> dict[str, object]:

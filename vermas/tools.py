@@ -134,7 +134,8 @@ def _inspector_types() -> dict[str, Any]:
 TOOLS: dict[str, ToolSpec] = {}
 
 
-def tool(kind: Kind, blocking: bool = False, progress: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def tool(kind: Kind, blocking: bool = False,
+         progress: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register `fn` as a tool (in definition order, which is tools/list's order)."""
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -265,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="a command")
     common = _common()
     town_only = argparse.ArgumentParser(add_help=False)
-    town_only.add_argument("--town", help="the town's directory (default: $VERMAS_TOWN, else the town above this folder)")
+    town_only.add_argument("--town",
+                           help="the town's directory (default: $VERMAS_TOWN, else the town above this folder)")
 
     p = sub.add_parser("init", help="create a town (idempotent)")
     p.add_argument("dir", help="the town's directory (created if missing)")

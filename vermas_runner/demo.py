@@ -62,7 +62,7 @@ def idle_script() -> list[Any]:
 
 
 def standin_policy() -> Any:
-    from vermas.testing.standin import (  # deferred: the stand-in server is test machinery, loaded only when the demo uses it
+    from vermas.testing.standin import (  # deferred: stand-in server (test machinery), only for the demo
         PerSessionPolicy,
         RoutingPolicy,
         ScriptedPolicy,
@@ -77,7 +77,7 @@ def standin_policy() -> Any:
 
 def use_standin(town: Town, base_url: str, home: Path) -> None:
     """Point the town's agent sessions at the stand-in model with a private Claude home."""
-    from vermas.testing.standin import (  # deferred: the stand-in server is test machinery, loaded only when the demo uses it
+    from vermas.testing.standin import (  # deferred: stand-in server (test machinery), only for the demo
         DUMMY_API_KEY,
         claude_env,
         find_claude_binary,

@@ -1,21 +1,24 @@
 """Role templates: the system prompt of each inspector role.
 
 Looked up first in the town (`<town>/templates/inspector/<role>.md`, so a town can tune its
-inspectors without touching vermas), then in vermas's own `templates/inspector/`.
+inspectors without touching vermas), then in vermas's own `vermas/templates/inspector/`
+(package data, found through importlib.resources so a wheel install has them).
 """
 
 from __future__ import annotations
 
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from vermas.errors import VermasError
 
 ROLES = ("designer", "strategist", "auditor", "advocate", "critic", "judge")
-BUILTIN_DIR = Path(__file__).resolve().parents[2] / "templates" / "inspector"
+BUILTIN_DIR: Traversable = resources.files("vermas") / "templates" / "inspector"
 
 
-def template_dirs(town_root: Path | None) -> list[Path]:
-    dirs = [town_root / "templates" / "inspector"] if town_root is not None else []
+def template_dirs(town_root: Path | None) -> list[Traversable]:
+    dirs: list[Traversable] = [town_root / "templates" / "inspector"] if town_root is not None else []
     return [*dirs, BUILTIN_DIR]
 
 

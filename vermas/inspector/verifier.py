@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from vermas import contain
-from vermas.contain import FLOOD_BYTES, HEAD_BYTES, TAIL_BYTES, OutputCap
+from vermas.contain import FLOOD_BYTES, HEAD_BYTES, TAIL_BYTES
 from vermas.errors import VermasError
 from vermas.inspector.models import Evidence, TestResult, TestSpec
 

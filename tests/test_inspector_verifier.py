@@ -10,7 +10,8 @@ import pytest
 
 from tests.conftest import process_gone
 from vermas.inspector.models import TestSpec
-from vermas.inspector.verifier import OutputCap, run_command, run_tests
+from vermas.contain import OutputCap
+from vermas.inspector.verifier import run_command, run_tests
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,7 @@ import time
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -122,7 +123,7 @@ def launch_spec(town: Town, address: Address) -> LaunchSpec:
                       runtime_dir=str(runtime))
 
 
-def _already_trusted(data: dict[str, object], dirs: list[Path], api_key: str | None) -> bool:
+def _already_trusted(data: dict[str, Any], dirs: list[Path], api_key: str | None) -> bool:
     projects = data.get("projects")
     if data.get("hasCompletedOnboarding") is not True or not isinstance(projects, dict):
         return False
@@ -142,7 +143,7 @@ def trust_directories(config_home: Path, dirs: list[Path], api_key: str | None =
     folder trust for each dir, and (for a custom key) the API-key question. Merges into an
     existing file so the user's own settings and login stay as they are."""
     path = config_home / ".claude.json"
-    data: dict[str, object] = {}
+    data: dict[str, Any] = {}
     for _ in range(5):  # a session may be rewriting it right now: read again
         try:
             data = json.loads(path.read_text()) if path.is_file() else {}

@@ -90,7 +90,7 @@ def _bead(conn: sqlite3.Connection, row: sqlite3.Row) -> Bead:
 
 
 def fetch_row(conn: sqlite3.Connection, bead_id: str) -> sqlite3.Row:
-    row = conn.execute(f"SELECT {BEAD_COLUMNS} FROM issues WHERE id = ?", (bead_id,)).fetchone()
+    row: sqlite3.Row | None = conn.execute(f"SELECT {BEAD_COLUMNS} FROM issues WHERE id = ?", (bead_id,)).fetchone()
     if row is None:
         raise NotFound(f"no bead {bead_id!r} in this town; {twin('bead_list')} or {twin('bead_ready')} "
                        "show existing ids")

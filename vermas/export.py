@@ -71,7 +71,7 @@ QUERIES = {"issues": ISSUE_LINE_SQL.replace("{where}", ""), "messages": MESSAGE_
 def _targets(town: Town, kind: str) -> list[tuple[str, Path, str, tuple[str, ...]]]:
     """(state key, file, query, args) for one export kind. The town file holds every bead;
     each rig's canonical clone also gets its own beads, so they travel with its code."""
-    out = [(kind, town.layout.export_file(kind), QUERIES[kind], ())]
+    out: list[tuple[str, Path, str, tuple[str, ...]]] = [(kind, town.layout.export_file(kind), QUERIES[kind], ())]
     if kind == "issues":
         for rig in town.config.rigs.values():
             if town.layout.canonical_clone(rig.name).is_dir():

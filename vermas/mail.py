@@ -188,13 +188,13 @@ def inbox(
 
 
 def unread_count(conn: sqlite3.Connection, address: str) -> int:
-    return conn.execute(
+    return int(conn.execute(
         "SELECT COUNT(*) FROM messages WHERE recipient = ? AND read_at IS NULL", (address,)
-    ).fetchone()[0]
+    ).fetchone()[0])
 
 
 def _own(conn: sqlite3.Connection, actor: Address, message_id: str) -> sqlite3.Row:
-    row = conn.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
+    row: sqlite3.Row | None = conn.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
     if row is None:
         raise NotFound(f"no message {message_id!r}; {twin('mail_inbox')} lists your messages")
     if row["recipient"] != str(actor):

@@ -34,7 +34,10 @@ The rules, written once (tests/test_permissions.py checks every role x action):
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -218,7 +221,6 @@ def require(actor: Address, action: Action, target: Target = NO_TARGET) -> None:
         raise Forbidden(decision.reason)
 
 
-def bead_target(row: object) -> Target:
+def bead_target(row: Mapping[str, Any] | sqlite3.Row) -> Target:
     """The facts of a bead row (sqlite3.Row or mapping with id/status/assignee/created_by)."""
-    get = row.__getitem__  # type: ignore[attr-defined]
-    return Target(bead=get("id"), status=get("status"), assignee=get("assignee"), creator=get("created_by"))
+    return Target(bead=row["id"], status=row["status"], assignee=row["assignee"], creator=row["created_by"])

@@ -241,4 +241,4 @@ class Database:
 
     def integrity_check(self) -> str:
         with self._lock:
-            return self._conn.execute("PRAGMA integrity_check").fetchone()[0]
+            return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])

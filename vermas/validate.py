@@ -61,7 +61,7 @@ def body(value: object, field: str) -> str:
 def choice(value: object, field: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise InvalidInput(f"invalid {field} {str(value)[:40]!r}; allowed: {', '.join(allowed)}")
-    return value  # type: ignore[return-value]
+    return str(value)
 
 
 def priority(value: object) -> int:

@@ -308,7 +308,7 @@ class ModelRequest:
         """The last ``user`` message (Claude Code interleaves ``system`` messages; those are skipped)."""
         for msg in reversed(self.messages):
             if msg.get("role") == "user":
-                return msg
+                return dict(msg)
         return None
 
     def last_user_text(self) -> str:
@@ -351,9 +351,9 @@ class ModelRequest:
                     calls.append(call)
                     by_id[call.id] = call
                 elif msg.get("role") == "user" and block.get("type") == "tool_result":
-                    call = by_id.get(str(block.get("tool_use_id")))
-                    if call is not None:
-                        call.result = block
+                    answered = by_id.get(str(block.get("tool_use_id")))
+                    if answered is not None:
+                        answered.result = block
         return calls
 
     def last_tool_result(self) -> ToolCall | None:

@@ -141,7 +141,8 @@ class StandinModelServer:
     @property
     def base_url(self) -> str:
         """What to put in ``ANTHROPIC_BASE_URL``."""
-        return f"http://{self._httpd.server_address[0]}:{self.port}"
+        host = self._httpd.server_address[0]
+        return f"http://{host if isinstance(host, str) else host.decode()}:{self.port}"
 
     def start(self) -> StandinModelServer:
         if self._thread is None:

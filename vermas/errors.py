@@ -24,3 +24,8 @@ class Forbidden(VermasError):
 
 class TownNotFound(VermasError):
     """No town at the given directory."""
+
+
+class ConfigError(InvalidInput):
+    """town.toml cannot be read or fails validation. The message is one line naming the file
+    and what is wrong; a long-running loop keeps its last good config when it sees this."""

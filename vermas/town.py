@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from vermas import timeutil
 from vermas.atomic import write_atomic
-from vermas.errors import InvalidInput, TownNotFound
+from vermas.errors import ConfigError, InvalidInput, TownNotFound
 from vermas.export import export_town
 from vermas.layout import BEADS_DIR, CONFIG_NAME, DB_NAME, TownLayout
 from vermas.store import Database
@@ -130,23 +130,58 @@ def dump_config(config: TownConfig) -> str:
 
 
 def load_config(path: Path) -> TownConfig:
-    """Read and validate the whole config; a bad value is one error naming the file and field."""
+    """Read and validate the whole config; a bad file is one ConfigError naming it and the problem.
+
+    Every way a hand-edited or truncated file can fail (unreadable, not UTF-8, not TOML, a
+    table where a value belongs, a missing or bad field) ends here, never as a traceback."""
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (line {line}, byte {exc.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
-        raise InvalidInput(f"{path}: not valid TOML: {exc}") from None
-    town = data.get("town", {})
+        raise ConfigError(f"{path}: not valid TOML: {_one_line(str(exc))}") from None
     try:
-        return TownConfig.model_validate({
-            "name": town.get("name", path.parent.name),
-            "prefix": town.get("prefix", "hq"),
-            "agent": data.get("agent", {}),
-            "inspector": data.get("inspector", {}),
-            "rigs": {name: {**values, "name": name} for name, values in data.get("rigs", {}).items()},
-        })
+        return TownConfig.model_validate(_config_fields(path, data))
     except ValidationError as exc:
-        raise InvalidInput(f"{path}: {describe_errors(exc)}") from None
+        raise ConfigError(f"{path}: {_one_line(describe_errors(exc))}") from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _table(path: Path, data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: [{key}] must be a table, got {type(value).__name__} {str(value)[:40]!r}")
+    return value
+
+
+def _config_fields(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """The file's tables as TownConfig's fields. `[town] prefix` is required: a file that lost
+    it (truncated, half-saved) would otherwise give new beads the default prefix silently."""
+    town = _table(path, data, "town")
+    if "prefix" not in town:
+        raise ConfigError(
+            f"{path}: [town] has no prefix (the file may be truncated); add e.g. prefix = \"hq\" "
+            "with the prefix this town's bead ids start with"
+        )
+    rigs = _table(path, data, "rigs")
+    bad = [name for name, values in rigs.items() if not isinstance(values, dict)]
+    if bad:
+        raise ConfigError(f"{path}: rigs.{bad[0]} must be a table ([rigs.{bad[0]}] with git_url = ...)")
+    return {
+        "name": town.get("name", path.parent.name),
+        "prefix": town["prefix"],
+        "agent": _table(path, data, "agent"),
+        "inspector": _table(path, data, "inspector"),
+        "rigs": {name: {**values, "name": name} for name, values in rigs.items()},
+    }
 
 
 def _sections(config: TownConfig) -> dict[str, Any]:
@@ -269,6 +304,15 @@ class Town:
 
     def reload_config(self) -> None:
         self.config = load_config(self.layout.config_file)
+
+    def refresh_config(self) -> ConfigError | None:
+        """Reload for a long-running loop: a bad file keeps the last good config and is returned,
+        so the loop can log it and go on instead of dying."""
+        try:
+            self.reload_config()
+        except ConfigError as exc:
+            return exc
+        return None
 
     def prefix_for_rig(self, rig: str | None) -> str:
         if rig and rig in self.config.rigs:

@@ -1,7 +1,8 @@
 """The tool registry: every vermas tool defined once, for the MCP server and the shell alike.
 
 Each tool is a plain function `fn(call, **params) -> Model`: its type hints are the parameter
-schema (pydantic validates them, the same way on both surfaces), the first paragraph of its
+schema (pydantic validates them strictly, the same way on both surfaces; every string argument
+also passes one text check, see `checked`), the first paragraph of its
 docstring is the published description (kept short: MCP tool bytes are paid in every
 session), and the following `name: help` lines are the shell's per-option help (never
 published). vermas_mcp builds MCP tools from `TOOLS`; vermas_runner builds argparse

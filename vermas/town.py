@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,42 @@ class TownConfig(BaseModel):
     agent: AgentCommand = Field(default_factory=AgentCommand)
     inspector: InspectorConfig = Field(default_factory=InspectorConfig)
     rigs: dict[str, RigConfig] = Field(default_factory=dict)
+
+
+def _require_text_path(path: Path) -> None:
+    """A town's path and name are written into town.toml and its store as UTF-8 text, so a
+    directory whose name is not UTF-8 (argv bytes arrive as lone surrogates) is refused
+    before anything is created."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(
+            f"town directory {os.fsencode(path)!r} is not valid UTF-8 text; choose a directory name in UTF-8"
+        ) from None
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of `path` that does not exist yet (what `init` would create)."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+def _undo_init(layout: TownLayout, made: Path | None, made_runtime: Path | None, wrote_config: bool,
+               made_store: bool) -> None:
+    """Remove what a failed `init` created, and only that: the directories that did not exist
+    before it (with what is in them), the town.toml it wrote and the store it made."""
+    if wrote_config:
+        layout.config_file.unlink(missing_ok=True)
+    if made_store:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            layout.store_path.with_name(layout.store_path.name + suffix).unlink(missing_ok=True)
+    for directory in (made_runtime, made):
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def validate_prefix(prefix: str) -> str:
@@ -269,9 +306,27 @@ class Town:
         """Create a town, or open it unchanged when it exists. Returns (town, created)."""
         validate_prefix(prefix)
         path = Path(root).expanduser().resolve()
+        _require_text_path(path)
         layout = TownLayout(path)
         if layout.is_town():
             return cls.open(path), False
+        made = _first_missing(path) or (layout.beads_dir if not layout.beads_dir.exists() else None)
+        made_runtime = None if layout.runtime_dir.exists() else layout.runtime_dir
+        wrote_config = not layout.config_file.exists()
+        made_store = not layout.store_path.exists()
+        town: Town | None = None
+        try:
+            town = cls._create(path, layout, prefix)
+            return town, True
+        except BaseException:
+            # A half-made town is worse than none: `init` again would open it as a town.
+            if town is not None:
+                town.close()
+            _undo_init(layout, made, made_runtime, wrote_config, made_store)
+            raise
+
+    @classmethod
+    def _create(cls, path: Path, layout: TownLayout, prefix: str) -> "Town":
         layout.beads_dir.mkdir(parents=True, exist_ok=True)
         for private in (layout.beads_dir, layout.runtime_dir):  # store, mail, pids, logs, temp HOMEs
             private.mkdir(mode=0o700, exist_ok=True)
@@ -283,18 +338,22 @@ class Town:
             config = load_config(layout.config_file)
         db = Database(layout.store_path, create=True)
         town = cls(path, config, db)
-        with db.write() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO routes(prefix, path, rig) VALUES (?, '.', NULL)",
-                (config.prefix + "-",),
-            )
-            conn.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('created_at', ?)",
-                (timeutil.now()[0],),
-            )
-            db.touch("issues", "messages", "routes")
-        export_town(town)
-        return town, True
+        try:
+            with db.write() as conn:
+                conn.execute(
+                    "INSERT OR IGNORE INTO routes(prefix, path, rig) VALUES (?, '.', NULL)",
+                    (config.prefix + "-",),
+                )
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('created_at', ?)",
+                    (timeutil.now()[0],),
+                )
+                db.touch("issues", "messages", "routes")
+            export_town(town)
+        except BaseException:
+            town.close()
+            raise
+        return town
 
     def save_config(self) -> None:
         """Write the config back; an existing town.toml keeps its comments and layout."""

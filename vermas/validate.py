@@ -5,9 +5,11 @@ so bad input never writes anything."""
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Collection, Mapping
 
 from vermas.errors import InvalidInput
-from vermas.ids import BEAD_ID_RE, MAX_ID_LEN
+from vermas.ids import is_bead_id
 
 MAX_TITLE_CHARS = 500  # bd's own limit for titles
 MAX_BODY_BYTES = 1024 * 1024
@@ -29,7 +31,7 @@ BLOCKING_DEP_TYPES = ("blocks", "conditional-blocks")
 def bead_id(value: object, field: str = "bead_id") -> str:
     if not isinstance(value, str) or not value:
         raise InvalidInput(f"{field} must be a bead id like 'hq-a1b2' or 'hq-a1b2.1'")
-    if len(value) > MAX_ID_LEN or not BEAD_ID_RE.fullmatch(value):
+    if not is_bead_id(value):
         raise InvalidInput(
             f"invalid {field} {value[:60]!r}: a bead id is <prefix>-<base36>[.<n>...] "
             "(letters, digits, '-' and '.', no '/' or '..')"
@@ -42,9 +44,64 @@ def title(value: object) -> str:
         raise InvalidInput("title must be non-empty text")
     if len(value) > MAX_TITLE_CHARS:
         raise InvalidInput(f"title is {len(value)} characters; at most {MAX_TITLE_CHARS} allowed")
-    if "\n" in value or "\r" in value:
-        raise InvalidInput("title must be a single line (no newlines); put detail in description")
+    no_surrogates(value, "title")
+    single_line(value, "title", hint="; put detail in description")
     return value.strip()
+
+
+# Characters no single-line field may hold: every control character (Unicode category Cc: C0
+# incl. NUL, tab, \x0b, \x0c, ESC; DEL; C1 incl. \x85) and the line and paragraph separators
+# (categories Zl, Zp: U+2028, U+2029). tests/test_robust_input.py checks this equals the categories.
+LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+CONTROL_NAMES = {"\x00": "NUL", "\t": "tab", "\n": "line feed", "\x0b": "vertical tab", "\x0c": "form feed",
+                 "\r": "carriage return", "\x1b": "escape", "\x7f": "delete", "\x85": "next line"}
+
+
+def _char_name(ch: str) -> str:
+    name = CONTROL_NAMES.get(ch) or unicodedata.name(ch, "").lower() or "a control character"
+    return f"U+{ord(ch):04X} ({name})"
+
+
+def no_surrogates(value: str, field: str) -> str:
+    """Refuse lone surrogates ("\\ud800"): JSON can carry them and Python keeps them, but they
+    are not Unicode, so neither UTF-8 (the store, the exports) nor a reply can encode them. The
+    message names the position, never the character (echoing it would break the reply too)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"{field} contains a lone surrogate (invalid Unicode) at position {exc.start}") from None
+    return value
+
+
+def single_line(value: str, field: str, hint: str = "") -> str:
+    """Refuse every line break and control character, not only \\n and \\r: a title or subject
+    is shown on one line of a table, a tmux status or a prompt, where U+2028, \\x85, \\x0b or
+    ESC would break the line or act on the terminal."""
+    found = LINE_BREAKING.search(value)
+    if found:
+        raise InvalidInput(
+            f"{field} must be a single line of text without control characters; found "
+            f"{_char_name(found.group())} at position {found.start()}{hint}"
+        )
+    return value
+
+
+def text_arguments(arguments: Mapping[str, object], multiline: Collection[str]) -> None:
+    """The text check every tool argument gets at the registry (MCP and shell alike): no
+    string anywhere (lists included) holds a lone surrogate, and every string argument not
+    named in `multiline` is a single line."""
+    for name, value in arguments.items():
+        items = value if isinstance(value, list) else [value]
+        for index, item in enumerate(items):
+            if not isinstance(item, str):
+                continue
+            field = f"{name}[{index}]" if isinstance(value, list) else name
+            no_surrogates(item, field)
+            if name not in multiline:
+                single_line(item, field)
 
 
 def body(value: object, field: str) -> str:
@@ -52,7 +109,8 @@ def body(value: object, field: str) -> str:
         return ""
     if not isinstance(value, str):
         raise InvalidInput(f"{field} must be text")
-    size = len(value.encode("utf-8", "surrogatepass"))
+    no_surrogates(value, field)
+    size = len(value.encode("utf-8"))
     if size > MAX_BODY_BYTES:
         raise InvalidInput(f"{field} is {size} bytes; at most {MAX_BODY_BYTES} (1 MiB) allowed")
     return value

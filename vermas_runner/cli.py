@@ -344,8 +344,28 @@ def _compat(argv: list[str]) -> list[str]:
     return argv
 
 
+def undecodable_argument(argv: list[str]) -> str | None:
+    """A one-line complaint about the first argument that is not UTF-8, else None.
+
+    Python hands undecodable argv bytes over as lone surrogates (surrogateescape); passed on,
+    they broke whatever encoded them (town.toml, the store, tmux) with a traceback."""
+    for index, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            code = ord(arg[exc.start])
+            what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else "a lone surrogate"
+            return (f"argument {index} ({os.fsencode(arg)!r}) is not valid UTF-8 text: {what} at "
+                    f"character {exc.start}")
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(_compat(list(sys.argv[1:] if argv is None else argv)))
+    given = list(sys.argv[1:] if argv is None else argv)
+    problem = undecodable_argument(given)
+    if problem:
+        _fail(problem)
+    args = build_parser().parse_args(_compat(given))
     try:
         args.fn(args)
     except VermasError as exc:

@@ -332,9 +332,9 @@ def _write_line(conn: sqlite3.Connection, rec: Record, report: ImportReport) -> 
 
 
 def _refusal(problems: list[LineProblem]) -> InvalidInput:
-    shown = "\n".join(str(p) for p in problems[:MAX_LISTED_PROBLEMS])
+    shown = "\n".join(f"  {p}" for p in problems[:MAX_LISTED_PROBLEMS])
     more = len(problems) - MAX_LISTED_PROBLEMS
-    tail = f"\n... and {more} more" if more > 0 else ""
+    tail = f"\n  ... and {more} more" if more > 0 else ""
     return InvalidInput(f"{len(problems)} bad line(s); nothing was imported:\n{shown}{tail}")
 
 

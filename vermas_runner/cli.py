@@ -66,9 +66,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_import(args: argparse.Namespace) -> None:
     town = _open_town(args.town)
-    report = import_file(town, Path(args.file))
+    report = import_file(town, Path(args.file), skip_bad=not args.strict)  # --strict: a bad line refuses all
     export_town(town)
-    twins.emit(report, args.json)  # lines read, created, updated, unchanged, older, tombstones, other
+    twins.emit(report, args.json)  # lines read, created, updated, unchanged, older, tombstones, other, bad
+    if report.problems:
+        print(f"vermas-runner: skipped {report.skipped_bad} bad line(s); nothing from them was written "
+              "(--strict refuses the whole file instead):", file=sys.stderr)
+        for problem in report.problems:
+            print(f"  {problem}", file=sys.stderr)
 
 
 def cmd_prime(args: argparse.Namespace) -> None:
@@ -278,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", parents=[common], help="upsert beads from a bd issues.jsonl file")
     p.add_argument("file", help="a bd issues.jsonl file")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse the whole file if any line is bad (default: skip bad lines and list them)")
     p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("prime", parents=[town_only], help="print SessionStart context for an agent")

@@ -117,6 +117,20 @@ def test_diverged_branch_is_refused_and_left_alone(rigged: Town, upstream: Upstr
     assert main_of(rigged) == local
 
 
+def test_fast_forward_blocked_by_local_edits_is_reported(rigged: Town, upstream: Upstream) -> None:
+    """The canonical clone's work tree holds uncommitted edits to a file the upstream changed
+    (as the rig's bead export can): git refuses to overwrite them, and the sync says so."""
+    clone = rig.canonical_clone(rigged, "gt")
+    before = main_of(rigged)
+    (clone / "README.md").write_text("edited here\n")
+    (upstream.work / "README.md").write_text("edited upstream\n")
+    git(upstream.work, "commit", "-q", "-am", "upstream edit")
+    git(upstream.work, "push", "-q", "origin", "main")
+    with pytest.raises(GitError, match=r"rig gt: fetched, but could not fast-forward main .*README.md"):
+        rig.sync(rigged, "gt")
+    assert main_of(rigged) == before and (clone / "README.md").read_text() == "edited here\n"
+
+
 def test_concurrent_syncs_all_succeed(rigged: Town, upstream: Upstream) -> None:
     """Slings at once each sync first; the per-rig lock keeps git's ref and index locks apart."""
     pushed = upstream.push("busy.txt")

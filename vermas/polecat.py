@@ -13,10 +13,11 @@ from pydantic import BaseModel
 from vermas import beads, git, ids, mail, permissions, protocol, timeutil, validate
 from vermas.addresses import Address, Role
 from vermas.dispatch import admit
-from vermas.errors import Conflict, InvalidInput, NotFound
+from vermas.errors import Conflict, InvalidInput, NotFound, VermasError
 from vermas.hooks import hooked_id
 from vermas.permissions import Action
 from vermas.rig import canonical_clone
+from vermas.rig import sync as sync_rig
 from vermas.sessions import launch
 from vermas.town import Town
 from vermas.twins import twin
@@ -250,16 +251,22 @@ def list_polecats(town: Town, rig: str | None = None) -> list[PolecatInfo]:
 
 
 def create_worktree(town: Town, info: PolecatInfo) -> None:
-    """A fresh branch from the rig's default branch, in the polecat's folder."""
+    """A fresh branch from the rig's default branch, in the polecat's folder. The rig is
+    synced first (fetch, fast-forward), so the branch starts from the upstream's latest; a
+    failed sync raises and no polecat is spawned on a stale base."""
     clone = canonical_clone(town, info.rig)
-    base = town.config.rigs[info.rig].default_branch
     path = Path(str(info.worktree))
     if git.is_worktree(path):
         return  # respawn after a crash: keep the work that is there
     if git.has_ref(clone, f"refs/heads/{info.branch}"):
-        git.run(clone, "worktree", "add", "--quiet", str(path), str(info.branch))
+        git.run(clone, "worktree", "add", "--quiet", "--", str(path), str(info.branch))
     else:
-        git.run(clone, "worktree", "add", "--quiet", "-b", str(info.branch), str(path), base)
+        try:
+            base = sync_rig(town, info.rig).after
+        except VermasError as exc:
+            raise type(exc)(f"no polecat spawned: {exc} (`vermas-runner rig sync {info.rig}` retries "
+                            "the fetch)") from None
+        git.run(clone, "worktree", "add", "--quiet", "-b", str(info.branch), "--", str(path), base)
 
 
 def unmerged_commits(town: Town, info: PolecatInfo) -> int:

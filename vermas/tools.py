@@ -24,6 +24,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Strict
 
 from vermas import beads, convoy, hooks, mail, polecat, validate
+from vermas import rig as rigs
 from vermas import sling as slinging
 from vermas import status as town_state
 from vermas.addresses import Address, Role, parse_address
@@ -51,6 +52,7 @@ class Kind(enum.Enum):
     PLAN = "plan"  # calls the model; stores a plan
     RUN = "run"  # runs shell tests only
     PIPELINE = "pipeline"  # the whole inspector pipeline, cached per commit
+    SYNC = "sync"  # reads from outside the town (a rig's upstream); moves a branch forward only
 
 
 @dataclass
@@ -423,6 +425,16 @@ def convoy_list(c: Call, include_landed: bool = False) -> ConvoyList:
     include_landed: list landed convoys too
     """
     return ConvoyList(convoys=convoy.list_convoys(c.town, include_landed))
+
+
+@tool(Kind.SYNC, blocking=True)
+def rig_sync(c: Call, rig: str) -> rigs.SyncResult:
+    """Fetch a rig's upstream into its canonical clone and fast-forward its default branch, as
+    every polecat spawn does first. Fails (nothing moved) if the fetch fails or it diverged.
+
+    rig: the rig to sync (vermas-runner rig list shows them)
+    """
+    return rigs.sync(c.town, rig)
 
 
 @tool(Kind.READ)

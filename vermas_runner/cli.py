@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the town and sessions afterwards")
     p.set_defaults(fn=cmd_demo)
 
-    twins.add_tool_commands(sub, {"polecat": pc_sub}, common, cmd_tool, {"sling": _sling_options})
+    twins.add_tool_commands(sub, {"polecat": pc_sub, "rig": rig_sub}, common, cmd_tool, {"sling": _sling_options})
     return parser
 
 

@@ -213,3 +213,45 @@ def test_the_shell_twin_refuses_with_exit_2_and_one_line(town: Town, argument: b
     err = done.stderr.decode()
     assert done.returncode == 2 and len(err.splitlines()) == 1 and expected in err, err
     assert mail.inbox(town, parse_address("gt/polecats/nux")) == []
+
+
+# ---- the same through the real Claude Code TUI (stand-in model, no account) ---------------------
+
+@pytest.fixture
+def claude_bin() -> Path:
+    from vermas.testing.standin import find_claude_binary
+
+    path = find_claude_binary()
+    if path is None:
+        pytest.skip("Claude Code CLI not installed: run scripts/install-claude.sh (or set VERMAS_CLAUDE_BIN)")
+    return path
+
+
+def test_dashed_texts_reach_the_model_whole_through_claude_code(
+    town: Town, private_tmux: TownSessions, tmp_path: Path, claude_bin: Path,
+) -> None:
+    from vermas.testing.standin import DUMMY_API_KEY, ScriptedPolicy, StandinModelServer, claude_env, write_claude_home
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    subprocess.run(["git", "init", "-q", str(work)], check=True)
+    write_claude_home(home, DUMMY_API_KEY, trusted_dirs=[work])
+    texts = ["- fix the failing tests first", LONG_DASHED + ";", ("-" + "c" * 199) * 4 + "-end"]
+    with StandinModelServer(ScriptedPolicy(["noted."] * len(texts))) as server:
+        env = claude_env(server.base_url, home, extra={"IS_SANDBOX": "1"})
+        keys = ("HOME", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+                "DISABLE_AUTOUPDATER", "IS_SANDBOX")
+        address = parse_address("mayor")
+        private_tmux.start(address, work, [str(claude_bin), "--dangerously-skip-permissions"],
+                           env={k: env[k] for k in keys})
+        assert private_tmux.wait_for(address, "bypass permissions on", timeout=60), private_tmux.capture(address)
+        for n, text in enumerate(texts, start=1):
+            result = nudge.nudge(town, private_tmux, address, text, idle_timeout=60)
+            assert result.submitted, (result.reason, private_tmux.capture(address))
+            assert private_tmux.wait_for(address, "noted.", timeout=30)
+            deadline = time.monotonic() + 30
+            while len(server.main_requests()) < n and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert [r.last_user_text().strip() for r in server.main_requests()] == texts[:n]
+        assert not server.errors

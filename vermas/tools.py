@@ -28,7 +28,7 @@ from vermas import rig as rigs
 from vermas import sling as slinging
 from vermas import status as town_state
 from vermas.addresses import Address, Role, parse_address
-from vermas.errors import Forbidden, InvalidInput
+from vermas.errors import Forbidden
 from vermas.sessions import nudge as nudging
 from vermas.town import Town
 from vermas.twins import shell_words
@@ -449,11 +449,10 @@ def nudge(c: Call, target: str, message: str) -> nudging.NudgeResult:
     when its prompt is idle; if it stays busy the text is queued as NUDGE mail.
 
     target: the agent's address, e.g. mayor or gt/polecats/nux
-    message: the text to type (one line; newlines become spaces)
+    message: the text to type (one line: tabs and newlines become spaces; no control characters)
     """
     address = parse_address(target)
-    if not message.strip() or len(message) > nudging.MAX_CHARS:
-        raise InvalidInput(f"message must be 1 to {nudging.MAX_CHARS} characters")
+    message = validate.nudge_text(message)
     from vermas.sessions import TownSessions  # deferred: tmux (libtmux) only when a nudge is sent
 
     return nudging.nudge(c.town, TownSessions(c.town.root), address, message, sender=str(c.actor),

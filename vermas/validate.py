@@ -148,3 +148,49 @@ def limit(value: object, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
         raise InvalidInput(f"invalid limit {str(value)[:20]!r}; allowed: 1 to {maximum}")
     return value
+
+
+# --- Nudge text ----------------------------------------------------------------------------
+# A nudge is typed into a terminal, where a control character is a key press: ^C interrupts
+# (or kills) the agent's TUI, ESC leaves its input box, ^U erases what was typed, ^D ends it.
+# So the rule: line breaks and tabs become spaces (a newline typed into Claude Code would
+# submit early), runs of whitespace collapse to one space; every other C0 control, DEL, every
+# C1 control and lone surrogates are refused, naming the character and its position.
+
+MAX_NUDGE_CHARS = 4000
+NUDGE_SPACES = frozenset("\t\n\v\f\r\x85\u2028\u2029")  # flattened to spaces, never typed
+CONTROL_NAMES = {0x00: "NUL", 0x03: "^C", 0x04: "^D", 0x08: "backspace", 0x15: "^U", 0x1A: "^Z",
+                 0x1B: "ESC", 0x7F: "DEL", 0x9B: "CSI"}
+
+
+def _control_name(code: int) -> str:
+    if code in CONTROL_NAMES:
+        return CONTROL_NAMES[code]
+    if code < 0x20:
+        return f"^{chr(code + 0x40)}"
+    return "C1 control"
+
+
+def nudge_text(value: object, field: str = "message") -> str:
+    """The one line a nudge types: refuses what would act as keys, flattens line breaks."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be text")
+    if len(value) > MAX_NUDGE_CHARS:
+        raise InvalidInput(f"{field} is {len(value)} characters; it must be 1 to {MAX_NUDGE_CHARS} characters")
+    for position, char in enumerate(value):
+        code = ord(char)
+        if char in NUDGE_SPACES:
+            continue
+        if code < 0x20 or 0x7F <= code <= 0x9F:
+            raise InvalidInput(
+                f"{field} contains the control character U+{code:04X} ({_control_name(code)}) at "
+                f"position {position}; a nudge is typed into a terminal, where it would act as a key. "
+                "Allowed: printable text (tabs and line breaks become spaces)"
+            )
+        if 0xD800 <= code <= 0xDFFF:
+            raise InvalidInput(f"{field} contains a lone surrogate U+{code:04X} at position {position}; "
+                               "allowed: valid Unicode text")
+    text = " ".join(value.split())
+    if not text:
+        raise InvalidInput(f"{field} must be 1 to {MAX_NUDGE_CHARS} characters of text, not only spaces")
+    return text

@@ -24,3 +24,9 @@ class Forbidden(VermasError):
 
 class TownNotFound(VermasError):
     """No town at the given directory."""
+
+
+class StorageFull(VermasError):
+    """The filesystem holding a town file is full (or over quota): the write was refused
+    whole (a store transaction rolled back, an export left as it was); the message names
+    the file and the free space, so whoever reads it knows where to make room."""

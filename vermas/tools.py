@@ -359,15 +359,21 @@ def mail_send(c: Call, to: str, subject: str, body: str = "", reply_to: str | No
 
 
 @tool(Kind.READ)
-def mail_inbox(c: Call, unread_only: bool = True, limit: int = 20, address: str | None = None) -> MessageList:
-    """Your mail, not marked read: unread oldest first, or all newest first. Bodies are
-    previews (mail_read: full). address: overseer only.
+def mail_inbox(c: Call, unread_only: bool = True, limit: int = 20, address: str | None = None,
+               before: str | None = None, after: str | None = None,
+               order: str | None = None) -> mail.InboxPage:
+    """Your mail, not marked read: unread oldest first, or all newest first. Page with
+    next_cursor: pass it as after (oldest) or before (newest). Bodies are previews
+    (mail_read: full). address: overseer only.
 
     unread_only: only unread messages (--no-unread-only: all, newest first)
-    limit: at most this many messages
+    limit: at most this many messages (1 to 1000 per page)
     address: whose mailbox (overseer only; default: the actor's)
+    before: only messages before this one (a message id, e.g. a next_cursor) or this RFC 3339 time
+    after: only messages after this one (a message id, e.g. a next_cursor) or this RFC 3339 time
+    order: oldest or newest first (default: oldest for unread, newest for all)
     """
-    return MessageList(messages=mail.inbox(c.town, c.actor, unread_only, limit, address))
+    return mail.inbox_page(c.town, c.actor, unread_only, limit, address, before, after, order)
 
 
 @tool(Kind.MARK)

@@ -159,13 +159,13 @@ def limit(value: object, maximum: int) -> int:
 
 MAX_NUDGE_CHARS = 4000
 NUDGE_SPACES = frozenset("\t\n\v\f\r\x85\u2028\u2029")  # flattened to spaces, never typed
-CONTROL_NAMES = {0x00: "NUL", 0x03: "^C", 0x04: "^D", 0x08: "backspace", 0x15: "^U", 0x1A: "^Z",
+NUDGE_KEY_NAMES = {0x00: "NUL", 0x03: "^C", 0x04: "^D", 0x08: "backspace", 0x15: "^U", 0x1A: "^Z",
                  0x1B: "ESC", 0x7F: "DEL", 0x9B: "CSI"}
 
 
 def _control_name(code: int) -> str:
-    if code in CONTROL_NAMES:
-        return CONTROL_NAMES[code]
+    if code in NUDGE_KEY_NAMES:
+        return NUDGE_KEY_NAMES[code]
     if code < 0x20:
         return f"^{chr(code + 0x40)}"
     return "C1 control"

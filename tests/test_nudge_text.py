@@ -204,7 +204,7 @@ async def test_the_nudge_tool_refuses_control_characters_and_writes_nothing(clie
 @pytest.mark.parametrize(("argument", "expected"), [
     (b"stop\x03now", "U+0003 (^C) at position 4"),
     (b"\x1b[A", "U+001B (ESC) at position 0"),
-    (b"ok\xff", "lone surrogate U+DCFF at position 2"),  # not UTF-8: Python hands it on as a surrogate
+    (b"ok\xff", "is not valid UTF-8 text: byte 0xff at character 2"),  # refused before parsing (item 17)
 ])
 def test_the_shell_twin_refuses_with_exit_2_and_one_line(town: Town, argument: bytes, expected: str) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("VERMAS_TOWN", "BD_ACTOR")}

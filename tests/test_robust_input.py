@@ -156,7 +156,7 @@ async def test_integer_parameters_take_integers_only(
         before = snapshot(town)
         for bad in (True, False, "5", "2", 2.0, "two"):
             message = await fail(c, tool, **base_args(tool), **{param.name: bad})
-            assert f"\n{param.name}\n" in message and "Input should be a valid integer" in message, (bad, message)
+            assert f"{param.name}: Input should be a valid integer (got {bad!r})" in message, (bad, message)
         assert snapshot(town) == before
 
 
@@ -166,7 +166,7 @@ async def test_bool_parameters_take_bools_only(client_for: Any, town: Town, tool
         before = snapshot(town)
         for bad in (1, 0, "true", "false", "yes"):
             message = await fail(c, tool, **base_args(tool), **{param.name: bad})
-            assert f"\n{param.name}\n" in message and "Input should be a valid boolean" in message, (bad, message)
+            assert f"{param.name}: Input should be a valid boolean (got {bad!r})" in message, (bad, message)
         assert snapshot(town) == before
 
 
@@ -299,3 +299,24 @@ def test_a_failed_init_removes_what_it_made(tmp_path: Path) -> None:
         Town.init(root)
     assert sorted(p.name for p in root.iterdir()) == [".beads"]
     assert [p.name for p in town_layout.beads_dir.iterdir()] == [town_layout.store_path.name]
+
+
+async def test_an_unknown_parameter_is_refused_not_dropped(client_for: Any, town: Town) -> None:
+    """The SDK drops unknown arguments: `prority=0` made a bead at priority 2 and said success."""
+    async with client_for("overseer", "all") as c:
+        before = snapshot(town)
+        message = await fail(c, "bead_create", title="typo", prority=0)
+        assert "unknown parameter 'prority'; allowed: title, description" in message, message
+        assert snapshot(town) == before
+
+
+async def test_a_json_looking_string_stays_a_string(client_for: Any, town: Town) -> None:
+    """Only list parameters take JSON text (Claude Desktop sends lists that way); a title or
+    comment that happens to be valid JSON is stored as written."""
+    async with client_for("overseer", "all") as c:
+        bead = await call(c, "bead_create", title="draft", labels='["a", "b"]')
+        assert bead["labels"] == ["a", "b"]
+        updated = await call(c, "bead_update", bead_id=bead["id"], title='["draft"]', comment='{"a": 1}')
+        assert updated["title"] == '["draft"]'
+        shown = await call(c, "bead_show", bead_id=bead["id"])
+        assert [x["text"] for x in shown["comments"]] == ['{"a": 1}']

@@ -5,6 +5,8 @@ so bad input never writes anything."""
 from __future__ import annotations
 
 import re
+
+from pydantic import ValidationError
 import unicodedata
 from collections.abc import Collection, Mapping
 
@@ -194,3 +196,12 @@ def nudge_text(value: object, field: str = "message") -> str:
     if not text:
         raise InvalidInput(f"{field} must be 1 to {MAX_NUDGE_CHARS} characters of text, not only spaces")
     return text
+def pydantic_problems(exc: ValidationError) -> str:
+    """pydantic's errors as one line of `field: what is wrong (got value)` clauses: the caller
+    sees which argument to fix, without pydantic's multi-line report and documentation links."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "arguments"
+        got = f" (got {repr(err['input'])[:40]})" if "input" in err and err["type"] != "missing" else ""
+        parts.append(f"{where}: {err['msg']}{got}")
+    return "; ".join(parts)

@@ -27,6 +27,7 @@ from vermas.addresses import parse_address
 from vermas.errors import InvalidInput
 from vermas.tools import TOOLS, Call, Param, ToolSpec
 from vermas.town import Town
+from vermas.validate import pydantic_problems
 
 DEFAULT_ACTOR = "overseer"
 SHELL_NUDGE_WAIT = 45.0  # seconds; the runner's nudges wait as long (vermas.nudge's default)
@@ -98,9 +99,7 @@ def validate(spec: ToolSpec, given: dict[str, Any]) -> dict[str, Any]:
     try:
         model = arguments_model(spec).model_validate(given)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors())
-        raise InvalidInput(f"invalid arguments for {spec.name}: {problems}") from None
+        raise InvalidInput(f"invalid arguments for {spec.name}: {pydantic_problems(exc)}") from None
     return {p.name: getattr(model, p.name) for p in spec.params}
 
 

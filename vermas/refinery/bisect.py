@@ -115,6 +115,7 @@ class QueueRun:
     runs: int
     stacks: int
     flaky: int  # stacks merged on a flaky retry
+    per_stack: tuple[tuple[int, int, str | None], ...] = ()  # (stack size, runs, culprit) in order
 
 
 def run_queue(ids: Sequence[str], test: Tester, batch_size: int, retry_flaky: bool = False) -> QueueRun:
@@ -126,6 +127,7 @@ def run_queue(ids: Sequence[str], test: Tester, batch_size: int, retry_flaky: bo
     merged: list[str] = []
     culprits: list[str] = []
     runs = stacks = flaky = 0
+    per_stack: list[tuple[int, int, str | None]] = []
     while queue:
         s = start(queue[:batch_size], retry_flaky)
         rest = queue[batch_size:]
@@ -134,13 +136,15 @@ def run_queue(ids: Sequence[str], test: Tester, batch_size: int, retry_flaky: bo
             s = record(s, action.k, test(s.ids[:action.k]))
             action = next_action(s)
         runs += s.runs
+        per_stack.append((len(s.ids), s.runs, action.culprit))
         stacks += 1
         flaky += action.flaky
         merged.extend(action.merge)
         if action.culprit is not None:
             culprits.append(action.culprit)
         queue = [*action.requeue, *rest]
-    return QueueRun(merged=tuple(merged), culprits=tuple(culprits), runs=runs, stacks=stacks, flaky=flaky)
+    return QueueRun(merged=tuple(merged), culprits=tuple(culprits), runs=runs, stacks=stacks, flaky=flaky,
+                    per_stack=tuple(per_stack))
 
 
 def clog2(n: int) -> int:

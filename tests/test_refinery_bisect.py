@@ -3,7 +3,11 @@ test runs as hypothesis properties over queues of up to 64 requests and any set 
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +15,8 @@ from hypothesis import strategies as st
 
 from vermas.refinery import bisect
 from vermas.refinery.bisect import Resolve, TestPrefix
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def ids(n: int) -> list[str]:
@@ -191,3 +197,16 @@ def test_a_flaky_red_tip_retried_merges_the_stack_with_one_run_more() -> None:
     calls.clear()
     without = bisect.run_queue(ids(8), flaky_once, 4, retry_flaky=False)
     assert without.culprits == ("r3",)  # without the retry, the flake lands on a good request
+
+
+def test_the_planner_benchmark_runs_and_stays_within_its_bounds(tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_refinery_plan.py"), "--json-out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    rows = {(r["name"], r["batch_size"]): r for r in result["scenarios"]}
+    assert set(rows) == {(name, b) for name in ("8 all good", "8, one bad", "32, two bad") for b in (1, 4)}
+    assert result["all_within_bound"]
+    assert rows[("8 all good", 4)]["runs"] == 2 and rows[("8, one bad", 4)]["within_issue_bound"]
+    assert all(r["serial_runs"] == r["n"] for r in rows.values())

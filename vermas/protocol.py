@@ -68,28 +68,53 @@ class MergeReady(ProtocolMessage, frozen=True):
 
 
 class Merged(ProtocolMessage, frozen=True):
+    """The refinery landed a bead's work: `commit` is the polecat's commit, `merged_sha` the
+    commit the target now points at (rebased, so it differs), `tests` is `passed` or `untested`
+    (a rig without a test command says so in every MERGED, never silently)."""
+
     KIND = ProtocolKind.MERGED
     SUBJECT = ("bead",)
     bead: Line
     merge_request: Line | None = None
     commit: Line | None = None
     polecat: Line | None = None
+    merged_sha: Line | None = None
+    target: Line | None = None  # the target branch
+    tests: Line | None = None
 
 
 class ReworkRequest(ProtocolMessage, frozen=True):
+    """Work sent back by the refinery. `reason` is conflict, tests or verification; a conflict
+    names its `files` (comma-separated) and the `target_sha` it met; a failure names the
+    `command` (or the verification criterion) and its `exit_status`. The evidence tail is the text."""
+
     KIND = ProtocolKind.REWORK_REQUEST
     SUBJECT = ("bead",)
     bead: Line
     merge_request: Line | None = None
     polecat: Line | None = None
     branch: Line | None = None
+    reason: Line | None = None
+    target_sha: Line | None = None
+    files: Line | None = None
+    command: Line | None = None
+    exit_status: Line | None = None
+    attempt: Line | None = None
 
 
 class Escalation(ProtocolMessage, frozen=True):
+    """A problem a person (or the mayor) must judge. From the refinery, `reason` says which
+    (attempts-exhausted, target-red, cannot-verify, source-gone), `branch` is kept, the history is the text."""
+
     KIND = ProtocolKind.ESCALATION
     SUBJECT = ("bead",)
     bead: Line | None = None
     polecat: Line | None = None
+    merge_request: Line | None = None
+    reason: Line | None = None
+    rig: Line | None = None
+    branch: Line | None = None
+    target_sha: Line | None = None
 
 
 class Help(ProtocolMessage, frozen=True):

@@ -424,13 +424,14 @@ def repair(town: Town, sessions: TownSessions, rig: str, name: str,
         info = find(town, rig, name)
         if info is None or rig not in town.config.rigs or (only_spawning and info.state is not PolecatState.SPAWNING):
             return None
-        plan = spawnrepair.decide(observe(town, sessions, info, spawner_alive=False))
-        if not plan.steps:
-            return None
-        report = RepairReport(address=info.address, state=info.state, steps=list(plan.steps), why=plan.why)
+        report = RepairReport(address=info.address, state=info.state, steps=[], why="could not look at it")
         try:
+            plan = spawnrepair.decide(observe(town, sessions, info, spawner_alive=False))
+            if not plan.steps:
+                return None
+            report.steps, report.why = list(plan.steps), plan.why
             report.notes = _apply(town, sessions, info, plan.steps)
-        except (VermasError, OSError) as exc:
+        except (VermasError, OSError) as exc:  # reported (up, runner log); the next round tries again
             report.error = str(exc)[:500]
         return report
     finally:

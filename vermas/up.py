@@ -103,9 +103,10 @@ def up(town: Town, sessions: TownSessions, wait: bool = True) -> UpReport:
     start_zygote(town)
     # Before any session starts: half-made spawns finished or rolled back, broken sandboxes
     # rebuilt, so no polecat is ever started in a folder that is not its git worktree.
-    repaired = [f"{r.address}: {r.why}" + (f" ({r.error})" if r.error else "")
-                for r in polecat.repair_spawns(town, sessions)]
-    desired = core_agents(town) + polecat_agents(town)
+    reports = polecat.repair_spawns(town, sessions)
+    repaired = [f"{r.address}: {r.why}" + (f"; failed, not started: {r.error}" if r.error else "") for r in reports]
+    broken = {r.address for r in reports if r.error}
+    desired = core_agents(town) + [a for a in polecat_agents(town) if str(a) not in broken]
     alive = set(sessions.names())
     missing = plan_up(desired, alive)
     started = [a for a in missing if start_agent(town, sessions, a)]

@@ -16,6 +16,7 @@ from tests.conftest import call, git, make_repo
 from vermas import beads, polecat, rig
 from vermas.addresses import parse_address
 from vermas.protocol import DONE_STATE, PolecatState
+from vermas.sessions import TownSessions
 from vermas.town import Town
 
 RUNNER = str(Path(sys.executable).with_name("vermas-runner"))
@@ -88,8 +89,6 @@ def test_a_failed_polecat_done_leaves_the_state(town: Town, tmp_path: Path) -> N
 def test_spawn_without_kick_is_started_not_working(town: Town, tmp_path: Path) -> None:
     """`started` means the session is up and its GUPP nudge not yet delivered; a spawn that
     leaves the nudge to the patrol must not claim `working`."""
-    from vermas.sessions import TownSessions
-
     rig.add(town, "gt", str(make_repo(tmp_path / "src")), prefix="gt")
     town.config.agent.command, town.config.agent.args = "sh", ["-c", "sleep 600", "agent"]
     town.save_config()

@@ -29,6 +29,7 @@ from vermas import beads, patrol, polecat, rig
 from vermas.addresses import parse_address
 from vermas.errors import Conflict
 from vermas.protocol import PolecatState
+from vermas.sessions import TownSessions
 from vermas.spawnrepair import (
     BranchState,
     SandboxSeen,
@@ -176,8 +177,6 @@ class StubTown:
         rig.add(self.town, "gt", str(make_repo(base / "src")), prefix="gt", max_polecats=max_polecats)
         self.town.config.agent.command, self.town.config.agent.args = "sh", ["-c", "sleep 600", "agent"]
         self.town.save_config()
-        from vermas.sessions import TownSessions
-
         self.sessions = TownSessions(self.town.root)
         self.clone = rig.canonical_clone(self.town, "gt")
 

@@ -153,6 +153,10 @@ class TownLayout:
     def witness_dir(self, rig: str) -> Path:
         return self.rig_dir(rig) / "witness"
 
+    def rig_sync_lock(self, rig: str) -> Path:
+        """Held while `rig sync` fetches and fast-forwards the rig's canonical clone."""
+        return self.locks_dir / f"{_segment(rig, 'rig name')}.sync.lock"
+
     def rig_folders(self, rig: str) -> list[Path]:
         """The folders `rig add` creates beside the clone and the refinery worktree."""
         return [self.rig_dir(rig) / folder for folder in RIG_FOLDERS]

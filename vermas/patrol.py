@@ -88,11 +88,27 @@ def patrol_once(town: Town, sessions: TownSessions) -> list[Action]:
     return actions
 
 
+def config_notice(before: str | None, now: str | None) -> str | None:
+    """What to log about town.toml this round: once per change of state, never every 2 s.
+
+    `before`/`now` are the load problem of the previous and this round (None: the file is good)."""
+    if now == before:
+        return None
+    if now is None:
+        return "town.toml is valid again; config reloaded"
+    return f"{now}; keeping the last good config until the file is fixed"
+
+
 def run_forever(town: Town, sessions: TownSessions, interval: float = INTERVAL) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    problem: str | None = None
     while not stop.is_set():
-        town.reload_config()
+        error = town.refresh_config()
+        notice = config_notice(problem, str(error) if error else None)
+        if notice:
+            print(f"patrol: {notice}", flush=True)
+        problem = str(error) if error else None
         patrol_once(town, sessions)
         stop.wait(interval)

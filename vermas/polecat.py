@@ -26,6 +26,7 @@ from vermas.permissions import Action
 from vermas.proc import Flock, flock_held
 from vermas.protocol import DONE_STATE, PolecatState
 from vermas.rig import canonical_clone
+from vermas.rig import sync as sync_rig
 from vermas.sessions import launch
 from vermas.spawnrepair import SpawnSeen, Step
 from vermas.town import Town
@@ -335,22 +336,28 @@ def _sandbox(town: Town, info: PolecatInfo) -> spawnrepair.SandboxSeen:
 
 
 def create_worktree(town: Town, info: PolecatInfo) -> None:
-    """A fresh branch from the rig's default branch, in the polecat's folder. In steps (branch,
+    """A fresh branch from the rig's default branch, in the polecat's folder. The rig is
+    synced first (fetch, fast-forward), so a new branch starts from the upstream's latest; a
+    failed sync raises and no polecat is spawned on a stale base. In steps (branch,
     registered with no checkout, checkout), so that a crash between any two leaves a state
     repair recognises; an existing finished worktree is kept (its work stays), and whatever
     else is in the way is cleared first (a foreign folder is moved aside, never deleted)."""
     clone = canonical_clone(town, info.rig)
-    base = town.config.rigs[info.rig].default_branch
     path, branch = Path(str(info.worktree)), str(info.branch)
     box = _sandbox(town, info)
     if box.tree is spawnrepair.TreeState.GOOD:
         return
     _apply(town, None, info, spawnrepair.clear_steps(box))
     if not git.has_ref(clone, f"refs/heads/{branch}"):
-        git.run(clone, "branch", branch, base)
+        try:
+            base = sync_rig(town, info.rig).after
+        except VermasError as exc:
+            raise type(exc)(f"no polecat spawned: {exc} (`vermas-runner rig sync {info.rig}` retries "
+                            "the fetch)") from None
+        git.run(clone, "branch", "--", branch, base)
     _checkpoint("branch")
     path.parent.mkdir(parents=True, exist_ok=True)
-    git.run(clone, "worktree", "add", "--quiet", "--no-checkout", str(path), branch)
+    git.run(clone, "worktree", "add", "--quiet", "--no-checkout", "--", str(path), branch)
     _checkpoint("registered")
     git.run(path, "reset", "--quiet", "--hard")
     _checkpoint("checked-out")

@@ -34,6 +34,7 @@ ANNOTATIONS: dict[Kind, ToolAnnotations] = {
     Kind.PLAN: ToolAnnotations(destructive_hint=False, idempotent_hint=True),  # calls the model
     Kind.RUN: ToolAnnotations(destructive_hint=False, idempotent_hint=True, open_world_hint=False),
     Kind.PIPELINE: ToolAnnotations(destructive_hint=False, idempotent_hint=True),  # cached per commit
+    Kind.SYNC: ToolAnnotations(destructive_hint=False, idempotent_hint=True),  # fetches a rig's upstream
 }
 
 

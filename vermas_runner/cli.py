@@ -66,9 +66,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_import(args: argparse.Namespace) -> None:
     town = _open_town(args.town)
-    report = import_file(town, Path(args.file))
+    report = import_file(town, Path(args.file), skip_bad=not args.strict)  # --strict: a bad line refuses all
     export_town(town)
-    twins.emit(report, args.json)  # lines read, created, updated, unchanged, older, tombstones, other
+    twins.emit(report, args.json)  # lines read, created, updated, unchanged, older, tombstones, other, bad
+    if report.problems:
+        print(f"vermas-runner: skipped {report.skipped_bad} bad line(s); nothing from them was written "
+              "(--strict refuses the whole file instead):", file=sys.stderr)
+        for problem in report.problems:
+            print(f"  {problem}", file=sys.stderr)
 
 
 def cmd_prime(args: argparse.Namespace) -> None:
@@ -283,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", parents=[common], help="upsert beads from a bd issues.jsonl file")
     p.add_argument("file", help="a bd issues.jsonl file")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse the whole file if any line is bad (default: skip bad lines and list them)")
     p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("prime", parents=[town_only], help="print SessionStart context for an agent")
@@ -337,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the town and sessions afterwards")
     p.set_defaults(fn=cmd_demo)
 
-    twins.add_tool_commands(sub, {"polecat": pc_sub}, common, cmd_tool, {"sling": _sling_options})
+    twins.add_tool_commands(sub, {"polecat": pc_sub, "rig": rig_sub}, common, cmd_tool, {"sling": _sling_options})
     return parser
 
 
@@ -351,8 +358,28 @@ def _compat(argv: list[str]) -> list[str]:
     return argv
 
 
+def undecodable_argument(argv: list[str]) -> str | None:
+    """A one-line complaint about the first argument that is not UTF-8, else None.
+
+    Python hands undecodable argv bytes over as lone surrogates (surrogateescape); passed on,
+    they broke whatever encoded them (town.toml, the store, tmux) with a traceback."""
+    for index, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            code = ord(arg[exc.start])
+            what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else "a lone surrogate"
+            return (f"argument {index} ({os.fsencode(arg)!r}) is not valid UTF-8 text: {what} at "
+                    f"character {exc.start}")
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(_compat(list(sys.argv[1:] if argv is None else argv)))
+    given = list(sys.argv[1:] if argv is None else argv)
+    problem = undecodable_argument(given)
+    if problem:
+        _fail(problem)
+    args = build_parser().parse_args(_compat(given))
     try:
         args.fn(args)
     except VermasError as exc:

@@ -79,6 +79,8 @@ def runner_status(town: Town, sessions: TownSessions) -> RunnerStatus:
     return RunnerStatus(
         town=town.config.name, root=str(town.root), runner_pid=pid, agents=rows,
         rigs=[r.model_dump() for r in rig.list_rigs(town)],
-        polecats=[p.model_dump() for p in polecat.list_polecats(town)],
+        # state: spawning, started (session up, GUPP nudge not yet delivered), working, done
+        # (merge request queued, waiting for the refinery), escalated or deferred (PolecatState).
+        polecats=[p.model_dump(mode="json", exclude={"notes"}) for p in polecat.list_polecats(town)],
         unread_mail=base.unread_mail, convoys=base.convoys,
     )

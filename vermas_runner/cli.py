@@ -131,6 +131,8 @@ def cmd_up(args: argparse.Namespace) -> None:
             print(f"started {address}")
         for address in report.already_running:
             print(f"already running {address}")
+        for line in report.repaired:
+            print(f"repaired {line}")
         if args.once:
             return
         print("patrolling (Ctrl-C to stop; sessions keep running: `vermas-runner down` stops them)",
@@ -235,6 +237,7 @@ def cmd_polecat_list(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps([p.model_dump(mode="json") for p in polecats], indent=2))
         return
+    # state: spawning, started (GUPP nudge not yet delivered), working, done (waiting for the refinery)
     table = Table("polecat", "state", "bead", "branch")
     for p in polecats:
         table.add_row(str(p.address), str(p.state), p.bead_id or "-", p.branch or "-")
@@ -246,8 +249,10 @@ def cmd_polecat_nuke(args: argparse.Namespace) -> None:
     address = parse_address(args.address)
     if address.name is None or address.role.value != "polecat":
         _fail("polecat nuke takes a polecat address like rig/polecats/nux")
-    polecat.nuke(town, str(address.rig), address.name, force=args.force, sessions=_sessions(town))
+    info = polecat.nuke(town, str(address.rig), address.name, force=args.force, sessions=_sessions(town))
     print(f"nuked {address}; its bead is back to open")
+    for note in info.notes:
+        print(note)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -325,9 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = pc_sub.add_parser("list", parents=[common], help="list polecats and their state")
     p.add_argument("--rig", help="only this rig's polecats")
     p.set_defaults(fn=cmd_polecat_list)
-    p = pc_sub.add_parser("nuke", parents=[town_only], help="remove a polecat's session, worktree and branch")
+    p = pc_sub.add_parser("nuke", parents=[town_only],
+                          help="remove a polecat's session, worktree, merged branch and slot, from any state")
     p.add_argument("address", help="the polecat's address, e.g. rig/polecats/nux")
-    p.add_argument("--force", action="store_true", help="even with unmerged commits (they are lost)")
+    p.add_argument("--force", action="store_true",
+                   help="even with unmerged commits (its branch is kept; the rest is removed)")
     p.set_defaults(fn=cmd_polecat_nuke)
 
     p = sub.add_parser("demo", help="a throwaway town where polecats work beads, shown live")

@@ -19,7 +19,7 @@ from pathlib import Path
 from vermas.atomic import is_disk_full, storage_full
 from vermas.errors import StorageFull
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -114,6 +114,15 @@ CREATE TABLE IF NOT EXISTS polecats (
     created_at TEXT NOT NULL,
     PRIMARY KEY (rig, name)
 );
+CREATE TABLE IF NOT EXISTS agent_events (
+    id INTEGER PRIMARY KEY,
+    agent TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    at REAL NOT NULL,
+    tool TEXT,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS agent_events_agent_at ON agent_events(agent, at);
 """
 
 # Tables whose change makes an export stale, by export name.

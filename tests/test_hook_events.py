@@ -236,6 +236,30 @@ def test_latest_and_filters(town: Town) -> None:
     assert latest["mayor"].label == "Stop" and events.list_events(town)[1].label == "tool:hook_check"
 
 
+# --------------------------------------------------------------------------- MCP tool calls
+
+
+async def test_every_mcp_tool_call_is_activity(town: Town, client_for: Any) -> None:
+    async with client_for("mayor") as client:
+        assert not (await client.call_tool("hook_check", {})).is_error
+        refused = await client.call_tool("mail_inbox", {"no_such_parameter": 1})
+        assert refused.is_error
+        assert not (await client.call_tool("hook_check", {})).is_error
+    assert rows(town) == [("mayor", "tool", "hook_check", ""), ("mayor", "tool", "mail_inbox", ""),
+                          ("mayor", "tool", "hook_check", "")]
+    assert events.latest(town, ["mayor"])["mayor"].label == "tool:hook_check"
+
+
+async def test_a_store_refusing_the_event_never_fails_the_tool(town: Town, client_for: Any) -> None:
+    with town.db.write() as conn:
+        conn.execute("DROP TABLE agent_events")
+    async with client_for("mayor") as client:
+        result = await client.call_tool("hook_check", {})
+    assert not result.is_error, result.content
+    assert events.hook_failures(town) == 1
+    assert "tool:hook_check mayor: no such table" in town.layout.hook_failures.read_text()
+
+
 # --------------------------------------------------------------------------- real Claude Code
 
 
@@ -281,7 +305,7 @@ def test_real_session_records_its_events_in_order(tmp_path: Path) -> None:
     seen = sorted(events.list_events(town, agent="mayor", limit=1000), key=lambda e: (e.at, e.id))
     labels = [e.label for e in seen]
     assert labels[0] == "SessionStart:startup"
-    expected = ["UserPromptSubmit", "PreToolUse:mcp__vermas__hook_check",
+    expected = ["UserPromptSubmit", "PreToolUse:mcp__vermas__hook_check", "tool:hook_check",
                 "PostToolUse:mcp__vermas__hook_check", "PreToolUse:Bash", "PostToolUse:Bash", "Stop",
                 "SessionEnd:other"]
     it = iter(labels)

@@ -77,6 +77,16 @@ def record(town: Town, agent: str, kind: EventKind | str, tool: str | None = Non
         hookevent.insert_event(conn, agent, str(kind), time.time() if at is None else at, tool, detail)
 
 
+def tool_called(town: Town, actor: str, name: str) -> None:
+    """A vermas MCP tool call by `actor` is activity: one TOOL event, recorded before the call
+    runs (a call that blocks for seconds is activity from its start). Never fails the call: a
+    store that cannot take the row is counted in the hook failure log, as a hook's would be."""
+    try:
+        record(town, actor, EventKind.TOOL, tool=name)
+    except Exception as exc:  # noqa: BLE001 - evidence is best effort; the tool call is what matters
+        hookevent.count_failure(str(town.layout.hook_failures), f"tool:{name} {actor}: {exc}")
+
+
 def latest(town: Town, agents: list[str] | None = None) -> dict[str, AgentEvent]:
     """Each agent's newest event. Given agents: one index lookup each (the patrol's path);
     None: every agent that has events."""

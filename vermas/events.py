@@ -18,7 +18,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, computed_field
 
-from vermas import hookevent
+from vermas import hookevent, validate
+from vermas.addresses import parse_address
 from vermas.town import Town
 
 
@@ -38,6 +39,8 @@ class EventKind(StrEnum):
 
 
 HOOK_KINDS: tuple[EventKind, ...] = tuple(k for k in EventKind if k is not EventKind.TOOL)
+KINDS: tuple[str, ...] = tuple(k.value for k in EventKind)
+MAX_LIST = 100_000
 
 
 class AgentEvent(BaseModel):
@@ -102,22 +105,27 @@ def latest(town: Town, agents: list[str] | None = None) -> dict[str, AgentEvent]
     return found
 
 
-def list_events(town: Town, agent: str | None = None, kind: str | None = None, after_id: int = 0,
+def list_events(town: Town, agent: str | None = None, kind: str | None = None, after_id: int | None = None,
                 limit: int = 200) -> list[AgentEvent]:
-    """Events oldest first: the newest `limit` matching ones, or (after_id > 0, for --follow)
-    the first `limit` with a larger id."""
-    where, params = ["id > ?"], [after_id]
+    """Events oldest first: the newest `limit` matching ones, or (after_id given, for --follow)
+    the first `limit` with a larger id. A bad agent, kind or limit is InvalidInput naming
+    what is allowed."""
+    where, params = [], []
     if agent is not None:
         where.append("agent = ?")
-        params.append(agent)  # type: ignore[arg-type]
+        params.append(str(parse_address(agent)))
     if kind is not None:
         where.append("kind = ?")
-        params.append(kind)  # type: ignore[arg-type]
-    order = "ASC" if after_id > 0 else "DESC"
-    sql = f"SELECT {_COLUMNS} FROM agent_events WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?"
+        params.append(validate.choice(kind, "event kind", KINDS))
+    limit = validate.limit(limit, MAX_LIST)
+    if after_id is not None:
+        where.append(f"id > {int(after_id)}")
+    order = "DESC" if after_id is None else "ASC"
+    sql = (f"SELECT {_COLUMNS} FROM agent_events {'WHERE ' + ' AND '.join(where) if where else ''} "
+           f"ORDER BY id {order} LIMIT {limit}")
     with town.db.read() as conn:
-        rows = [_event(r) for r in conn.execute(sql, (*params, limit))]
-    return rows if after_id > 0 else rows[::-1]
+        rows = [_event(r) for r in conn.execute(sql, params)]
+    return rows[::-1] if after_id is None else rows
 
 
 def hook_failures(town: Town) -> int:

@@ -166,3 +166,24 @@ def test_target_moving_during_the_run_restarts_and_loses_nothing(
     assert git(mr.bare, "rev-parse", f"{row.merged_sha}^") == external  # on top of the new tip
     assert {"a.txt", "external.txt"} <= mr.upstream_files()
     assert [e.to_state for e in ledger.events(town, w.mr)].count(MRState.MERGED) == 2  # merged once (+ cleanup note)
+
+
+def test_a_red_target_pauses_the_queue_once_and_resumes_when_green(town: Town, mr: MergeRig) -> None:
+    red = mr.push_upstream("upstream.txt", "BROKEN upstream\n")
+    w = mr.work("add a", {"a.txt": "a\n"})
+    reports = drain(town)
+    assert reports[-1].paused and ledger.get(town, w.mr).state is MRState.QUEUED  # not its fault
+    assert ledger.queue_state(town, "gt").paused_sha == red and mr.upstream_main() == red
+    assert runs(reports) == 2  # the candidate, then the target alone
+    [escalation] = mr.mail_to("mayor", ProtocolKind.ESCALATION)
+    assert getattr(escalation, "reason", None) == "target-red"
+    with town.db.read() as conn:
+        bugs = conn.execute("SELECT title FROM issues WHERE issue_type = 'bug'").fetchall()
+    assert [b[0] for b in bugs] == [f"main fails its tests at {red}"]
+    again = drain(town)  # still red: no run, no second bug, no second escalation
+    assert again[-1].paused and runs(again) == 0 and len(mr.mail_to("mayor", ProtocolKind.ESCALATION)) == 1
+    fixed = mr.push_upstream("upstream.txt", "fine now\n")
+    drain(town)
+    row = ledger.get(town, w.mr)
+    assert row.state is MRState.MERGED and git(mr.bare, "rev-parse", f"{row.merged_sha}^") == fixed
+    assert ledger.queue_state(town, "gt").paused_sha is None

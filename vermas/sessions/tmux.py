@@ -11,7 +11,7 @@ import hashlib
 import os
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import libtmux
@@ -26,6 +26,47 @@ def socket_name(town_root: Path) -> str:
     return f"vermas-{digest}"
 
 
+# How many lines of a dead pane are kept as its "last lines" (its own output, bottom first).
+DEAD_TAIL = 12
+PANE_FORMAT = "#{session_name}\t#{pane_dead}\t#{pane_dead_status}\t#{pane_dead_signal}\t#{pane_pid}"
+
+
+@dataclass(frozen=True)
+class PaneState:
+    """What tmux knows of a session's active pane: alive, or dead with its exit status or
+    the signal that killed it (kept because every session runs with remain-on-exit on)."""
+
+    dead: bool
+    exit_status: int | None = None
+    signal: int | None = None
+    pid: int | None = None
+
+
+def _int(text: str) -> int | None:
+    return int(text) if text.strip().lstrip("-").isdigit() else None
+
+
+def parse_panes(lines: list[str]) -> dict[str, PaneState]:
+    """`list-panes -a -F PANE_FORMAT` output by session name (the first pane of each; pure)."""
+    out: dict[str, PaneState] = {}
+    for line in lines:
+        parts = line.split("\t")
+        if len(parts) != 5 or parts[0] in out:
+            continue
+        name, dead, status, sig, pid = parts
+        out[name] = PaneState(dead=dead == "1", exit_status=_int(status) if dead == "1" else None,
+                              signal=_int(sig) if dead == "1" else None, pid=_int(pid))
+    return out
+
+
+def tail_lines(text: str, count: int = DEAD_TAIL) -> list[str]:
+    """The last `count` non-blank lines of a dead pane's capture, without tmux's own
+    "Pane is dead" line (pure)."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    lines = [line for line in lines if line.strip() and not line.startswith("Pane is dead")]
+    return lines[-count:]
+
+
 @dataclass
 class SessionInfo:
     address: str
@@ -33,6 +74,10 @@ class SessionInfo:
     alive: bool
     pid: int | None = None
     last_activity: float | None = None
+    dead: bool = False  # the session exists but its agent exited (see exit_status / signal)
+    exit_status: int | None = None
+    signal: int | None = None
+    last_lines: list[str] = field(default_factory=list)
 
 
 class TownSessions:
@@ -53,22 +98,47 @@ class TownSessions:
         except (LibTmuxException, Exception):  # no server running yet
             return None
 
+    def panes(self) -> dict[str, PaneState]:
+        """Every session's pane state in one tmux call ({} when no server runs)."""
+        try:
+            result = self.server.cmd("list-panes", "-a", "-F", PANE_FORMAT)
+        except (LibTmuxException, Exception):  # no server running yet
+            return {}
+        return parse_panes(result.stdout if not result.stderr else [])
+
     def alive(self, address: Address) -> bool:
-        return self._session(address.session_name) is not None
+        """The session exists and its agent still runs (a dead pane kept by remain-on-exit
+        is not alive)."""
+        state = self.panes().get(address.session_name)
+        return state is not None and not state.dead
 
     def start(
         self, address: Address, cwd: Path, argv: list[str], env: dict[str, str],
         width: int = 220, height: int = 50,
     ) -> bool:
-        """Start the agent's session unless it runs already. Returns True if started."""
-        if self.alive(address):
+        """Start the agent's session unless it runs already (a dead one is replaced).
+        Returns True if started."""
+        state = self.panes().get(address.session_name)
+        if state is not None and not state.dead:
             return False
-        command = shlex.join(["env", "-u", "CLAUDECODE", *argv])
-        self.server.new_session(
-            session_name=address.session_name, start_directory=str(cwd), window_command=command,
-            environment=env, x=width, y=height, attach=False,
-        )
+        if state is not None:
+            self.kill(address)
+        self._new_session(address.session_name, cwd, shlex.join(["env", "-u", "CLAUDECODE", *argv]),
+                          env, width, height)
         return True
+
+    def _new_session(self, name: str, cwd: Path, command: str, env: dict[str, str],
+                     width: int, height: int) -> None:
+        """new-session and `remain-on-exit on` in one tmux command list, so the window
+        option is set before the server handles the child's exit: an agent that dies at
+        once keeps its pane, exit status and last output for `status` to report."""
+        args = ["new-session", "-d", "-s", name, "-c", str(cwd), "-x", str(width), "-y", str(height)]
+        for key, value in env.items():
+            args += ["-e", f"{key}={value}"]
+        args += [command, ";", "set-option", "-w", "-t", f"={name}:", "remain-on-exit", "on"]
+        result = self.server.cmd(*args)
+        if result.stderr:
+            raise LibTmuxException(f"tmux new-session {name}: {' '.join(result.stderr)}")
 
     def kill(self, address: Address) -> bool:
         session = self._session(address.session_name)
@@ -87,16 +157,27 @@ class TownSessions:
             return ""
         return "\n".join(pane.capture_pane())
 
+    def capture_dead(self, address: Address, count: int = DEAD_TAIL) -> list[str]:
+        """The last lines a dead pane printed (its history included: a short-lived
+        command's output may have scrolled above the "Pane is dead" line)."""
+        try:
+            result = self.server.cmd("capture-pane", "-p", "-J", "-S", "-200", "-t", f"={address.session_name}:")
+        except (LibTmuxException, Exception):
+            return []
+        return tail_lines("\n".join(result.stdout), count)
+
     def info(self, address: Address) -> SessionInfo:
-        session = self._session(address.session_name)
-        if session is None:
+        state = self.panes().get(address.session_name)
+        session = self._session(address.session_name) if state is not None else None
+        if state is None or session is None:
             return SessionInfo(str(address), address.session_name, False)
-        pid = session.active_pane.pane_pid if session.active_pane else None
         activity = session.session_activity
-        return SessionInfo(
-            str(address), address.session_name, True, int(pid) if pid else None,
-            float(activity) if activity else None,
-        )
+        info = SessionInfo(str(address), address.session_name, not state.dead, state.pid,
+                           float(activity) if activity else None)
+        if state.dead:
+            info.dead, info.exit_status, info.signal = True, state.exit_status, state.signal
+            info.last_lines = self.capture_dead(address)
+        return info
 
     def names(self) -> list[str]:
         try:

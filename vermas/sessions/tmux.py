@@ -123,22 +123,25 @@ class TownSessions:
             return False
         if state is not None:
             self.kill(address)
-        self._new_session(address.session_name, cwd, shlex.join(["env", "-u", "CLAUDECODE", *argv]),
-                          env, width, height)
-        return True
+        return self._new_session(address.session_name, cwd, shlex.join(["env", "-u", "CLAUDECODE", *argv]),
+                                 env, width, height)
 
     def _new_session(self, name: str, cwd: Path, command: str, env: dict[str, str],
-                     width: int, height: int) -> None:
+                     width: int, height: int) -> bool:
         """new-session and `remain-on-exit on` in one tmux command list, so the window
         option is set before the server handles the child's exit: an agent that dies at
-        once keeps its pane, exit status and last output for `status` to report."""
+        once keeps its pane, exit status and last output for `status` to report. False if
+        another process started the same session first (the runner and a `sling` may race)."""
         args = ["new-session", "-d", "-s", name, "-c", str(cwd), "-x", str(width), "-y", str(height)]
         for key, value in env.items():
             args += ["-e", f"{key}={value}"]
         args += [command, ";", "set-option", "-w", "-t", f"={name}:", "remain-on-exit", "on"]
         result = self.server.cmd(*args)
+        if result.stderr and any("duplicate session" in line for line in result.stderr):
+            return False
         if result.stderr:
             raise LibTmuxException(f"tmux new-session {name}: {' '.join(result.stderr)}")
+        return True
 
     def kill(self, address: Address) -> bool:
         session = self._session(address.session_name)

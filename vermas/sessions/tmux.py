@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -59,6 +60,49 @@ def parse_panes(lines: list[str]) -> dict[str, PaneState]:
     return out
 
 
+def wait_status(status: int) -> tuple[int | None, int | None]:
+    """(exit status, signal) from a waitpid(2) status word (pure)."""
+    if status & 0x7F == 0:
+        return (status >> 8) & 0xFF, None
+    return None, status & 0x7F
+
+
+def zombie_status(stat: str) -> tuple[int | None, int | None] | None:
+    """(exit status, signal) of a zombie from its /proc/PID/stat text (field 52, exit_code,
+    Linux 3.5+); None if the process is not a zombie (pure)."""
+    fields = stat.rpartition(")")[2].split()
+    if len(fields) < 50 or fields[0] != "Z" or not fields[49].isdigit():
+        return None
+    return wait_status(int(fields[49]))
+
+
+def _from_zombie(state: PaneState) -> PaneState:
+    """tmux 3.3a sometimes misses the SIGCHLD of an agent that exits at once: the pane is
+    dead but its process is an unreaped zombie, and `pane_dead_status` stays empty until
+    another child exits. The kernel still holds the status; read it there."""
+    if not state.dead or state.exit_status is not None or state.signal is not None or state.pid is None:
+        return state
+    try:
+        found = zombie_status(Path(f"/proc/{state.pid}/stat").read_text())
+    except OSError:
+        return state
+    if found is None:
+        return state
+    return PaneState(dead=True, exit_status=found[0], signal=found[1], pid=state.pid)
+
+
+DEAD_LINE = re.compile(r"^Pane is dead \((status|signal) (\d+)", re.M)
+
+
+def dead_line_status(text: str) -> tuple[int | None, int | None] | None:
+    """(exit status, signal) from tmux's own "Pane is dead (status N, ...)" line (pure)."""
+    match = DEAD_LINE.search(text)
+    if match is None:
+        return None
+    value = int(match.group(2))
+    return (value, None) if match.group(1) == "status" else (None, value)
+
+
 def tail_lines(text: str, count: int = DEAD_TAIL) -> list[str]:
     """The last `count` non-blank lines of a dead pane's capture, without tmux's own
     "Pane is dead" line (pure)."""
@@ -104,7 +148,8 @@ class TownSessions:
             result = self.server.cmd("list-panes", "-a", "-F", PANE_FORMAT)
         except (LibTmuxException, Exception):  # no server running yet
             return {}
-        return parse_panes(result.stdout if not result.stderr else [])
+        panes = parse_panes(result.stdout if not result.stderr else [])
+        return {name: _from_zombie(state) for name, state in panes.items()}
 
     def alive(self, address: Address) -> bool:
         """The session exists and its agent still runs (a dead pane kept by remain-on-exit
@@ -137,6 +182,11 @@ class TownSessions:
             args += ["-e", f"{key}={value}"]
         args += [command, ";", "set-option", "-w", "-t", f"={name}:", "remain-on-exit", "on"]
         result = self.server.cmd(*args)
+        for _ in range(20):  # killing a dead last session makes the server exit; wait it out
+            if not any("server exited unexpectedly" in line for line in result.stderr):
+                break
+            time.sleep(0.1)
+            result = self.server.cmd(*args)
         if result.stderr and any("duplicate session" in line for line in result.stderr):
             return False
         if result.stderr:
@@ -160,14 +210,34 @@ class TownSessions:
             return ""
         return "\n".join(pane.capture_pane())
 
-    def capture_dead(self, address: Address, count: int = DEAD_TAIL) -> list[str]:
-        """The last lines a dead pane printed (its history included: a short-lived
-        command's output may have scrolled above the "Pane is dead" line)."""
+    def _history(self, address: Address) -> str:
+        """The pane with its history (a short-lived command's output may have scrolled
+        above tmux's "Pane is dead" line)."""
         try:
             result = self.server.cmd("capture-pane", "-p", "-J", "-S", "-200", "-t", f"={address.session_name}:")
         except (LibTmuxException, Exception):
-            return []
-        return tail_lines("\n".join(result.stdout), count)
+            return ""
+        return "\n".join(result.stdout)
+
+    def _dead_pane(self, address: Address, state: PaneState, settle: float = 1.0) -> tuple[PaneState, list[str]]:
+        """A dead pane's status and last lines. tmux may mark the pane dead (its pty closed)
+        a moment before it reaps the process, so an unknown status (or a blank screen) is
+        looked at again for up to `settle` seconds, in the pane's own "Pane is dead" line
+        as well. Known limit (tmux 3.3a): when a process exits within moments of its last
+        write, tmux can handle the exit before reading the pty and drop that output; the
+        status is still reported, the last lines may then be missing."""
+        deadline = time.monotonic() + settle
+        while True:
+            text = self._history(address)
+            if state.exit_status is None and state.signal is None:
+                found = dead_line_status(text)
+                if found is not None:
+                    state = PaneState(dead=True, exit_status=found[0], signal=found[1], pid=state.pid)
+            known = state.exit_status is not None or state.signal is not None
+            if (known and tail_lines(text)) or time.monotonic() > deadline:
+                return state, tail_lines(text)
+            time.sleep(0.05)
+            state = self.panes().get(address.session_name, state)
 
     def info(self, address: Address) -> SessionInfo:
         state = self.panes().get(address.session_name)
@@ -178,8 +248,8 @@ class TownSessions:
         info = SessionInfo(str(address), address.session_name, not state.dead, state.pid,
                            float(activity) if activity else None)
         if state.dead:
+            state, info.last_lines = self._dead_pane(address, state)
             info.dead, info.exit_status, info.signal = True, state.exit_status, state.signal
-            info.last_lines = self.capture_dead(address)
         return info
 
     def names(self) -> list[str]:

@@ -35,3 +35,54 @@ def test_claude_mcp_add_then_list_shows_connected(tmp_path: Path) -> None:
     listed = claude("list")
     assert "vermas:" in listed and "Connected" in listed, listed
     town.close()
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OVERSEER_SECTION = "## Use it from your own Claude Code session"
+
+
+def readme_overseer_line() -> str:
+    """The `claude mcp add` line of the README's overseer section, as a user copies it."""
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text.split(OVERSEER_SECTION, 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [line for line in block.splitlines() if " mcp add " in line]
+    assert len(lines) == 1, block
+    return lines[0]
+
+
+def test_readme_overseer_line_names_the_installed_cli_and_user_scope() -> None:
+    line = readme_overseer_line()
+    assert line.startswith(".tools/claude/node_modules/.bin/claude mcp add ")
+    assert "--scope user" in line.split(" -- ", 1)[0]
+
+
+def test_readme_overseer_line_works_from_another_folder(tmp_path: Path) -> None:
+    """The line as written, run in the repository's folder with the real CLI; then `claude mcp
+    list` and `get` from a folder outside it see the server (user scope) and connect to it."""
+    for needed in (".tools/claude/node_modules/.bin/claude", ".venv/bin/vermas-mcp"):
+        if not (REPO_ROOT / needed).exists():
+            pytest.skip(f"{needed} is missing (scripts/setup.sh installs it)")
+    home = tmp_path / "home"
+    home.mkdir()
+    town, _ = Town.init(home / "town")  # the line's ~/town
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLAUDE", "ANTHROPIC_", "VERMAS_"))}
+    env.update(HOME=str(home), CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
+
+    added = subprocess.run(["bash", "-c", readme_overseer_line()], cwd=REPO_ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert added.returncode == 0, added.stderr
+
+    def claude(*args: str) -> str:
+        proc = subprocess.run([str(REPO_ROOT / ".tools/claude/node_modules/.bin/claude"), "mcp", *args],
+                              cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    listed = claude("list")
+    assert "vermas:" in listed and "Connected" in listed, listed
+    shown = claude("get", "vermas")
+    assert "User config" in shown and str(home / "town") in shown and "overseer" in shown, shown
+    town.close()

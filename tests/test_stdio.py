@@ -249,3 +249,173 @@ def test_unknown_profile_exits_2(town_dir: Path) -> None:
 async def test_profile_flag_overrides_role(town_dir: Path, mode: str) -> None:
     async with stdio_client(town_dir, "rig1/polecats/nux", mode, args=["--profile", "all"]) as c:
         assert {t.name for t in (await c.list_tools()).tools} == set(ALL_TOOLS)
+
+
+# --- Every request gets a reply (issue 8, items 13 and 14) -------------------------------------
+# A raw JSON-RPC driver: the SDK client cannot send a lone surrogate or a bad line (its own
+# encoder refuses them), and the point is what reaches the server's wire, byte for byte.
+
+class RawWire:
+    """vermas-mcp as a subprocess, spoken to in raw lines; every read has a deadline, so a
+    lost reply fails the test in seconds instead of hanging it."""
+
+    def __init__(self, town_dir: Path, actor: str = "overseer") -> None:
+        env = {**{k: v for k, v in os.environ.items() if k not in ("VERMAS_TOWN", "BD_ACTOR")},
+               "VERMAS_TOWN": str(town_dir), "BD_ACTOR": actor}
+        self.proc = subprocess.Popen([mcp_command()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, env=env)
+        self.send(b'{"jsonrpc":"2.0","id":"init","method":"initialize","params":{"protocolVersion":'
+                  b'"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}')
+        assert self.reply()["id"] == "init"
+        self.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+
+    def send(self, line: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + b"\n")
+        self.proc.stdin.flush()
+
+    def reply(self, timeout: float = 15) -> dict[str, Any]:
+        """The next line from the server, which must be strict JSON (pydantic's parser, the one
+        the SDK client uses, refuses lone surrogates that the stdlib would let through)."""
+        import select
+
+        import mcp_types
+
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        assert ready, f"no reply within {timeout} s (server alive: {self.proc.poll() is None})"
+        line = self.proc.stdout.readline()
+        assert line.endswith(b"\n"), f"server closed the wire: {line!r}, exit {self.proc.poll()}"
+        mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+        data: dict[str, Any] = json.loads(line)
+        return data
+
+    def call(self, request_id: int, tool: str, arguments: bytes) -> dict[str, Any]:
+        self.send(b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s","arguments":%s}}'
+                  % (request_id, tool.encode(), arguments))
+        reply = self.reply()
+        assert reply["id"] == request_id, reply
+        return reply
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            assert self.proc.stdout is not None
+            self.proc.stdout.close()
+
+
+def refusal(reply: dict[str, Any]) -> str:
+    """The text of an error reply: a tool error (isError) or a JSON-RPC error."""
+    if "error" in reply:
+        return str(reply["error"]["message"])
+    assert reply["result"]["isError"] is True, f"expected an error, got {reply}"
+    return " ".join(c.get("text", "") for c in reply["result"]["content"])
+
+
+@pytest.fixture
+def wire(town_dir: Path) -> Any:
+    raw = RawWire(town_dir)
+    yield raw
+    raw.close()
+
+
+@pytest.mark.parametrize("arguments", [
+    rb'{"title":"a\ud800b"}',                      # a lone high surrogate escape
+    rb'{"title":"ok","labels":["x\udfff"]}',        # a lone low surrogate, in a list
+    b'{"title":"bad \xff byte"}',                   # bytes that are not UTF-8 at all
+    rb'{"title":"ok","description":"\ud800\ud800"}',
+])
+def test_lone_surrogate_request_gets_a_reply_and_writes_nothing(wire: RawWire, town_dir: Path,
+                                                                arguments: bytes) -> None:
+    refusal(wire.call(1, "bead_create", arguments))
+    # The server still serves, and nothing was written.
+    listed = wire.call(2, "bead_list", b"{}")
+    assert listed["result"]["structuredContent"]["beads"] == []
+    made = wire.call(3, "bead_create", b'{"title":"after the bad one \\ud83d\\ude00"}')
+    assert made["result"]["structuredContent"]["title"] == "after the bad one \U0001F600"
+
+
+def test_reply_text_with_a_lone_surrogate_is_escaped_not_dropped(wire: RawWire) -> None:
+    # The SDK echoes an unknown tool's name into its error text: a lone surrogate there made
+    # the reply unencodable, which killed the SDK's writer task and with it the server.
+    text = refusal(wire.call(1, "no_such\\ud800tool", b"{}"))
+    assert "no_such\\ud800tool" in text
+    assert wire.call(2, "bead_list", b"{}")["result"]["isError"] is False
+
+
+def test_lines_that_are_not_json_rpc_get_an_error_with_the_id_if_any(wire: RawWire) -> None:
+    wire.send(b"this is not json")
+    reply = wire.reply()
+    assert reply["id"] is None and reply["error"]["code"] == -32700
+    assert "not valid JSON" in reply["error"]["message"]
+    wire.send(b'{"id": 7, "what": "no method"}')
+    reply = wire.reply()
+    assert reply["id"] == 7 and reply["error"]["code"] == -32600
+    assert "JSON-RPC 2.0" in reply["error"]["message"]
+    wire.send(b"")  # blank lines are skipped, not answered
+    assert wire.call(8, "bead_list", b"{}")["result"]["isError"] is False
+
+
+def test_line_over_64_mib_gets_an_error_and_the_server_keeps_serving(wire: RawWire) -> None:
+    import threading
+
+    MAX_LINE = 64 * 1024 * 1024  # noqa: N806 - the documented limit, not imported: the old code lacks it
+    huge = (b'{"jsonrpc":"2.0","id":41,"method":"tools/call","params":{"name":"bead_create",'
+            b'"arguments":{"title":"big","description":"' + b"x" * (MAX_LINE + 1024) + b'"}}}')
+    # Written from a thread: the server answers before the client has finished writing.
+    writer = threading.Thread(target=wire.send, args=(huge,))
+    writer.start()
+    reply = wire.reply(timeout=60)
+    writer.join()
+    assert reply["id"] == 41 and reply["error"]["code"] == -32600
+    assert "too large" in reply["error"]["message"] and "64 MiB" in reply["error"]["message"]
+    # The id comes after the payload: not recoverable, so null.
+    wire.send(b'{"jsonrpc":"2.0","method":"tools/call","params":{"name":"bead_list","arguments":{"p":"'
+              + b"y" * (MAX_LINE + 1) + b'"}},"id":42}')
+    reply = wire.reply(timeout=60)
+    assert reply["id"] is None and "too large" in reply["error"]["message"]
+    listed = wire.call(43, "bead_list", b"{}")
+    assert listed["result"]["structuredContent"]["beads"] == []
+
+
+async def test_line_splitter_bounds_memory_and_resyncs_after_an_oversize_line() -> None:
+    import asyncio
+
+    from vermas_mcp.stdio import LineSplitter, Oversize
+
+    reader = asyncio.StreamReader()
+    reader.feed_data(b'{"a":1}\n' + b'{"id":"k' + b"z" * 50 + b'"}\n')
+    reader.feed_data(b'{"jsonrpc":"2.0","id":9,' + b"q" * 40)
+    reader.feed_data(b"q" * 40)
+    reader.feed_data(b'}\n{"b":2}\nlast-without-newline')
+    reader.feed_eof()
+    lines = LineSplitter(reader, limit=30)
+    assert await lines.next() == b'{"a":1}'
+    first = await lines.next()
+    assert isinstance(first, Oversize) and first.size == 60
+    second = await lines.next()
+    assert isinstance(second, Oversize) and second.size == 105
+    assert await lines.next() == b'{"b":2}'
+    assert await lines.next() == b"last-without-newline"
+    assert await lines.next() is None
+
+
+@pytest.mark.parametrize("head,expected", [
+    (b'{"jsonrpc":"2.0","id":12,"method":"x","params":{"a":"' + b"z" * 100, 12),
+    (b'{"jsonrpc":"2.0","id":"abc","method"', "abc"),
+    (b'{"method":"x","params":{"id":5,"more":"', None),   # an id inside params is not the request's
+    (b'{"method":"x","params":{"text":"\\"id\\": 5, ', None),  # nor one inside a string
+    (b'{"id":true,"method":"x"', None),                   # not a valid JSON-RPC id
+    (b'{"method":"x","id":  7 ,"params"', 7),
+    (b'[1,2', None),
+])
+def test_recover_id_reads_only_the_top_level_id(head: bytes, expected: object) -> None:
+    from vermas_mcp.stdio import recover_id
+
+    assert recover_id(head) == expected

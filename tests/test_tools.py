@@ -251,8 +251,8 @@ BAD_CALLS = [
     ("mail_send", {"to": "mayor", "subject": "x", "body": "y" * (1024 * 1024 + 1)}, "1 MiB"),
     ("mail_send", {"to": "mayor", "subject": "x", "reply_to": "msg-missing"}, "no message"),
     ("mail_read", {"message_id": "../etc/passwd"}, "invalid message_id"),
-    ("mail_send", {"to": "gt/polecats/nux\n", "subject": "x"}, "invalid address"),
-    ("bead_show", {"bead_id": "hq-abcd\n"}, "invalid bead_id"),
+    ("mail_send", {"to": "gt/polecats/nux\n", "subject": "x"}, "to must be a single line"),
+    ("bead_show", {"bead_id": "hq-abcd\n"}, "bead_id must be a single line"),
     ("convoy_create", {"title": "c", "bead_ids": []}, "1 to 1000"),
 ]
 

@@ -24,3 +24,14 @@ class Forbidden(VermasError):
 
 class TownNotFound(VermasError):
     """No town at the given directory."""
+
+
+class ConfigError(InvalidInput):
+    """town.toml cannot be read or fails validation. The message is one line naming the file
+    and what is wrong; a long-running loop keeps its last good config when it sees this."""
+
+
+class StorageFull(VermasError):
+    """The filesystem holding a town file is full (or over quota): the write was refused
+    whole (a store transaction rolled back, an export left as it was); the message names
+    the file and the free space, so whoever reads it knows where to make room."""

@@ -1,25 +1,95 @@
-"""Thin git effects. Arguments go as argv lists, never through a shell."""
+"""Thin git effects. Arguments go as argv lists, never through a shell.
+
+Every user-supplied argument (a rig's URL, a path) goes after `--`, so git never reads it as
+an option, and `check_argument` refuses one that starts with `-` before anything is written
+(a URL like `--upload-pack=...` is an attack, not a typo). No git call here ever prompts:
+a fetch that needs a password fails with git's own message instead of hanging a runner."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
-from vermas.errors import VermasError
+from vermas.errors import InvalidInput, VermasError
+
+MAX_ARGUMENT_CHARS = 4096
 
 
 class GitError(VermasError):
     """A git command failed; the message carries git's own stderr."""
 
 
+def _environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env["GIT_TERMINAL_PROMPT"] = "0"  # never wait on a tty for credentials (runner, MCP server)
+    return env
+
+
 def run(cwd: Path, *args: str, check: bool = True, timeout: float = 60) -> str:
-    proc = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-        env=None, stdin=subprocess.DEVNULL,
-    )
+    try:
+        proc = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+            env=_environment(), stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise GitError(f"git {' '.join(args)} timed out after {timeout:g} s in {cwd}") from None
     if check and proc.returncode != 0:
-        raise GitError(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.strip()[:500]}")
+        message = " ".join(proc.stderr.split())  # one line: a domain error is shown as one
+        raise GitError(f"git {' '.join(args)} failed in {cwd}: {message[:500]}")
     return proc.stdout.strip()
+
+
+def check_argument(value: object, what: str) -> str:
+    """A user-supplied argument for git (a URL or a path): one line of text, not an option."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{what} must be a non-empty URL or path")
+    if value.startswith("-"):
+        raise InvalidInput(
+            f"{what} {value[:60]!r} starts with '-', which git would read as an option; "
+            "allowed: a URL (https://..., ssh://..., git@host:path) or a path (a folder named -x: its full path)"
+        )
+    if len(value) > MAX_ARGUMENT_CHARS or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise InvalidInput(f"{what} must be one line of at most {MAX_ARGUMENT_CHARS} characters, "
+                           "with no control characters")
+    return value
+
+
+def clone(cwd: Path, url: str, dest: Path, timeout: float = 600) -> None:
+    check_argument(url, "git url")
+    run(cwd, "clone", "--quiet", "--", url, str(dest), timeout=timeout)
+
+
+def fetch(repo: Path, remote: str = "origin", timeout: float = 120) -> None:
+    """Update `repo`'s remote-tracking branches from `remote` (pruning deleted ones)."""
+    run(repo, "fetch", "--quiet", "--prune", "--", remote, timeout=timeout)
+
+
+def remote_url(repo: Path, remote: str = "origin") -> str:
+    return run(repo, "remote", "get-url", "--", remote, check=False)
+
+
+def resolve(path: Path, ref: str) -> str | None:
+    """The commit `ref` names in `path`, or None if it names none."""
+    return run(path, "rev-parse", "--verify", "--quiet", ref + "^{commit}", check=False) or None
+
+
+def is_ancestor(path: Path, older: str, newer: str) -> bool:
+    """Is commit `older` reachable from commit `newer` (the same commit included)?"""
+    return subprocess.run(
+        ["git", "merge-base", "--is-ancestor", older, newer], cwd=path, capture_output=True,
+        env=_environment(), stdin=subprocess.DEVNULL, timeout=60,
+    ).returncode == 0
+
+
+def count(path: Path, older: str, newer: str) -> int:
+    """Commits reachable from `newer` but not from `older`."""
+    return int(run(path, "rev-list", "--count", f"{older}..{newer}", "--"))
+
+
+def current_branch(path: Path) -> str | None:
+    """The branch checked out in the work tree at `path` (None when HEAD is detached)."""
+    return run(path, "symbolic-ref", "--quiet", "--short", "HEAD", check=False) or None
 
 
 def is_worktree(path: Path) -> bool:

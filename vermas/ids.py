@@ -12,9 +12,16 @@ import os
 import re
 import sqlite3
 
+from vermas.errors import InvalidInput
+
 ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
-BEAD_ID_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*-[a-z0-9]+(?:\.[0-9]{1,6}){0,8}$", re.I)
+# The one id rule (every tool, the import and creation use it): a root `<prefix>-<base36>`, then at
+# most MAX_DEPTH child levels `.<n>` of at most MAX_CHILD_DIGITS digits, MAX_ID_LEN characters in all.
+MAX_DEPTH = 8
+MAX_CHILD_DIGITS = 6
 MAX_ID_LEN = 96
+BEAD_ID_RE = re.compile(
+    rf"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*-[a-z0-9]+(?:\.[0-9]{{1,{MAX_CHILD_DIGITS}}}){{0,{MAX_DEPTH}}}$", re.I)
 
 # (bead count below which, hash length): 4 chars to ~500 beads, 5 to ~1,500, then 6+.
 LENGTH_STEPS = ((500, 4), (1500, 5), (50_000, 6), (1_500_000, 7))
@@ -53,15 +60,49 @@ def new_bead_id(conn: sqlite3.Connection, prefix: str, seed: str) -> str:
     raise RuntimeError("could not allocate a bead id after 40 attempts")
 
 
+def is_bead_id(value: str) -> bool:
+    return len(value) <= MAX_ID_LEN and BEAD_ID_RE.fullmatch(value) is not None
+
+
+def depth(bead_id: str) -> int:
+    """How many child levels an id has: 0 for `hq-a1b2`, 2 for `hq-a1b2.1.3`."""
+    return bead_id.count(".")
+
+
+def check_parent(parent_id: str) -> None:
+    """Refuse, before anything is written, a parent whose children could not be valid ids
+    (a depth-9 id would be refused by every tool and by a re-import of the town's export)."""
+    if depth(parent_id) >= MAX_DEPTH:
+        raise InvalidInput(
+            f"parent {parent_id} is already {MAX_DEPTH} levels deep; a bead id has at most {MAX_DEPTH} "
+            "child levels (<prefix>-<hash>.1.2...): create this bead under a shallower parent "
+            "and link it with bead_dep_add"
+        )
+    if len(parent_id) + 2 > MAX_ID_LEN:
+        raise InvalidInput(
+            f"parent id is {len(parent_id)} characters; a child's id (<parent>.<n>) would exceed "
+            f"{MAX_ID_LEN}: create this bead under a shorter parent id"
+        )
+
+
 def new_child_id(conn: sqlite3.Connection, parent_id: str) -> str:
-    """The next `<parent>.<n>`, one above the highest direct child that exists."""
+    """The next `<parent>.<n>`, one above the highest direct child that exists; refused (inside
+    the caller's transaction, so nothing is written) when that id would break the id rule."""
+    check_parent(parent_id)
     highest = 0
     pattern = parent_id.replace("[", "[[]") + ".*"
     for (child,) in conn.execute("SELECT id FROM issues WHERE id GLOB ?", (pattern,)):
         suffix = child[len(parent_id) + 1 :]
         if suffix.isdigit():
             highest = max(highest, int(suffix))
-    return f"{parent_id}.{highest + 1}"
+    child = f"{parent_id}.{highest + 1}"
+    if not is_bead_id(child):
+        raise InvalidInput(
+            f"parent {parent_id} has children up to .{highest}; the next id {child[:100]} would break the "
+            f"id rule (at most {MAX_CHILD_DIGITS} digits per level, {MAX_ID_LEN} characters): "
+            "create this bead under another parent"
+        )
+    return child
 
 
 def prefix_of(bead_id: str) -> str:

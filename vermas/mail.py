@@ -8,7 +8,9 @@ a second; the same key with a different recipient, subject, body or reply_to is 
 
 from __future__ import annotations
 
+import enum
 import sqlite3
+from dataclasses import dataclass
 
 from pydantic import BaseModel
 
@@ -169,22 +171,108 @@ def _mailbox(actor: Address, address: str | None) -> str:
     return target
 
 
-def inbox(
-    town: Town, actor: Address, unread_only: bool = True, limit: int = 20, address: str | None = None
-) -> list[Message]:
-    """Unread mail oldest first (a work queue); all mail newest first (history).
+class Order(str, enum.Enum):
+    """Which end of a mailbox a page starts from."""
 
-    Bodies are previews of at most 2,000 characters; mail_read returns the whole body.
+    OLDEST = "oldest"
+    NEWEST = "newest"
+
+
+class InboxPage(BaseModel):
+    """One page of a mailbox; `next_cursor` (a message id) continues it, None at the end."""
+
+    messages: list[Message]
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class _Bound:
+    """One side of a page: a message's place (created_ts, id) or an instant (created_ts only)."""
+
+    ts: float
+    message_id: str | None
+
+
+_CURSOR_HELP = "a message id (msg-...) or an RFC 3339 timestamp such as 2026-02-12T10:00:00Z"
+
+
+def _order(order: object, unread_only: bool) -> Order:
+    if order is None:
+        return Order.OLDEST if unread_only else Order.NEWEST
+    try:
+        return Order(order)
+    except ValueError:
+        raise InvalidInput(f"invalid order {str(order)[:40]!r}; allowed: oldest, newest") from None
+
+
+def _bound(conn: sqlite3.Connection, box: str, name: str, value: object) -> _Bound | None:
+    """A cursor as a bound: a message of this mailbox (exactly its place in the order) or an
+    instant (every message created strictly before/after it)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{name} must be {_CURSOR_HELP}")
+    if value.startswith("msg-"):
+        message_id = _validate_id(value)
+        row = conn.execute("SELECT created_ts FROM messages WHERE id = ? AND recipient = ?",
+                           (message_id, box)).fetchone()
+        if row is None:
+            raise NotFound(f"{name}: no message {message_id!r} in the mailbox of {box}; "
+                           f"use an id from {twin('mail_inbox')} (its next_cursor) or a timestamp")
+        return _Bound(float(row[0]), message_id)
+    try:
+        return _Bound(timeutil.parse(value), None)
+    except ValueError:
+        raise InvalidInput(f"invalid {name} {value[:60]!r}: must be {_CURSOR_HELP}") from None
+
+
+def _bound_sql(bound: _Bound, op: str) -> tuple[str, tuple[object, ...]]:
+    """SQL for `(created_ts, id) op bound`: keyset order, so pages never skip or repeat a message
+    even when many share a timestamp."""
+    if bound.message_id is None:
+        return f"created_ts {op} ?", (bound.ts,)
+    return f"(created_ts {op} ? OR (created_ts = ? AND id {op} ?))", (bound.ts, bound.ts, bound.message_id)
+
+
+def inbox_page(
+    town: Town, actor: Address, unread_only: bool = True, limit: int = 20, address: str | None = None,
+    before: str | None = None, after: str | None = None, order: str | None = None,
+) -> InboxPage:
+    """A page of a mailbox in a stable order (created time, then id), between optional bounds.
+
+    Unread mail defaults to oldest first (a work queue), all mail to newest first (history).
+    A full page carries `next_cursor`, the id of its last message: pass it as `after` (oldest
+    first) or `before` (newest first) for the next page, so every message of a mailbox of any
+    size can be read. Bodies are previews of at most 2,000 characters (mail_read: whole).
     """
     validate.limit(limit, MAX_INBOX)
     box = _mailbox(actor, address)
+    direction = _order(order, unread_only)
+    where: list[str] = ["recipient = ?"]
+    args: list[object] = [box]
     if unread_only:
-        sql = (f"SELECT {COLUMNS} FROM messages WHERE recipient = ? AND read_at IS NULL "
-               "ORDER BY created_ts, id LIMIT ?")
-    else:
-        sql = f"SELECT {COLUMNS} FROM messages WHERE recipient = ? ORDER BY created_ts DESC, id LIMIT ?"
+        where.append("read_at IS NULL")
     with town.db.read() as conn:
-        return [_message(r, preview=True) for r in conn.execute(sql, (box, limit))]
+        for name, value, op in (("before", before, "<"), ("after", after, ">")):
+            bound = _bound(conn, box, name, value)
+            if bound is not None:
+                sql, extra = _bound_sql(bound, op)
+                where.append(sql)
+                args.extend(extra)
+        sort = "ASC" if direction is Order.OLDEST else "DESC"
+        rows = conn.execute(
+            f"SELECT {COLUMNS} FROM messages WHERE {' AND '.join(where)} "
+            f"ORDER BY created_ts {sort}, id {sort} LIMIT ?", (*args, limit + 1)).fetchall()
+    more = len(rows) > limit
+    messages = [_message(r, preview=True) for r in rows[:limit]]
+    return InboxPage(messages=messages, next_cursor=messages[-1].id if more else None)
+
+
+def inbox(
+    town: Town, actor: Address, unread_only: bool = True, limit: int = 20, address: str | None = None
+) -> list[Message]:
+    """The first page of a mailbox (see inbox_page)."""
+    return inbox_page(town, actor, unread_only, limit, address).messages
 
 
 def unread_count(conn: sqlite3.Connection, address: str) -> int:

@@ -1,4 +1,5 @@
-"""Mail protocol messages: one typed model per kind, one formatter, one parser.
+"""Mail protocol messages: one typed model per kind, one formatter, one parser; and the
+states other modules store and show (`PolecatState`).
 
 Wire form (what templates/*.md tell agents, and what POLECAT_DONE always looked like):
 the subject is the kind, then the message's key words (`POLECAT_DONE nux gt-a1b2`); the body
@@ -26,6 +27,27 @@ class ProtocolKind(StrEnum):
     HELP = "HELP"
     HANDOFF = "HANDOFF"
     NUDGE = "NUDGE"
+
+
+class PolecatState(StrEnum):
+    """What a polecat's slot has been through, as `status` and `polecat list` show it.
+
+    Each value says what happened, never what is about to: a polecat is `working` only once
+    its GUPP nudge was confirmed delivered, and `done` only once polecat_done queued its work.
+    """
+
+    SPAWNING = "spawning"  # slot taken and bead hooked; worktree and session being made
+    STARTED = "started"  # session up; its GUPP nudge not yet confirmed delivered (the runner's to send)
+    WORKING = "working"  # GUPP nudge delivered: the agent is on its hooked work
+    DONE = "done"  # polecat_done COMPLETED: merge request queued, waiting for the refinery
+    ESCALATED = "escalated"  # polecat_done ESCALATED: the bead is blocked, waiting for help
+    DEFERRED = "deferred"  # polecat_done DEFERRED: the bead went back unassigned; the slot idles
+    NUKED = "nuked"  # what nuke returns: slot, sandbox and session are gone (never stored)
+
+
+# The state polecat_done leaves a slot in, by the status it reported.
+DONE_STATE = {"COMPLETED": PolecatState.DONE, "ESCALATED": PolecatState.ESCALATED,
+              "DEFERRED": PolecatState.DEFERRED}
 
 
 class ProtocolMessage(BaseModel, frozen=True):
@@ -68,28 +90,53 @@ class MergeReady(ProtocolMessage, frozen=True):
 
 
 class Merged(ProtocolMessage, frozen=True):
+    """The refinery landed a bead's work: `commit` is the polecat's commit, `merged_sha` the
+    commit the target now points at (rebased, so it differs), `tests` is `passed` or `untested`
+    (a rig without a test command says so in every MERGED, never silently)."""
+
     KIND = ProtocolKind.MERGED
     SUBJECT = ("bead",)
     bead: Line
     merge_request: Line | None = None
     commit: Line | None = None
     polecat: Line | None = None
+    merged_sha: Line | None = None
+    target: Line | None = None  # the target branch
+    tests: Line | None = None
 
 
 class ReworkRequest(ProtocolMessage, frozen=True):
+    """Work sent back by the refinery. `reason` is conflict, tests or verification; a conflict
+    names its `files` (comma-separated) and the `target_sha` it met; a failure names the
+    `command` (or the verification criterion) and its `exit_status`. The evidence tail is the text."""
+
     KIND = ProtocolKind.REWORK_REQUEST
     SUBJECT = ("bead",)
     bead: Line
     merge_request: Line | None = None
     polecat: Line | None = None
     branch: Line | None = None
+    reason: Line | None = None
+    target_sha: Line | None = None
+    files: Line | None = None
+    command: Line | None = None
+    exit_status: Line | None = None
+    attempt: Line | None = None
 
 
 class Escalation(ProtocolMessage, frozen=True):
+    """A problem a person (or the mayor) must judge. From the refinery, `reason` says which
+    (attempts-exhausted, target-red, cannot-verify, source-gone), `branch` is kept, the history is the text."""
+
     KIND = ProtocolKind.ESCALATION
     SUBJECT = ("bead",)
     bead: Line | None = None
     polecat: Line | None = None
+    merge_request: Line | None = None
+    reason: Line | None = None
+    rig: Line | None = None
+    branch: Line | None = None
+    target_sha: Line | None = None
 
 
 class Help(ProtocolMessage, frozen=True):

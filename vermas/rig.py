@@ -4,19 +4,27 @@
     <town>/<rig>/refinery/rig     the refinery's worktree, where merges are made and tested
     <town>/<rig>/polecats/<name>  one git worktree per polecat
     <town>/<rig>/crew/<name>      long-lived human-directed workspaces
+
+`rig sync` fetches the upstream (`origin`) into the canonical clone and fast-forwards the
+rig's default branch to it; every new polecat worktree is cut from the branch just synced,
+so a commit pushed upstream after `rig add` reaches the next polecat.
 """
 
 from __future__ import annotations
 
+import enum
+import fcntl
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
 from vermas import git
 from vermas.addresses import RIG_RE, TOWN_ROLES
-from vermas.errors import Conflict, InvalidInput
+from vermas.errors import Conflict, InvalidInput, NotFound
 from vermas.town import MAX_POLECATS_LIMIT, RigConfig, Town, describe_errors, validate_prefix  # noqa: F401
 
 
@@ -52,6 +60,7 @@ def add(
             f"invalid rig name {str(name)[:40]!r}; allowed: a lowercase letter then up to 31 of "
             "[a-z0-9_-], not mayor/deacon/overseer"
         )
+    git.check_argument(git_url, "git_url")
     prefix = validate_prefix(prefix or default_prefix(name))
     try:  # the config model's bounds, checked before anything is cloned or written
         config = RigConfig(name=name, git_url=git_url, prefix=prefix, max_polecats=max_polecats,
@@ -69,9 +78,10 @@ def add(
     clone = canonical_clone(town, name)
     clone.parent.mkdir(parents=True)
     try:
-        git.run(town.root, "clone", "--quiet", git_url, str(clone), timeout=600)
+        git.clone(town.root, git_url, clone)
         branch = git.run(clone, "symbolic-ref", "--short", "HEAD")
-        git.run(clone, "worktree", "add", "--quiet", "--detach", str(refinery_worktree(town, name)), branch)
+        git.run(clone, "worktree", "add", "--quiet", "--detach", "--", str(refinery_worktree(town, name)),
+                branch)
         for folder in town.layout.rig_folders(name):
             folder.mkdir()
     except Exception:
@@ -102,3 +112,107 @@ def info(town: Town, name: str) -> RigInfo:
 def list_rigs(town: Town) -> list[RigInfo]:
     town.reload_config()
     return [info(town, name) for name in sorted(town.config.rigs)]
+
+
+# --- Sync: the upstream's latest into the canonical clone ---------------------------------
+
+class SyncState(enum.StrEnum):
+    """Where the rig's default branch stands after a sync (the branch only ever moves forward)."""
+
+    UP_TO_DATE = "up_to_date"  # the branch is the upstream's
+    FAST_FORWARDED = "fast_forwarded"  # moved forward to the upstream's
+    LOCAL_AHEAD = "local_ahead"  # holds the upstream's commits plus local ones not pushed yet
+    DIVERGED = "diverged"  # the upstream has commits the branch lacks, and the branch has its own
+
+
+class SyncResult(BaseModel):
+    rig: str
+    remote: str
+    branch: str
+    state: SyncState
+    before: str
+    after: str
+    upstream: str
+    new_commits: int  # commits the branch gained
+    local_commits: int  # commits on the branch that the upstream does not have
+
+
+def decide_sync(local: str, upstream: str, upstream_in_local: bool, local_in_upstream: bool) -> SyncState:
+    """What to do with the default branch at `local`, given the upstream's `upstream` (pure)."""
+    if local == upstream or (upstream_in_local and local_in_upstream):
+        return SyncState.UP_TO_DATE
+    if local_in_upstream:
+        return SyncState.FAST_FORWARDED
+    if upstream_in_local:
+        return SyncState.LOCAL_AHEAD
+    return SyncState.DIVERGED
+
+
+@contextmanager
+def _sync_lock(town: Town, name: str) -> Iterator[None]:
+    """One sync per rig at a time (two slings at once would race on git's ref and index locks)."""
+    path = town.layout.rig_sync_lock(name)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _fast_forward(clone: Path, branch: str, target: str) -> None:
+    """Move `branch` to `target` (a descendant). Where the canonical clone has it checked out,
+    a --ff-only merge keeps its work tree in step; elsewhere `branch -f`, which git refuses for
+    a branch checked out in any other worktree."""
+    if git.current_branch(clone) == branch:
+        git.run(clone, "merge", "--ff-only", "--quiet", target)
+    else:
+        git.run(clone, "branch", "--force", "--", branch, target)
+
+
+def sync(town: Town, name: str) -> SyncResult:
+    """Fetch the rig's upstream into its canonical clone and fast-forward the default branch.
+    A failed fetch, a branch missing upstream, or a diverged branch raises, never passes
+    silently: a polecat cut from a stale branch would redo or conflict with upstream work."""
+    town.reload_config()
+    config = town.config.rigs.get(name) if isinstance(name, str) else None
+    if config is None:
+        known = ", ".join(sorted(town.config.rigs)) or "none yet (vermas-runner rig add)"
+        raise NotFound(f"unknown rig {str(name)[:40]!r}; rigs in this town: {known}")
+    clone, branch = canonical_clone(town, name), config.default_branch
+    with _sync_lock(town, name):
+        remote = git.remote_url(clone) or config.git_url
+        before = git.resolve(clone, f"refs/heads/{branch}")
+        if before is None:
+            raise Conflict(f"rig {name}: the canonical clone {clone} has no branch {branch}")
+        try:
+            git.fetch(clone)
+        except git.GitError as exc:
+            raise git.GitError(
+                f"rig {name}: fetching the upstream {remote} failed, so {branch} stays at {before[:12]}: "
+                f"{exc}"
+            ) from None
+        upstream = git.resolve(clone, f"refs/remotes/origin/{branch}")
+        if upstream is None:
+            raise Conflict(f"rig {name}: the upstream {remote} has no branch {branch} (the rig's "
+                           "default_branch in town.toml)")
+        state = decide_sync(before, upstream, git.is_ancestor(clone, upstream, before),
+                            git.is_ancestor(clone, before, upstream))
+        local_commits = git.count(clone, upstream, before)
+        if state is SyncState.DIVERGED:
+            raise Conflict(
+                f"rig {name}: {branch} and the upstream's {branch} have diverged ({local_commits} local "
+                f"commit(s) not upstream, {git.count(clone, before, upstream)} upstream not local); "
+                f"{branch} stays at {before[:12]}: push or rebase the local commits in {clone}"
+            )
+        if state is SyncState.FAST_FORWARDED:
+            try:
+                _fast_forward(clone, branch, upstream)
+            except git.GitError as exc:
+                raise git.GitError(f"rig {name}: fetched, but could not fast-forward {branch} to "
+                                   f"{upstream[:12]}: {exc}") from None
+        after = git.resolve(clone, f"refs/heads/{branch}") or before
+    return SyncResult(rig=name, remote=remote, branch=branch, state=state, before=before, after=after,
+                      upstream=upstream, new_commits=git.count(clone, before, after),
+                      local_commits=local_commits)

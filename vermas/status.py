@@ -82,6 +82,9 @@ def runner_status(town: Town, sessions: TownSessions) -> RunnerStatus:
     pid = up.runner_pid(town)
     return RunnerStatus(
         town=town.config.name, root=str(town.root), runner_pid=pid, agents=rows,
-        rigs=rig.list_rigs(town), polecats=polecat.list_polecats(town),
+        rigs=rig.list_rigs(town),
+        # state: spawning, started (session up, GUPP nudge not yet delivered), working, done
+        # (merge request queued, waiting for the refinery), escalated or deferred (PolecatState).
+        polecats=polecat.list_polecats(town),
         unread_mail=base.unread_mail, convoys=base.convoys,
     )

@@ -16,6 +16,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from vermas.atomic import is_disk_full, storage_full
+from vermas.errors import StorageFull
+
 SCHEMA_VERSION = 2
 
 SCHEMA = """
@@ -158,8 +161,17 @@ class Database:
         self._write_lock = os.open(str(path) + ".writelock", os.O_RDWR | os.O_CREAT, 0o600)
         self._listeners: list[Callable[[set[str]], None]] = []
         self._pending: set[str] | None = None
-        self._ensure_schema()
+        try:
+            self._ensure_schema()
+        except sqlite3.Error as exc:
+            self.close()
+            if is_disk_full(exc):
+                raise self._full() from exc
+            raise
         private_files(path)
+
+    def _full(self) -> StorageFull:
+        return storage_full(self.path, "the town store", "nothing was written (the transaction was rolled back)")
 
     def _ensure_schema(self) -> None:
         row = self._conn.execute("PRAGMA user_version").fetchone()
@@ -183,7 +195,18 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction; rolled back whole on any exception."""
+        """One IMMEDIATE transaction; rolled back whole on any exception. A full disk
+        (SQLITE_FULL, on any statement or the commit) raises StorageFull naming the store."""
+        try:
+            with self._transaction() as conn:
+                yield conn
+        except sqlite3.Error as exc:
+            if is_disk_full(exc):
+                raise self._full() from exc
+            raise
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             fcntl.flock(self._write_lock, fcntl.LOCK_EX)
             try:

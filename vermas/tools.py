@@ -1,7 +1,8 @@
 """The tool registry: every vermas tool defined once, for the MCP server and the shell alike.
 
 Each tool is a plain function `fn(call, **params) -> Model`: its type hints are the parameter
-schema (pydantic validates them, the same way on both surfaces), the first paragraph of its
+schema (pydantic validates them strictly, the same way on both surfaces; every string argument
+also passes one text check, see `checked`), the first paragraph of its
 docstring is the published description (kept short: MCP tool bytes are paid in every
 session), and the following `name: help` lines are the shell's per-option help (never
 published). vermas_mcp builds MCP tools from `TOOLS`; vermas_runner builds argparse
@@ -11,20 +12,23 @@ subcommands from it. This module never imports the MCP SDK, so the runner starts
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import re
+import types
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Strict
 
-from vermas import beads, convoy, hooks, mail, polecat
+from vermas import beads, convoy, hooks, mail, polecat, validate
+from vermas import rig as rigs
 from vermas import sling as slinging
 from vermas import status as town_state
 from vermas.addresses import Address, Role, parse_address
-from vermas.errors import Forbidden, InvalidInput
+from vermas.errors import Forbidden
 from vermas.sessions import nudge as nudging
 from vermas.town import Town
 from vermas.twins import shell_words
@@ -48,6 +52,7 @@ class Kind(enum.Enum):
     PLAN = "plan"  # calls the model; stores a plan
     RUN = "run"  # runs shell tests only
     PIPELINE = "pipeline"  # the whole inspector pipeline, cached per commit
+    SYNC = "sync"  # reads from outside the town (a rig's upstream); moves a branch forward only
 
 
 @dataclass
@@ -65,9 +70,10 @@ class Call:
 @dataclass(frozen=True)
 class Param:
     name: str
-    annotation: Any
+    annotation: Any  # the strict type both surfaces validate with (see strict())
     default: Any  # inspect.Parameter.empty when required
     help: str
+    python_type: Any = None  # the annotation as written (the shell's option shapes read it)
 
     @property
     def required(self) -> bool:
@@ -122,6 +128,55 @@ def _evaluate(annotation: Any, fn: Callable[..., Any]) -> Any:
     return eval(annotation, fn.__globals__) if isinstance(annotation, str) else annotation  # noqa: S307
 
 
+# Scalars validated strictly at the edge: pydantic's lax mode turns True into 1 and "5" into 5
+# (priority=True was stored as 1, limit="5" accepted); strict, a bool is not an int, a string
+# is not a number, 1 and "true" are not bools. JSON schemas are unchanged.
+STRICT_SCALARS: dict[Any, Any] = {
+    int: Annotated[int, Strict()],
+    bool: Annotated[bool, Strict()],
+    str: Annotated[str, Strict()],
+    float: Annotated[float, Strict()],
+}
+
+
+def strict(annotation: Any) -> Any:
+    """`annotation` with every scalar strict, inside `X | None` and `list[X]` too."""
+    if annotation in STRICT_SCALARS:
+        return STRICT_SCALARS[annotation]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is list and len(args) == 1:
+        return list[strict(args[0])]  # type: ignore[misc]
+    if origin in (types.UnionType, typing.Union):
+        return typing.Union[tuple(strict(a) for a in args)]  # noqa: UP007
+    return annotation
+
+
+# String parameters that may span lines; every other string parameter (titles, subjects, ids,
+# addresses, names, labels, keys, paths) must be a single line without control characters.
+MULTILINE_PARAMS = frozenset({"description", "body", "notes", "comment", "reason", "summary",
+                              "acceptance_criteria", "message"})
+
+
+def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` behind the text check every tool argument gets (validate.text_arguments: no lone
+    surrogate anywhere, single-line fields one line), before the core runs, so both surfaces
+    (MCP tools and shell twins call spec.fn) refuse bad text with a clear error, nothing written."""
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def run_async(c: Call, **kwargs: Any) -> Any:
+            validate.text_arguments(kwargs, MULTILINE_PARAMS)
+            return await fn(c, **kwargs)
+
+        return run_async
+
+    @functools.wraps(fn)
+    def run(c: Call, **kwargs: Any) -> Any:
+        validate.text_arguments(kwargs, MULTILINE_PARAMS)
+        return fn(c, **kwargs)
+
+    return run
+
+
 def _inspector_types() -> dict[str, Any]:
     # deferred: the inspector's models are only needed to resolve verify tools' annotations
     from vermas.inspector.models import TestRun, VerificationReport  # deferred: as above
@@ -141,13 +196,14 @@ def tool(kind: Kind, blocking: bool = False,
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         description, summary, helps = _parse_doc(fn.__doc__ or "")
         signature = inspect.signature(fn)
-        params = tuple(
-            Param(p.name, _evaluate(p.annotation, fn), p.default, helps.get(p.name, ""))
-            for p in list(signature.parameters.values())[1:]  # the first is the Call
-        )
-        TOOLS[fn.__name__] = ToolSpec(fn.__name__, fn, kind, blocking, progress, params, description,
+        params = []
+        for p in list(signature.parameters.values())[1:]:  # the first is the Call
+            python_type = _evaluate(p.annotation, fn)
+            params.append(Param(p.name, strict(python_type), p.default, helps.get(p.name, ""), python_type))
+        run = checked(fn)
+        TOOLS[fn.__name__] = ToolSpec(fn.__name__, run, kind, blocking, progress, tuple(params), description,
                                       summary)
-        return fn
+        return run
 
     return register
 
@@ -303,15 +359,21 @@ def mail_send(c: Call, to: str, subject: str, body: str = "", reply_to: str | No
 
 
 @tool(Kind.READ)
-def mail_inbox(c: Call, unread_only: bool = True, limit: int = 20, address: str | None = None) -> MessageList:
-    """Your mail, not marked read: unread oldest first, or all newest first. Bodies are
-    previews (mail_read: full). address: overseer only.
+def mail_inbox(c: Call, unread_only: bool = True, limit: int = 20, address: str | None = None,
+               before: str | None = None, after: str | None = None,
+               order: str | None = None) -> mail.InboxPage:
+    """Your mail, not marked read: unread oldest first, or all newest first. Page with
+    next_cursor: pass it as after (oldest) or before (newest). Bodies are previews
+    (mail_read: full). address: overseer only.
 
     unread_only: only unread messages (--no-unread-only: all, newest first)
-    limit: at most this many messages
+    limit: at most this many messages (1 to 1000 per page)
     address: whose mailbox (overseer only; default: the actor's)
+    before: only messages before this one (a message id, e.g. a next_cursor) or this RFC 3339 time
+    after: only messages after this one (a message id, e.g. a next_cursor) or this RFC 3339 time
+    order: oldest or newest first (default: oldest for unread, newest for all)
     """
-    return MessageList(messages=mail.inbox(c.town, c.actor, unread_only, limit, address))
+    return mail.inbox_page(c.town, c.actor, unread_only, limit, address, before, after, order)
 
 
 @tool(Kind.MARK)
@@ -371,6 +433,16 @@ def convoy_list(c: Call, include_landed: bool = False) -> ConvoyList:
     return ConvoyList(convoys=convoy.list_convoys(c.town, include_landed))
 
 
+@tool(Kind.SYNC, blocking=True)
+def rig_sync(c: Call, rig: str) -> rigs.SyncResult:
+    """Fetch a rig's upstream into its canonical clone and fast-forward its default branch, as
+    every polecat spawn does first. Fails (nothing moved) if the fetch fails or it diverged.
+
+    rig: the rig to sync (vermas-runner rig list shows them)
+    """
+    return rigs.sync(c.town, rig)
+
+
 @tool(Kind.READ)
 def town_status(c: Call) -> town_state.TownStatus:
     """Beads by status, hooked agents, unread mail per agent, open convoys."""
@@ -383,11 +455,10 @@ def nudge(c: Call, target: str, message: str) -> nudging.NudgeResult:
     when its prompt is idle; if it stays busy the text is queued as NUDGE mail.
 
     target: the agent's address, e.g. mayor or gt/polecats/nux
-    message: the text to type (one line; newlines become spaces)
+    message: the text to type (one line: tabs and newlines become spaces; no control characters)
     """
     address = parse_address(target)
-    if not message.strip() or len(message) > nudging.MAX_CHARS:
-        raise InvalidInput(f"message must be 1 to {nudging.MAX_CHARS} characters")
+    message = validate.nudge_text(message)
     from vermas.sessions import TownSessions  # deferred: tmux (libtmux) only when a nudge is sent
 
     return nudging.nudge(c.town, TownSessions(c.town.root), address, message, sender=str(c.actor),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from vermas import timeutil
 from vermas.atomic import write_atomic
-from vermas.errors import InvalidInput, TownNotFound
+from vermas.errors import ConfigError, InvalidInput, TownNotFound
 from vermas.export import export_town
 from vermas.layout import BEADS_DIR, CONFIG_NAME, DB_NAME, TownLayout
 from vermas.store import Database
@@ -74,6 +75,42 @@ class TownConfig(BaseModel):
     rigs: dict[str, RigConfig] = Field(default_factory=dict)
 
 
+def _require_text_path(path: Path) -> None:
+    """A town's path and name are written into town.toml and its store as UTF-8 text, so a
+    directory whose name is not UTF-8 (argv bytes arrive as lone surrogates) is refused
+    before anything is created."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(
+            f"town directory {os.fsencode(path)!r} is not valid UTF-8 text; choose a directory name in UTF-8"
+        ) from None
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of `path` that does not exist yet (what `init` would create)."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+def _undo_init(layout: TownLayout, made: Path | None, made_runtime: Path | None, wrote_config: bool,
+               made_store: bool) -> None:
+    """Remove what a failed `init` created, and only that: the directories that did not exist
+    before it (with what is in them), the town.toml it wrote and the store it made."""
+    if wrote_config:
+        layout.config_file.unlink(missing_ok=True)
+    if made_store:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            layout.store_path.with_name(layout.store_path.name + suffix).unlink(missing_ok=True)
+    for directory in (made_runtime, made):
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 def validate_prefix(prefix: str) -> str:
     if not isinstance(prefix, str) or not PREFIX_RE.fullmatch(prefix):
         raise InvalidInput(f"invalid prefix {str(prefix)[:40]!r}; allowed: {PREFIX_RULE}")
@@ -130,23 +167,58 @@ def dump_config(config: TownConfig) -> str:
 
 
 def load_config(path: Path) -> TownConfig:
-    """Read and validate the whole config; a bad value is one error naming the file and field."""
+    """Read and validate the whole config; a bad file is one ConfigError naming it and the problem.
+
+    Every way a hand-edited or truncated file can fail (unreadable, not UTF-8, not TOML, a
+    table where a value belongs, a missing or bad field) ends here, never as a traceback."""
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (line {line}, byte {exc.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
-        raise InvalidInput(f"{path}: not valid TOML: {exc}") from None
-    town = data.get("town", {})
+        raise ConfigError(f"{path}: not valid TOML: {_one_line(str(exc))}") from None
     try:
-        return TownConfig.model_validate({
-            "name": town.get("name", path.parent.name),
-            "prefix": town.get("prefix", "hq"),
-            "agent": data.get("agent", {}),
-            "inspector": data.get("inspector", {}),
-            "rigs": {name: {**values, "name": name} for name, values in data.get("rigs", {}).items()},
-        })
+        return TownConfig.model_validate(_config_fields(path, data))
     except ValidationError as exc:
-        raise InvalidInput(f"{path}: {describe_errors(exc)}") from None
+        raise ConfigError(f"{path}: {_one_line(describe_errors(exc))}") from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _table(path: Path, data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: [{key}] must be a table, got {type(value).__name__} {str(value)[:40]!r}")
+    return value
+
+
+def _config_fields(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """The file's tables as TownConfig's fields. `[town] prefix` is required: a file that lost
+    it (truncated, half-saved) would otherwise give new beads the default prefix silently."""
+    town = _table(path, data, "town")
+    if "prefix" not in town:
+        raise ConfigError(
+            f"{path}: [town] has no prefix (the file may be truncated); add e.g. prefix = \"hq\" "
+            "with the prefix this town's bead ids start with"
+        )
+    rigs = _table(path, data, "rigs")
+    bad = [name for name, values in rigs.items() if not isinstance(values, dict)]
+    if bad:
+        raise ConfigError(f"{path}: rigs.{bad[0]} must be a table ([rigs.{bad[0]}] with git_url = ...)")
+    return {
+        "name": town.get("name", path.parent.name),
+        "prefix": town["prefix"],
+        "agent": _table(path, data, "agent"),
+        "inspector": _table(path, data, "inspector"),
+        "rigs": {name: {**values, "name": name} for name, values in rigs.items()},
+    }
 
 
 def _sections(config: TownConfig) -> dict[str, Any]:
@@ -234,9 +306,27 @@ class Town:
         """Create a town, or open it unchanged when it exists. Returns (town, created)."""
         validate_prefix(prefix)
         path = Path(root).expanduser().resolve()
+        _require_text_path(path)
         layout = TownLayout(path)
         if layout.is_town():
             return cls.open(path), False
+        made = _first_missing(path) or (layout.beads_dir if not layout.beads_dir.exists() else None)
+        made_runtime = None if layout.runtime_dir.exists() else layout.runtime_dir
+        wrote_config = not layout.config_file.exists()
+        made_store = not layout.store_path.exists()
+        town: Town | None = None
+        try:
+            town = cls._create(path, layout, prefix)
+            return town, True
+        except BaseException:
+            # A half-made town is worse than none: `init` again would open it as a town.
+            if town is not None:
+                town.close()
+            _undo_init(layout, made, made_runtime, wrote_config, made_store)
+            raise
+
+    @classmethod
+    def _create(cls, path: Path, layout: TownLayout, prefix: str) -> "Town":
         layout.beads_dir.mkdir(parents=True, exist_ok=True)
         for private in (layout.beads_dir, layout.runtime_dir):  # store, mail, pids, logs, temp HOMEs
             private.mkdir(mode=0o700, exist_ok=True)
@@ -248,18 +338,22 @@ class Town:
             config = load_config(layout.config_file)
         db = Database(layout.store_path, create=True)
         town = cls(path, config, db)
-        with db.write() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO routes(prefix, path, rig) VALUES (?, '.', NULL)",
-                (config.prefix + "-",),
-            )
-            conn.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('created_at', ?)",
-                (timeutil.now()[0],),
-            )
-            db.touch("issues", "messages", "routes")
-        export_town(town)
-        return town, True
+        try:
+            with db.write() as conn:
+                conn.execute(
+                    "INSERT OR IGNORE INTO routes(prefix, path, rig) VALUES (?, '.', NULL)",
+                    (config.prefix + "-",),
+                )
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('created_at', ?)",
+                    (timeutil.now()[0],),
+                )
+                db.touch("issues", "messages", "routes")
+            export_town(town)
+        except BaseException:
+            town.close()
+            raise
+        return town
 
     def save_config(self) -> None:
         """Write the config back; an existing town.toml keeps its comments and layout."""
@@ -269,6 +363,15 @@ class Town:
 
     def reload_config(self) -> None:
         self.config = load_config(self.layout.config_file)
+
+    def refresh_config(self) -> ConfigError | None:
+        """Reload for a long-running loop: a bad file keeps the last good config and is returned,
+        so the loop can log it and go on instead of dying."""
+        try:
+            self.reload_config()
+        except ConfigError as exc:
+            return exc
+        return None
 
     def prefix_for_rig(self, rig: str | None) -> str:
         if rig and rig in self.config.rigs:

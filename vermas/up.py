@@ -53,6 +53,7 @@ class UpReport(BaseModel):
     already_running: list[str]
     kicked: list[str] = []
     restarted_dead: dict[str, SessionDeath] = {}  # dead sessions `up` replaced, and why they died
+    repaired: list[str] = []  # polecats whose half-made spawn or broken sandbox was fixed first
 
 
 def core_agents(town: Town) -> list[Address]:
@@ -215,16 +216,23 @@ def stop_zygote(town: Town) -> bool:
 def up(town: Town, sessions: TownSessions, wait: bool = True) -> UpReport:
     resolve_agent_command(town)
     start_zygote(town)
-    desired = core_agents(town) + polecat_agents(town)
+    # Before any session starts: half-made spawns finished or rolled back, broken sandboxes
+    # rebuilt, so no polecat is ever started in a folder that is not its git worktree.
+    reports = polecat.repair_spawns(town, sessions)
+    repaired = [f"{r.address}: {r.why}" + (f"; failed, not started: {r.error}" if r.error else "") for r in reports]
+    broken = {r.address for r in reports if r.error}
+    desired = core_agents(town) + [a for a in polecat_agents(town) if str(a) not in broken]
     alive = live_session_names(sessions)
     died = dead_sessions(town, sessions)
     missing = plan_up(desired, alive)
     started = [a for a in missing if start_agent(town, sessions, a)]
     kicked = kick_all(town, sessions, started) if wait else []
+    polecat.mark_nudged(town, kicked)  # the rest stay `started`: the patrol nudges them
     return UpReport(
         started=[str(a) for a in started],
         already_running=[str(a) for a in desired if a.session_name in alive],
-        kicked=kicked, restarted_dead={a: d for a, d in died.items() if a in {str(x) for x in started}},
+        kicked=kicked, repaired=repaired,
+        restarted_dead={a: d for a, d in died.items() if a in {str(x) for x in started}},
     )
 
 

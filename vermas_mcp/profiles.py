@@ -6,7 +6,7 @@ from vermas.addresses import Role
 ALL_TOOLS = (
     "bead_create", "bead_show", "bead_list", "bead_ready", "bead_update", "bead_close",
     "bead_dep_add", "hook_check", "sling", "unsling", "mail_send", "mail_inbox", "mail_read",
-    "mail_ack", "nudge", "polecat_done", "convoy_create", "convoy_status", "convoy_list", "town_status",
+    "mail_ack", "nudge", "polecat_done", "convoy_create", "convoy_status", "convoy_list", "rig_sync", "town_status",
     "verify_spec", "verify_plan", "verify_run", "verify_bead", "verify_report",
 )
 VERIFY = ("verify_spec", "verify_plan", "verify_run", "verify_bead", "verify_report")

@@ -22,6 +22,7 @@ from vermas.addresses import Address
 from vermas.errors import VermasError
 from vermas.tools import Call, Kind, ProgressSink, ToolSpec
 from vermas.town import Town
+from vermas_mcp.sdk import REFUSAL
 
 # Only hints that differ from MCP's defaults (read-only false, destructive true, idempotent
 # false, open-world true) are sent: each byte is repeated in every session's tools/list.
@@ -34,6 +35,7 @@ ANNOTATIONS: dict[Kind, ToolAnnotations] = {
     Kind.PLAN: ToolAnnotations(destructive_hint=False, idempotent_hint=True),  # calls the model
     Kind.RUN: ToolAnnotations(destructive_hint=False, idempotent_hint=True, open_world_hint=False),
     Kind.PIPELINE: ToolAnnotations(destructive_hint=False, idempotent_hint=True),  # cached per commit
+    Kind.SYNC: ToolAnnotations(destructive_hint=False, idempotent_hint=True),  # fetches a rig's upstream
 }
 
 
@@ -83,6 +85,8 @@ def mcp_function(spec: ToolSpec, b: Binding) -> Callable[..., Any]:
     """
 
     async def tool(**kwargs: Any) -> Any:
+        if REFUSAL in kwargs:  # the arguments failed validation (see sdk.StrictArguments)
+            raise ToolError(kwargs[REFUSAL])
         call = Call(b.town, b.actor, progress=_sink(kwargs.pop("ctx", None)))
         try:
             if spec.is_async:

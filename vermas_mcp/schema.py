@@ -33,15 +33,17 @@ def slim(schema: Any) -> Any:
     return out
 
 
-def _kind(prop: dict[str, Any]) -> Any:
-    """The JSON type(s) of a property, with references and unions reduced to type names."""
+def _kind(prop: dict[str, Any], defs: dict[str, Any] | None = None) -> Any:
+    """The JSON type(s) of a property, with references and unions reduced to type names
+    (a reference to an enum of strings is a string, to a model an object)."""
     if "$ref" in prop:
-        return "object"
+        target = (defs or {}).get(str(prop["$ref"]).rpartition("/")[2], {})
+        return target.get("type", "object")
     if "type" in prop:
         return prop["type"]
     kinds: list[str] = []
     for option in prop.get("anyOf", []):
-        kind = _kind(option)
+        kind = _kind(option, defs)
         for k in kind if isinstance(kind, list) else [kind]:
             if k not in kinds:
                 kinds.append(k)
@@ -56,5 +58,6 @@ def shallow_output(schema: dict[str, Any]) -> dict[str, Any]:
     and types suffice (our results always carry every field, pydantic sees to that). The full
     nested schema tripled the bytes of tools/list.
     """
-    properties = {name: {"type": _kind(prop)} for name, prop in schema.get("properties", {}).items()}
+    defs = schema.get("$defs", {})
+    properties = {name: {"type": _kind(prop, defs)} for name, prop in schema.get("properties", {}).items()}
     return {"type": "object", "properties": properties}

@@ -15,7 +15,7 @@ from vermas.town import Town
 from vermas_mcp.profiles import PROFILES
 from vermas_mcp.registry import Binding, register
 from vermas_mcp.schema import shallow_output, slim
-from vermas_mcp.sdk import registered_tools
+from vermas_mcp.sdk import registered_tools, strict_arguments
 
 INSTRUCTIONS = (
     "vermas: Gas Town for Claude Code. Start with hook_check: if your hook has work, do it now "
@@ -41,6 +41,7 @@ def build_template(profile: str = "all") -> tuple[MCPServer, Binding]:
         if spec.name in enabled:
             register(server, spec, b)
     _slim_schemas(server)
+    strict_arguments(server)
     return server, b
 
 

@@ -68,9 +68,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_import(args: argparse.Namespace) -> None:
     town = _open_town(args.town)
-    report = import_file(town, Path(args.file))
+    report = import_file(town, Path(args.file), skip_bad=not args.strict)  # --strict: a bad line refuses all
     export_town(town)
-    twins.emit(report, args.json)  # lines read, created, updated, unchanged, older, tombstones, other
+    twins.emit(report, args.json)  # lines read, created, updated, unchanged, older, tombstones, other, bad
+    if report.problems:
+        print(f"vermas-runner: skipped {report.skipped_bad} bad line(s); nothing from them was written "
+              "(--strict refuses the whole file instead):", file=sys.stderr)
+        for problem in report.problems:
+            print(f"  {problem}", file=sys.stderr)
 
 
 def cmd_prime(args: argparse.Namespace) -> None:
@@ -137,6 +142,8 @@ def cmd_up(args: argparse.Namespace) -> None:
             print(f"started {address}")
         for address in report.already_running:
             print(f"already running {address}")
+        for line in report.repaired:
+            print(f"repaired {line}")
         _print_deaths(watch)
         if args.once:
             return
@@ -279,6 +286,7 @@ def cmd_polecat_list(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps([p.model_dump(mode="json") for p in polecats], indent=2))
         return
+    # state: spawning, started (GUPP nudge not yet delivered), working, done (waiting for the refinery)
     table = Table("polecat", "state", "bead", "branch")
     for p in polecats:
         table.add_row(str(p.address), str(p.state), p.bead_id or "-", p.branch or "-")
@@ -290,8 +298,10 @@ def cmd_polecat_nuke(args: argparse.Namespace) -> None:
     address = parse_address(args.address)
     if address.name is None or address.role.value != "polecat":
         _fail("polecat nuke takes a polecat address like rig/polecats/nux")
-    polecat.nuke(town, str(address.rig), address.name, force=args.force, sessions=_sessions(town))
+    info = polecat.nuke(town, str(address.rig), address.name, force=args.force, sessions=_sessions(town))
     print(f"nuked {address}; its bead is back to open")
+    for note in info.notes:
+        print(note)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -327,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", parents=[common], help="upsert beads from a bd issues.jsonl file")
     p.add_argument("file", help="a bd issues.jsonl file")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse the whole file if any line is bad (default: skip bad lines and list them)")
     p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("prime", parents=[town_only], help="print SessionStart context for an agent")
@@ -371,9 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = pc_sub.add_parser("list", parents=[common], help="list polecats and their state")
     p.add_argument("--rig", help="only this rig's polecats")
     p.set_defaults(fn=cmd_polecat_list)
-    p = pc_sub.add_parser("nuke", parents=[town_only], help="remove a polecat's session, worktree and branch")
+    p = pc_sub.add_parser("nuke", parents=[town_only],
+                          help="remove a polecat's session, worktree, merged branch and slot, from any state")
     p.add_argument("address", help="the polecat's address, e.g. rig/polecats/nux")
-    p.add_argument("--force", action="store_true", help="even with unmerged commits (they are lost)")
+    p.add_argument("--force", action="store_true",
+                   help="even with unmerged commits (its branch is kept; the rest is removed)")
     p.set_defaults(fn=cmd_polecat_nuke)
 
     p = sub.add_parser("demo", help="a throwaway town where polecats work beads, shown live")
@@ -383,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the town and sessions afterwards")
     p.set_defaults(fn=cmd_demo)
 
-    twins.add_tool_commands(sub, {"polecat": pc_sub}, common, cmd_tool, {"sling": _sling_options})
+    twins.add_tool_commands(sub, {"polecat": pc_sub, "rig": rig_sub}, common, cmd_tool, {"sling": _sling_options})
     return parser
 
 
@@ -397,8 +411,28 @@ def _compat(argv: list[str]) -> list[str]:
     return argv
 
 
+def undecodable_argument(argv: list[str]) -> str | None:
+    """A one-line complaint about the first argument that is not UTF-8, else None.
+
+    Python hands undecodable argv bytes over as lone surrogates (surrogateescape); passed on,
+    they broke whatever encoded them (town.toml, the store, tmux) with a traceback."""
+    for index, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            code = ord(arg[exc.start])
+            what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else "a lone surrogate"
+            return (f"argument {index} ({os.fsencode(arg)!r}) is not valid UTF-8 text: {what} at "
+                    f"character {exc.start}")
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(_compat(list(sys.argv[1:] if argv is None else argv)))
+    given = list(sys.argv[1:] if argv is None else argv)
+    problem = undecodable_argument(given)
+    if problem:
+        _fail(problem)
+    args = build_parser().parse_args(_compat(given))
     try:
         args.fn(args)
     except VermasError as exc:

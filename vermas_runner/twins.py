@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import types
 import typing
@@ -26,6 +27,7 @@ from vermas.addresses import parse_address
 from vermas.errors import InvalidInput
 from vermas.tools import TOOLS, Call, Param, ToolSpec
 from vermas.town import Town
+from vermas.validate import pydantic_problems
 
 DEFAULT_ACTOR = "overseer"
 SHELL_NUDGE_WAIT = 45.0  # seconds; the runner's nudges wait as long (vermas.nudge's default)
@@ -48,17 +50,35 @@ def _is_bool(annotation: Any) -> bool:
     return annotation is bool
 
 
+def _is_int(annotation: Any) -> bool:
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    return int in options
+
+
+def argv_values(spec: ToolSpec, given: dict[str, Any]) -> dict[str, Any]:
+    """Argv is text: an integer parameter's digits become the int an MCP client would send
+    (the registry validates strictly, so "5" is refused over MCP); anything else stays text
+    for the same strict validation to refuse with the MCP layer's message."""
+    out = dict(given)
+    for p in spec.params:
+        value = out.get(p.name)
+        if _is_int(p.python_type) and isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]{1,18}", value.strip()):
+            out[p.name] = int(value)
+    return out
+
+
 def add_param(parser: argparse.ArgumentParser, p: Param) -> None:
     help_text = p.help or p.name.replace("_", " ")
+    shape = p.python_type
     if p.required:
-        parser.add_argument(p.name, nargs="+" if _is_list(p.annotation) else None,
+        parser.add_argument(p.name, nargs="+" if _is_list(shape) else None,
                             metavar=p.name.upper(), help=help_text)
         return
     flag = "--" + p.name.replace("_", "-")
-    if _is_bool(p.annotation):
+    if _is_bool(shape):
         parser.add_argument(flag, dest=p.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                             help=f"{help_text} (default: {'yes' if p.default else 'no'})")
-    elif _is_list(p.annotation):
+    elif _is_list(shape):
         parser.add_argument(flag, dest=p.name, action="append", default=argparse.SUPPRESS, metavar="VALUE",
                             help=help_text)
     else:
@@ -68,7 +88,7 @@ def add_param(parser: argparse.ArgumentParser, p: Param) -> None:
 
 
 def arguments_model(spec: ToolSpec) -> type[BaseModel]:
-    """The same validation the MCP layer derives from the signature (pydantic, lax mode)."""
+    """The same validation the MCP layer derives from the registry's strict types (pydantic)."""
     fields: dict[str, Any] = {
         p.name: (p.annotation, ... if p.required else p.default) for p in spec.params
     }
@@ -79,16 +99,15 @@ def validate(spec: ToolSpec, given: dict[str, Any]) -> dict[str, Any]:
     try:
         model = arguments_model(spec).model_validate(given)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors())
-        raise InvalidInput(f"invalid arguments for {spec.name}: {problems}") from None
+        raise InvalidInput(f"invalid arguments for {spec.name}: {pydantic_problems(exc)}") from None
     return {p.name: getattr(model, p.name) for p in spec.params}
 
 
 def arguments(spec: ToolSpec, args: argparse.Namespace) -> dict[str, Any]:
     """The parsed arguments of a tool's command, validated as the MCP layer validates them
     (defaults filled in for options not given)."""
-    return validate(spec, {p.name: getattr(args, p.name) for p in spec.params if hasattr(args, p.name)})
+    return validate(spec, argv_values(spec, {p.name: getattr(args, p.name) for p in spec.params
+                                             if hasattr(args, p.name)}))
 
 
 def run_tool(spec: ToolSpec, town: Town, args: argparse.Namespace) -> Any:

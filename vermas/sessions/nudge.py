@@ -2,10 +2,13 @@
 
 Gas Town's issues show how this fails: text typed but never submitted, nudges that
 interrupt work, concurrent nudges interleaved. So: one lock per target session; the text
-goes in as literal keys in chunks; we wait until the prompt is idle (input box visible
-and empty, no "esc to interrupt"); then Enter, and we confirm the input box emptied,
-retrying Enter a few times; never Escape. If the agent stays busy, the nudge is queued
-as NUDGE mail, which the next prime or hook_check shows.
+(checked by `validate.nudge_text`: no control characters, one line) goes in through a tmux
+buffer, in chunks, so tmux never parses it; we wait until the prompt is idle (input box
+visible and empty, no "esc to interrupt"); we press Enter only once the whole text shows in
+the input box, and confirm the box emptied, retrying Enter a few times; never Escape. If
+the agent stays busy, or the text does not show up whole, what was typed is erased and the
+nudge is queued as NUDGE mail, which the next prime or hook_check shows: a nudge is
+delivered whole or queued, never left partly typed.
 
 `read_screen` and `next_step` are pure (screen text in, decision out) and tested
 without tmux; `nudge` is the thin effect around them.
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from vermas import mail, protocol
+from vermas import mail, protocol, validate
 from vermas.addresses import Address, parse_address
 from vermas.town import Town
 
@@ -32,9 +35,14 @@ if TYPE_CHECKING:
 PROMPT_GLYPHS = ("❯", ">")
 BUSY_MARKERS = ("esc to interrupt",)
 CHUNK = 200
-MAX_CHARS = 4000
+# Claude Code folds input that arrives faster than it redraws into "[Pasted text #1]" once it
+# passes ~800 characters, and then the text cannot be checked on screen; 0.2 s between
+# 200-character chunks keeps a 1,200-character text typed out in full (measured with v2.1).
+CHUNK_GAP = 0.2
+MAX_CHARS = validate.MAX_NUDGE_CHARS
 PASTE_SETTLE = 0.5
 ENTER_SPACING = 1.0
+ECHO_TIMEOUT = 5.0  # seconds after typing for the whole text to show before it is erased
 
 
 @dataclass(frozen=True)
@@ -94,22 +102,39 @@ class Step(str, Enum):
     WAIT = "wait"  # not ready or busy: look again shortly
     TYPE = "type"  # idle, empty box: type the text
     FOREIGN = "foreign"  # someone else's text is in the box: leave it alone and wait
-    ENTER = "enter"  # our text is in the box: press Enter
+    ENTER = "enter"  # our whole text is in the box: press Enter
+    ERASE = "erase"  # typed, but the whole text never showed: erase it (then queue it as mail)
     DONE = "done"  # box emptied (or the agent went busy) after Enter
 
 
-def next_step(screen: Screen, text: str, typed: bool, entered: bool = False) -> Step:
-    """What to do now, given the screen, whether we typed and pressed Enter yet (pure)."""
-    probe = text[:20].strip()
-    visible = screen.ready and bool(probe) and probe in screen.input_text
+def same_text(shown: str, text: str) -> bool:
+    """Whether the input box holds exactly `text`. Whitespace is ignored because the box
+    wraps long lines (and `read_screen` joins them with spaces), so a token split across
+    two rows reads with a space inside it; every other character must match, in order."""
+    return "".join(shown.split()) == "".join(text.split())
+
+
+def chunks(text: str, size: int = CHUNK) -> list[str]:
+    """The pieces typed one at a time. Any piece may start with '-' or end with ';': they go
+    through a tmux buffer, never as tmux arguments."""
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def next_step(screen: Screen, text: str, typed: bool, entered: bool = False, overdue: bool = False) -> Step:
+    """What to do now, given the screen, whether we typed and pressed Enter yet, and whether
+    the typed text has had its time to show (pure). Enter only when the box shows the
+    whole text: a partial text is never submitted."""
+    whole = screen.ready and same_text(screen.input_text, text)
     if not typed:
         if not screen.ready or screen.busy:
             return Step.WAIT
         return Step.TYPE if not screen.input_text else Step.FOREIGN
-    if visible:
+    if whole:
         return Step.ENTER
     if entered and (screen.busy or (screen.ready and not screen.input_text)):
         return Step.DONE
+    if not entered and overdue:
+        return Step.ERASE
     return Step.WAIT
 
 
@@ -133,11 +158,22 @@ def flatten(message: str) -> str:
     return " ".join(message.split())
 
 
+@dataclass(frozen=True)
+class Undelivered:
+    """The nudge did not go in; `queue` says whether to queue it as mail (nothing of it is
+    left in the box, so mail cannot deliver it twice)."""
+
+    queue: bool
+    reason: str
+
+
 def nudge(
     town: Town, sessions: TownSessions, target: Address, message: str, sender: str = "deacon",
     idle_timeout: float = 45.0, poll: float = 0.15, max_enters: int = 6,
 ) -> NudgeResult:
-    text = flatten(message)
+    """Deliver `message` (refused with InvalidInput if it holds control characters; line
+    breaks become spaces) whole and confirmed, or queue it as NUDGE mail."""
+    text = validate.nudge_text(message)
     started = time.monotonic()
 
     def queue(reason: str) -> NudgeResult:
@@ -146,8 +182,6 @@ def nudge(
         return NudgeResult(target=str(target), submitted=False, queued_message_id=msg.id,
                            seconds=time.monotonic() - started, reason=reason)
 
-    if not text:
-        raise ValueError("empty nudge")
     if not sessions.alive(target):
         return queue("session not running")
     with _lock_path(town, target).open("a") as lock:
@@ -156,42 +190,69 @@ def nudge(
             result = _deliver(sessions, target, text, started, idle_timeout, poll, max_enters)
             if isinstance(result, NudgeResult):
                 return result
-            if result == "typed":
-                # The text is in the input box, maybe even submitted unseen: queueing it as mail
-                # too could deliver it twice, so report it unconfirmed instead.
-                return NudgeResult(target=str(target), submitted=False, seconds=time.monotonic() - started,
-                                   reason="typed but the submission was not confirmed; not queued")
-            return queue("agent stayed busy or its prompt never became idle")
+            if result.queue:
+                return queue(result.reason)
+            return NudgeResult(target=str(target), submitted=False, seconds=time.monotonic() - started,
+                               reason=result.reason)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _type(sessions: TownSessions, target: Address, text: str) -> bool:
+    """Type the text chunk by chunk, pausing between chunks (see CHUNK_GAP)."""
+    for n, piece in enumerate(chunks(text)):
+        if n:
+            time.sleep(CHUNK_GAP)
+        if not sessions.type_literal(target, piece):
+            return False
+    return True
+
+
+def _erase(sessions: TownSessions, target: Address, text: str, why: str, poll: float) -> Undelivered:
+    """Backspace over what we typed (we typed only into an empty box, so len(text) presses
+    remove all of ours and nothing else; never Escape, which interrupts the agent)."""
+    pane = sessions.pane(target)
+    if pane is not None:
+        pane.send_keys("BSpace", enter=False, repeat=len(text))
+    deadline = time.monotonic() + ECHO_TIMEOUT
+    while time.monotonic() < deadline:
+        screen = read_screen(sessions.capture(target))
+        if screen.ready and not screen.input_text:
+            return Undelivered(queue=True, reason=f"{why}; erased it and queued it as mail")
+        time.sleep(poll)
+    return Undelivered(queue=True, reason=f"{why}; queued it as mail, but the input box did not clear")
 
 
 def _deliver(
     sessions: TownSessions, target: Address, text: str, started: float, idle_timeout: float,
     poll: float, max_enters: int,
-) -> NudgeResult | str | None:
-    """A NudgeResult when submitted; "typed" when the text went in but was not confirmed;
-    None when nothing was typed (the agent stayed busy)."""
+) -> NudgeResult | Undelivered:
+    """A NudgeResult when submitted; otherwise what went wrong and whether to queue it."""
     pane = sessions.pane(target)
     if pane is None:
-        return None
+        return Undelivered(queue=True, reason="session not running")
     typed, enters = False, 0
+    typed_at = 0.0
     deadline = started + idle_timeout
     last_enter = 0.0
     while time.monotonic() < deadline:
         screen = read_screen(sessions.capture(target))
-        step = next_step(screen, text, typed, entered=enters > 0)
+        overdue = typed and time.monotonic() - typed_at > ECHO_TIMEOUT
+        step = next_step(screen, text, typed, entered=enters > 0, overdue=overdue)
         if step is Step.TYPE:
-            for i in range(0, len(text), CHUNK):
-                pane.send_keys(text[i : i + CHUNK], enter=False, literal=True)
             typed = True
+            if not _type(sessions, target, text):
+                return _erase(sessions, target, text, "tmux refused to type the text", poll)
+            typed_at = time.monotonic()
             # Claude Code reads a fast burst of keys as a paste and swallows an Enter that
             # follows too closely; let the paste settle before the first Enter.
             last_enter = time.monotonic() - ENTER_SPACING + PASTE_SETTLE
-            deadline = max(deadline, time.monotonic() + max_enters * ENTER_SPACING + 5)
+            deadline = max(deadline, time.monotonic() + max_enters * ENTER_SPACING + ECHO_TIMEOUT + 5)
+        elif step is Step.ERASE:
+            return _erase(sessions, target, text, "the text did not show whole in the input box", poll)
         elif step is Step.ENTER:
             if enters >= max_enters:
-                return "typed"
+                break
             if time.monotonic() - last_enter >= ENTER_SPACING:  # give the TUI time to react
                 pane.send_keys("Enter", enter=False)
                 enters += 1
@@ -200,4 +261,10 @@ def _deliver(
             return NudgeResult(target=str(target), submitted=True, enter_presses=enters,
                                seconds=time.monotonic() - started)
         time.sleep(poll)
-    return "typed" if typed else None
+    if enters:
+        # The whole text was in the box and Enter went in, maybe even submitted unseen:
+        # queueing it as mail too could deliver it twice, so report it unconfirmed instead.
+        return Undelivered(queue=False, reason="typed but the submission was not confirmed; not queued")
+    if typed:
+        return _erase(sessions, target, text, "the text did not show whole in the input box", poll)
+    return Undelivered(queue=True, reason="agent stayed busy or its prompt never became idle")

@@ -8,9 +8,12 @@ and the agent command is quoted with shlex so no value is ever run as code.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import shlex
+import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +114,20 @@ def tail_lines(text: str, count: int = DEAD_TAIL) -> list[str]:
     return lines[-count:]
 
 
+_buffer_numbers = itertools.count()
+
+
+def paste_commands(tmux_bin: str, socket: str, buffer: str, pane_id: str) -> tuple[list[str], list[str]]:
+    """The two tmux commands that type text: load it into a named buffer from stdin, then
+    paste (and delete) that buffer into the pane. The text is never a tmux argument, so tmux
+    never parses it: `send-keys -l "- fix"` reads "- fix" as flags and types nothing, and
+    an argument ending in ';' loses the ';' (tmux takes it as a command separator).
+    No `-p`: no bracketed paste; no `-r` is moot as the text has no newlines."""
+    load = [tmux_bin, "-L", socket, "load-buffer", "-b", buffer, "-"]
+    paste = [tmux_bin, "-L", socket, "paste-buffer", "-d", "-b", buffer, "-t", pane_id]
+    return load, paste
+
+
 @dataclass
 class SessionInfo:
     address: str
@@ -203,6 +220,29 @@ class TownSessions:
     def pane(self, address: Address) -> libtmux.Pane | None:
         session = self._session(address.session_name)
         return session.active_pane if session is not None else None
+
+    def type_literal(self, address: Address, text: str) -> bool:
+        """Type `text` into the agent's pane exactly as given (no key names, no options, no
+        separators). False if tmux refused or timed out; the caller then erases whatever of
+        it may have arrived."""
+        pane = self.pane(address)
+        if pane is None or not pane.pane_id:
+            return False
+        buffer = f"vermas-nudge-{os.getpid()}-{threading.get_ident()}-{next(_buffer_numbers)}"
+        load, paste = paste_commands(self.server.tmux_bin or "tmux", self.socket, buffer, pane.pane_id)
+        try:
+            if subprocess.run(load, input=text.encode("utf-8"), capture_output=True, timeout=10).returncode:
+                return False
+            if subprocess.run(paste, capture_output=True, timeout=10).returncode == 0:
+                return True
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        # The paste failed: drop the buffer so it neither lingers nor gets pasted by anyone later.
+        try:
+            subprocess.run([*load[:3], "delete-buffer", "-b", buffer], capture_output=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        return False
 
     def capture(self, address: Address) -> str:
         pane = self.pane(address)

@@ -1,4 +1,4 @@
-"""The README's "A town in five commands", run as written.
+"""The README's "A town in six commands", run as written.
 
 The `sh` block is parsed out of README.md and run by bash, unchanged, in a temp HOME (so
 `~/town` and `~/src/myproj` are there), with `.venv/bin` first on PATH as the README asks,
@@ -35,7 +35,7 @@ pytestmark = [
                        reason="Claude Code CLI not installed (scripts/setup.sh installs it)"),
 ]
 README = Path(__file__).resolve().parents[1] / "README.md"
-HEADING = "## A town in five commands"
+HEADING = "## A town in six commands"
 
 
 def readme_commands() -> str:

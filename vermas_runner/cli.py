@@ -276,7 +276,7 @@ def cmd_tool(spec: "ToolSpec", args: argparse.Namespace) -> None:
     if spec.name == "verify_bead" and not args.json:
         print(render(result))
     else:
-        twins.emit(result, args.json)
+        twins.emit(result, args.json, getattr(args, "id_only", False))
     if spec.name == "verify_bead":  # grep/diff style, as before: 0 PASS, 1 FAIL (2: error)
         raise SystemExit(0 if result.overall == "PASS" else 1)
 

@@ -44,8 +44,11 @@ BAD_FILES: list[tuple[str, bytes, tuple[str, ...]]] = [
 
 
 def _write(town: Town, content: bytes) -> Path:
+    """Replace the file at once (a patrol reading a half-written file would see a third state)."""
     path = town.layout.config_file
-    path.write_bytes(content)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(content)
+    os.replace(tmp, path)
     return path
 
 
@@ -134,6 +137,7 @@ from vermas import patrol
 from vermas.sessions import TownSessions
 from vermas.town import Town
 town = Town.open(sys.argv[1])
+print("READY", flush=True)
 patrol.run_forever(town, TownSessions(town.root, socket=sys.argv[2]), interval=0.1)
 """
 
@@ -157,7 +161,8 @@ def test_patrol_survives_a_broken_file_and_logs_once(town: Town, tmp_path: Path)
         proc = subprocess.Popen([sys.executable, "-c", PATROL, str(town.root), f"vermas-test-cfg-{os.getpid()}"],
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
-        time.sleep(0.5)
+        _wait_for(log, "READY")  # opened with the good file before it breaks
+        time.sleep(0.3)
         _write(town, b'[town]\nprefix = "g')
         _wait_for(log, "keeping the last good config")
         time.sleep(1.0)  # ten more rounds on the broken file

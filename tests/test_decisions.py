@@ -98,7 +98,10 @@ def test_choose_name_respects_pool_and_limit() -> None:
 def test_patrol_decides_export_and_kicks() -> None:
     quiet = patrol.Observed(stale_exports=(), started_polecats=())
     assert patrol.decide(quiet) == []
-    busy = patrol.Observed(stale_exports=("issues",), started_polecats=(("gt", "nux", True), ("gt", "slit", False)))
+    busy = patrol.Observed(stale_exports=("issues",), started_polecats=(
+        patrol.StartedPolecat("gt", "nux", alive=True, nudging=False),
+        patrol.StartedPolecat("gt", "slit", alive=False, nudging=False),
+        patrol.StartedPolecat("gt", "toast", alive=True, nudging=True)))  # someone is delivering it
     assert patrol.decide(busy) == [patrol.Action("export"), patrol.Action("kick", "gt/polecats/nux")]
 
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import make_repo
 from vermas import beads, export, patrol, rig
@@ -71,3 +74,32 @@ def test_patrol_repairs_a_damaged_export(tmp_path: Path) -> None:
     assert [a.kind for a in patrol.decide(seen)] == ["export"]
     export.export_town(town)
     assert all(isinstance(row, dict) for row in _lines(target))
+
+
+def test_background_export_failure_is_logged_once_and_its_recovery_too(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """The server's export scheduler retries a failed export forever; it used to do so in
+    silence (a full disk left issues.jsonl behind with nothing in any log)."""
+    town, _ = Town.init(tmp_path / "town")
+    scheduler = export.ExportScheduler(town)
+    scheduler.DELAYS = {"issues": 0.05, "routes": 0.05, "messages": 0.05}
+    target = town.beads_dir / "issues.jsonl"
+    target.unlink()
+    target.mkdir()  # the export's atomic rename onto a directory fails, on every retry
+    try:
+        for i in range(3):
+            beads.create(town, OVERSEER, f"bead {i}")
+            time.sleep(0.3)
+        failed = capfd.readouterr().err
+        assert failed.count("failed, will retry") == 1, failed
+        assert str(town.beads_dir) in failed and "IsADirectoryError" in failed
+        target.rmdir()
+        beads.create(town, OVERSEER, "after the fix")
+        deadline = time.monotonic() + 5
+        while export.stale_kinds(town) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert export.stale_kinds(town) == []
+        assert capfd.readouterr().err.count("exports are written again") == 1
+    finally:
+        scheduler.close()
+        town.close()

@@ -101,6 +101,8 @@ def test_one_bad_in_a_batch_of_four_is_bisected_out_and_sent_back(town: Town, mr
     assert git(bad.worktree, "rev-parse", "HEAD") == bad.commit
     row = mr.bead_row(bad.bead)
     assert (row["status"], row["assignee"]) == ("hooked", str(bad.address))
+    with town.db.read() as conn:  # and its slot asks the runner for the GUPP nudge again
+        assert conn.execute("SELECT state FROM polecats WHERE name = ?", (bad.address.name,)).fetchone()[0] == "started"
     # the polecat fixes it; its next polecat_done is a new request (attempt 2) that merges
     fixed = mr.commit(bad.bead, bad.address, bad.worktree, {"bad.txt": "fixed\n"}, "fix")
     assert fixed.mr != bad.mr and ledger.get(town, fixed.mr).attempts == 1

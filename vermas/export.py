@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import fcntl
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -202,6 +203,7 @@ class ExportScheduler:
         self._cond = threading.Condition()
         self._closed = False
         self._exporting = threading.Lock()  # held while an export runs, so flush waits for it
+        self._problem: str | None = None  # the last export failure, logged once per change
         self._thread = threading.Thread(target=self._loop, name="vermas-export", daemon=True)
         self._thread.start()
         town.db.add_listener(self.notify)
@@ -239,10 +241,25 @@ class ExportScheduler:
             return
         try:
             _, deferred = _export(self.town, kinds, min_interval=None if final else self.DELAYS)
-        except Exception:  # an export failure must never take the server down; retry later
+        except Exception as exc:  # an export failure must never take the server down; retry later
             deferred = set(kinds)
+            self._report(f"{type(exc).__name__}: {exc}")
+        else:
+            self._report(None)
         if deferred:
             self.notify(deferred)
+
+    def _report(self, problem: str | None) -> None:
+        """Say on stderr (the MCP client's server log, the runner's log) when exports start
+        failing and when they work again: once per change, not on every retry."""
+        if problem == self._problem:
+            return
+        if problem is not None:
+            print(f"vermas: writing the exports in {self.town.beads_dir} failed, will retry: {problem}",
+                  file=sys.stderr, flush=True)
+        elif self._problem is not None:
+            print("vermas: exports are written again", file=sys.stderr, flush=True)
+        self._problem = problem
 
     def flush(self) -> None:
         """Export everything pending now, after any export already running has finished

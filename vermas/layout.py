@@ -3,11 +3,13 @@
     <town>/town.toml                     config
     <town>/.beads/vermas.db              the store of record (SQLite)
     <town>/.beads/{issues,messages,routes}.jsonl   bd-compatible exports
-    <town>/.runtime/                     runner lock and log, MCP zygote pid/log, nudge locks,
-                                         one folder per agent session (mcp.json, settings, mcp.ready)
+    <town>/.runtime/                     runner lock and log, MCP zygote pid/log, nudge, spawn and GUPP locks,
+                                         the stand-in model's state, one folder per agent session
+                                         (mcp.json, settings, mcp.ready)
     <town>/<rig>/mayor/rig               the rig's canonical clone (its .beads/issues.jsonl)
     <town>/<rig>/refinery/rig            the refinery's worktree
     <town>/<rig>/polecats/<name>         one git worktree per polecat
+    <town>/<rig>/polecats/.leftovers/    folders repair moved aside (never deleted)
     <town>/<rig>/crew/<name>             long-lived human-directed workspaces
     <town>/<rig>/witness                 the witness's folder
     <town>/<role>                        town-level agents (mayor, deacon)
@@ -98,6 +100,25 @@ class TownLayout:
         return self.runtime_dir / "mcp-zygote.log"
 
     @property
+    def standin_state(self) -> Path:
+        """The stand-in model server of `up --model standin`: its pid and URL (JSON)."""
+        return self.runtime_dir / "standin.json"
+
+    @property
+    def standin_saved_agent(self) -> Path:
+        """The town's own `[agent]` while the stand-in replaces it; `down` puts it back."""
+        return self.runtime_dir / "standin-agent.json"
+
+    @property
+    def standin_log(self) -> Path:
+        return self.runtime_dir / "standin.log"
+
+    @property
+    def standin_home(self) -> Path:
+        """The private Claude Code home of the stand-in town's sessions."""
+        return self.runtime_dir / "standin-home"
+
+    @property
     def locks_dir(self) -> Path:
         return self.runtime_dir / "locks"
 
@@ -108,6 +129,14 @@ class TownLayout:
     def ready_marker(self, session_name: str) -> Path:
         """Written by the agent's vermas-mcp when it has started."""
         return self.agent_runtime_dir(session_name) / "mcp.ready"
+
+    def spawn_lock(self, session_name: str) -> Path:
+        """Held (flock) by the process making a polecat, so repair knows a spawn is abandoned."""
+        return self.locks_dir / f"{_segment(session_name, 'session name')}.spawn.lock"
+
+    def gupp_lock(self, session_name: str) -> Path:
+        """Held (flock) by whoever is delivering an agent's GUPP nudge, so only one does."""
+        return self.locks_dir / f"{_segment(session_name, 'session name')}.gupp.lock"
 
     # --- rigs -------------------------------------------------------------------------
     def rig_dir(self, rig: str) -> Path:
@@ -132,6 +161,10 @@ class TownLayout:
 
     def polecat_worktree(self, rig: str, name: str) -> Path:
         return self.polecats_dir(rig) / _segment(name, "polecat name")
+
+    def polecat_leftover(self, rig: str, name: str, stamp: str) -> Path:
+        """Where repair moves a polecat folder that is not its git worktree (files kept, not deleted)."""
+        return self.polecats_dir(rig) / ".leftovers" / f"{_segment(name, 'polecat name')}-{_segment(stamp, 'stamp')}"
 
     def crew_dir(self, rig: str, name: str | None = None) -> Path:
         folder = self.rig_dir(rig) / "crew"

@@ -1,58 +1,91 @@
 """The runner's patrol loop: observe the town, decide actions (pure), act.
 
-This first patrol keeps exports current and makes sure every started polecat got its
-GUPP nudge; the witness, refinery and deacon patrols build on the same shape.
+This first patrol keeps exports current, rolls back or finishes polecat spawns whose
+process died part way, and owns every started polecat's GUPP nudge: a caller (an MCP
+`sling` in a one-shot `claude -p`) may try first, but the runner, which outlives every
+caller, delivers whatever nobody is delivering. The witness, refinery and deacon patrols
+build on the same shape.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from dataclasses import dataclass
 
 from vermas import export, polecat
 from vermas.addresses import Address, Role
-from vermas.sessions import TownSessions, launch
+from vermas.protocol import PolecatState
+from vermas.sessions import TownSessions
 from vermas.town import Town
 
 INTERVAL = 2.0
+log = logging.getLogger("vermas.patrol")
+
+
+@dataclass(frozen=True)
+class StartedPolecat:
+    rig: str
+    name: str
+    alive: bool  # its session runs
+    nudging: bool  # someone holds its GUPP lock (delivering the nudge right now)
 
 
 @dataclass(frozen=True)
 class Observed:
     stale_exports: tuple[str, ...]
-    started_polecats: tuple[tuple[str, str, bool], ...]  # (rig, name, session alive)
+    started_polecats: tuple[StartedPolecat, ...] = ()
+    abandoned_spawns: tuple[tuple[str, str], ...] = ()  # (rig, name): `spawning`, spawn lock free
 
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # "export" | "kick"
+    kind: str  # "export" | "kick" | "repair"
     target: str = ""
 
 
 def decide(seen: Observed) -> list[Action]:
     actions = [Action("export")] if seen.stale_exports else []
-    actions += [Action("kick", f"{rig}/polecats/{name}") for rig, name, alive in seen.started_polecats if alive]
+    actions += [Action("repair", f"{rig}/polecats/{name}") for rig, name in seen.abandoned_spawns]
+    actions += [Action("kick", f"{p.rig}/polecats/{p.name}") for p in seen.started_polecats
+                if p.alive and not p.nudging]
     return actions
 
 
 def observe(town: Town, sessions: TownSessions) -> Observed:
-    started = tuple(
-        (p.rig, p.name, sessions.alive(Address(role=Role.POLECAT, rig=p.rig, name=p.name)))
-        for p in polecat.list_polecats(town) if p.state == "started"
-    )
-    return Observed(stale_exports=tuple(export.stale_kinds(town)), started_polecats=started)
+    started, abandoned = [], []
+    for p in polecat.list_polecats(town):
+        if p.state is PolecatState.STARTED:
+            started.append(StartedPolecat(
+                p.rig, p.name, sessions.alive(Address(role=Role.POLECAT, rig=p.rig, name=p.name)),
+                polecat.lock_held(polecat.gupp_lock(town, p.rig, p.name))))
+        elif p.state is PolecatState.SPAWNING and not polecat.lock_held(polecat.spawn_lock(town, p.rig, p.name)):
+            abandoned.append((p.rig, p.name))
+    return Observed(stale_exports=tuple(export.stale_kinds(town)), started_polecats=tuple(started),
+                    abandoned_spawns=tuple(abandoned))
 
 
 def act(town: Town, sessions: TownSessions, actions: list[Action]) -> None:
     for action in actions:
         if action.kind == "export":
             export.export_town(town)
+        elif action.kind == "repair":
+            rig, _, name = action.target.split("/")
+            report = polecat.repair(town, sessions, rig, name, only_spawning=True)
+            if report is not None:
+                log.warning("repaired %s (%s): %s%s", report.address, report.why,
+                            ", ".join(report.steps), f"; error: {report.error}" if report.error else "")
         elif action.kind == "kick":
             rig, _, name = action.target.split("/")
-            polecat.set_state(town, rig, name, "working")
-            address = Address(role=Role.POLECAT, rig=rig, name=name)
-            threading.Thread(target=launch.kick, args=(town, sessions, address), daemon=True).start()
+            # gupp takes the GUPP lock without waiting, so a later round never nudges twice.
+            threading.Thread(target=polecat.gupp, args=(town, sessions, rig, name), daemon=True).start()
+
+
+def patrol_once(town: Town, sessions: TownSessions) -> list[Action]:
+    actions = decide(observe(town, sessions))
+    act(town, sessions, actions)
+    return actions
 
 
 def config_notice(before: str | None, now: str | None) -> str | None:
@@ -77,5 +110,5 @@ def run_forever(town: Town, sessions: TownSessions, interval: float = INTERVAL) 
         if notice:
             print(f"patrol: {notice}", flush=True)
         problem = str(error) if error else None
-        act(town, sessions, decide(observe(town, sessions)))
+        patrol_once(town, sessions)
         stop.wait(interval)

@@ -1,25 +1,35 @@
 """Polecats: ephemeral workers, slot + sandbox + session. This module holds their whole
 life: allocation of a named slot and the hook (one transaction), the git worktree, the
-session start, `polecat_done` at the end of the work, and nuking."""
+session start and its GUPP nudge, `polecat_done` at the end of the work, repair of a spawn
+that died part way (decisions in vermas.spawnrepair), and nuking.
+
+States (protocol.PolecatState) say what happened: spawning -> started (session up) ->
+working (GUPP nudge delivered) -> done / escalated / deferred (polecat_done)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from vermas import beads, git, mail, permissions, protocol, timeutil, validate
+from vermas import beads, git, mail, permissions, protocol, spawnrepair, timeutil, validate
 from vermas.addresses import Address, Role
 from vermas.dispatch import admit
 from vermas.errors import Conflict, InvalidInput, NotFound, VermasError
 from vermas.hooks import hooked_id
 from vermas.permissions import Action
+from vermas.proc import Flock, flock_held
+from vermas.protocol import DONE_STATE, PolecatState
 from vermas.refinery import ledger
 from vermas.rig import canonical_clone
 from vermas.rig import sync as sync_rig
 from vermas.sessions import launch
+from vermas.spawnrepair import SpawnSeen, Step
 from vermas.town import Town
 from vermas.twins import twin
 
@@ -123,6 +133,9 @@ def done(town: Town, actor: Address, status: str = "COMPLETED", summary: str = "
         )
         if summary:
             beads.add_comment(conn, bead_id, str(actor), f"polecat_done {status}: {summary}", stamp)
+        # The slot says so in the same transaction: `done` (waiting for the refinery), not `working`.
+        conn.execute("UPDATE polecats SET state = ? WHERE rig = ? AND name = ?",
+                     (DONE_STATE[status].value, rig, str(actor.name)))
         town.db.touch("issues")
         subject, body = protocol.format(protocol.PolecatDone(
             bead=bead_id, status=status, polecat=str(actor), branch=tree.branch if tree else None,
@@ -147,6 +160,10 @@ NAME_POOL = (
     "nux", "slit", "furiosa", "capable", "toast", "dag", "cheedo", "angharad", "ace", "rictus",
     "morsov", "keeper", "valkyrie", "max", "immortan", "corpus", "organic", "splendid",
 )
+# Fault injection for tests/test_spawn_repair.py: SIGKILL the spawning process right after
+# the named step, as a crash or an impatient Ctrl-\ would.
+KILL_AT_ENV = "VERMAS_TEST_SPAWN_KILL"
+SPAWN_STEPS = ("allocated", "branch", "registered", "checked-out", "session")
 
 
 class PolecatInfo(BaseModel):
@@ -157,23 +174,57 @@ class PolecatInfo(BaseModel):
     bead_id: str | None
     branch: str | None
     worktree: str | None
-    state: str
+    state: PolecatState
     created_at: str
+    notes: list[str] = []  # what nuke or repair kept or moved (a branch, a folder); not stored
+
+
+class RepairReport(BaseModel):
+    address: str
+    state: PolecatState  # before the repair
+    steps: list[Step]
+    why: str
+    notes: list[str] = []
+    error: str | None = None
+
+
+def _checkpoint(step: str) -> None:
+    if os.environ.get(KILL_AT_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def free_names(pool: tuple[str, ...], taken: set[str], max_polecats: int) -> list[str]:
+    """The free names among the rig's first `max_polecats` slots, in order (pure)."""
+    names = [pool[i] if i < len(pool) else f"polecat{i + 1}" for i in range(max_polecats)]
+    return [n for n in names if n not in taken]
 
 
 def choose_name(pool: tuple[str, ...], taken: set[str], max_polecats: int) -> str | None:
     """First free name among the rig's first `max_polecats` slots (pure)."""
-    names = [pool[i] if i < len(pool) else f"polecat{i + 1}" for i in range(max_polecats)]
-    return next((n for n in names if n not in taken), None)
+    return next(iter(free_names(pool, taken, max_polecats)), None)
 
 
 def branch_name(name: str, bead_id: str) -> str:
     return f"polecat/{name}/{bead_id}"
 
 
-def allocate(town: Town, actor: Address, bead_id: str, rig: str, force: bool = False) -> PolecatInfo:
-    """Reserve a slot and hook the bead to it in one transaction: never two polecats with
-    one name, never more than max_polecats, never a bead hooked twice."""
+def _address(rig: str, name: str) -> Address:
+    return Address(role=Role.POLECAT, rig=rig, name=name)
+
+
+def spawn_lock(town: Town, rig: str, name: str) -> Flock:
+    return Flock(town.layout.spawn_lock(_address(rig, name).session_name))
+
+
+def gupp_lock(town: Town, rig: str, name: str) -> Flock:
+    return Flock(town.layout.gupp_lock(_address(rig, name).session_name))
+
+
+def lock_held(lock: Flock) -> bool:
+    return lock.path.is_file() and flock_held(lock.path)
+
+
+def _allocate(town: Town, actor: Address, bead_id: str, rig: str, force: bool) -> tuple[PolecatInfo, Flock]:
     validate.bead_id(bead_id)
     town.reload_config()
     config = town.config.rigs.get(rig)
@@ -186,29 +237,50 @@ def allocate(town: Town, actor: Address, bead_id: str, rig: str, force: bool = F
         # A name someone slung work to directly (no slot) is not free either.
         taken |= {r[0].rsplit("/", 1)[1] for r in conn.execute(
             "SELECT assignee FROM issues WHERE status = 'hooked' AND assignee GLOB ?", (f"{rig}/polecats/*",))}
-        name = choose_name(NAME_POOL, taken, config.max_polecats)
-        if name is None:
+        # The spawn lock is taken before the row commits, so a `spawning` row whose lock is free
+        # is always an abandoned spawn (a name being repaired right now is skipped).
+        lock, name = None, None
+        for candidate in free_names(NAME_POOL, taken, config.max_polecats):
+            lock = spawn_lock(town, rig, candidate)
+            if lock.acquire(wait=False):
+                name = candidate
+                break
+        if name is None or lock is None:
             raise Conflict(
                 f"rig {rig} has {len(taken)} of {config.max_polecats} polecats busy; wait for one to "
                 "finish, nuke one (vermas-runner polecat nuke), or raise max_polecats in town.toml"
             )
-        address = Address(role=Role.POLECAT, rig=rig, name=name)
-        stamp, ts = timeutil.now()
-        worktree = str(worktree_path(town, address))
-        conn.execute(
-            "INSERT INTO polecats(rig, name, bead_id, branch, worktree, state, created_at) "
-            "VALUES (?,?,?,?,?,?,?)",
-            (rig, name, bead_id, branch_name(name, bead_id), worktree, "spawning", stamp),
-        )
-        conn.execute(
-            "UPDATE issues SET status = 'hooked', assignee = ?, closed_at = NULL, close_reason = NULL, "
-            "updated_at = ?, updated_ts = ? WHERE id = ?",
-            (str(address), stamp, ts, bead_id),
-        )
-        town.db.touch("issues")
-    return PolecatInfo(address=str(address), rig=rig, name=name, bead_id=bead_id,
-                       branch=branch_name(name, bead_id), worktree=worktree, state="spawning",
+        try:
+            address = _address(rig, name)
+            stamp, ts = timeutil.now()
+            worktree = str(worktree_path(town, address))
+            conn.execute(
+                "INSERT INTO polecats(rig, name, bead_id, branch, worktree, state, created_at) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (rig, name, bead_id, branch_name(name, bead_id), worktree, PolecatState.SPAWNING.value, stamp),
+            )
+            conn.execute(
+                "UPDATE issues SET status = 'hooked', assignee = ?, closed_at = NULL, close_reason = NULL, "
+                "updated_at = ?, updated_ts = ? WHERE id = ?",
+                (str(address), stamp, ts, bead_id),
+            )
+            town.db.touch("issues")
+        except BaseException:
+            lock.release()
+            raise
+    info = PolecatInfo(address=str(address), rig=rig, name=name, bead_id=bead_id,
+                       branch=branch_name(name, bead_id), worktree=worktree, state=PolecatState.SPAWNING,
                        created_at=stamp, prior_status=row["status"])
+    return info, lock
+
+
+def allocate(town: Town, actor: Address, bead_id: str, rig: str, force: bool = False) -> PolecatInfo:
+    """Reserve a slot and hook the bead to it in one transaction: never two polecats with
+    one name, never more than max_polecats, never a bead hooked twice. (A slot left at
+    `spawning` by itself is what repair rolls back; spawn goes on to make it.)"""
+    info, lock = _allocate(town, actor, bead_id, rig, force)
+    lock.release()
+    return info
 
 
 def release(town: Town, rig: str, name: str, reopen_bead: bool, status: str = "open") -> None:
@@ -227,9 +299,13 @@ def release(town: Town, rig: str, name: str, reopen_bead: bool, status: str = "o
         town.db.touch("issues")
 
 
-def set_state(town: Town, rig: str, name: str, state: str) -> None:
+def set_state(town: Town, rig: str, name: str, state: PolecatState, only_from: PolecatState | None = None) -> bool:
+    """Store a slot's state (compare-and-set when only_from is given); True if it changed."""
+    sql, args = "UPDATE polecats SET state = ? WHERE rig = ? AND name = ?", [state.value, rig, name]
+    if only_from is not None:
+        sql, args = sql + " AND state = ?", [*args, only_from.value]
     with town.db.write() as conn:
-        conn.execute("UPDATE polecats SET state = ? WHERE rig = ? AND name = ?", (state, rig, name))
+        return conn.execute(sql, args).rowcount > 0
 
 
 def list_polecats(town: Town, rig: str | None = None) -> list[PolecatInfo]:
@@ -242,23 +318,41 @@ def list_polecats(town: Town, rig: str | None = None) -> list[PolecatInfo]:
     return [PolecatInfo(address=f"{r['rig']}/polecats/{r['name']}", **dict(r)) for r in rows]
 
 
+def find(town: Town, rig: str, name: str) -> PolecatInfo | None:
+    return next((p for p in list_polecats(town, rig) if p.name == name), None)
+
+
+def _sandbox(town: Town, info: PolecatInfo) -> spawnrepair.SandboxSeen:
+    return spawnrepair.observe_sandbox(canonical_clone(town, info.rig), Path(str(info.worktree)), info.branch,
+                                       town.config.rigs[info.rig].default_branch)
+
+
 def create_worktree(town: Town, info: PolecatInfo) -> None:
     """A fresh branch from the rig's default branch, in the polecat's folder. The rig is
-    synced first (fetch, fast-forward), so the branch starts from the upstream's latest; a
-    failed sync raises and no polecat is spawned on a stale base."""
+    synced first (fetch, fast-forward), so a new branch starts from the upstream's latest; a
+    failed sync raises and no polecat is spawned on a stale base. In steps (branch,
+    registered with no checkout, checkout), so that a crash between any two leaves a state
+    repair recognises; an existing finished worktree is kept (its work stays), and whatever
+    else is in the way is cleared first (a foreign folder is moved aside, never deleted)."""
     clone = canonical_clone(town, info.rig)
-    path = Path(str(info.worktree))
-    if git.is_worktree(path):
-        return  # respawn after a crash: keep the work that is there
-    if git.has_ref(clone, f"refs/heads/{info.branch}"):
-        git.run(clone, "worktree", "add", "--quiet", "--", str(path), str(info.branch))
-    else:
+    path, branch = Path(str(info.worktree)), str(info.branch)
+    box = _sandbox(town, info)
+    if box.tree is spawnrepair.TreeState.GOOD:
+        return
+    _apply(town, None, info, spawnrepair.clear_steps(box))
+    if not git.has_ref(clone, f"refs/heads/{branch}"):
         try:
             base = sync_rig(town, info.rig).after
         except VermasError as exc:
             raise type(exc)(f"no polecat spawned: {exc} (`vermas-runner rig sync {info.rig}` retries "
                             "the fetch)") from None
-        git.run(clone, "worktree", "add", "--quiet", "-b", str(info.branch), "--", str(path), base)
+        git.run(clone, "branch", "--", branch, base)
+    _checkpoint("branch")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    git.run(clone, "worktree", "add", "--quiet", "--no-checkout", "--", str(path), branch)
+    _checkpoint("registered")
+    git.run(path, "reset", "--quiet", "--hard")
+    _checkpoint("checked-out")
 
 
 def unmerged_commits(town: Town, info: PolecatInfo) -> int:
@@ -266,16 +360,124 @@ def unmerged_commits(town: Town, info: PolecatInfo) -> int:
     if not info.branch or not git.has_ref(clone, f"refs/heads/{info.branch}"):
         return 0
     base = town.config.rigs[info.rig].default_branch
-    return int(git.run(clone, "rev-list", "--count", f"{base}..{info.branch}"))
+    return int(git.run(clone, "rev-list", "--count", f"{base}..refs/heads/{info.branch}"))
 
 
-def remove_worktree(town: Town, info: PolecatInfo) -> None:
+def observe(town: Town, sessions: TownSessions, info: PolecatInfo, spawner_alive: bool) -> SpawnSeen:
+    with town.db.read() as conn:
+        hooked = conn.execute("SELECT 1 FROM issues WHERE id = ? AND status = 'hooked' AND assignee = ?",
+                              (info.bead_id, info.address)).fetchone() is not None
+    return SpawnSeen(state=info.state, spawner_alive=spawner_alive, bead_hooked=hooked,
+                     session_alive=sessions.alive(_address(info.rig, info.name)), sandbox=_sandbox(town, info))
+
+
+def _apply(town: Town, sessions: TownSessions | None, info: PolecatInfo, steps: tuple[Step, ...],
+           reopen_status: str = "open") -> list[str]:
+    """Run a plan's steps (the thin effect of spawnrepair's decisions); notes say what was kept."""
     clone = canonical_clone(town, info.rig)
-    if info.worktree and Path(info.worktree).exists():
-        git.run(clone, "worktree", "remove", "--force", info.worktree)
-    git.run(clone, "worktree", "prune", check=False)
-    if info.branch and git.has_ref(clone, f"refs/heads/{info.branch}"):
-        git.run(clone, "branch", "-D", info.branch)
+    base = town.config.rigs[info.rig].default_branch
+    path, notes = Path(str(info.worktree)), []
+    for step in steps:
+        if step is Step.KILL_SESSION and sessions is not None:
+            sessions.kill(_address(info.rig, info.name))
+        elif step is Step.REMOVE_TREE:
+            git.run(clone, "worktree", "remove", "--force", "--force", str(path), check=False)
+            if path.is_dir() and not path.is_symlink():  # git refused (e.g. HEAD on a deleted branch)
+                shutil.rmtree(path)
+        elif step is Step.SET_ASIDE:
+            stamp = timeutil.now()[0].replace(":", "").replace("+", "Z")
+            dest = town.layout.polecat_leftover(info.rig, info.name, "".join(c for c in stamp if c.isalnum()))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(path, dest)
+            notes.append(f"moved {path} (not its finished git worktree, or holding changes) to {dest}")
+        elif step is Step.REMOVE_EMPTY_DIR:
+            path.rmdir()
+        elif step is Step.PRUNE:
+            if os.path.realpath(path) in spawnrepair.worktree_entries(clone):
+                git.run(clone, "worktree", "remove", "--force", "--force", str(path), check=False)
+            git.run(clone, "worktree", "prune")
+        elif step is Step.DELETE_BRANCH:
+            # Looked at again just before: a branch that gained commits since is kept.
+            if spawnrepair.branch_state(clone, info.branch, base) is spawnrepair.BranchState.MERGED:
+                git.run(clone, "branch", "-D", str(info.branch))
+        elif step is Step.MAKE_TREE:
+            create_worktree(town, info)
+        elif step is Step.MARK_STARTED:
+            set_state(town, info.rig, info.name, PolecatState.STARTED)
+        elif step is Step.RELEASE_SLOT:
+            release(town, info.rig, info.name, reopen_bead=True, status=reopen_status)
+    if Step.RELEASE_SLOT in steps and spawnrepair.branch_state(clone, info.branch, base) is not \
+            spawnrepair.BranchState.NONE:
+        notes.append(f"kept branch {info.branch} ({unmerged_commits(town, info)} commit(s) not in {base})")
+    return notes
+
+
+def repair(town: Town, sessions: TownSessions, rig: str, name: str,
+           only_spawning: bool = False) -> RepairReport | None:
+    """Repair or roll back one polecat (see spawnrepair.decide), unless a spawn, repair or
+    nuke of it is in progress elsewhere. None when there was nothing to do."""
+    lock = spawn_lock(town, rig, name)
+    if not lock.acquire(wait=False):
+        return None
+    try:
+        info = find(town, rig, name)
+        if info is None or rig not in town.config.rigs or (only_spawning and info.state is not PolecatState.SPAWNING):
+            return None
+        report = RepairReport(address=info.address, state=info.state, steps=[], why="could not look at it")
+        try:
+            plan = spawnrepair.decide(observe(town, sessions, info, spawner_alive=False))
+            if not plan.steps:
+                return None
+            report.steps, report.why = list(plan.steps), plan.why
+            report.notes = _apply(town, sessions, info, plan.steps)
+        except (VermasError, OSError) as exc:  # reported (up, runner log); the next round tries again
+            report.error = str(exc)[:500]
+        return report
+    finally:
+        lock.release()
+
+
+def repair_spawns(town: Town, sessions: TownSessions, only_spawning: bool = False) -> list[RepairReport]:
+    """Repair every polecat (`up`), or only abandoned spawns (the patrol: a `spawning` slot
+    whose spawn lock nobody holds)."""
+    reports = []
+    for p in list_polecats(town):
+        if only_spawning and (p.state is not PolecatState.SPAWNING or lock_held(spawn_lock(town, p.rig, p.name))):
+            continue
+        report = repair(town, sessions, p.rig, p.name, only_spawning=only_spawning)
+        if report is not None:
+            reports.append(report)
+    return reports
+
+
+def gupp(town: Town, sessions: TownSessions, rig: str, name: str, wait: bool = False,
+         lock: Flock | None = None) -> bool:
+    """Deliver a started polecat's GUPP nudge, once: under its GUPP lock (taken, or handed
+    over already held), only while its state is still `started`, and `working` only when the
+    nudge was confirmed submitted. Whoever tries first (the slinging caller) may die trying;
+    the lock then drops with it and the runner's patrol delivers it. True if delivered now."""
+    lock = lock or gupp_lock(town, rig, name)
+    if not lock.acquire(wait=wait):
+        return False
+    try:
+        info = find(town, rig, name)
+        if info is None or info.state is not PolecatState.STARTED:
+            return False
+        result = launch.kick(town, sessions, _address(rig, name))
+        delivered = bool(result and result.submitted)
+        if delivered:
+            set_state(town, rig, name, PolecatState.WORKING, only_from=PolecatState.STARTED)
+        return delivered
+    finally:
+        lock.release()
+
+
+def mark_nudged(town: Town, addresses: list[str]) -> None:
+    """Sessions `up` restarted and nudged itself: `started` becomes `working` (nothing else changes)."""
+    for text in addresses:
+        parts = text.split("/")
+        if len(parts) == 3 and parts[1] == "polecats":
+            set_state(town, parts[0], parts[2], PolecatState.WORKING, only_from=PolecatState.STARTED)
 
 
 def spawn(
@@ -283,53 +485,63 @@ def spawn(
     kick: str = "background", force: bool = False,
 ) -> PolecatInfo:
     """Slot, sandbox, session: reserve a name and hook the bead (one transaction), make the
-    worktree, start the session. On failure, undo in reverse and free the slot."""
+    worktree, start the session, then `started`. On failure, roll back and free the slot; if
+    this process dies part way, repair (`up`, the patrol) does. kick: "wait" nudges it here
+    and returns once delivered; "background" tries from a thread of this process; "none"
+    leaves it to the runner's patrol, which finishes whatever a caller did not."""
     from vermas.sessions import TownSessions  # deferred: libtmux (~70 ms) only when a session is touched
 
     permissions.require(actor, Action.SLING)
     tmux = sessions or TownSessions(town.root)
-    info = allocate(town, actor, bead_id, rig, force=force)
-    address = Address(role=Role.POLECAT, rig=rig, name=info.name)
+    info, lock = _allocate(town, actor, bead_id, rig, force)
+    address = _address(rig, info.name)
+    nudge_lock = gupp_lock(town, rig, info.name)
     try:
-        create_worktree(town, info)
-        launch.start_agent(town, tmux, address)
-    except Exception:
         try:
-            tmux.kill(address)
-            if unmerged_commits(town, info) == 0:
-                remove_worktree(town, info)
-        finally:
-            release(town, rig, info.name, reopen_bead=True, status=info.prior_status or "open")
-        raise
-    # "started" asks the runner's patrol to nudge it; "working" means this call nudges it.
-    state = "started" if kick == "none" else "working"
-    set_state(town, rig, info.name, state)
-    if kick != "none":
-        if kick == "wait":
-            launch.kick(town, tmux, address)
-        else:  # the caller (an MCP tool) returns now; the session gets its GUPP nudge when ready
-            threading.Thread(target=launch.kick, args=(town, tmux, address), daemon=True).start()
+            _checkpoint("allocated")
+            create_worktree(town, info)
+            launch.start_agent(town, tmux, address)
+            _checkpoint("session")
+        except Exception:
+            steps = spawnrepair.decide_rollback(observe(town, tmux, info, spawner_alive=False))
+            _apply(town, tmux, info, steps, reopen_status=info.prior_status or "open")
+            raise
+        if kick != "none":  # ours to try first; taken before `started` so the patrol waits for us
+            nudge_lock.acquire(wait=True)
+        set_state(town, rig, info.name, PolecatState.STARTED)
+    finally:
+        lock.release()
+    state = PolecatState.STARTED
+    if kick == "wait":
+        if gupp(town, tmux, rig, info.name, lock=nudge_lock):
+            state = PolecatState.WORKING
+    elif kick != "none":
+        threading.Thread(target=gupp, args=(town, tmux, rig, info.name), kwargs={"lock": nudge_lock},
+                         daemon=True).start()
     return info.model_copy(update={"state": state})
 
 
 def nuke(town: Town, rig: str, name: str, force: bool = False,
          sessions: TownSessions | None = None) -> PolecatInfo:
-    """Remove a polecat: session, worktree, branch, slot. Refuses while its branch holds
-    commits that are not merged, unless force (a human's explicit decision)."""
+    """Remove a polecat from whatever state it is in: session, worktree (or a folder that
+    is not one: moved aside), git's entry, a merged branch, slot. Refuses while its branch
+    holds unmerged commits unless force; even then the branch is kept, never deleted."""
     from vermas.sessions import TownSessions  # deferred: libtmux (~70 ms) only when a session is touched
 
-    found = [p for p in list_polecats(town, rig) if p.name == name]
-    if not found:
+    if find(town, rig, name) is None:
         raise NotFound(f"no polecat {rig}/polecats/{name}; `vermas-runner polecat list` shows them")
-    info = found[0]
-    ahead = unmerged_commits(town, info)
-    if ahead and not force:
-        raise Conflict(
-            f"{info.address} has {ahead} unmerged commit(s) on {info.branch}; merge them first or "
-            "nuke with --force to throw them away"
-        )
+    if rig not in town.config.rigs:
+        raise NotFound(f"rig {rig!r} of {rig}/polecats/{name} is not in town.toml any more; add it back first")
     tmux = sessions or TownSessions(town.root)
-    tmux.kill(Address(role=Role.POLECAT, rig=rig, name=name))
-    remove_worktree(town, info)
-    release(town, rig, name, reopen_bead=True)
-    return info.model_copy(update={"state": "nuked"})
+    lock = spawn_lock(town, rig, name)
+    if not lock.acquire(wait=False):
+        raise spawnrepair.in_progress(f"{rig}/polecats/{name}")
+    try:
+        info = find(town, rig, name)
+        if info is None:
+            raise NotFound(f"no polecat {rig}/polecats/{name}; `vermas-runner polecat list` shows them")
+        plan = spawnrepair.decide_nuke(observe(town, tmux, info, spawner_alive=False), force, info.address)
+        notes = _apply(town, tmux, info, plan.steps)
+    finally:
+        lock.release()
+    return info.model_copy(update={"state": PolecatState.NUKED, "notes": notes})

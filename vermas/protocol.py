@@ -1,4 +1,5 @@
-"""Mail protocol messages: one typed model per kind, one formatter, one parser.
+"""Mail protocol messages: one typed model per kind, one formatter, one parser; and the
+states other modules store and show (`PolecatState`).
 
 Wire form (what templates/*.md tell agents, and what POLECAT_DONE always looked like):
 the subject is the kind, then the message's key words (`POLECAT_DONE nux gt-a1b2`); the body
@@ -26,6 +27,27 @@ class ProtocolKind(StrEnum):
     HELP = "HELP"
     HANDOFF = "HANDOFF"
     NUDGE = "NUDGE"
+
+
+class PolecatState(StrEnum):
+    """What a polecat's slot has been through, as `status` and `polecat list` show it.
+
+    Each value says what happened, never what is about to: a polecat is `working` only once
+    its GUPP nudge was confirmed delivered, and `done` only once polecat_done queued its work.
+    """
+
+    SPAWNING = "spawning"  # slot taken and bead hooked; worktree and session being made
+    STARTED = "started"  # session up; its GUPP nudge not yet confirmed delivered (the runner's to send)
+    WORKING = "working"  # GUPP nudge delivered: the agent is on its hooked work
+    DONE = "done"  # polecat_done COMPLETED: merge request queued, waiting for the refinery
+    ESCALATED = "escalated"  # polecat_done ESCALATED: the bead is blocked, waiting for help
+    DEFERRED = "deferred"  # polecat_done DEFERRED: the bead went back unassigned; the slot idles
+    NUKED = "nuked"  # what nuke returns: slot, sandbox and session are gone (never stored)
+
+
+# The state polecat_done leaves a slot in, by the status it reported.
+DONE_STATE = {"COMPLETED": PolecatState.DONE, "ESCALATED": PolecatState.ESCALATED,
+              "DEFERRED": PolecatState.DEFERRED}
 
 
 class ProtocolMessage(BaseModel, frozen=True):

@@ -23,7 +23,11 @@ if TYPE_CHECKING:  # tmux is imported only where a session is touched
 
 def sling(town: Town, actor: Address, bead_id: str, target: str, force: bool = False,
           sessions: TownSessions | None = None, kick: str = "background") -> beads.Bead:
-    """To an agent address: hook the bead there. To a rig name: spawn a polecat for it."""
+    """To an agent address: hook the bead there. To a rig name: spawn a polecat for it; it
+    is `started` once its session is up, and `working` only once its GUPP nudge was
+    delivered. `kick` says who tries first ("wait": this call, "background": a thread of
+    this process, "none": nobody); whoever fails or dies trying, the runner's patrol
+    delivers it (polecat.gupp), so a one-shot caller may exit at once."""
     validate.bead_id(bead_id)
     permissions.require(actor, Action.SLING)
     town.reload_config()

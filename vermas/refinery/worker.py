@@ -39,6 +39,7 @@ from vermas import beads, git, ids, mail, polecat, protocol, timeutil
 from vermas.addresses import Role, parse_address
 from vermas.errors import InvalidInput, NotFound, VermasError
 from vermas.inspector.verifier import town_private_paths
+from vermas.protocol import PolecatState
 from vermas.refinery import bisect, decide, gitops, ledger, queue
 from vermas.refinery.decide import Checks, Escalate, Finish, PauseQueue, Retry, SendBack
 from vermas.refinery.ledger import MergeRequestRow
@@ -570,8 +571,12 @@ def _send_back(s: _Step, req: MergeRequestRow, action: SendBack, evidence: dict[
         beads.add_comment(conn, req.bead, s.actor, f"merge request {req.id}: {action.comment}", stamp)
         to = action.polecat or decide.witness_of(s.rig)
         if action.polecat:
-            conn.execute("UPDATE issues SET status = 'hooked', updated_at = ?, updated_ts = ? WHERE id = ? AND "
-                         "assignee = ? AND status = 'in_progress'", (stamp, ts, req.bead, action.polecat))
+            hooked = conn.execute("UPDATE issues SET status = 'hooked', updated_at = ?, updated_ts = ? WHERE id = ? "
+                                  "AND assignee = ? AND status = 'in_progress'", (stamp, ts, req.bead, action.polecat))
+            name = action.polecat.rsplit("/", 1)[-1]
+            if hooked.rowcount:  # `started`: the runner's patrol gives it the GUPP nudge for its hooked work
+                conn.execute("UPDATE polecats SET state = ? WHERE rig = ? AND name = ? AND bead_id = ?",
+                             (PolecatState.STARTED.value, s.rig, name, req.bead))
         s.town.db.touch("issues")
         _mail(conn, s, to, action.message, f"mq-rework:{req.id}")
     (s.report.reworked if action.state is MRState.REWORK else s.report.conflicts).append(req.id)

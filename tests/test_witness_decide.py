@@ -565,3 +565,20 @@ def test_an_idle_polecat_gets_at_most_max_nudges_per_session_then_a_saved_restar
     if any(isinstance(a, RestartSession) for a in actions):
         assert count >= CFG.gupp_max_nudges
         assert kinds(actions) == ([SaveRescue] if dirty else []) + [RestartSession]
+
+
+def test_the_decide_benchmark_runs_and_reports_its_figures(tmp_path: Any) -> None:
+    """bench/bench_patrol_decide.py --quick end to end; the timing target is the benchmark's to judge."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(root / "bench" / "bench_patrol_decide.py"), "--quick",
+                           "--json-out", str(out)], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode in (0, 1), proc.stderr
+    figures = json.loads(out.read_text())["figures"]
+    assert figures["model_calls"] == 0 and figures["witness_cycle_p50_ms"] > 0 and figures["deacon_cycle_p50_ms"] > 0
+    assert "| witness, 50 polecats |" in proc.stdout

@@ -137,13 +137,14 @@ def decide_town(seen: TownSeen, cfg: PatrolConfig, now: float) -> list[DeaconAct
 
 
 def counted_restarts(agent: str, h: SupervisedHistory, standing: Mapping[str, StandingEscalation]) -> list[float]:
-    """Restarts since the last reset: a stable period, or the overseer's acknowledgement of a crash loop."""
-    floor = h.reset_at if h.reset_at is not None else float("-inf")
+    """Restarts since the last reset: a stable period, or the overseer's acknowledgement of a crash
+    loop (a restart at the very time of the acknowledgement came after it, so it counts)."""
+    acked = float("-inf")
     prefix = f"crashloop:{agent}:"
     for esc in standing.values():
         if esc.key.startswith(prefix) and esc.acked_at is not None:
-            floor = max(floor, esc.acked_at)
-    return sorted(t for t in h.restarts if t > floor)
+            acked = max(acked, esc.acked_at)
+    return sorted(t for t in h.restarts if (h.reset_at is None or t > h.reset_at) and t >= acked)
 
 
 def _supervise(ev: Evidence, c: Classification, h: SupervisedHistory, standing: Mapping[str, StandingEscalation],

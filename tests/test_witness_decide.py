@@ -6,11 +6,16 @@ session on a dirty worktree, a running tool is never restarted or nudged, one es
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from vermas import protocol
 from vermas.patrol_types import (
@@ -567,13 +572,8 @@ def test_an_idle_polecat_gets_at_most_max_nudges_per_session_then_a_saved_restar
         assert kinds(actions) == ([SaveRescue] if dirty else []) + [RestartSession]
 
 
-def test_the_decide_benchmark_runs_and_reports_its_figures(tmp_path: Any) -> None:
+def test_the_decide_benchmark_runs_and_reports_its_figures(tmp_path: Path) -> None:
     """bench/bench_patrol_decide.py --quick end to end; the timing target is the benchmark's to judge."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parent.parent
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(root / "bench" / "bench_patrol_decide.py"), "--quick",
@@ -582,3 +582,40 @@ def test_the_decide_benchmark_runs_and_reports_its_figures(tmp_path: Any) -> Non
     figures = json.loads(out.read_text())["figures"]
     assert figures["model_calls"] == 0 and figures["witness_cycle_p50_ms"] > 0 and figures["deacon_cycle_p50_ms"] > 0
     assert "| witness, 50 polecats |" in proc.stdout
+
+
+# ---- the [patrol] config ---------------------------------------------------------------------------
+
+
+def test_the_patrol_defaults_are_the_issues_numbers() -> None:
+    c = PatrolConfig()
+    assert (c.grace, c.stuck_after, c.max_restarts, c.reescalate_after) == (120, 1800, 3, 3600)
+    assert [c.gupp_wait(n) for n in range(c.gupp_max_nudges + 1)] == [60, 120, 240, 240]
+    assert (c.deacon_backoff, c.deacon_backoff_cap, c.crash_loop_restarts, c.crash_loop_window,
+            c.stable_reset) == (30, 600, 5, 900, 1800)
+
+
+def test_every_threshold_is_documented_in_the_one_docstring() -> None:
+    doc = PatrolConfig.__doc__ or ""
+    assert [name for name in PatrolConfig.model_fields if f"{name} =" not in doc and f"{name}," not in doc] == []
+
+
+@pytest.mark.parametrize(("field", "bad", "ok"), [
+    ("interval", 0.1, 0.2), ("grace", 9, 10), ("grace", 3601, 3600), ("gupp_first", 9, 10), ("gupp_factor", 4.5, 4),
+    ("gupp_max_nudges", -1, 0), ("gupp_max_nudges", 11, 10), ("stuck_after", 59, 60), ("max_restarts", 21, 20),
+    ("deacon_backoff", 0, 1), ("crash_loop_restarts", 1, 2), ("crash_loop_window", 59, 60),
+    ("stable_reset", 86401, 86400), ("reescalate_after", 59, 60), ("heartbeat_stale_after", 3601, 3600),
+])
+def test_each_threshold_is_bounded_and_a_bad_one_is_named(field: str, bad: float, ok: float) -> None:
+    assert getattr(PatrolConfig(**{field: ok}), field) == ok
+    with pytest.raises(ValidationError, match=field):
+        PatrolConfig(**{field: bad})
+
+
+def test_inconsistent_thresholds_are_refused_naming_both() -> None:
+    with pytest.raises(ValidationError, match="deacon_backoff_cap .* deacon_backoff"):
+        PatrolConfig(deacon_backoff=60, deacon_backoff_cap=30)
+    with pytest.raises(ValidationError, match="heartbeat_stale_after .* two intervals"):
+        PatrolConfig(interval=10, heartbeat_stale_after=15)
+    with pytest.raises(ValidationError, match="extra"):
+        PatrolConfig(gupp_backoff=[1, 2])  # type: ignore[call-arg]

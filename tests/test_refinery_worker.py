@@ -189,3 +189,30 @@ def test_a_red_target_pauses_the_queue_once_and_resumes_when_green(town: Town, m
     row = ledger.get(town, w.mr)
     assert row.state is MRState.MERGED and git(mr.bare, "rev-parse", f"{row.merged_sha}^") == fixed
     assert ledger.queue_state(town, "gt").paused_sha is None
+
+
+def test_after_max_attempts_a_conflict_is_escalated_and_the_branch_kept(town: Town, mr: MergeRig) -> None:
+    config = town.config.rigs["gt"]
+    town.config.rigs["gt"] = config.model_copy(update={"merge": config.merge.model_copy(update={"max_attempts": 1})})
+    town.save_config()  # [rigs.gt.merge] max_attempts = 1, as a user would write it
+    mr.work("edit readme", {"README.md": "first version\n"})
+    second = mr.work("edit readme too", {"README.md": "second version\n"})
+    drain(town)
+    assert ledger.get(town, second.mr).state is MRState.CONFLICT
+    assert mr.mail_to(str(second.address), ProtocolKind.REWORK_REQUEST) == []
+    [escalation] = mr.mail_to("mayor", ProtocolKind.ESCALATION)
+    assert (getattr(escalation, "reason", None), getattr(escalation, "branch", None)) == (
+        "attempts-exhausted", second.branch)
+    assert mr.branch_exists(second.branch) and second.worktree.exists()
+
+
+def test_a_request_whose_branch_is_gone_is_rejected_loudly(town: Town, mr: MergeRig) -> None:
+    w = mr.work("add a", {"a.txt": "a\n"})
+    git(mr.clone, "worktree", "remove", "--force", str(w.worktree))
+    git(mr.clone, "branch", "-D", w.branch)
+    [report, *_] = drain(town)
+    assert report.rejected == [w.mr] and report.escalated == [w.mr]
+    assert ledger.get(town, w.mr).state is MRState.REJECTED
+    [escalation] = mr.mail_to("mayor", ProtocolKind.ESCALATION)
+    assert getattr(escalation, "reason", None) == "source-gone"
+    assert mr.bead_row(w.bead)["status"] != "closed"  # never silently closed

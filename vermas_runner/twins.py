@@ -165,8 +165,9 @@ def rows_table(rows: list[BaseModel], title: str | None = None) -> Table:
     if not rows:
         table.add_column("(none)")
         return table
-    names = [n for n, v in rows[0]
-             if n not in DETAIL_FIELDS and (not isinstance(v, (list, dict, BaseModel)) or n == "labels")]
+    names = list(getattr(type(rows[0]), "TABLE_COLUMNS", ())) or [
+        n for n, v in rows[0]
+        if n not in DETAIL_FIELDS and (not isinstance(v, (list, dict, BaseModel)) or n == "labels")]
     for name in names:
         table.add_column(name.replace("_", " "))
     for row in rows:

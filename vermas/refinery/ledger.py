@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
@@ -46,6 +46,9 @@ SETTABLE = frozenset({"attempts", "failures", "not_before", "target_sha", "candi
 
 class MergeRequestRow(BaseModel):
     """One row of the queue of record."""
+
+    # What a person's table shows (`vermas-runner mq list`); --json and `mq show` give all.
+    TABLE_COLUMNS: ClassVar[tuple[str, ...]] = ("id", "state", "bead", "polecat", "priority", "attempts", "branch")
 
     id: str
     bead: str

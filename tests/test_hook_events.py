@@ -79,9 +79,10 @@ def test_generated_settings_carry_every_event_hook(town: Town) -> None:
 
 
 def test_launch_spec_writes_those_settings(town: Town) -> None:
-    spec = agents.launch_spec(town, parse_address(ACTOR))
+    crew = parse_address("sample/crew/zed")  # (a polecat's launch needs its git worktree)
+    spec = agents.launch_spec(town, crew)
     written = json.loads((Path(spec.runtime_dir) / "settings.json").read_text())
-    assert written["hooks"] == agents.settings_for(town, parse_address(ACTOR))["hooks"]
+    assert written["hooks"] == agents.settings_for(town, crew)["hooks"]
 
 
 # --------------------------------------------------------------------------- the hook
@@ -217,6 +218,23 @@ def test_retention_keeps_the_newest_per_agent(town: Town, monkeypatch: pytest.Mo
     with town.db.read() as conn:
         plan = " ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {hookevent.PRUNE}", (ACTOR, 19)))
     assert "agent_events_agent_at" in plan and "SCAN agent_events" not in plan
+
+
+def test_a_store_from_before_the_table_gains_it_on_open(tmp_path: Path) -> None:
+    from vermas.store import SCHEMA_VERSION
+
+    town, _ = Town.init(tmp_path / "town")
+    town.close()
+    conn = sqlite3.connect(town.layout.store_path)
+    conn.executescript("DROP TABLE agent_events; PRAGMA user_version = 3;")
+    conn.close()
+    town = Town.open(tmp_path / "town")
+    try:
+        assert fire(town, "Stop", {}).returncode == 0 and rows(town) == [(ACTOR, "Stop", None, "")]
+        with town.db.read() as c:
+            assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        town.close()
 
 
 def test_latest_and_filters(town: Town) -> None:

@@ -22,6 +22,8 @@ HOOKED = Target(bead="gt-a1", status="hooked", assignee="gt/polecats/nux", creat
 OPEN_BY_SLIT = Target(bead="gt-b2", status="open", creator="gt/polecats/slit")
 OPEN_BY_MAYOR = Target(bead="gt-c3", status="open", creator="mayor")
 MAIL_TO_MAYOR = Target(recipient="mayor")
+GT_QUEUE = Target(rig="gt")
+ZZ_QUEUE = Target(rig="zz")
 
 # (action, target) -> the actors allowed; every other actor of ACTORS is refused.
 TABLE: list[tuple[Action, Target, set[str]]] = [
@@ -43,6 +45,8 @@ TABLE: list[tuple[Action, Target, set[str]]] = [
     (Action.POLECAT_DONE, HOOKED, {"holder", "polecat"}),
     (Action.VERIFY, OPEN_BY_MAYOR, set(ACTORS) - {"holder", "polecat"}),
     (Action.VERIFY_REPORT, OPEN_BY_MAYOR, set(ACTORS)),
+    (Action.MQ_MANAGE, GT_QUEUE, {"mayor", "deacon", "overseer", "refinery"}),
+    (Action.MQ_MANAGE, ZZ_QUEUE, {"mayor", "deacon", "overseer"}),  # gt's refinery, not zz's
 ]
 CASES = [(a, t, who, who in allowed) for a, t, allowed in TABLE for who in ACTORS]
 
@@ -52,7 +56,7 @@ def test_table_covers_every_action() -> None:
 
 
 @pytest.mark.parametrize(("action", "target", "who", "allowed"), CASES,
-                         ids=[f"{a.value}-{t.bead or t.recipient}-{w}" for a, t, w, _ in CASES])
+                         ids=[f"{a.value}-{t.bead or t.recipient or t.rig}-{w}" for a, t, w, _ in CASES])
 def test_permission_table(action: Action, target: Target, who: str, allowed: bool) -> None:
     decision = decide(parse_address(ACTORS[who]), action, target)
     assert decision.allowed is allowed, decision.reason

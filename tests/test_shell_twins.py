@@ -185,3 +185,15 @@ def test_rig_add_help_describes_its_options() -> None:
     out = subprocess.run([RUNNER, "rig", "add", "--help"], capture_output=True, text=True, timeout=30).stdout
     for text in ("--max-polecats", "most polecats working at once", "--test-command", "--prefix", "git_url"):
         assert text in out
+
+
+def test_id_option_prints_only_the_new_id(town: Town) -> None:
+    """`bead=$(vermas-runner bead create ... --id)`: scripts get the id without parsing JSON."""
+    made = shell(town, "bead", "create", "Scripted", "--id")
+    assert made.returncode == 0, made.stderr
+    bead_id = made.stdout.strip()
+    assert made.stdout == bead_id + "\n"
+    assert json.loads(shell(town, "bead", "show", bead_id, "--json").stdout)["title"] == "Scripted"
+    sent = shell(town, "mail", "send", "mayor", "hello", "--id")
+    assert sent.returncode == 0 and sent.stdout.strip().startswith("msg-"), sent
+    assert "--id" not in shell(town, "bead", "list", "--help").stdout  # only tools that create a record

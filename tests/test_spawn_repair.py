@@ -26,6 +26,7 @@ import pytest
 
 from tests.conftest import git, make_repo
 from vermas import beads, patrol, polecat, rig
+from vermas.agents import launch_spec, workdir
 from vermas.addresses import parse_address
 from vermas.errors import Conflict
 from vermas.protocol import PolecatState
@@ -374,3 +375,13 @@ def test_nuke_copes_with_any_partial_state(stub: StubTown, kind: str) -> None:
     # The slot is usable again.
     stub.runner("sling", bead_id, "gt", "--no-wait")
     assert git(path, "status", "--porcelain") == ""
+
+
+def test_launch_never_makes_a_plain_folder_for_a_polecat(tmp_path: Path) -> None:
+    """Whatever starts a polecat's session, a missing worktree is an error, not a new empty folder."""
+    town, _ = Town.init(tmp_path / "town")
+    address = parse_address("gt/polecats/nux")
+    with pytest.raises(Conflict, match="not a git worktree"):
+        launch_spec(town, address)
+    assert not workdir(town, address).exists()
+    town.close()

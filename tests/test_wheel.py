@@ -26,7 +26,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 PROBE = """
-import json, sys, tempfile
+import json, subprocess, sys, tempfile
 from pathlib import Path
 import vermas
 from vermas import agents
@@ -35,7 +35,9 @@ from vermas.inspector import prompts
 from vermas.town import Town
 
 town, _ = Town.init(Path(tempfile.mkdtemp()) / "town")
-spec = agents.launch_spec(town, parse_address("myproj/polecats/nux"))
+nux = parse_address("myproj/polecats/nux")
+subprocess.run(["git", "init", "-q", str(agents.workdir(town, nux))], check=True)  # a polecat needs a worktree
+spec = agents.launch_spec(town, nux)
 i = spec.argv.index("--append-system-prompt")
 print(json.dumps({"vermas": vermas.__file__, "prompt": spec.argv[i + 1],
                   "judge": prompts.role_template("judge")}))

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from vermas import hookevent
 from vermas.addresses import Address, Role
 from vermas.atomic import write_atomic
+from vermas.errors import Conflict
 from vermas.town import Town
 
 # Role prompts ship inside the package (package data), so a wheel install has them too.
@@ -167,7 +168,13 @@ def launch_spec(town: Town, address: Address) -> LaunchSpec:
     if prompt:
         argv += ["--append-system-prompt", prompt]
     cwd = workdir(town, address)
-    cwd.mkdir(parents=True, exist_ok=True)
+    if address.role is Role.POLECAT:
+        # Never a plain folder in place of a polecat's worktree: its commits would go nowhere.
+        if not (cwd / ".git").exists():
+            raise Conflict(f"{address}'s worktree {cwd} is missing or not a git worktree; "
+                           "`vermas-runner up` repairs a half-made spawn (or `polecat nuke` it)")
+    else:
+        cwd.mkdir(parents=True, exist_ok=True)
     return LaunchSpec(address=str(address), cwd=str(cwd), argv=argv, env=identity_env(town, address),
                       runtime_dir=str(runtime))
 

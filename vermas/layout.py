@@ -4,7 +4,8 @@
     <town>/.beads/vermas.db              the store of record (SQLite)
     <town>/.beads/{issues,messages,routes}.jsonl   bd-compatible exports
     <town>/.runtime/                     runner lock and log, MCP zygote pid/log, nudge, spawn and GUPP locks,
-                                         one folder per agent session (mcp.json, settings, mcp.ready)
+                                         the stand-in model's state, one folder per agent session
+                                         (mcp.json, settings, mcp.ready)
     <town>/<rig>/mayor/rig               the rig's canonical clone (its .beads/issues.jsonl)
     <town>/<rig>/refinery/rig            the refinery's worktree
     <town>/<rig>/polecats/<name>         one git worktree per polecat
@@ -102,6 +103,25 @@ class TownLayout:
     def hook_failures(self) -> Path:
         """One line per Claude Code hook run that could not record its event (vermas.hookevent)."""
         return self.runtime_dir / "hook-failures.log"
+
+    @property
+    def standin_state(self) -> Path:
+        """The stand-in model server of `up --model standin`: its pid and URL (JSON)."""
+        return self.runtime_dir / "standin.json"
+
+    @property
+    def standin_saved_agent(self) -> Path:
+        """The town's own `[agent]` while the stand-in replaces it; `down` puts it back."""
+        return self.runtime_dir / "standin-agent.json"
+
+    @property
+    def standin_log(self) -> Path:
+        return self.runtime_dir / "standin.log"
+
+    @property
+    def standin_home(self) -> Path:
+        """The private Claude Code home of the stand-in town's sessions."""
+        return self.runtime_dir / "standin-home"
 
     @property
     def locks_dir(self) -> Path:

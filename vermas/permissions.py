@@ -28,6 +28,8 @@ The rules, written once (tests/test_permissions.py checks every role x action):
   closes only beads it created; its hooked bead leaves the hook through polecat_done.
 - Polecats do not sling (they mail their witness or the mayor). Unsling: the holder, the
   witness of the holder's rig, or a coordinator.
+- A rig's merge queue (mq retry, reject, resume) is managed by that rig's refinery and by
+  coordinators; anyone may read it (mq list, mq show).
 - polecat_done is for polecats. Polecats do not run the inspector (verify_*) on anything,
   their own work least of all; anyone may read a verification report.
 """
@@ -61,6 +63,7 @@ class Action(StrEnum):
     POLECAT_DONE = "polecat.done"
     VERIFY = "verify"  # verify_spec, verify_plan, verify_run, verify_bead
     VERIFY_REPORT = "verify.report"
+    MQ_MANAGE = "mq.manage"  # mq_retry, mq_reject, mq_resume on a rig's merge queue
 
 
 class Target(BaseModel, frozen=True):
@@ -71,6 +74,7 @@ class Target(BaseModel, frozen=True):
     assignee: str | None = None
     creator: str | None = None
     recipient: str | None = None
+    rig: str | None = None  # the rig whose merge queue is acted on
 
     @property
     def holder(self) -> str | None:
@@ -191,6 +195,14 @@ def _verify(actor: Address, target: Target) -> Decision:
     return ALLOW
 
 
+def _mq_manage(actor: Address, target: Target) -> Decision:
+    if is_coordinator(actor) or (actor.role is Role.REFINERY and actor.rig == target.rig):
+        return ALLOW
+    queue = f"{target.rig}'s merge queue" if target.rig else "a merge queue"
+    return _deny(f"{actor} may not manage {queue}; its refinery or {COORDINATORS} may "
+                 "(anyone may read it with mq_list / mq_show)")
+
+
 def _anyone(actor: Address, target: Target) -> Decision:
     return ALLOW
 
@@ -206,6 +218,7 @@ RULES = {
     Action.POLECAT_DONE: _polecat_done,
     Action.VERIFY: _verify,
     Action.VERIFY_REPORT: _anyone,
+    Action.MQ_MANAGE: _mq_manage,
 }
 
 

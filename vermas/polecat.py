@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from vermas import beads, git, ids, mail, permissions, protocol, spawnrepair, timeutil, validate
+from vermas import beads, git, mail, permissions, protocol, spawnrepair, timeutil, validate
 from vermas.addresses import Address, Role
 from vermas.dispatch import admit
 from vermas.errors import Conflict, InvalidInput, NotFound, VermasError
@@ -25,6 +25,7 @@ from vermas.hooks import hooked_id
 from vermas.permissions import Action
 from vermas.proc import Flock, flock_held
 from vermas.protocol import DONE_STATE, PolecatState
+from vermas.refinery import ledger
 from vermas.rig import canonical_clone
 from vermas.rig import sync as sync_rig
 from vermas.sessions import launch
@@ -119,21 +120,12 @@ def done(town: Town, actor: Address, status: str = "COMPLETED", summary: str = "
         mr_id = None
         if status == "COMPLETED":
             assert tree is not None
-            mr_id = ids.new_bead_id(conn, town.prefix_for_rig(rig), f"mr\x00{bead_id}\x00{tree.commit}")
-            description = (
-                f"branch: {tree.branch}\ncommit: {tree.commit}\ntarget: {tree.base}\n"
-                f"source_issue: {bead_id}\npolecat: {actor}\nrig: {rig}\n\n{summary}"
-            )
-            beads.insert(conn, town.db, bead_id=mr_id, title=f"Merge: {source['title'][:400]}",
-                         actor=str(actor), description=description, issue_type="merge-request",
-                         priority=source["priority"])
-            beads.add_dependency(conn, town.db, mr_id, bead_id, "related", str(actor))
-            conn.execute(
-                "INSERT INTO merge_requests (id, bead_id, rig, polecat, branch, commit_sha, base, state, "
-                "summary, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (mr_id, bead_id, rig, str(actor), tree.branch, tree.commit, tree.base, "queued",
-                 summary, stamp),
-            )
+            # The queue of record (vermas.refinery.ledger): the same commit re-sent is one request;
+            # a new commit after rework replaces the bead's older open requests.
+            mr_id = ledger.enqueue_in_txn(
+                conn, town.db, mr_prefix=town.prefix_for_rig(rig), rig=rig, bead=bead_id, polecat=str(actor),
+                branch=tree.branch, commit=tree.commit, base=tree.base, summary=summary, actor=str(actor),
+                title=source["title"], priority=source["priority"]).id
         next_status = NEXT_STATUS[status]
         conn.execute(
             "UPDATE issues SET status = ?, assignee = ?, updated_at = ?, updated_ts = ? WHERE id = ?",

@@ -27,6 +27,7 @@ class ProtocolKind(StrEnum):
     HELP = "HELP"
     HANDOFF = "HANDOFF"
     NUDGE = "NUDGE"
+    CONVOY_LANDED = "CONVOY_LANDED"
 
 
 class PolecatState(StrEnum):
@@ -137,6 +138,10 @@ class Escalation(ProtocolMessage, frozen=True):
     rig: Line | None = None
     branch: Line | None = None
     target_sha: Line | None = None
+    # From the patrols: the agent the problem is about (any role, not only polecats) and the
+    # cause's dedup key, which the escalation stands under until acknowledged (never sent twice).
+    agent: Line | None = None
+    key: Line | None = None
 
 
 class Help(ProtocolMessage, frozen=True):
@@ -158,8 +163,20 @@ class Nudge(ProtocolMessage, frozen=True):
         return f"{self.KIND.value} {' '.join(self.text.split())[:200]}".rstrip()
 
 
+class ConvoyLanded(ProtocolMessage, frozen=True):
+    """Every bead a convoy tracks is closed. Sent by the deacon to the convoy's creator and the
+    mayor exactly once per convoy (`convoy_landed:<id>` is the dedup key)."""
+
+    KIND = ProtocolKind.CONVOY_LANDED
+    SUBJECT = ("convoy",)
+    convoy: Line
+    title: Line | None = None
+    beads: Line | None = None  # how many beads it tracked
+
+
 MODELS: dict[ProtocolKind, type[ProtocolMessage]] = {
-    m.KIND: m for m in (PolecatDone, MergeReady, Merged, ReworkRequest, Escalation, Help, Handoff, Nudge)
+    m.KIND: m for m in (PolecatDone, MergeReady, Merged, ReworkRequest, Escalation, Help, Handoff, Nudge,
+                        ConvoyLanded)
 }
 
 

@@ -46,12 +46,16 @@ def town_status(town: Town) -> TownStatus:
 
 
 class AgentRow(BaseModel):
+    """One agent of the town: its session, and why it died if it did (`death` is set when
+    tmux kept the dead pane; a session killed from outside is just not alive)."""
+
     address: str
     session: str
     alive: bool
     hooked: str | None = None
     last_activity: str | None = None
     last_event: events.AgentEvent | None = None  # the newest hook or MCP event (vermas.events)
+    death: up.SessionDeath | None = None
 
 
 class RunnerStatus(BaseModel):
@@ -59,8 +63,8 @@ class RunnerStatus(BaseModel):
     root: str
     runner_pid: int | None
     agents: list[AgentRow]
-    rigs: list[dict[str, object]]
-    polecats: list[dict[str, object]]
+    rigs: list[rig.RigInfo]
+    polecats: list[polecat.PolecatInfo]
     unread_mail: dict[str, int]
     convoys: list[convoy.ConvoyStatus]
 
@@ -77,14 +81,14 @@ def runner_status(town: Town, sessions: TownSessions) -> RunnerStatus:
         when = (dt.datetime.fromtimestamp(info.last_activity, dt.timezone.utc).isoformat(timespec="seconds")
                 if info.last_activity else None)
         rows.append(AgentRow(address=str(address), session=info.session_name, alive=info.alive,
-                             hooked=hooked.get(str(address)), last_activity=when,
+                             hooked=hooked.get(str(address)), last_activity=when, death=up.death_of(info),
                              last_event=latest.get(str(address))))
     pid = up.runner_pid(town)
     return RunnerStatus(
         town=town.config.name, root=str(town.root), runner_pid=pid, agents=rows,
-        rigs=[r.model_dump() for r in rig.list_rigs(town)],
+        rigs=rig.list_rigs(town),
         # state: spawning, started (session up, GUPP nudge not yet delivered), working, done
         # (merge request queued, waiting for the refinery), escalated or deferred (PolecatState).
-        polecats=[p.model_dump(mode="json", exclude={"notes"}) for p in polecat.list_polecats(town)],
+        polecats=polecat.list_polecats(town),
         unread_mail=base.unread_mail, convoys=base.convoys,
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 from vermas.atomic import is_disk_full, storage_full
 from vermas.errors import StorageFull
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: agent_events
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -104,6 +104,34 @@ CREATE TABLE IF NOT EXISTS merge_requests (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS mr_bead ON merge_requests(bead_id);
+CREATE TABLE IF NOT EXISTS mr_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    mr_id TEXT NOT NULL,
+    at TEXT NOT NULL,
+    at_ts REAL NOT NULL,
+    actor TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    evidence TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS mr_events_mr ON mr_events(mr_id, seq);
+CREATE TABLE IF NOT EXISTS mq_rigs (
+    rig TEXT PRIMARY KEY,
+    lease_owner TEXT,
+    lease_expires REAL,
+    paused_sha TEXT,
+    paused_reason TEXT,
+    resume_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS mq_runs (
+    rig TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    command TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    at_ts REAL NOT NULL,
+    PRIMARY KEY (rig, sha, command)
+);
+CREATE TABLE IF NOT EXISTS mq_bugs (key TEXT PRIMARY KEY, rig TEXT NOT NULL, bead_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS polecats (
     rig TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -124,6 +152,30 @@ CREATE TABLE IF NOT EXISTS agent_events (
 );
 CREATE INDEX IF NOT EXISTS agent_events_agent_at ON agent_events(agent, at);
 """
+
+# Columns added after a table first shipped: (table, column, declaration). `_ensure_schema` adds
+# each one a store lacks (ALTER TABLE ADD COLUMN), so stores made by older versions open unchanged
+# and gain them; the check runs inside the migration's transaction, so it is idempotent and safe
+# for two processes opening one old store at once.
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    # The merge queue (vermas.refinery.ledger): the merge request table is the queue of record.
+    ("merge_requests", "priority", "INTEGER NOT NULL DEFAULT 2"),
+    ("merge_requests", "queued_ts", "REAL"),  # epoch seconds of created_at (ordering; NULL on old rows)
+    ("merge_requests", "attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("merge_requests", "failures", "INTEGER NOT NULL DEFAULT 0"),
+    ("merge_requests", "not_before", "REAL"),
+    ("merge_requests", "lease_owner", "TEXT"),
+    ("merge_requests", "lease_expires", "REAL"),
+    ("merge_requests", "target_sha", "TEXT"),  # the target tip it was rebased onto
+    ("merge_requests", "candidate_sha", "TEXT"),  # its rebased tip (what the target gets)
+    ("merge_requests", "merged_sha", "TEXT"),
+    ("merge_requests", "untested", "INTEGER NOT NULL DEFAULT 0"),
+    ("merge_requests", "cleaned_at", "TEXT"),  # the polecat's worktree and branch handled after merge
+    ("merge_requests", "updated_at", "TEXT"),
+)
+MIGRATED_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS mr_queue ON merge_requests(rig, state)",
+)
 
 # Tables whose change makes an export stale, by export name.
 EXPORT_KINDS = ("issues", "messages", "routes")
@@ -189,9 +241,20 @@ class Database:
         with self._lock:
             # executescript commits implicitly; the statements are idempotent, so two
             # processes racing here both succeed.
-            self._conn.executescript(
-                "BEGIN IMMEDIATE;" + SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
-            )
+            self._conn.executescript("BEGIN IMMEDIATE;" + SCHEMA)
+            try:
+                for table, column, decl in ADDED_COLUMNS:
+                    have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+                    if column not in have:
+                        self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+                for statement in MIGRATED_INDEXES:
+                    self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         with self._lock:

@@ -26,6 +26,8 @@ from pydantic import BaseModel, Strict
 from vermas import beads, convoy, hooks, mail, polecat, validate
 from vermas import rig as rigs
 from vermas import sling as slinging
+from vermas.refinery import ledger
+from vermas.refinery import manage as mq
 from vermas import status as town_state
 from vermas.addresses import Address, Role, parse_address
 from vermas.errors import Forbidden
@@ -441,6 +443,54 @@ def rig_sync(c: Call, rig: str) -> rigs.SyncResult:
     rig: the rig to sync (vermas-runner rig list shows them)
     """
     return rigs.sync(c.town, rig)
+
+
+@tool(Kind.READ)
+def mq_list(c: Call, rig: str | None = None, state: str | None = None, limit: int = 50) -> mq.QueueView:
+    """A rig's merge queue (default: every rig's): requests oldest first, each queue's lease and pause.
+
+    rig: only this rig's queue
+    state: open (every unfinished state), queued, claimed, testing, merged, rework, conflict, rejected or failed
+    limit: at most this many requests, the newest (1-500)
+    """
+    return mq.view(c.town, rig, state, validate.limit(limit, 500))
+
+
+@tool(Kind.READ)
+def mq_show(c: Call, mr_id: str) -> ledger.MRDetail:
+    """A merge request with every state change and its evidence (SHAs, command, exit, output tail).
+
+    mr_id: the merge request's id (mq list shows them)
+    """
+    return ledger.show(c.town, mr_id)
+
+
+@tool(Kind.CHANGE)
+def mq_retry(c: Call, mr_id: str) -> ledger.MergeRequestRow:
+    """Queue a rework, conflict or failed merge request again (its backoff reset).
+
+    mr_id: the merge request to retry
+    """
+    return mq.retry(c.town, c.actor, mr_id)
+
+
+@tool(Kind.CHANGE)
+def mq_reject(c: Call, mr_id: str, reason: str) -> ledger.MergeRequestRow:
+    """Reject a merge request for good, with the reason (its branch is kept).
+
+    mr_id: the merge request to reject
+    reason: why, for the polecat's witness and the record
+    """
+    return mq.reject(c.town, c.actor, mr_id, reason)
+
+
+@tool(Kind.CHANGE)
+def mq_resume(c: Call, rig: str) -> ledger.RigQueue:
+    """Resume a rig's queue paused on a red target (the refinery re-tests the target first).
+
+    rig: the rig whose queue to resume
+    """
+    return mq.resume(c.town, c.actor, rig)
 
 
 @tool(Kind.READ)

@@ -17,6 +17,7 @@ from vermas.atomic import write_atomic
 from vermas.errors import ConfigError, InvalidInput, TownNotFound
 from vermas.export import export_town
 from vermas.layout import BEADS_DIR, CONFIG_NAME, DB_NAME, TownLayout
+from vermas.refinery.types import MergeConfig
 from vermas.store import Database
 
 if sys.version_info >= (3, 11):
@@ -65,6 +66,8 @@ class RigConfig(BaseModel):
     default_branch: str = "main"
     verify_level: str = "shell"
     inspector: dict[str, Any] = Field(default_factory=dict)
+    # `[rigs.<name>.merge]`: the merge queue's settings; defaults and their reasons are in MergeConfig.
+    merge: MergeConfig = Field(default_factory=MergeConfig)
 
 
 class TownConfig(BaseModel):

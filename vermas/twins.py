@@ -7,7 +7,7 @@ command they can type too. The tool registry (vermas/tools.py) builds its comman
 """
 
 PROG = "vermas-runner"
-GROUPS = ("bead", "hook", "mail", "convoy", "polecat", "rig", "verify")
+GROUPS = ("bead", "hook", "mail", "convoy", "polecat", "rig", "verify", "mq")
 
 
 def shell_words(tool: str) -> tuple[str, ...]:

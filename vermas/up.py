@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,22 +17,42 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
 from vermas import polecat
 from vermas.addresses import Address, Role
-from vermas.errors import Conflict
+from vermas.errors import Conflict, InvalidInput
 from vermas.proc import flock_held, pid_alive
 from vermas.sessions.launch import kick_all, start_agent
 from vermas.town import Town
 
 if TYPE_CHECKING:  # tmux is imported only where a session is touched
-    from vermas.sessions import TownSessions
+    from vermas.sessions import SessionInfo, TownSessions
+
+SETUP_CLI = Path(".tools") / "claude" / "node_modules" / ".bin" / "claude"  # scripts/setup.sh's install
+
+
+class SessionDeath(BaseModel):
+    """Why an agent's session is dead, from what tmux kept of its pane (remain-on-exit):
+    the exit status or the killing signal, and the last lines it printed."""
+
+    exit_status: int | None = None
+    signal: int | None = None
+    last_lines: list[str] = []
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def reason(self) -> str:
+        how = (f"killed by signal {self.signal}" if self.signal
+               else f"exit status {self.exit_status}" if self.exit_status is not None else "exited")
+        return how + (f": {self.last_lines[-1]}" if self.last_lines else "")
+
 
 class UpReport(BaseModel):
     started: list[str]
     already_running: list[str]
     kicked: list[str] = []
+    restarted_dead: dict[str, SessionDeath] = {}  # dead sessions `up` replaced, and why they died
     repaired: list[str] = []  # polecats whose half-made spawn or broken sandbox was fixed first
 
 
@@ -50,6 +71,99 @@ def polecat_agents(town: Town) -> list[Address]:
 def plan_up(desired: list[Address], alive: set[str]) -> list[Address]:
     """The desired sessions that are not running, in order (pure)."""
     return [a for a in desired if a.session_name not in alive]
+
+
+# --- the agent command, checked before anything starts ---------------------------------------
+
+def which_agent(command: str, path: str) -> str | None:
+    """The executable an agent command names (pure but for the file system): a bare name is
+    looked up on `path`; anything with a slash must be an absolute path to an executable
+    (the sessions start in other folders, and tmux gets it quoted, so no `~`)."""
+    if not command.strip():
+        return None
+    if "/" in command:
+        candidate = Path(command)
+        ok = candidate.is_absolute() and candidate.is_file() and os.access(candidate, os.X_OK)
+        return str(candidate) if ok else None
+    return shutil.which(command, path=path)
+
+
+def missing_agent_message(config_file: Path, command: str, setup_cli: Path | None) -> str:
+    """One line: what is missing, where to set it, and the two ways out (pure)."""
+    what = "is not on PATH" if "/" not in command else "is not an absolute path to an executable"
+    if setup_cli is not None:
+        fix = f'command = "{setup_cli}" (the Claude Code CLI scripts/setup.sh installed)'
+    else:
+        fix = f"command = the CLI's absolute path (scripts/setup.sh installs Claude Code as {SETUP_CLI})"
+    return (f"agent command {command!r} {what}; set it in {config_file} under [agent]: {fix}, "
+            "or boot on the scripted stand-in model: vermas-runner up --model standin")
+
+
+def setup_cli_path() -> Path | None:
+    """The Claude Code CLI scripts/setup.sh installs into the checkout, if it is there."""
+    candidate = Path(__file__).resolve().parents[1] / SETUP_CLI
+    return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
+
+
+def resolve_agent_command(town: Town) -> str:
+    """The town's agent command as an executable path, or InvalidInput before anything is
+    started: a missing CLI would otherwise give sessions that die at once, unexplained."""
+    agent = town.config.agent
+    found = which_agent(agent.command, agent.env.get("PATH") or os.environ.get("PATH", os.defpath))
+    if found is None:
+        raise InvalidInput(missing_agent_message(town.layout.config_file, agent.command, setup_cli_path()))
+    return found
+
+
+# --- dead sessions ---------------------------------------------------------------------------
+
+def death_of(info: SessionInfo) -> SessionDeath | None:
+    """The death of a session whose pane tmux kept (None if it runs or has no session)."""
+    if not info.dead:
+        return None
+    return SessionDeath(exit_status=info.exit_status, signal=info.signal, last_lines=info.last_lines)
+
+
+def describe_death(address: str, death: SessionDeath, lines: int = 5) -> str:
+    """The runner log's entry for a dead session: one line of why, then its last lines."""
+    tail = "".join(f"\n    | {line}" for line in death.last_lines[-lines:])
+    return f"{address} died ({death.reason.split(': ', 1)[0]}); last lines of its pane:{tail or ' (none)'}"
+
+
+def dead_sessions(town: Town, sessions: TownSessions) -> dict[str, SessionDeath]:
+    """Every town agent whose session is dead, with why (one tmux call when none is)."""
+    panes = sessions.panes()
+    out: dict[str, SessionDeath] = {}
+    for address in core_agents(town) + polecat_agents(town):
+        state = panes.get(address.session_name)
+        if state is not None and state.dead:
+            death = death_of(sessions.info(address))
+            if death is not None:
+                out[str(address)] = death
+    return out
+
+
+class DeathWatch:
+    """The runner log's view of deaths: each one reported once, as it is noticed (a session
+    restarted and dead again has a new pane pid, so it is reported again)."""
+
+    def __init__(self, town: Town, sessions: TownSessions) -> None:
+        self.town, self.sessions = town, sessions
+        self._seen: set[tuple[str, int | None]] = set()
+
+    def check(self) -> list[str]:
+        panes = self.sessions.panes()
+        out = []
+        for address in core_agents(self.town) + polecat_agents(self.town):
+            state = panes.get(address.session_name)
+            key = (address.session_name, state.pid if state else None)
+            if state is None or not state.dead or key in self._seen:
+                continue
+            death = death_of(self.sessions.info(address))
+            if death is not None:
+                self._seen.add(key)
+                out.append(describe_death(str(address), death))
+        return out
 
 
 def zygote_pid(town: Town) -> int | None:
@@ -100,6 +214,7 @@ def stop_zygote(town: Town) -> bool:
 
 
 def up(town: Town, sessions: TownSessions, wait: bool = True) -> UpReport:
+    resolve_agent_command(town)
     start_zygote(town)
     # Before any session starts: half-made spawns finished or rolled back, broken sandboxes
     # rebuilt, so no polecat is ever started in a folder that is not its git worktree.
@@ -107,7 +222,8 @@ def up(town: Town, sessions: TownSessions, wait: bool = True) -> UpReport:
     repaired = [f"{r.address}: {r.why}" + (f"; failed, not started: {r.error}" if r.error else "") for r in reports]
     broken = {r.address for r in reports if r.error}
     desired = core_agents(town) + [a for a in polecat_agents(town) if str(a) not in broken]
-    alive = set(sessions.names())
+    alive = live_session_names(sessions)
+    died = dead_sessions(town, sessions)
     missing = plan_up(desired, alive)
     started = [a for a in missing if start_agent(town, sessions, a)]
     kicked = kick_all(town, sessions, started) if wait else []
@@ -116,7 +232,13 @@ def up(town: Town, sessions: TownSessions, wait: bool = True) -> UpReport:
         started=[str(a) for a in started],
         already_running=[str(a) for a in desired if a.session_name in alive],
         kicked=kicked, repaired=repaired,
+        restarted_dead={a: d for a, d in died.items() if a in {str(x) for x in started}},
     )
+
+
+def live_session_names(sessions: TownSessions) -> set[str]:
+    """Sessions whose agent runs (a dead pane kept by remain-on-exit is to be replaced)."""
+    return {name for name, state in sessions.panes().items() if not state.dead}
 
 
 def down(town: Town, sessions: TownSessions) -> list[str]:

@@ -6,11 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vermas import events, patrol, polecat, rig, sling, up
@@ -22,10 +24,10 @@ from vermas.export import export_town
 from vermas.inspector.cli import render
 from vermas.prime import prime
 from vermas.proc import flock_held
-from vermas.status import runner_status
+from vermas.status import AgentRow, runner_status
 from vermas.tools import TOOLS
 from vermas.town import Town, find_town
-from vermas_runner import twins
+from vermas_runner import demo, twins
 
 if TYPE_CHECKING:
     from vermas.sessions import TownSessions
@@ -111,35 +113,61 @@ def cmd_rig_list(args: argparse.Namespace) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> None:
+    """Check the agent command (and start the stand-in if asked) before anything starts, so
+    a town that cannot run refuses here, in the user's terminal, not in a background log."""
     town = _open_town(args.town)
+    model_line = demo.choose_model(town, args.model)
+    up.resolve_agent_command(town)
     if args.detach:
         log = town.layout.runner_log
         log.parent.mkdir(exist_ok=True)
         with log.open("a") as fh:
             proc = subprocess.Popen(
-                [*console_script("vermas-runner"), "up", "--town", str(town.root)],
+                [*console_script("vermas-runner"), "up", "--town", str(town.root), "--model", args.model],
                 stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
+        print(model_line)
         print(f"runner started in the background (pid {proc.pid}); log: {log}")
         return
     lock = up.RunnerLock(town)
     lock.acquire()
     try:
+        print(model_line, flush=True)
         sessions = _sessions(town)
+        watch = up.DeathWatch(town, sessions)
         report = up.up(town, sessions, wait=not args.no_wait)
+        for address, death in report.restarted_dead.items():
+            print(f"restarted {address}, which had died ({death.reason})")
         for address in report.started:
             print(f"started {address}")
         for address in report.already_running:
             print(f"already running {address}")
         for line in report.repaired:
             print(f"repaired {line}")
+        _print_deaths(watch)
         if args.once:
             return
+        threading.Thread(target=_watch_deaths, args=(watch,), daemon=True).start()
         print("patrolling (Ctrl-C to stop; sessions keep running: `vermas-runner down` stops them)",
               flush=True)
         patrol.run_forever(town, sessions)
     finally:
         lock.release()
+
+
+def _print_deaths(watch: up.DeathWatch) -> None:
+    for entry in watch.check():
+        print(entry, flush=True)
+
+
+def _watch_deaths(watch: up.DeathWatch, interval: float = 2.0) -> None:
+    """Log each session death as it happens (the runner log is stdout when detached)."""
+    while True:
+        time.sleep(interval)
+        try:
+            _print_deaths(watch)
+        except Exception as exc:  # noqa: BLE001 - a failed look must not end the watch
+            print(f"death watch: {type(exc).__name__}: {exc}", flush=True)
 
 
 def cmd_down(args: argparse.Namespace) -> None:
@@ -154,6 +182,21 @@ def cmd_down(args: argparse.Namespace) -> None:
         print(f"stopped runner (pid {pid})")
     stopped = up.down(town, _sessions(town))
     print(f"stopped {len(stopped)} session(s); hooked work stays hooked for the next `up`")
+    standin = demo.stop_standin(town)
+    if standin is not None:
+        print(f"stopped the stand-in model (pid {standin})")
+    if demo.restore_agent(town):
+        print(f"[agent] in {town.layout.config_file} is the town's own again")
+
+
+def _session_cell(row: AgentRow) -> str:
+    if row.alive:
+        return "[green]alive[/]"
+    if row.death is not None and row.death.signal:
+        return f"[red]dead[/] (signal {row.death.signal})"
+    if row.death is not None and row.death.exit_status is not None:
+        return f"[red]dead[/] (exit {row.death.exit_status})"
+    return "[red]dead[/]"
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -168,17 +211,23 @@ def cmd_status(args: argparse.Namespace) -> None:
                   + (f"pid {status.runner_pid}" if status.runner_pid else "not running"))
     table = Table("agent", "session", "hooked", "last activity", "last event", "unread")
     for row in status.agents:
-        event = f"{row.last_event.label} @{row.last_event.time[11:19]}" if row.last_event else "-"
-        table.add_row(row.address, "[green]alive[/]" if row.alive else "[red]dead[/]", row.hooked or "-",
+        event = escape(f"{row.last_event.label} @{row.last_event.time[11:19]}") if row.last_event else "-"
+        table.add_row(row.address, _session_cell(row), row.hooked or "-",
                       row.last_activity or "-", event, str(status.unread_mail.get(row.address, 0)))
     console.print(table)
+    for row in status.agents:
+        if row.death is not None and row.death.last_lines:
+            console.print(f"[red]{row.address}[/] died ({escape(row.death.reason.split(': ', 1)[0])}); "
+                          "last lines of its pane:")
+            for line in row.death.last_lines[-5:]:
+                console.print(f"    | {escape(line)}", highlight=False)
     for r in status.rigs:
-        console.print(f"rig [bold]{r['name']}[/] (prefix {r['prefix']}, branch {r['default_branch']}): "
-                      f"{r['polecats']}/{r['max_polecats']} polecats")
+        console.print(f"rig [bold]{r.name}[/] (prefix {r.prefix}, branch {r.default_branch}): "
+                      f"{r.polecats}/{r.max_polecats} polecats")
     if status.polecats:
         polecats = Table("polecat", "state", "bead", "branch")
         for p in status.polecats:
-            polecats.add_row(str(p["address"]), str(p["state"]), str(p["bead_id"]), str(p["branch"]))
+            polecats.add_row(p.address, str(p.state), p.bead_id or "-", p.branch or "-")
         console.print(polecats)
     if status.convoys:
         convoys = Table("convoy", "title", "closed/total")
@@ -207,7 +256,7 @@ def cmd_events(args: argparse.Namespace) -> None:
         for column in ("time (UTC)", "agent", "event", "detail"):
             table.add_column(column, overflow="fold")  # wrapped, never cut: these are evidence
         for e in shown:
-            table.add_row(e.time[11:23], e.agent, e.label, e.detail if e.tool else "")
+            table.add_row(e.time[11:23], escape(e.agent), escape(e.label), escape(e.detail if e.tool else ""))
         console = Console()
         console.print(table)
         failures = events.hook_failures(town)
@@ -267,7 +316,7 @@ def cmd_tool(spec: "ToolSpec", args: argparse.Namespace) -> None:
     if spec.name == "verify_bead" and not args.json:
         print(render(result))
     else:
-        twins.emit(result, args.json)
+        twins.emit(result, args.json, getattr(args, "id_only", False))
     if spec.name == "verify_bead":  # grep/diff style, as before: 0 PASS, 1 FAIL (2: error)
         raise SystemExit(0 if result.overall == "PASS" else 1)
 
@@ -352,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true", help="run the runner in the background")
     p.add_argument("--once", action="store_true", help="start sessions, then exit (no patrol)")
     p.add_argument("--no-wait", action="store_true", help="do not wait to nudge new sessions")
+    p.add_argument("--model", choices=("claude", "standin"), default="claude",
+                   help="claude (default): the agent CLI of [agent] command in town.toml, with your login; "
+                        "standin: the real Claude Code CLI on a scripted local model (no account), "
+                        "until `vermas-runner down`")
     p.set_defaults(fn=cmd_up)
 
     p = sub.add_parser("down", parents=[town_only], help="stop the town's sessions and runner (hooked work stays)")

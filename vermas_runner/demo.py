@@ -5,23 +5,39 @@ With the default stand-in model no account is needed: a scripted local model pla
 agent through the real Claude Code CLI (it calls hook_check, does the bead's work with
 Claude Code's own Bash tool, commits, calls polecat_done). With `--model claude` the
 sessions use your own Claude Code login instead.
+
+The same stand-in boots any town: `vermas-runner up --model standin` starts it as a process
+of its own (`python -m vermas_runner.demo --serve-standin TOWN`, pid and URL in
+`.runtime/standin.json`), points the town's `[agent]` at it (the town's own `[agent]` is
+kept in `.runtime/standin-agent.json`), and `vermas-runner down` stops it and puts the
+town's `[agent]` back.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 from vermas import beads, polecat, rig, up
 from vermas.addresses import parse_address
-from vermas.town import Town
+from vermas.atomic import write_atomic
+from vermas.errors import Conflict, InvalidInput
+from vermas.layout import TownLayout
+from vermas.proc import pid_alive
+from vermas.town import AgentCommand, Town
 
 POLECAT_MARKER = "You are a vermas polecat"
+SERVE_FLAG = "--serve-standin"
 
 
 def sample_repo(path: Path) -> Path:
@@ -46,7 +62,8 @@ def polecat_script(bead_file_cmd: str | None = None) -> list[Any]:
     """What the stand-in model does as a polecat: check the hook, write a note named after
     itself with Claude Code's Bash tool, commit it, and report done."""
     command = bead_file_cmd or (
-        'note="notes/$(echo "$BD_ACTOR" | tr / -).md" && printf "work by %s\\n" "$BD_ACTOR" > "$note" && '
+        'mkdir -p notes && note="notes/$(echo "$BD_ACTOR" | tr / -).md" && '
+        'printf "work by %s\\n" "$BD_ACTOR" > "$note" && '
         'git add notes && git commit -q -m "polecat work by $BD_ACTOR" && git log --oneline -1'
     )
     return [
@@ -86,14 +103,146 @@ def use_standin(town: Town, base_url: str, home: Path) -> None:
 
     binary = find_claude_binary()
     if binary is None:
-        raise RuntimeError("Claude Code CLI not found: run scripts/setup.sh (installs it into .tools/claude)")
-    write_claude_home(home)
+        raise InvalidInput(CLI_MISSING)
+    if not (home / ".claude.json").is_file():  # keep the trust entries of a running town
+        write_claude_home(home)
     env = claude_env(base_url, home, base={})
     env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
     env["ANTHROPIC_API_KEY"] = DUMMY_API_KEY
     town.config.agent.command = str(binary)
     town.config.agent.env = env
     town.save_config()
+
+
+CLI_MISSING = ("the stand-in model drives the real Claude Code CLI, which is not installed: run scripts/setup.sh "
+               "(it installs the CLI into .tools/claude) or set VERMAS_CLAUDE_BIN to its path")
+
+
+# --- the stand-in model of `vermas-runner up --model standin` ---------------------------------
+
+class StandinState(BaseModel):
+    """What the stand-in server process writes once it listens."""
+
+    pid: int
+    url: str
+    root: str
+
+
+def standin_state(town: Town) -> StandinState | None:
+    """The town's running stand-in server; None if there is none. A stale file (a killed
+    server, a reboot) may name an unrelated process now, so its command line is checked."""
+    try:
+        state = StandinState.model_validate_json(town.layout.standin_state.read_text())
+        cmdline = Path(f"/proc/{state.pid}/cmdline").read_bytes()
+    except (OSError, ValueError, ValidationError):
+        return None
+    if not pid_alive(state.pid) or SERVE_FLAG.encode() not in cmdline or str(town.root).encode() not in cmdline:
+        return None
+    return state
+
+
+def start_standin(town: Town, timeout: float = 30.0) -> StandinState:
+    """Start the town's stand-in server (a process of its own, outliving this runner like
+    the sessions do) unless it runs; wait until it listens."""
+    state = standin_state(town)
+    if state is not None:
+        return state
+    town.layout.runtime_dir.mkdir(exist_ok=True)
+    town.layout.standin_state.unlink(missing_ok=True)
+    with town.layout.standin_log.open("a") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vermas_runner.demo", SERVE_FLAG, str(town.root)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=town.root,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        state = standin_state(town)
+        if state is not None:
+            return state
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    raise Conflict(f"the stand-in model server did not start within {timeout:.0f}s; see {town.layout.standin_log}")
+
+
+def stop_standin(town: Town, timeout: float = 5.0) -> int | None:
+    """Stop the town's stand-in server (by its recorded, checked pid); its pid, or None."""
+    state = standin_state(town)
+    if state is None:
+        return None
+    os.kill(state.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and standin_state(town) is not None:
+        time.sleep(0.05)
+    if standin_state(town) is not None:
+        os.kill(state.pid, signal.SIGKILL)
+    town.layout.standin_state.unlink(missing_ok=True)
+    return state.pid
+
+
+def restore_agent(town: Town) -> bool:
+    """Put back the town's own `[agent]` that the stand-in replaced (True if it did)."""
+    saved = town.layout.standin_saved_agent
+    if not saved.is_file():
+        return False
+    town.reload_config()
+    town.config.agent = AgentCommand.model_validate_json(saved.read_text())
+    town.save_config()
+    saved.unlink()
+    return True
+
+
+def boot_on_standin(town: Town) -> StandinState:
+    """Start (or keep) the stand-in and point the town's `[agent]` at it."""
+    from vermas.testing.standin import find_claude_binary  # deferred: stand-in machinery, only for --model standin
+
+    binary = find_claude_binary()
+    if binary is None:
+        raise InvalidInput(CLI_MISSING)
+    saved = town.layout.standin_saved_agent
+    if not saved.is_file():
+        town.layout.runtime_dir.mkdir(exist_ok=True)
+        write_atomic(saved, town.config.agent.model_dump_json())
+    state = start_standin(town)
+    agent = town.config.agent
+    if agent.command != str(binary) or agent.env.get("ANTHROPIC_BASE_URL") != state.url:
+        use_standin(town, state.url, town.layout.standin_home)
+    return state
+
+
+def choose_model(town: Town, model: str) -> str:
+    """Set the town up for `up --model MODEL`; the line the runner prints about it.
+
+    `standin` boots the stand-in; `claude` (the default) uses the town's `[agent]`, after
+    putting it back if a stand-in that is gone had replaced it. A town that runs on the
+    stand-in stays on it until `down`, so `up` cannot mix the two in one town."""
+    if model == "standin":
+        state = boot_on_standin(town)
+        return (f"agent: the scripted stand-in model at {state.url} (pid {state.pid}), via "
+                f"{town.config.agent.command}; `vermas-runner down` stops it")
+    running = standin_state(town)
+    if running is not None:
+        raise Conflict(f"this town runs on the stand-in model (pid {running.pid}) until `vermas-runner down`; "
+                       "pass --model standin to keep using it")
+    restore_agent(town)
+    return f"agent: {town.config.agent.command} ([agent] command in {town.layout.config_file})"
+
+
+def serve_standin(root: str) -> int:
+    """The stand-in server process: serve the demo's policy until SIGTERM."""
+    from vermas.testing.standin import StandinModelServer  # deferred: stand-in machinery, only in this process
+
+    layout = TownLayout(Path(root))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with StandinModelServer(standin_policy()) as server:
+        write_atomic(layout.standin_state,
+                     StandinState(pid=os.getpid(), url=server.base_url, root=root).model_dump_json())
+        print(f"stand-in model for {root} on {server.base_url}", flush=True)
+        stop.wait()
+    return 0
 
 
 def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, **_: Any) -> int:
@@ -162,3 +311,9 @@ def _witness_mail(town: Town) -> list[str]:
     with town.db.read() as conn:
         return [f"{r[0]}: {r[1]}" for r in conn.execute(
             "SELECT recipient, subject FROM messages WHERE kind = 'POLECAT_DONE' ORDER BY created_ts")]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == SERVE_FLAG:
+        sys.exit(serve_standin(sys.argv[2]))
+    sys.exit(f"usage: python -m vermas_runner.demo {SERVE_FLAG} TOWN")

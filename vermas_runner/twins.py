@@ -25,7 +25,7 @@ from rich.table import Table
 
 from vermas.addresses import parse_address
 from vermas.errors import InvalidInput
-from vermas.tools import TOOLS, Call, Param, ToolSpec
+from vermas.tools import TOOLS, Call, Kind, Param, ToolSpec
 from vermas.town import Town
 from vermas.validate import pydantic_problems
 
@@ -165,8 +165,9 @@ def rows_table(rows: list[BaseModel], title: str | None = None) -> Table:
     if not rows:
         table.add_column("(none)")
         return table
-    names = [n for n, v in rows[0]
-             if n not in DETAIL_FIELDS and (not isinstance(v, (list, dict, BaseModel)) or n == "labels")]
+    names = list(getattr(type(rows[0]), "TABLE_COLUMNS", ())) or [
+        n for n, v in rows[0]
+        if n not in DETAIL_FIELDS and (not isinstance(v, (list, dict, BaseModel)) or n == "labels")]
     for name in names:
         table.add_column(name.replace("_", " "))
     for row in rows:
@@ -200,7 +201,10 @@ def render(result: Any, console: Console | None = None) -> None:
     console.print(str(result))
 
 
-def emit(result: Any, as_json: bool) -> None:
+def emit(result: Any, as_json: bool, id_only: bool = False) -> None:
+    if id_only:  # `bead=$(vermas-runner bead create ... --id)`
+        print(result.id)
+        return
     if as_json:
         if isinstance(result, BaseModel):
             print(result.model_dump_json(indent=2))
@@ -212,6 +216,11 @@ def emit(result: Any, as_json: bool) -> None:
 
 
 # ---- argparse ---------------------------------------------------------------------------------
+
+def creates_with_id(spec: ToolSpec) -> bool:
+    """A tool that adds a record with an id (bead_create, mail_send, convoy_create)."""
+    return spec.kind is Kind.ADD and "id" in getattr(spec.result, "model_fields", {})
+
 
 Handler = Callable[[ToolSpec, argparse.Namespace], None]
 
@@ -240,6 +249,9 @@ def add_tool_commands(sub: Any, groups: dict[str, Any], common: argparse.Argumen
             add_param(p, param)
         if spec.progress:
             p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+        if creates_with_id(spec):
+            p.add_argument("--id", dest="id_only", action="store_true",
+                           help="print only the new record's id (for scripts: id=$(... --id))")
         if spec.name in extra:
             extra[spec.name](p)
         p.set_defaults(fn=lambda args, spec=spec: handler(spec, args))

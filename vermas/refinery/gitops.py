@@ -1,0 +1,268 @@
+"""The refinery's git effects, thin: each function does one thing to a real repository and
+reports what it saw. Decisions are made elsewhere (decide.py, bisect.py, the worker).
+
+Where things happen:
+- the canonical clone (`<rig>/mayor/rig`) owns the target branch; it only ever moves by
+  compare-and-set (`git update-ref refs/heads/T NEW OLD`), so a concurrent move is seen, never
+  overwritten. When that clone has T checked out, its index and files follow the ref (the
+  two-tree `read-tree -m -u OLD NEW`, git's own fast-forward), so it never looks dirty.
+- the refinery worktree (`<rig>/refinery/rig`) is where candidates are rebased (detached HEAD:
+  no branch is created or moved, the polecat's branch is untouched) and tested.
+- the upstream (`origin`), when the rig has one: fetched before each batch; a merge is pushed
+  without force (the remote refuses a non-fast-forward: its own compare-and-set) and confirmed
+  with ls-remote before anyone is told.
+
+Every user-supplied value (paths, branch names, shas) goes after `--` or as a refspec we built;
+repository hooks are disabled for the rebase (a polecat can write the shared .git/hooks).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from vermas import git
+from vermas.errors import Conflict
+from vermas.inspector.verifier import run_command
+from vermas.refinery.decide import Presence
+from vermas.refinery.types import RunKind, RunOutcome, RunStatus, tail
+
+REMOTE = "origin"
+NO_HOOKS = ("-c", "core.hooksPath=/dev/null")
+FALLBACK_IDENTITY = ("-c", "user.name=vermas refinery", "-c", "user.email=refinery@vermas.invalid")
+
+
+def _git(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """git without raising: the caller reads the exit status (a refused CAS or push is an answer)."""
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=git._environment(), stdin=subprocess.DEVNULL)
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """The rig's sync lock (the one `rig sync` takes): one process moves the clone's refs at a time."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# ---- the target ------------------------------------------------------------------------------------
+
+
+def has_upstream(clone: Path) -> bool:
+    return bool(git.remote_url(clone, REMOTE))
+
+
+def tip(clone: Path, branch: str) -> str | None:
+    return git.resolve(clone, f"refs/heads/{branch}")
+
+
+@dataclass(frozen=True)
+class TargetTip:
+    """The target's tip after a fetch: `sha` is what candidates are rebased onto."""
+
+    sha: str
+    upstream: str | None  # the upstream's tip, None without an upstream
+    fetched: bool
+    moved_from: str | None = None  # the local tip before it fast-forwarded to the upstream's
+
+
+def sync_target(clone: Path, branch: str, fetch: bool) -> TargetTip:
+    """Fetch (when asked and there is an upstream) and bring the local target forward to the
+    upstream's tip by compare-and-set. A local target ahead of the upstream stays (its commits
+    are pushed with the next merge); diverged is refused: merging onto either side would lose
+    the other's commits."""
+    local = tip(clone, branch)
+    if local is None:
+        raise Conflict(f"the canonical clone {clone} has no branch {branch} (the merge target)")
+    if not fetch or not has_upstream(clone):
+        return TargetTip(sha=local, upstream=None, fetched=False)
+    git.fetch(clone, REMOTE)
+    upstream = git.resolve(clone, f"refs/remotes/{REMOTE}/{branch}")
+    if upstream is None:
+        raise Conflict(f"the upstream {git.remote_url(clone)} has no branch {branch} (the merge target)")
+    if upstream == local or git.is_ancestor(clone, upstream, local):
+        return TargetTip(sha=local, upstream=upstream, fetched=True)
+    if git.is_ancestor(clone, local, upstream):
+        if not advance(clone, branch, upstream, local):
+            raise Conflict(f"{branch} moved while it was being fast-forwarded to the upstream; try again")
+        return TargetTip(sha=upstream, upstream=upstream, fetched=True, moved_from=local)
+    raise Conflict(f"{branch} in {clone} ({local[:12]}) and the upstream's ({upstream[:12]}) have diverged; "
+                   "nothing is merged until a person reconciles them")
+
+
+def advance(clone: Path, branch: str, new: str, old: str) -> bool:
+    """Compare-and-set the target: `update-ref refs/heads/T NEW OLD` applies only while T is
+    still OLD. Where the clone has T checked out, its index and files follow (fast-forward)."""
+    done = _git(clone, "update-ref", "-m", f"vermas refinery: {old[:12]} -> {new[:12]}", f"refs/heads/{branch}",
+                new, old)
+    if done.returncode != 0:
+        return False
+    if git.current_branch(clone) == branch:
+        # HEAD already names NEW; move index and work tree from OLD to NEW as a fast-forward would.
+        _git(clone, "read-tree", "-m", "-u", old, new)
+    return True
+
+
+def push(clone: Path, branch: str, new: str) -> tuple[bool, str]:
+    """Push NEW to the upstream's T, never forcing (the remote refuses a non-fast-forward)."""
+    done = _git(clone, "push", "--quiet", "--porcelain", REMOTE, f"{new}:refs/heads/{branch}", timeout=300)
+    return done.returncode == 0, " ".join((done.stderr + done.stdout).split())[:500]
+
+
+def upstream_tip(clone: Path, branch: str) -> str | None:
+    """The upstream's T as the upstream itself says now (ls-remote), not a tracking ref."""
+    done = _git(clone, "ls-remote", REMOTE, f"refs/heads/{branch}", timeout=120)
+    if done.returncode != 0:
+        return None
+    first = done.stdout.split()
+    return first[0] if first else None
+
+
+# ---- the refinery worktree ----------------------------------------------------------------------------
+
+
+def ensure_worktree(clone: Path, path: Path, at: str) -> Path:
+    """The refinery worktree (`rig add` makes it); made again when it is missing."""
+    if git.is_worktree(path):
+        return path
+    _git(clone, "worktree", "prune")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    git.run(clone, "worktree", "add", "--quiet", "--detach", "--", str(path), at)
+    return path
+
+
+def reset_worktree(worktree: Path, sha: str) -> None:
+    """A clean detached checkout of `sha`: whatever a crashed rebase or a test run left is gone
+    (this worktree belongs to the refinery alone)."""
+    _git(worktree, "rebase", "--abort")
+    _git(worktree, "cherry-pick", "--abort")
+    git.run(worktree, "checkout", "--quiet", "--detach", "--force", sha)
+    git.run(worktree, "clean", "-ffdxq")
+
+
+def _identity(repo: Path) -> tuple[str, ...]:
+    """Rebased commits need a committer; the repository's own identity when it has one."""
+    return () if git.run(repo, "config", "user.email", check=False) else FALLBACK_IDENTITY
+
+
+@dataclass(frozen=True)
+class Rebased:
+    """One candidate rebased onto `onto`: its new tip, or the conflicting files."""
+
+    onto: str
+    sha: str | None
+    conflict_files: tuple[str, ...] = ()
+    error: str = ""
+
+    @property
+    def clean(self) -> bool:
+        return self.sha is not None
+
+
+def rebase(worktree: Path, onto: str, base: str, commit: str) -> Rebased:
+    """Replay the candidate's commits (`base..commit`, base being the target tip) onto `onto`
+    in the refinery worktree, detached: the polecat's branch is not touched. Patches already on
+    `onto` are dropped (git's rule), so a re-run never makes a no-op commit. A conflict is
+    aborted and reported with its files."""
+    reset_worktree(worktree, onto)
+    done = _git(worktree, *NO_HOOKS, *_identity(worktree), "rebase", "--quiet", "--no-autostash", "--onto", onto,
+                base, commit, timeout=600)
+    if done.returncode == 0:
+        head = git.resolve(worktree, "HEAD")
+        if head is not None and git.current_branch(worktree) is None:
+            return Rebased(onto=onto, sha=head)
+    files = tuple(f for f in git.run(worktree, "diff", "--name-only", "--diff-filter=U", check=False).splitlines()
+                  if f.strip())
+    _git(worktree, "rebase", "--abort")
+    reset_worktree(worktree, onto)
+    return Rebased(onto=onto, sha=None, conflict_files=files,
+                   error=" ".join((done.stderr + done.stdout).split())[:500])
+
+
+def run_tests(worktree: Path, sha: str, command: str, timeout: float, target_sha: str,
+              hidden: Sequence[Path] = (), keep_env: Sequence[str] = (),
+              base_env: Mapping[str, str] | None = None) -> RunOutcome:
+    """The rig's test command at `sha`, contained as the Verifier runs tests (vermas.contain:
+    scrubbed environment, the town's store hidden, killed at the timeout, nothing outlives it)."""
+    reset_worktree(worktree, sha)
+    evidence = run_command(command, worktree, timeout, base_env=base_env, keep_env=keep_env, hidden=hidden)
+    if evidence.error is not None and evidence.exit_code is None and not evidence.timed_out:
+        status = RunStatus.COULD_NOT_RUN
+    elif evidence.timed_out:
+        status = RunStatus.TIMED_OUT
+    elif evidence.exit_code == 0:
+        status = RunStatus.PASSED
+    else:
+        status = RunStatus.FAILED
+    output = evidence.output if evidence.error is None else f"{evidence.output}\n{evidence.error}".strip()
+    reset_worktree(worktree, sha)  # what the test wrote does not reach the next run
+    return RunOutcome(kind=RunKind.TEST, status=status, command=command, exit_status=evidence.exit_code,
+                      duration_s=evidence.duration_s, output_tail=tail(output), target_sha=target_sha,
+                      candidate_sha=sha)
+
+
+# ---- sources and cleanup ----------------------------------------------------------------------------
+
+
+def branch_exists(clone: Path, branch: str) -> bool:
+    return bool(branch) and git.has_ref(clone, f"refs/heads/{branch}")
+
+
+def commit_exists(clone: Path, sha: str) -> bool:
+    return bool(sha) and git.resolve(clone, sha) is not None
+
+
+def commits_between(clone: Path, older: str, newer: str) -> list[str]:
+    """Commits reachable from `newer` but not from `older`, oldest first."""
+    out = git.run(clone, "rev-list", "--reverse", f"{older}..{newer}", "--")
+    return [line for line in out.splitlines() if line]
+
+
+def presence(clone: Path, commits: Sequence[str], target: str, since: str) -> dict[str, Presence]:
+    """Where each polecat commit is, seen from the target: an ancestor, its patch there
+    (`git cherry` '-': it was rebased), or missing."""
+    equivalent = set()
+    if commits:
+        tip_commit = commits[-1]
+        for line in git.run(clone, "cherry", target, tip_commit, since, check=False).splitlines():
+            sign, _, sha = line.partition(" ")
+            if sign == "-":
+                equivalent.add(sha.strip())
+    out: dict[str, Presence] = {}
+    for sha in commits:
+        if git.is_ancestor(clone, sha, target):
+            out[sha] = Presence.REACHABLE
+        elif sha in equivalent:
+            out[sha] = Presence.EQUIVALENT
+        else:
+            out[sha] = Presence.MISSING
+    return out
+
+
+def worktree_dirty(path: Path) -> list[str]:
+    return git.dirty_files(path) if git.is_worktree(path) else []
+
+
+def remove_worktree(clone: Path, path: Path) -> bool:
+    """Remove a polecat's worktree (untracked build litter goes with it); True when it was there."""
+    existed = path.exists()
+    if existed:
+        git.run(clone, "worktree", "remove", "--force", "--", str(path))
+    _git(clone, "worktree", "prune")
+    return existed
+
+
+def delete_branch(clone: Path, branch: str) -> bool:
+    if not branch_exists(clone, branch):
+        return False
+    git.run(clone, "branch", "-D", "--", branch)
+    return True

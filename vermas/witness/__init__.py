@@ -1,0 +1,1 @@
+"""The witness patrol: per rig, pure decisions from agents' evidence to typed actions."""

@@ -1,0 +1,119 @@
+"""An agent's state from direct evidence: evidence -> (AgentState, reason, since). Pure.
+
+Precedence, strongest evidence first, and why:
+1. the slot's stored state: `done` (polecat_done COMPLETED) outranks anything the session shows,
+   and `spawning` belongs to the spawn (and its repair), so both are answered from the store;
+2. tmux: a missing session or a dead pane is certain, whatever the hooks last said (a killed
+   session sends no SessionEnd);
+3. the current session's hook events (and vermas MCP calls as activity), the latest deciding:
+   UserPromptSubmit / PreToolUse / PostToolUse / an MCP call -> working, Stop or the idle
+   notification -> idle, the permission notification -> waiting, SessionEnd -> exited,
+   SessionStart alone -> starting while the runner's GUPP nudge is pending, else idle;
+   no event yet -> starting.
+Events older than the session's start belong to an earlier session and are ignored, so a
+restarted session is judged on its own evidence. `since` is when the current state began:
+the earliest event of the trailing run of events that all mean this state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vermas.patrol_types import AgentState, Evidence, HookEvent, HookKind, NotificationKind
+from vermas.protocol import PolecatState
+
+S = AgentState
+_BY_KIND = {
+    HookKind.USER_PROMPT_SUBMIT: S.WORKING,
+    HookKind.PRE_TOOL_USE: S.WORKING,
+    HookKind.POST_TOOL_USE: S.WORKING,
+    HookKind.STOP: S.IDLE,
+    HookKind.SESSION_END: S.EXITED,
+}
+_MCP = "mcp"  # an MCP tool call, ranked with the hook events
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The state, a sentence saying which evidence decided it, and since when (None when the
+    evidence holds no time, e.g. a live session whose start is unknown). `last_activity` is
+    the current session's latest event or MCP call; `tool` names a tool that started and has
+    not finished (a long-running tool is working, never stuck for that alone);
+    `session_started` tells whether Claude Code reported SessionStart in this session."""
+
+    state: AgentState
+    reason: str
+    since: float | None
+    last_activity: float | None = None
+    tool: str | None = None
+    session_started: bool = False
+
+
+def _state_of(kind: HookKind | str, notification: NotificationKind | None, gupp_pending: bool) -> AgentState:
+    if kind == _MCP:
+        return S.WORKING
+    if kind is HookKind.NOTIFICATION:
+        return S.WAITING if notification is NotificationKind.PERMISSION else S.IDLE
+    if kind is HookKind.SESSION_START:
+        return S.STARTING if gupp_pending else S.IDLE
+    return _BY_KIND[HookKind(kind)]
+
+
+def current_events(ev: Evidence) -> list[HookEvent]:
+    """The current session's events in order (time, then the store's row order)."""
+    start = ev.tmux.started_at
+    return sorted((e for e in ev.events if start is None or e.at >= start), key=lambda e: (e.at, e.seq))
+
+
+def classify(ev: Evidence) -> Classification:
+    events = current_events(ev)
+    start = ev.tmux.started_at
+    mcp = ev.last_mcp_call if ev.last_mcp_call is not None and (start is None or ev.last_mcp_call >= start) else None
+    # An MCP call ranks before a hook event of the same time: its Pre/PostToolUse bracket it.
+    timeline: list[tuple[float, int, HookKind | str, NotificationKind | None, str | None]] = [
+        (e.at, 0, e.kind, e.notification, e.tool) for e in events]
+    if mcp is not None:
+        timeline.append((mcp, -1, _MCP, None, None))
+        timeline.sort(key=lambda t: (t[0], t[1]))
+    last = timeline[-1][0] if timeline else None
+    started = any(e.kind is HookKind.SESSION_START for e in events)
+
+    def result(state: AgentState, reason: str, since: float | None, tool: str | None = None) -> Classification:
+        return Classification(state, reason, since, last, tool, started)
+
+    if ev.polecat_state is PolecatState.DONE:
+        return result(S.DONE, "polecat_done COMPLETED: its merge request is queued", ev.state_since)
+    if ev.polecat_state is PolecatState.SPAWNING:
+        return result(S.STARTING, "spawning: its worktree and session are being made", ev.state_since)
+    seen_since = last if last is not None else start
+    if not ev.tmux.session:
+        return result(S.DEAD, "its tmux session is gone", seen_since)
+    if not ev.tmux.pane_alive:
+        if ev.tmux.exit_status == 0:
+            return result(S.EXITED, "Claude Code exited with status 0 (the pane is dead)", seen_since)
+        how = "killed by a signal" if ev.tmux.exit_status is None else f"exit status {ev.tmux.exit_status}"
+        return result(S.DEAD, f"the pane's process died ({how})", seen_since)
+    if not timeline:
+        return result(S.STARTING, "session up; no SessionStart from Claude Code yet", start)
+    gupp_pending = ev.polecat_state is PolecatState.STARTED
+    states = [_state_of(kind, note, gupp_pending) for _, _, kind, note, _ in timeline]
+    state = states[-1]
+    first = len(states) - 1
+    while first > 0 and states[first - 1] is state:
+        first -= 1
+    since = timeline[first][0]
+    at, _, kind, note, tool = timeline[-1]
+    if state is S.WORKING:
+        if kind is HookKind.PRE_TOOL_USE:
+            return result(state, f"tool {tool or '?'} running since {at:.0f} (PreToolUse, no PostToolUse yet)",
+                          since, tool or "?")
+        what = "a vermas MCP call" if kind == _MCP else str(kind)
+        return result(state, f"turn running (last: {what} at {at:.0f})", since)
+    if state is S.IDLE:
+        what = "idle notification" if kind is HookKind.NOTIFICATION else str(kind)
+        return result(state, f"turn ended ({what} at {at:.0f}); no prompt since", since)
+    if state is S.WAITING:
+        return result(state, f"a permission prompt or dialog waits (Notification at {at:.0f})", since)
+    if state is S.EXITED:
+        return result(state, f"SessionEnd at {at:.0f}: Claude Code ended", since)
+    return result(S.STARTING, f"SessionStart at {at:.0f}; its GUPP nudge is not confirmed yet", since)

@@ -100,7 +100,14 @@ def test_up_starts_core_sessions_with_mcp_connected(e2e: E2ETown) -> None:
     for address in CORE:  # each session's own vermas-mcp came up
         marker = e2e.root / ".runtime" / "agents" / parse_address(address).session_name / "mcp.ready"
         assert marker.is_file()
-    results = " ".join(e2e.tool_results("hook_check"))  # and each agent called it through MCP
+    # and each agent called it through MCP: `up` returns once the GUPP nudges are submitted,
+    # the calls (and their results, seen in each agent's next model request) follow
+    wanted = ("Patrol: read mail_inbox", "MERGE_READY", "use bead_ready and sling")
+    deadline = time.monotonic() + 60
+    results = " ".join(e2e.tool_results("hook_check"))
+    while time.monotonic() < deadline and not all(w in results for w in wanted):
+        time.sleep(0.5)
+        results = " ".join(e2e.tool_results("hook_check"))
     assert "Patrol: read mail_inbox" in results  # witness
     assert "MERGE_READY" in results  # refinery
     assert "use bead_ready and sling" in results  # mayor

@@ -157,13 +157,19 @@ class WitnessActor:
         return polecat.worktree_path(self.town, a)
 
     def _save_rescue(self, a: SaveRescue) -> dict[str, Any]:
-        saved = save_rescue(self._worktree(a.agent), a.ref, a.note)
+        worktree = self._worktree(a.agent)
+        ref, n = a.ref, 1
+        while git.has_ref(worktree, ref):  # two saves within one second: never overwrite the first
+            n += 1
+            ref = f"{a.ref}-{n}"
+        note = a.note.replace(a.ref, ref)
+        saved = save_rescue(worktree, ref, note)
         if saved is None:
             return {"ref": None, "saved": "nothing beyond HEAD"}
         commit, files = saved
         if a.bead:
-            append_note(self.town, a.bead, f"{a.note} (commit {commit[:12]}, {files} files)")
-        return {"ref": a.ref, "commit": commit, "files": files}
+            append_note(self.town, a.bead, f"{note} (commit {commit[:12]}, {files} files)")
+        return {"ref": ref, "commit": commit, "files": files}
 
     def _restart_session(self, a: RestartSession) -> dict[str, Any]:
         address = self._address(a.agent)

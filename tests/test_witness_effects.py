@@ -11,6 +11,9 @@ restarted or be stopped); `now` is injected where a threshold would otherwise be
 4. Past max_restarts: the bead goes back to open with a note naming its branch and commits,
    one ESCALATION to the mayor (standing, not repeated), branch and worktree kept.
 5. The deacon restarts a killed mayor session, backs off, and escalates a crash loop once.
+6. A failing round is recorded with its traceback and never raises.
+7. An idle polecat with hooked work gets the GUPP nudge (with backoff) under the GUPP lock.
+8. Hook events from the store map onto the classifier's kinds.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git, make_repo
-from vermas import beads, patrol_log, polecat, rig
+from vermas import beads, events, patrol_log, polecat, rig
 from vermas.addresses import Address, Role, parse_address
 from vermas.deacon import patrol as deacon_patrol
+from vermas.patrol_types import HookKind, NotificationKind
 from vermas.protocol import MergeReady, PolecatState, parse
 from vermas.sessions import TownSessions, launch
 from vermas.town import Town
+from vermas.witness import observe
 from vermas.witness import patrol as witness_patrol
 
 pytestmark = pytest.mark.tmux
@@ -87,8 +92,8 @@ def rigged(tmp_path: Path) -> Iterator[Rigged]:
         r.close()
 
 
-def actions(events: list[patrol_log.PatrolEvent]) -> list[tuple[str, str | None, bool]]:
-    return [(e.action, e.agent, e.ok) for e in events]
+def actions(recorded: list[patrol_log.PatrolEvent]) -> list[tuple[str, str | None, bool]]:
+    return [(e.action, e.agent, e.ok) for e in recorded]
 
 
 def test_killed_session_with_uncommitted_work_is_rescued_then_restarted_in_its_worktree(rigged: Rigged) -> None:
@@ -260,3 +265,40 @@ def test_a_failing_round_is_recorded_with_its_traceback_and_never_raises(rigged:
     assert [(e.action, e.patrol, e.ok) for e in events] == [("round_failed", "witness:gt", False)]
     assert "merge_requests" in events[0].reason and "Traceback" in events[0].evidence["traceback"]
     assert patrol_log.events(rigged.town, action="round_failed")[0].seq == events[0].seq
+
+
+def test_idle_polecat_gets_the_gupp_nudge_under_the_gupp_lock_with_backoff(rigged: Rigged) -> None:
+    bead, _ = rigged.spawn()
+    polecat.set_state(rigged.town, "gt", "nux", PolecatState.WORKING)  # its first nudge was delivered
+    time.sleep(1.05)  # hook events must be newer than the session's start (whole seconds)
+    t = time.time()
+    events.record(rigged.town, str(NUX), events.EventKind.SESSION_START, at=t)
+    events.record(rigged.town, str(NUX), events.EventKind.STOP, at=t + 0.1)  # its turn ended, bead still hooked
+    lock = polecat.gupp_lock(rigged.town, "gt", "nux")
+
+    assert witness_patrol.round(rigged.town, rigged.sessions, t + 30) == []  # idle, but not for 60 s yet
+    nudged = witness_patrol.round(rigged.town, rigged.sessions, t + 61)
+    assert [(e.action, e.bead, e.ok) for e in nudged] == [("gupp_nudge", bead, True)]
+    assert "nudge 1 of 3" in nudged[0].reason
+    assert polecat.lock_held(lock)  # the typing runs in a thread, holding the lock the runner's kick takes
+    assert witness_patrol.round(rigged.town, rigged.sessions, t + 150) == []  # the 2nd waits 120 s more
+    second = witness_patrol.round(rigged.town, rigged.sessions, t + 182)
+    assert [(e.action, e.ok) for e in second] == [("gupp_nudge", False)]  # the 1st is still typing
+    assert "GUPP lock is held" in second[0].reason
+
+
+def test_hook_events_map_to_the_classifier_kinds(rigged: Rigged) -> None:
+    agent = str(NUX)
+    for kind, tool, detail, at in [(events.EventKind.SESSION_START, None, "", 1.0),
+                                   (events.EventKind.PRE_TOOL_USE, "Bash", "", 2.0),
+                                   (events.EventKind.POST_TOOL_USE_FAILURE, "Bash", "", 3.0),
+                                   (events.EventKind.TOOL, "bead_show", "", 4.0),
+                                   (events.EventKind.NOTIFICATION, None, "auth_success", 5.0),
+                                   (events.EventKind.NOTIFICATION, None, "permission_prompt", 6.0)]:
+        events.record(rigged.town, agent, kind, tool=tool, detail=detail, at=at)
+    with rigged.town.db.read() as conn:
+        seen, mcp = observe.hook_events(conn, agent)
+    assert [(e.kind, e.tool, e.notification) for e in seen] == [
+        (HookKind.SESSION_START, None, None), (HookKind.PRE_TOOL_USE, "Bash", None),
+        (HookKind.POST_TOOL_USE, "Bash", None), (HookKind.NOTIFICATION, None, NotificationKind.PERMISSION)]
+    assert mcp == 4.0

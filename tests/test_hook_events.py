@@ -79,6 +79,8 @@ def test_generated_settings_carry_every_event_hook(town: Town) -> None:
 
 
 def test_launch_spec_writes_those_settings(town: Town) -> None:
+    worktree = agents.workdir(town, parse_address(ACTOR))  # a polecat launches only in a worktree
+    subprocess.run(["git", "init", "-q", str(worktree)], check=True)
     spec = agents.launch_spec(town, parse_address(ACTOR))
     written = json.loads((Path(spec.runtime_dir) / "settings.json").read_text())
     assert written["hooks"] == agents.settings_for(town, parse_address(ACTOR))["hooks"]

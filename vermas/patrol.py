@@ -15,7 +15,9 @@ import threading
 from dataclasses import dataclass
 
 from vermas import export, polecat
+from vermas.deacon import patrol as deacon_patrol
 from vermas.addresses import Address, Role
+from vermas.patrol_log import PatrolEvent
 from vermas.protocol import PolecatState
 from vermas.sessions import TownSessions
 from vermas.town import Town
@@ -111,4 +113,13 @@ def run_forever(town: Town, sessions: TownSessions, interval: float = INTERVAL) 
             print(f"patrol: {notice}", flush=True)
         problem = str(error) if error else None
         patrol_once(town, sessions)
+        for event in deacon_patrol.patrols(town, sessions):  # the witness of every rig, then the deacon
+            log_event(event)
         stop.wait(interval)
+
+
+def log_event(event: PatrolEvent) -> None:
+    """One runner-log line per recorded patrol action (the store keeps it with its evidence)."""
+    who = f" {event.agent}" if event.agent else ""
+    outcome = "" if event.ok else " (failed)"
+    print(f"patrol: {event.patrol}: {event.action}{who}{outcome}: {event.reason}", flush=True)

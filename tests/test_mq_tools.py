@@ -97,3 +97,15 @@ def test_shell_twins(town: Town, tmp_path: Path) -> None:
     assert [e["to_state"] for e in json.loads(shown.stdout)["events"]] == ["queued", "rejected"]
     assert _shell(town, "resume", "gt").returncode == 0
     assert "Queue a rework, conflict or failed merge request again" in _shell(town, "retry", "--help").stdout
+
+
+async def test_bead_show_carries_its_merge_requests(town: Town, tmp_path: Path, client_for: Any) -> None:
+    first, _ = _queued(town, tmp_path)
+    bead = ledger.get(town, first).bead
+    _to_rework(town, first)
+    ledger.transition(town, first, MRState.QUEUED, "gt/refinery", {"reason": "fixed upstream"})
+    async with client_for("mayor") as mayor:
+        shown = await call(mayor, "bead_show", bead_id=bead)
+    [summary] = shown["merge_requests"]
+    assert summary["id"] == first and summary["state"] == "queued" and summary["commit"] == f"{1:040x}"
+    assert summary["last"].endswith("queued: fixed upstream"), summary

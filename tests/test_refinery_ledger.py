@@ -18,7 +18,7 @@ from vermas.addresses import parse_address
 from vermas.errors import Conflict
 from vermas.refinery import ledger
 from vermas.refinery.types import MRState
-from vermas.store import Database
+from vermas.store import SCHEMA_VERSION, Database
 from vermas.town import Town
 
 MAYOR = parse_address("mayor")
@@ -193,5 +193,5 @@ def test_an_old_store_is_migrated_once_and_keeps_its_requests(tmp_path: Path) ->
         db = Database(path)
         cols = [r[1] for r in db._conn.execute("PRAGMA table_info(merge_requests)")]
         assert cols.count("lease_owner") == 1 and "merged_sha" in cols
-        assert db._conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         db.close()

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from vermas import hookevent
 from vermas.addresses import Address, Role
 from vermas.atomic import write_atomic
 from vermas.errors import Conflict
@@ -65,11 +66,59 @@ def role_prompt(role: Role) -> str:
     return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
+# The agent-event hooks (vermas/hookevent.py): (hook event, matcher or None, in the background).
+# An event's time is read in the hook's own process, so two background hooks fired a few ms
+# apart can land in either order (seen with the real CLI: a ToolSearch's PostToolUse before its
+# PreToolUse), and the last event would say a finished tool still runs or a turn that ended
+# still works. So every event that another can follow within milliseconds is waited for: that
+# costs the agent one hook run (p50 ~10 ms, bench/bench_hooks.py) per event, under 1% of a tool
+# call with its model turn, and SessionStart's runs beside prime, which is waited for anyway.
+# Notifications follow a wait (a prompt, a dialog, 60 s idle) and run in the background.
+EVENT_HOOKS: list[tuple[str, str | None, bool]] = [
+    ("SessionStart", None, False), ("UserPromptSubmit", None, False), ("PreToolUse", None, False),
+    ("PostToolUse", None, False), ("PostToolUseFailure", None, False), ("Stop", None, False),
+    ("StopFailure", None, False), ("Notification", "permission_prompt", True),
+    ("Notification", "idle_prompt", True), ("Notification", "elicitation_dialog", True),
+    ("SessionEnd", None, False),
+]
+EVENT_HOOK_TIMEOUT_S = 5
+# `python -I -S -c BOOT`: no site, no PYTHON* variables, and the module's cached bytecode
+# (a script given by path is compiled on every run). The path reaches Python as a literal.
+_HOOK_BOOT = "import sys; sys.path.insert(0, {root!r}); from vermas.hookevent import main; main()"
+
+
+def event_hook_argv(town: Town, address: Address, kind: str, detail: str = "") -> list[str]:
+    """The argv Claude Code runs (exec form, no shell) to record one agent event."""
+    root = str(Path(hookevent.__file__).resolve().parent.parent)
+    argv = [sys.executable, "-I", "-S", "-c", _HOOK_BOOT.format(root=root), kind,
+            str(town.layout.store_path), str(town.layout.hook_failures), str(address)]
+    return [*argv, detail] if detail else argv
+
+
+def event_hooks(town: Town, address: Address) -> dict[str, list[dict[str, object]]]:
+    """Every agent-event hook, by Claude Code hook event, in settings.json's shape."""
+    hooks: dict[str, list[dict[str, object]]] = {}
+    for kind, matcher, background in EVENT_HOOKS:
+        argv = event_hook_argv(town, address, kind, matcher or "")
+        handler: dict[str, object] = {"type": "command", "command": argv[0], "args": argv[1:],
+                                      "timeout": EVENT_HOOK_TIMEOUT_S}
+        if background:
+            handler["async"] = True
+        group: dict[str, object] = {"hooks": [handler]}
+        if matcher:
+            group["matcher"] = matcher
+        hooks.setdefault(kind, []).append(group)
+    return hooks
+
+
 def settings_for(town: Town, address: Address) -> dict[str, object]:
     prime = shlex.join([*console_script("vermas-runner"), "prime", "--town", str(town.root),
                         "--actor", str(address)])
+    hooks = event_hooks(town, address)
+    # prime's stdout is the session's opening context, so it runs synchronously, first.
+    hooks["SessionStart"].insert(0, {"hooks": [{"type": "command", "command": prime}]})
     return {
-        "hooks": {"SessionStart": [{"hooks": [{"type": "command", "command": prime}]}]},
+        "hooks": hooks,
         "permissions": {"allow": ALLOWED_TOOLS, "defaultMode": "acceptEdits"},
         "skipDangerousModePermissionPrompt": True,
         "autoUpdates": False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
@@ -66,11 +67,23 @@ class Bead(BeadSummary):
     ephemeral: bool = False
 
 
+class MergeSummary(BaseModel):
+    """A merge request of this bead as bead_show shows it: where it stands and its latest
+    recorded step (`mq_show` gives every step with its evidence)."""
+
+    id: str
+    state: str
+    commit: str | None = None
+    merged_sha: str | None = None
+    last: str = ""  # "<at> <state>: <reason>" of the latest event
+
+
 class BeadDetail(Bead):
     dependencies: list[Dependency] = Field(default_factory=list)
     dependents: list[Dependency] = Field(default_factory=list)
     comments: list[Comment] = Field(default_factory=list)
     verification: dict[str, Any] | None = None  # the latest VerMAS report, summarised
+    merge_requests: list[MergeSummary] = Field(default_factory=list)
 
 
 BEAD_COLUMNS = (
@@ -209,8 +222,27 @@ def show(town: Town, bead_id: str) -> BeadDetail:
             "SELECT id, issue_id, author, text, created_at FROM comments WHERE issue_id = ? "
             "ORDER BY created_at, rowid", (bead_id,))]
         summary = latest_report_summary(conn, bead_id)
+        merges = _merge_summaries(conn, bead_id)
     return BeadDetail(**bead.model_dump(), dependencies=deps, dependents=dependents, comments=comments,
-                      verification=summary.model_dump(mode="json") if summary else None)
+                      verification=summary.model_dump(mode="json") if summary else None, merge_requests=merges)
+
+
+def _merge_summaries(conn: sqlite3.Connection, bead_id: str) -> list[MergeSummary]:
+    """The bead's merge requests, oldest first, each with its latest event (read here with SQL:
+    the refinery package builds on beads, not the other way round)."""
+    out = []
+    for r in conn.execute("SELECT id, state, commit_sha, merged_sha FROM merge_requests WHERE bead_id = ? "
+                          "ORDER BY created_at, id", (bead_id,)).fetchall():
+        event = conn.execute("SELECT at, to_state, evidence FROM mr_events WHERE mr_id = ? ORDER BY seq DESC "
+                             "LIMIT 1", (r["id"],)).fetchone()
+        last = ""
+        if event is not None:
+            evidence = json.loads(event["evidence"] or "{}")
+            reason = evidence.get("reason") if isinstance(evidence, dict) else None
+            last = f"{event['at']} {event['to_state']}" + (f": {str(reason)[:200]}" if reason else "")
+        out.append(MergeSummary(id=r["id"], state=r["state"], commit=r["commit_sha"], merged_sha=r["merged_sha"],
+                                last=last))
+    return out
 
 
 def list_beads(

@@ -119,6 +119,11 @@ class TownLayout:
         return self.runtime_dir / "standin-home"
 
     @property
+    def hook_failures(self) -> Path:
+        """One line per Claude Code hook run that could not record its event (vermas.hookevent)."""
+        return self.runtime_dir / "hook-failures.log"
+
+    @property
     def locks_dir(self) -> Path:
         return self.runtime_dir / "locks"
 

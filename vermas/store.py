@@ -19,7 +19,7 @@ from pathlib import Path
 from vermas.atomic import is_disk_full, storage_full
 from vermas.errors import StorageFull
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -141,6 +141,41 @@ CREATE TABLE IF NOT EXISTS polecats (
     state TEXT NOT NULL,
     created_at TEXT NOT NULL,
     PRIMARY KEY (rig, name)
+);
+CREATE TABLE IF NOT EXISTS agent_events (
+    id INTEGER PRIMARY KEY,
+    agent TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    at REAL NOT NULL,
+    tool TEXT,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS agent_events_agent_at ON agent_events(agent, at);
+CREATE TABLE IF NOT EXISTS patrol_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    patrol TEXT NOT NULL,
+    action TEXT NOT NULL,
+    agent TEXT,
+    bead TEXT,
+    key TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    evidence TEXT NOT NULL DEFAULT '{}',
+    ok INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS patrol_events_action ON patrol_events(action, agent, at);
+CREATE INDEX IF NOT EXISTS patrol_events_key ON patrol_events(key);
+CREATE TABLE IF NOT EXISTS escalations (
+    key TEXT PRIMARY KEY,
+    recipient TEXT NOT NULL,
+    raised_at REAL NOT NULL,
+    message_id TEXT,
+    subject TEXT NOT NULL DEFAULT '',
+    bead TEXT,
+    agent TEXT,
+    reason TEXT,
+    reescalated_at REAL,
+    resolved_at REAL
 );
 """
 

@@ -1,0 +1,307 @@
+"""Agent events from Claude Code's own hooks: the generated settings carry every hook, the
+hook entry point records what Claude Code hands it (run exactly as Claude Code runs it: the
+settings' argv, JSON on stdin, the agent's environment), never fails or talks on stdout,
+and a real Claude Code session on the stand-in model leaves its events in the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vermas import agents, events, hookevent
+from vermas.addresses import parse_address
+from vermas.events import EventKind
+from vermas.town import Town
+
+ACTOR = "sample/polecats/nux"
+HOOKED = {"SessionStart", "UserPromptSubmit", "PreToolUse", "PostToolUse", "PostToolUseFailure", "Stop",
+          "StopFailure", "Notification", "SessionEnd"}
+
+
+def hook_argv(town: Town, kind: str, matcher: str | None = None, actor: str = ACTOR) -> list[str]:
+    """The event hook's argv for `kind` exactly as the generated settings.json gives it:
+    python -I -S -c BOOT KIND STORE FAILURES ACTOR [DETAIL] (so the store is argv[6])."""
+    settings = agents.settings_for(town, parse_address(actor))
+    for group in settings["hooks"][kind]:  # type: ignore[index]
+        if group.get("matcher") == matcher:
+            for hook in group["hooks"]:
+                if "args" in hook:
+                    return [hook["command"], *hook["args"]]
+    raise AssertionError(f"no event hook for {kind} {matcher}")
+
+
+def fire(town: Town, kind: str, data: dict[str, Any] | bytes, matcher: str | None = None,
+         argv: list[str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run the hook as Claude Code does: exec form, the input on stdin, the agent's env."""
+    payload = data if isinstance(data, bytes) else json.dumps({"hook_event_name": kind, **data}).encode()
+    env = {**os.environ, **agents.identity_env(town, parse_address(ACTOR)), "CLAUDE_PROJECT_DIR": str(town.root)}
+    return subprocess.run(argv or hook_argv(town, kind, matcher), input=payload, capture_output=True, env=env,
+                          timeout=30)
+
+
+def rows(town: Town) -> list[tuple[str, str, str | None, str]]:
+    return [(e.agent, e.kind, e.tool, e.detail) for e in events.list_events(town, limit=1000)]
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_generated_settings_carry_every_event_hook(town: Town) -> None:
+    settings = agents.settings_for(town, parse_address(ACTOR))
+    hooks: dict[str, list[dict[str, Any]]] = settings["hooks"]  # type: ignore[assignment]
+    assert set(hooks) == HOOKED
+    start = hooks["SessionStart"]
+    assert "prime" in start[0]["hooks"][0]["command"] and "async" not in start[0]["hooks"][0]  # context first
+    assert [g.get("matcher") for g in hooks["Notification"]] == ["permission_prompt", "idle_prompt",
+                                                                  "elicitation_dialog"]
+    root = str(Path(hookevent.__file__).resolve().parent.parent)
+    for kind, groups in hooks.items():
+        if kind == "SessionStart":
+            groups = groups[1:]
+        assert groups, kind
+        for group in groups:
+            (handler,) = group["hooks"]
+            assert handler["type"] == "command" and Path(handler["command"]).is_file()
+            args = handler["args"]
+            assert args[:3] == ["-I", "-S", "-c"] and repr(root) in args[3] and "vermas.hookevent" in args[3]
+            assert args[4:8] == [kind, str(town.layout.store_path), str(town.layout.hook_failures), ACTOR]
+            assert args[8:] == ([group["matcher"]] if "matcher" in group else [])
+            # waited for where another event can follow within ms (their order is the evidence)
+            assert handler.get("async") is (True if kind == "Notification" else None)
+            assert 0 < handler["timeout"] <= 30
+
+
+def test_launch_spec_writes_those_settings(town: Town) -> None:
+    worktree = agents.workdir(town, parse_address(ACTOR))  # a polecat launches only in a worktree
+    subprocess.run(["git", "init", "-q", str(worktree)], check=True)
+    spec = agents.launch_spec(town, parse_address(ACTOR))
+    written = json.loads((Path(spec.runtime_dir) / "settings.json").read_text())
+    assert written["hooks"] == agents.settings_for(town, parse_address(ACTOR))["hooks"]
+
+
+# --------------------------------------------------------------------------- the hook
+
+
+def test_hook_records_each_event_with_its_tool_and_detail(town: Town) -> None:
+    common = {"session_id": "s-1", "transcript_path": "/dev/null", "cwd": str(town.root)}
+    cases: list[tuple[str, str | None, dict[str, Any]]] = [
+        ("SessionStart", None, {**common, "source": "startup"}),
+        ("UserPromptSubmit", None, {**common, "prompt": "check your hook"}),
+        ("PreToolUse", None, {**common, "tool_name": "Bash", "tool_input": {"command": 'echo "tool_name":"x"'}}),
+        ("PostToolUse", None, {**common, "tool_name": "Bash", "tool_input": {}, "tool_response": {"stdout": "ok"}}),
+        ("PostToolUseFailure", None, {**common, "tool_name": "Edit", "error": "no such file", "is_interrupt": False}),
+        ("Stop", None, {**common, "stop_hook_active": False}),
+        ("Notification", "permission_prompt", {**common, "message": "Claude needs your permission to use Bash",
+                                               "notification_type": "permission_prompt"}),
+        ("Notification", "idle_prompt", {**common, "message": "waiting", "notification_type": "idle_prompt"}),
+        ("SessionEnd", None, {**common, "reason": "prompt_input_exit"}),
+    ]
+    before = time.time()
+    for kind, matcher, data in cases:
+        proc = fire(town, kind, data, matcher)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"", b"")
+    assert rows(town) == [
+        (ACTOR, "SessionStart", None, "startup"), (ACTOR, "UserPromptSubmit", None, ""),
+        (ACTOR, "PreToolUse", "Bash", ""), (ACTOR, "PostToolUse", "Bash", ""),
+        (ACTOR, "PostToolUseFailure", "Edit", "no such file"), (ACTOR, "Stop", None, ""),
+        (ACTOR, "Notification", None, "permission_prompt"), (ACTOR, "Notification", None, "idle_prompt"),
+        (ACTOR, "SessionEnd", None, "prompt_input_exit"),
+    ]
+    stamps = [e.at for e in events.list_events(town)]
+    assert before <= stamps[0] and stamps == sorted(stamps) and stamps[-1] <= time.time()
+    assert events.hook_failures(town) == 0
+
+
+def test_odd_input_still_records_the_event(town: Town) -> None:
+    for payload in (b"", b"not json", b'{"tool_name": "Bash"', b"[1, 2]", b"\xff\xfe", b'{"tool_name": 7}'):
+        proc = fire(town, "PreToolUse", payload)
+        assert (proc.returncode, proc.stdout) == (0, b"")
+    assert rows(town) == [(ACTOR, "PreToolUse", None, "")] * 6
+    big = {"tool_name": "Write", "tool_input": {"content": "x" * 3_000_000}}  # a large Write: read whole
+    assert fire(town, "PreToolUse", big).returncode == 0
+    assert rows(town)[-1] == (ACTOR, "PreToolUse", "Write", "")
+
+
+def _failing_runs(argv: list[str], town_env: dict[str, str]) -> list[subprocess.CompletedProcess[bytes]]:
+    payload = json.dumps({"hook_event_name": "PreToolUse", "tool_name": "Bash"}).encode()
+    return [subprocess.run(argv, input=payload, capture_output=True, env=town_env, timeout=30) for _ in range(2)]
+
+
+def test_missing_town_never_fails_the_agent_nor_creates_a_store(tmp_path: Path, town: Town) -> None:
+    argv = hook_argv(town, "PreToolUse")
+    gone = tmp_path / "gone"
+    argv[6:9] = [str(gone / ".beads" / "vermas.db"), str(gone / ".runtime" / "hook-failures.log"), "mayor"]
+    for proc in _failing_runs(argv, dict(os.environ)):
+        assert (proc.returncode, proc.stdout) == (0, b"")
+    assert not gone.exists()  # nothing created, nothing to count into
+    store_gone = hook_argv(town, "PreToolUse")
+    store_gone[6] = str(tmp_path / "town" / ".beads" / "other.db")  # the town is there, its store is not
+    assert all(p.returncode == 0 and p.stdout == b"" for p in _failing_runs(store_gone, dict(os.environ)))
+    assert not (tmp_path / "town" / ".beads" / "other.db").exists()
+    assert events.hook_failures(town) == 2
+
+
+def test_broken_store_is_counted_not_raised(tmp_path: Path, town: Town) -> None:
+    argv = hook_argv(town, "PreToolUse")
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(b"this is not a database" * 100)
+    argv[6] = str(broken)
+    for proc in _failing_runs(argv, dict(os.environ)):
+        assert (proc.returncode, proc.stdout) == (0, b"")
+    lines = town.layout.hook_failures.read_text().splitlines()
+    assert len(lines) == 2 and all("PreToolUse sample/polecats/nux" in line for line in lines)
+    assert "not a database" in lines[0]
+    assert events.hook_failures(town) == 2
+
+
+def test_store_without_the_table_and_bad_arguments_exit_zero(tmp_path: Path, town: Town) -> None:
+    old = tmp_path / "old.db"
+    sqlite3.connect(old).execute("CREATE TABLE t(x)").connection.commit()
+    argv = hook_argv(town, "Stop")
+    argv[6] = str(old)
+    assert all(p.returncode == 0 and p.stdout == b"" for p in _failing_runs(argv, dict(os.environ)))
+    assert "no such table: agent_events" in town.layout.hook_failures.read_text()
+    short = hook_argv(town, "Stop")[:6]  # too few arguments: nothing to do, still exit 0
+    proc = subprocess.run(short, input=b"{}", capture_output=True, timeout=30)
+    assert (proc.returncode, proc.stdout) == (0, b"")
+
+
+def test_locked_store_waits_bounded_then_counts(town: Town) -> None:
+    """A writer holding the store past the busy timeout costs one counted event, never a hang."""
+    holder = sqlite3.connect(town.layout.store_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        argv = hook_argv(town, "Stop")
+        shorter = "import vermas.hookevent as h; h.BUSY_TIMEOUT_S = 0.3; from vermas.hookevent import main"
+        argv[4] = argv[4].replace("from vermas.hookevent import main", shorter)
+        start = time.monotonic()
+        proc = fire(town, "Stop", {}, argv=argv)
+        assert (proc.returncode, proc.stdout) == (0, b"") and time.monotonic() - start < 10
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert "locked" in town.layout.hook_failures.read_text()
+    assert fire(town, "Stop", {}).returncode == 0 and rows(town) == [(ACTOR, "Stop", None, "")]
+
+
+def test_failure_log_is_bounded(tmp_path: Path, town: Town, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hookevent, "MAX_FAILURE_LOG", 200)
+    log = tmp_path / "failures.log"
+    for _ in range(20):
+        hookevent.count_failure(str(log), "x" * 50 + "\nsecond line")
+    lines = log.read_text().splitlines()
+    assert 3 <= len(lines) <= 5 and all("second line" in line for line in lines)  # one line per failure
+    monkeypatch.chdir(tmp_path)
+    hookevent.count_failure("relative.log", "x")
+    assert not (tmp_path / "relative.log").exists()
+
+
+# --------------------------------------------------------------------------- store
+
+
+def test_retention_keeps_the_newest_per_agent(town: Town, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hookevent, "KEEP_PER_AGENT", 20)
+    for i in range(100):
+        events.record(town, ACTOR, EventKind.PRE_TOOL_USE, tool=f"t{i}", at=1000.0 + i)
+        if i % 10 == 0:
+            events.record(town, "mayor", EventKind.STOP, at=1000.0 + i)
+    mine = events.list_events(town, agent=ACTOR, limit=1000)
+    assert 20 <= len(mine) < 20 + hookevent.PRUNE_EVERY and mine[-1].tool == "t99"
+    assert [e.at for e in mine] == sorted(e.at for e in mine)
+    assert len(events.list_events(town, agent="mayor")) == 10  # another agent's history is its own
+    with town.db.read() as conn:
+        plan = " ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {hookevent.PRUNE}", (ACTOR, 19)))
+    assert "agent_events_agent_at" in plan and "SCAN agent_events" not in plan
+
+
+def test_latest_and_filters(town: Town) -> None:
+    events.record(town, ACTOR, EventKind.PRE_TOOL_USE, tool="Bash", at=10.0)
+    events.record(town, "mayor", EventKind.TOOL, tool="hook_check", at=11.0)
+    events.record(town, ACTOR, EventKind.POST_TOOL_USE, tool="Bash", at=12.0)
+    events.record(town, "mayor", EventKind.STOP, at=13.0)
+    latest = events.latest(town)
+    assert {a: (e.kind, e.at) for a, e in latest.items()} == {ACTOR: ("PostToolUse", 12.0), "mayor": ("Stop", 13.0)}
+    assert list(events.latest(town, ["mayor", "sample/witness"])) == ["mayor"]
+    assert [e.kind for e in events.list_events(town, agent="mayor")] == ["tool", "Stop"]
+    assert [e.agent for e in events.list_events(town, kind="PreToolUse")] == [ACTOR]
+    assert [e.at for e in events.list_events(town, limit=2)] == [12.0, 13.0]  # the newest, oldest first
+    first = events.list_events(town)[0].id
+    assert [e.at for e in events.list_events(town, after_id=first, limit=2)] == [11.0, 12.0]
+    assert latest["mayor"].time == "1970-01-01T00:00:13.000+00:00"
+    assert latest["mayor"].label == "Stop" and events.list_events(town)[1].label == "tool:hook_check"
+
+
+# --------------------------------------------------------------------------- real Claude Code
+
+
+@pytest.mark.claude
+@pytest.mark.tmux
+@pytest.mark.slow
+def test_real_session_records_its_events_in_order(tmp_path: Path) -> None:
+    """The real CLI in tmux on the town's private socket, launched the way `up` launches an
+    agent, driven by the stand-in model through a Bash call and a vermas MCP tool call."""
+    from vermas.sessions import TownSessions, launch
+    from vermas.testing.standin import ScriptedPolicy, StandinModelServer, find_claude_binary
+    from vermas_runner import demo
+
+    if find_claude_binary() is None:
+        pytest.skip("Claude Code CLI not installed (scripts/setup.sh installs it)")
+    town, _ = Town.init(tmp_path / "town")
+    address = parse_address("mayor")
+    policy = ScriptedPolicy([
+        {"tool": "mcp__vermas__hook_check", "input": {}, "wait_for_tool": True},
+        {"tool": "Bash", "input": {"command": "echo evidence-ran", "description": "say it"}},
+        "All done.",
+    ])
+    with StandinModelServer(policy) as server:
+        demo.use_standin(town, server.base_url, tmp_path / "claude-home")
+        sessions = TownSessions(town.root)
+        try:
+            assert launch.start_agent(town, sessions, address)
+            nudged = launch.kick(town, sessions, address)
+            assert nudged is not None and nudged.submitted, sessions.capture(address)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not policy.exhausted:
+                time.sleep(0.5)
+            assert policy.exhausted, sessions.capture(address)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and "Stop" not in [e.kind for e in events.list_events(town)]:
+                time.sleep(0.3)
+        finally:
+            sessions.kill_server()  # SIGHUP: Claude Code still runs its SessionEnd hooks
+        assert not server.errors, server.errors[0].error
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and "SessionEnd" not in [e.kind for e in events.list_events(town)]:
+        time.sleep(0.3)
+    seen = sorted(events.list_events(town, agent="mayor", limit=1000), key=lambda e: (e.at, e.id))
+    labels = [e.label for e in seen]
+    assert labels[0] == "SessionStart:startup"
+    expected = ["UserPromptSubmit", "PreToolUse:mcp__vermas__hook_check",
+                "PostToolUse:mcp__vermas__hook_check", "PreToolUse:Bash", "PostToolUse:Bash", "Stop",
+                "SessionEnd:other"]
+    it = iter(labels)
+    assert all(label in it for label in expected), labels  # each in this order (others may come between)
+    assert events.hook_failures(town) == 0
+
+
+@pytest.mark.slow
+def test_bench_hooks_quick_reports_its_figures(tmp_path: Path) -> None:
+    import sys
+
+    out = tmp_path / "bench.json"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / "bench" / "bench_hooks.py"), "--quick", "--json-out", str(out)],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())["figures"]
+    for key in ("hook_p50_ms", "hook_p99_ms", "naive_p50_ms", "naive_over_hook_p50_ratio", "python_bare_p50_ms"):
+        assert figures[key] > 0, key
+    assert figures["hook_failures"] == 0 and figures["events_stored"] == 40 + 10 + 2 + 4
+    assert "hook event p50" in proc.stdout  # the table follows the JSON

@@ -79,11 +79,10 @@ def test_generated_settings_carry_every_event_hook(town: Town) -> None:
 
 
 def test_launch_spec_writes_those_settings(town: Town) -> None:
-    worktree = agents.workdir(town, parse_address(ACTOR))  # a polecat launches only in a worktree
-    subprocess.run(["git", "init", "-q", str(worktree)], check=True)
-    spec = agents.launch_spec(town, parse_address(ACTOR))
+    crew = parse_address("sample/crew/zed")  # (a polecat's launch needs its git worktree)
+    spec = agents.launch_spec(town, crew)
     written = json.loads((Path(spec.runtime_dir) / "settings.json").read_text())
-    assert written["hooks"] == agents.settings_for(town, parse_address(ACTOR))["hooks"]
+    assert written["hooks"] == agents.settings_for(town, crew)["hooks"]
 
 
 # --------------------------------------------------------------------------- the hook
@@ -221,6 +220,23 @@ def test_retention_keeps_the_newest_per_agent(town: Town, monkeypatch: pytest.Mo
     assert "agent_events_agent_at" in plan and "SCAN agent_events" not in plan
 
 
+def test_a_store_from_before_the_table_gains_it_on_open(tmp_path: Path) -> None:
+    from vermas.store import SCHEMA_VERSION
+
+    town, _ = Town.init(tmp_path / "town")
+    town.close()
+    conn = sqlite3.connect(town.layout.store_path)
+    conn.executescript("DROP TABLE agent_events; PRAGMA user_version = 3;")
+    conn.close()
+    town = Town.open(tmp_path / "town")
+    try:
+        assert fire(town, "Stop", {}).returncode == 0 and rows(town) == [(ACTOR, "Stop", None, "")]
+        with town.db.read() as c:
+            assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        town.close()
+
+
 def test_latest_and_filters(town: Town) -> None:
     events.record(town, ACTOR, EventKind.PRE_TOOL_USE, tool="Bash", at=10.0)
     events.record(town, "mayor", EventKind.TOOL, tool="hook_check", at=11.0)
@@ -236,6 +252,118 @@ def test_latest_and_filters(town: Town) -> None:
     assert [e.at for e in events.list_events(town, after_id=first, limit=2)] == [11.0, 12.0]
     assert latest["mayor"].time == "1970-01-01T00:00:13.000+00:00"
     assert latest["mayor"].label == "Stop" and events.list_events(town)[1].label == "tool:hook_check"
+
+
+# --------------------------------------------------------------------------- MCP tool calls
+
+
+async def test_every_mcp_tool_call_is_activity(town: Town, client_for: Any) -> None:
+    async with client_for("mayor") as client:
+        assert not (await client.call_tool("hook_check", {})).is_error
+        refused = await client.call_tool("mail_inbox", {"no_such_parameter": 1})
+        assert refused.is_error
+        assert not (await client.call_tool("hook_check", {})).is_error
+    assert rows(town) == [("mayor", "tool", "hook_check", ""), ("mayor", "tool", "mail_inbox", ""),
+                          ("mayor", "tool", "hook_check", "")]
+    assert events.latest(town, ["mayor"])["mayor"].label == "tool:hook_check"
+
+
+async def test_a_store_refusing_the_event_never_fails_the_tool(town: Town, client_for: Any) -> None:
+    with town.db.write() as conn:
+        conn.execute("DROP TABLE agent_events")
+    async with client_for("mayor") as client:
+        result = await client.call_tool("hook_check", {})
+    assert not result.is_error, result.content
+    assert events.hook_failures(town) == 1
+    assert "tool:hook_check mayor: no such table" in town.layout.hook_failures.read_text()
+
+
+def test_list_refuses_bad_filters(town: Town) -> None:
+    from vermas.errors import InvalidInput
+
+    for kwargs, message in (({"kind": "Bogus"}, "allowed: SessionStart"), ({"agent": "a/b/c"}, "invalid address"),
+                            ({"limit": 0}, "allowed: 1 to 100000")):
+        with pytest.raises(InvalidInput, match=message):
+            events.list_events(town, **kwargs)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- the shell
+
+
+RUNNER = str(Path(__import__("sys").executable).with_name("vermas-runner"))
+
+
+def runner(town: Town, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("VERMAS_TOWN", "BD_ACTOR")} | {"COLUMNS": "120"}
+    return subprocess.run([RUNNER, *args, "--town", str(town.root)], capture_output=True, text=True, env=env,
+                          timeout=60)
+
+
+def seed(town: Town) -> None:
+    events.record(town, ACTOR, EventKind.PRE_TOOL_USE, tool="Bash", at=1_800_000_000.0)
+    events.record(town, ACTOR, EventKind.POST_TOOL_USE_FAILURE, tool="Bash", detail="exit 1", at=1_800_000_001.5)
+    events.record(town, "mayor", EventKind.NOTIFICATION, detail="permission_prompt", at=1_800_000_002.0)
+    events.record(town, "mayor", EventKind.TOOL, tool="hook_check", at=1_800_000_003.25)
+
+
+def test_events_command_table_json_and_filters(town: Town) -> None:
+    seed(town)
+    out = runner(town, "events")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "time (UTC)" in lines[1] and lines[-1] == "4 event(s)"
+    body = [line for line in lines if "│" in line]
+    assert [[cell.strip() for cell in line.split("│")[2:4]] for line in body] == [
+        [ACTOR, "PreToolUse:Bash"], [ACTOR, "PostToolUseFailure:Bash"],
+        ["mayor", "Notification:permission_prompt"], ["mayor", "tool:hook_check"]]
+    assert "08:00:01.500" in body[1] and "exit 1" in body[1]
+    data = json.loads(runner(town, "events", "--json").stdout)
+    assert [(e["agent"], e["kind"], e["tool"], e["detail"]) for e in data] == [
+        (ACTOR, "PreToolUse", "Bash", ""), (ACTOR, "PostToolUseFailure", "Bash", "exit 1"),
+        ("mayor", "Notification", None, "permission_prompt"), ("mayor", "tool", "hook_check", "")]
+    assert data[3]["time"] == "2027-01-15T08:00:03.250+00:00" and data[3]["at"] == 1_800_000_003.25
+    only = json.loads(runner(town, "events", "--json", "--agent", "mayor", "--kind", "tool").stdout)
+    assert [e["tool"] for e in only] == ["hook_check"]
+    assert [e["kind"] for e in json.loads(runner(town, "events", "--json", "--limit", "1").stdout)] == ["tool"]
+    bad = runner(town, "events", "--kind", "Bogus")
+    assert bad.returncode == 2 and "invalid event kind 'Bogus'; allowed: SessionStart" in bad.stderr and not bad.stdout
+    town.layout.hook_failures.write_text("1 x\n2 y\n")
+    assert "2 hook run(s) could not record theirs" in runner(town, "events").stdout
+
+
+def test_events_follow_prints_new_events_as_they_land(town: Town) -> None:
+    import signal
+
+    seed(town)
+    env = {k: v for k, v in os.environ.items() if k not in ("VERMAS_TOWN", "BD_ACTOR")}
+    proc = subprocess.Popen([RUNNER, "events", "--follow", "--json", "--agent", ACTOR, "--town", str(town.root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    import threading
+
+    watchdog = threading.Timer(60, proc.kill)  # a line that never comes fails the test, not the run
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        first = [json.loads(proc.stdout.readline()) for _ in range(2)]  # the backlog, then new ones
+        assert [e["kind"] for e in first] == ["PreToolUse", "PostToolUseFailure"]
+        events.record(town, "mayor", EventKind.STOP)  # another agent's: filtered out
+        events.record(town, ACTOR, EventKind.STOP)
+        new = json.loads(proc.stdout.readline())
+        assert (new["agent"], new["kind"]) == (ACTOR, "Stop")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+        watchdog.cancel()
+    assert proc.returncode == 0 and "Traceback" not in err
+
+
+def test_status_shows_each_agents_latest_event(town: Town) -> None:
+    seed(town)
+    status = json.loads(runner(town, "status", "--json").stdout)
+    mayor = next(a for a in status["agents"] if a["address"] == "mayor")
+    assert mayor["last_event"]["kind"] == "tool" and mayor["last_event"]["tool"] == "hook_check"
+    assert mayor["last_event"]["time"] == "2027-01-15T08:00:03.250+00:00"
+    assert "tool:hook_check @08:00:03" in runner(town, "status").stdout
 
 
 # --------------------------------------------------------------------------- real Claude Code
@@ -283,7 +411,7 @@ def test_real_session_records_its_events_in_order(tmp_path: Path) -> None:
     seen = sorted(events.list_events(town, agent="mayor", limit=1000), key=lambda e: (e.at, e.id))
     labels = [e.label for e in seen]
     assert labels[0] == "SessionStart:startup"
-    expected = ["UserPromptSubmit", "PreToolUse:mcp__vermas__hook_check",
+    expected = ["UserPromptSubmit", "PreToolUse:mcp__vermas__hook_check", "tool:hook_check",
                 "PostToolUse:mcp__vermas__hook_check", "PreToolUse:Bash", "PostToolUse:Bash", "Stop",
                 "SessionEnd:other"]
     it = iter(labels)

@@ -33,9 +33,11 @@ BREAKERS = ["\n", "\r", "\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x00", "\t"
 
 
 def snapshot(town: Town) -> tuple[Any, ...]:
-    """Every row of every table, plus the bytes of every export: what a tool could write."""
+    """Every row of every table, plus the bytes of every export: what a tool could write.
+    Not agent_events: every call, refused ones too, is the caller's activity (vermas.events)."""
     with town.db.read() as conn:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY 1")]
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                             "AND name != 'agent_events' ORDER BY 1")]
         rows = tuple(tuple(map(tuple, conn.execute(f'SELECT * FROM "{t}" ORDER BY 1'))) for t in tables)
     exports = tuple(sorted((p.name, p.read_bytes()) for p in town.layout.beads_dir.glob("*.jsonl")))
     return rows, exports

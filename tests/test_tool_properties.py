@@ -120,10 +120,11 @@ def _seed(root: Path) -> Town:
 
 
 def snapshot(town: Town, exports: bool = True) -> tuple[str, dict[str, bytes]]:
-    """The store as SQL (WAL pages included) and every export file's bytes."""
+    """The store as SQL (WAL pages included) and every export file's bytes. Not the rows of
+    agent_events: every call, refused ones too, is the caller's activity (vermas.events)."""
     conn = sqlite3.connect(f"file:{town.layout.store_path}?mode=ro", uri=True)
     try:
-        dump = "\n".join(conn.iterdump())
+        dump = "\n".join(line for line in conn.iterdump() if not line.startswith('INSERT INTO "agent_events"'))
     finally:
         conn.close()
     files = {p.name: p.read_bytes() for p in sorted(town.beads_dir.glob("*.jsonl"))} if exports else {}

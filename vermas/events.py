@@ -18,7 +18,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, computed_field
 
-from vermas import hookevent
+from vermas import hookevent, validate
+from vermas.addresses import parse_address
 from vermas.town import Town
 
 
@@ -38,6 +39,8 @@ class EventKind(StrEnum):
 
 
 HOOK_KINDS: tuple[EventKind, ...] = tuple(k for k in EventKind if k is not EventKind.TOOL)
+KINDS: tuple[str, ...] = tuple(k.value for k in EventKind)
+MAX_LIST = 100_000
 
 
 class AgentEvent(BaseModel):
@@ -77,6 +80,16 @@ def record(town: Town, agent: str, kind: EventKind | str, tool: str | None = Non
         hookevent.insert_event(conn, agent, str(kind), time.time() if at is None else at, tool, detail)
 
 
+def tool_called(town: Town, actor: str, name: str) -> None:
+    """A vermas MCP tool call by `actor` is activity: one TOOL event, recorded before the call
+    runs (a call that blocks for seconds is activity from its start). Never fails the call: a
+    store that cannot take the row is counted in the hook failure log, as a hook's would be."""
+    try:
+        record(town, actor, EventKind.TOOL, tool=name)
+    except Exception as exc:  # noqa: BLE001 - evidence is best effort; the tool call is what matters
+        hookevent.count_failure(str(town.layout.hook_failures), f"tool:{name} {actor}: {exc}")
+
+
 def latest(town: Town, agents: list[str] | None = None) -> dict[str, AgentEvent]:
     """Each agent's newest event. Given agents: one index lookup each (the patrol's path);
     None: every agent that has events."""
@@ -92,22 +105,27 @@ def latest(town: Town, agents: list[str] | None = None) -> dict[str, AgentEvent]
     return found
 
 
-def list_events(town: Town, agent: str | None = None, kind: str | None = None, after_id: int = 0,
+def list_events(town: Town, agent: str | None = None, kind: str | None = None, after_id: int | None = None,
                 limit: int = 200) -> list[AgentEvent]:
-    """Events oldest first: the newest `limit` matching ones, or (after_id > 0, for --follow)
-    the first `limit` with a larger id."""
-    where, params = ["id > ?"], [after_id]
+    """Events oldest first: the newest `limit` matching ones, or (after_id given, for --follow)
+    the first `limit` with a larger id. A bad agent, kind or limit is InvalidInput naming
+    what is allowed."""
+    where, params = [], []
     if agent is not None:
         where.append("agent = ?")
-        params.append(agent)  # type: ignore[arg-type]
+        params.append(str(parse_address(agent)))
     if kind is not None:
         where.append("kind = ?")
-        params.append(kind)  # type: ignore[arg-type]
-    order = "ASC" if after_id > 0 else "DESC"
-    sql = f"SELECT {_COLUMNS} FROM agent_events WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?"
+        params.append(validate.choice(kind, "event kind", KINDS))
+    limit = validate.limit(limit, MAX_LIST)
+    if after_id is not None:
+        where.append(f"id > {int(after_id)}")
+    order = "DESC" if after_id is None else "ASC"
+    sql = (f"SELECT {_COLUMNS} FROM agent_events {'WHERE ' + ' AND '.join(where) if where else ''} "
+           f"ORDER BY id {order} LIMIT {limit}")
     with town.db.read() as conn:
-        rows = [_event(r) for r in conn.execute(sql, (*params, limit))]
-    return rows if after_id > 0 else rows[::-1]
+        rows = [_event(r) for r in conn.execute(sql, params)]
+    return rows[::-1] if after_id is None else rows
 
 
 def hook_failures(town: Town) -> int:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from vermas import convoy, polecat, rig, up
+from vermas import convoy, events, polecat, rig, up
 from vermas.refinery import ledger
 from vermas.refinery.types import MRState
 from vermas.town import Town
@@ -57,6 +57,7 @@ class AgentRow(BaseModel):
     alive: bool
     hooked: str | None = None
     last_activity: str | None = None
+    last_event: events.AgentEvent | None = None  # the newest hook or MCP event (vermas.events)
     death: up.SessionDeath | None = None
 
 
@@ -115,12 +116,15 @@ def runner_status(town: Town, sessions: TownSessions) -> RunnerStatus:
     base = town_status(town)
     hooked = {h.agent: h.bead_id for h in base.hooked}
     rows = []
-    for address in up.core_agents(town) + up.polecat_agents(town):
+    addresses = up.core_agents(town) + up.polecat_agents(town)
+    latest = events.latest(town, [str(a) for a in addresses])
+    for address in addresses:
         info = sessions.info(address)
         when = (dt.datetime.fromtimestamp(info.last_activity, dt.timezone.utc).isoformat(timespec="seconds")
                 if info.last_activity else None)
         rows.append(AgentRow(address=str(address), session=info.session_name, alive=info.alive,
-                             hooked=hooked.get(str(address)), last_activity=when, death=up.death_of(info)))
+                             hooked=hooked.get(str(address)), last_activity=when, death=up.death_of(info),
+                             last_event=latest.get(str(address))))
     pid = up.runner_pid(town)
     return RunnerStatus(
         town=town.config.name, root=str(town.root), runner_pid=pid, agents=rows,

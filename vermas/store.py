@@ -19,7 +19,7 @@ from pathlib import Path
 from vermas.atomic import is_disk_full, storage_full
 from vermas.errors import StorageFull
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 4  # 4: agent_events
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -18,6 +18,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 
+from vermas import events
 from vermas.addresses import Address
 from vermas.errors import VermasError
 from vermas.tools import Call, Kind, ProgressSink, ToolSpec
@@ -78,6 +79,7 @@ def mcp_function(spec: ToolSpec, b: Binding) -> Callable[..., Any]:
     """An async function whose signature is the spec's parameters (plus the SDK's Context for
     tools that report progress), calling the spec's core function as the bound actor.
 
+    Every call, refused ones too, is recorded first as the actor's activity (vermas.events).
     Domain exceptions become tool errors carrying their actionable message. A sync core call
     runs inline (store calls take well under a millisecond, and a stdio server has one
     client, so the SDK's worker-thread hop would cost more than the work); a blocking one
@@ -85,6 +87,7 @@ def mcp_function(spec: ToolSpec, b: Binding) -> Callable[..., Any]:
     """
 
     async def tool(**kwargs: Any) -> Any:
+        events.tool_called(b.town, str(b.actor), spec.name)  # activity evidence for the patrols
         if REFUSAL in kwargs:  # the arguments failed validation (see sdk.StrictArguments)
             raise ToolError(kwargs[REFUSAL])
         call = Call(b.town, b.actor, progress=_sink(kwargs.pop("ctx", None)))

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vermas import patrol, polecat, rig, sling, up
+from vermas import events, patrol, polecat, rig, sling, up
 from vermas.addresses import parse_address
 from vermas.agents import console_script
 from vermas.bdimport import import_file
@@ -211,10 +211,11 @@ def cmd_status(args: argparse.Namespace) -> None:
     console = Console()
     console.print(f"[bold]town {status.town}[/] at {status.root}; runner: "
                   + (f"pid {status.runner_pid}" if status.runner_pid else "not running"))
-    table = Table("agent", "session", "hooked", "last activity", "unread")
+    table = Table("agent", "session", "hooked", "last activity", "last event", "unread")
     for row in status.agents:
+        event = escape(f"{row.last_event.label} @{row.last_event.time[11:19]}") if row.last_event else "-"
         table.add_row(row.address, _session_cell(row), row.hooked or "-",
-                      row.last_activity or "-", str(status.unread_mail.get(row.address, 0)))
+                      row.last_activity or "-", event, str(status.unread_mail.get(row.address, 0)))
     console.print(table)
     for row in status.agents:
         if row.death is not None and row.death.last_lines:
@@ -245,6 +246,45 @@ def cmd_status(args: argparse.Namespace) -> None:
         for c in status.convoys:
             convoys.add_row(c.id, c.title, f"{c.closed}/{c.total}")
         console.print(convoys)
+
+
+FOLLOW_POLL_S = 0.5
+
+
+def _event_line(e: events.AgentEvent) -> str:
+    return f"{e.time}  {e.agent:<28} {e.label:<40} {e.detail if e.tool else ''}".rstrip()
+
+
+def cmd_events(args: argparse.Namespace) -> None:
+    """Agent events, oldest first: the newest --limit, then (--follow) each new one as it
+    lands, one line each (JSON lines with --json), until Ctrl-C."""
+    town = _open_town(args.town)
+    shown = events.list_events(town, agent=args.agent, kind=args.kind, limit=args.limit)
+    if not args.follow:
+        if args.json:
+            print(json.dumps([e.model_dump() for e in shown], indent=2))
+            return
+        table = Table()
+        for column in ("time (UTC)", "agent", "event", "detail"):
+            table.add_column(column, overflow="fold")  # wrapped, never cut: these are evidence
+        for e in shown:
+            table.add_row(e.time[11:23], escape(e.agent), escape(e.label), escape(e.detail if e.tool else ""))
+        console = Console()
+        console.print(table)
+        failures = events.hook_failures(town)
+        console.print(f"{len(shown)} event(s)" + (f"; {failures} hook run(s) could not record theirs "
+                                                 f"(see {town.layout.hook_failures})" if failures else ""))
+        return
+    last = shown[-1].id if shown else max((e.id for e in events.list_events(town, limit=1)), default=0)
+    try:
+        while True:
+            for e in shown:
+                print(e.model_dump_json() if args.json else _event_line(e), flush=True)
+                last = e.id
+            time.sleep(FOLLOW_POLL_S)
+            shown = events.list_events(town, agent=args.agent, kind=args.kind, after_id=last, limit=1000)
+    except KeyboardInterrupt:
+        return
 
 
 def cmd_attach(args: argparse.Namespace) -> None:
@@ -385,6 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[common],
                        help="the town's sessions: agents, hooks, mail, polecats, convoys (town-status: the ledger)")
     p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("events", parents=[common],
+                       help="agent events from Claude Code hooks and MCP calls (--follow to tail them)")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events until Ctrl-C")
+    p.add_argument("--agent", help="only this agent's events, e.g. sample/polecats/nux")
+    p.add_argument("--kind", help=f"only this kind: {', '.join(events.KINDS)}")
+    p.add_argument("--limit", type=int, default=50, help="how many of the newest to show first (default 50)")
+    p.set_defaults(fn=cmd_events)
 
     p = sub.add_parser("attach", parents=[town_only], help="attach your terminal to an agent's session")
     p.add_argument("address", help="the agent's address, e.g. mayor")

@@ -100,11 +100,6 @@ class TownLayout:
         return self.runtime_dir / "mcp-zygote.log"
 
     @property
-    def hook_failures(self) -> Path:
-        """One line per Claude Code hook run that could not record its event (vermas.hookevent)."""
-        return self.runtime_dir / "hook-failures.log"
-
-    @property
     def standin_state(self) -> Path:
         """The stand-in model server of `up --model standin`: its pid and URL (JSON)."""
         return self.runtime_dir / "standin.json"
@@ -122,6 +117,11 @@ class TownLayout:
     def standin_home(self) -> Path:
         """The private Claude Code home of the stand-in town's sessions."""
         return self.runtime_dir / "standin-home"
+
+    @property
+    def hook_failures(self) -> Path:
+        """One line per Claude Code hook run that could not record its event (vermas.hookevent)."""
+        return self.runtime_dir / "hook-failures.log"
 
     @property
     def locks_dir(self) -> Path:

@@ -1,26 +1,40 @@
 """The runner's patrol loop: observe the town, decide actions (pure), act.
 
-This first patrol keeps exports current, rolls back or finishes polecat spawns whose
-process died part way, and owns every started polecat's GUPP nudge: a caller (an MCP
-`sling` in a one-shot `claude -p`) may try first, but the runner, which outlives every
-caller, delivers whatever nobody is delivering. The witness, refinery and deacon patrols
-build on the same shape.
+This patrol keeps exports current, rolls back or finishes polecat spawns whose process died
+part way, owns every started polecat's GUPP nudge (a caller, an MCP `sling` in a one-shot
+`claude -p`, may try first, but the runner, which outlives every caller, delivers whatever
+nobody is delivering), and works every rig's merge queue: each round, a rig with work gets one
+`refinery.worker.process_rig` step on its own thread (MergeWorkers), so a long test run blocks
+neither this loop (exports, kicks, config refresh) nor the other rigs. A step that raises is
+logged with its traceback and the next round goes on. The witness and deacon patrols build on
+the same shape.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
+import time
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from vermas import export, polecat
-from vermas.addresses import Address, Role
+from vermas.addresses import Address, Role, parse_address
+from vermas.deacon import patrol as deacon_patrol
+from vermas.errors import InvalidInput
+from vermas.patrol_log import PatrolEvent
 from vermas.protocol import PolecatState
+from vermas.refinery import ledger, worker
+from vermas.refinery.ledger import MergeRequestRow
 from vermas.sessions import TownSessions
 from vermas.town import Town
 
 INTERVAL = 2.0
+STOP_GRACE_S = 10.0  # on SIGTERM, how long running merge steps may finish before the runner exits
 log = logging.getLogger("vermas.patrol")
 
 
@@ -33,15 +47,23 @@ class StartedPolecat:
 
 
 @dataclass(frozen=True)
+class MergeQueue:
+    rig: str
+    has_work: bool  # ledger.rigs_with_work: queued, in flight, failed, uncleaned merge, paused
+    stepping: bool  # this runner's step for the rig is still running (a long test run)
+
+
+@dataclass(frozen=True)
 class Observed:
     stale_exports: tuple[str, ...]
     started_polecats: tuple[StartedPolecat, ...] = ()
     abandoned_spawns: tuple[tuple[str, str], ...] = ()  # (rig, name): `spawning`, spawn lock free
+    merge_queues: tuple[MergeQueue, ...] = ()
 
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # "export" | "kick" | "repair"
+    kind: str  # "export" | "kick" | "repair" | "merge"
     target: str = ""
 
 
@@ -50,10 +72,122 @@ def decide(seen: Observed) -> list[Action]:
     actions += [Action("repair", f"{rig}/polecats/{name}") for rig, name in seen.abandoned_spawns]
     actions += [Action("kick", f"{p.rig}/polecats/{p.name}") for p in seen.started_polecats
                 if p.alive and not p.nudging]
+    # One step per rig at a time: a rig whose step still runs is left alone this round.
+    actions += [Action("merge", q.rig) for q in seen.merge_queues if q.has_work and not q.stepping]
     return actions
 
 
-def observe(town: Town, sessions: TownSessions) -> Observed:
+# ---- the merge queues: one worker thread per rig ---------------------------------------------------
+
+
+def runner_owner() -> str:
+    """The lease owner of this runner process: unique per host and pid, so two runners (or a
+    restarted one) never pass for each other; a dead one's lease just expires."""
+    return f"runner:{socket.gethostname()}:{os.getpid()}"
+
+
+def step_line(report: worker.StepReport) -> str | None:
+    """The runner log's line for a step that changed something (None: nothing to say)."""
+    if not report.progressed:
+        return None
+    parts = []
+    if report.merged:
+        parts.append(f"merged {', '.join(report.merged)} at {report.merged_sha}"
+                     + (" (untested: no test_command)" if report.untested else ""))
+    for label, ids in (("recovered", report.recovered), ("conflict", report.conflicts),
+                       ("rework", report.reworked), ("rejected", report.rejected), ("failed", report.failed),
+                       ("escalated", report.escalated), ("requeued", report.requeued),
+                       ("cleaned up", report.cleaned), ("kept", report.kept)):
+        if ids:
+            parts.append(f"{label} {', '.join(ids)}")
+    if report.restarted:
+        parts.append(f"restarted: {report.restarted}")
+    return f"mq {report.rig}: " + "; ".join(parts) + f" ({report.test_runs} test run(s))"
+
+
+class MergeWorkers:
+    """Runs each rig's merge-queue steps on a thread of their own, at most one per rig.
+
+    `alive` (for the worker's "back to the same polecat if its session is alive") asks tmux as
+    well as the slot table; `kill_session` stops a merged polecat's session before its slot is
+    freed. Problems (an error, a pause, a raise) are logged when they change, not every round."""
+
+    def __init__(self, town: Town, sessions: TownSessions, owner: str | None = None,
+                 out: Callable[[str], None] | None = None) -> None:
+        self.town, self.sessions = town, sessions
+        self.owner = owner or runner_owner()
+        self.out = out or (lambda line: print(line, flush=True))
+        self._threads: dict[str, threading.Thread] = {}
+        self._problem: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+
+    def stepping(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(rig for rig, t in self._threads.items() if t.is_alive())
+
+    def start(self, rig: str) -> bool:
+        """Start one step for `rig` unless one runs already. True if started."""
+        with self._lock:
+            running = self._threads.get(rig)
+            if running is not None and running.is_alive():
+                return False
+            thread = threading.Thread(target=self._step, args=(rig,), name=f"mq-{rig}", daemon=True)
+            self._threads[rig] = thread
+            thread.start()
+            return True
+
+    def alive(self, req: MergeRequestRow) -> bool:
+        if not worker.slot_alive(self.town, req):
+            return False
+        try:
+            return self.sessions.alive(parse_address(req.polecat))
+        except InvalidInput:
+            return False
+
+    def kill_session(self, address: str) -> None:
+        try:
+            self.sessions.kill(parse_address(address))
+        except Exception as exc:  # noqa: BLE001 - a session already gone must not stop the cleanup
+            self.out(f"mq: could not stop the session of {address}: {type(exc).__name__}: {exc}")
+
+    def _step(self, rig: str) -> None:
+        try:
+            report = worker.process_rig(self.town, rig, self.owner, time.time(), alive=self.alive,
+                                        kill_session=self.kill_session)
+        except Exception:  # noqa: BLE001 - one rig's bug must not end the runner's patrol
+            self._notice(rig, f"mq {rig}: step raised (the next round tries again):\n{traceback.format_exc()}")
+            return
+        line = step_line(report)
+        if line:
+            self.out(line)
+        problem = (f"mq {rig}: error: {report.error}" if report.error else
+                   f"mq {rig}: paused: {report.paused}" if report.paused else None)
+        self._notice(rig, problem)
+
+    def _notice(self, rig: str, problem: str | None) -> None:
+        with self._lock:
+            before = self._problem.get(rig)
+            self._problem[rig] = problem
+        if problem is not None and problem != before:
+            self.out(problem.rstrip())
+        elif problem is None and before is not None and " paused: " in before:
+            self.out(f"mq {rig}: queue running again")
+
+    def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """Let running steps finish (up to `grace`), then give back the leases of the rigs not
+        stepping, so the next runner starts at once; a step still running keeps its lease
+        until it expires, and the next runner adopts its requests."""
+        deadline = time.monotonic() + grace
+        with self._lock:
+            threads = dict(self._threads)
+        for thread in threads.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for rig in sorted(self.town.config.rigs):
+            if rig not in self.stepping():
+                ledger.release(self.town, rig, self.owner)
+
+
+def observe(town: Town, sessions: TownSessions, workers: MergeWorkers | None = None) -> Observed:
     started, abandoned = [], []
     for p in polecat.list_polecats(town):
         if p.state is PolecatState.STARTED:
@@ -62,11 +196,15 @@ def observe(town: Town, sessions: TownSessions) -> Observed:
                 polecat.lock_held(polecat.gupp_lock(town, p.rig, p.name))))
         elif p.state is PolecatState.SPAWNING and not polecat.lock_held(polecat.spawn_lock(town, p.rig, p.name)):
             abandoned.append((p.rig, p.name))
+    queues: tuple[MergeQueue, ...] = ()
+    if workers is not None:
+        work, busy = ledger.rigs_with_work(town), workers.stepping()
+        queues = tuple(MergeQueue(rig, rig in work, rig in busy) for rig in sorted(town.config.rigs))
     return Observed(stale_exports=tuple(export.stale_kinds(town)), started_polecats=tuple(started),
-                    abandoned_spawns=tuple(abandoned))
+                    abandoned_spawns=tuple(abandoned), merge_queues=queues)
 
 
-def act(town: Town, sessions: TownSessions, actions: list[Action]) -> None:
+def act(town: Town, sessions: TownSessions, actions: list[Action], workers: MergeWorkers | None = None) -> None:
     for action in actions:
         if action.kind == "export":
             export.export_town(town)
@@ -80,11 +218,13 @@ def act(town: Town, sessions: TownSessions, actions: list[Action]) -> None:
             rig, _, name = action.target.split("/")
             # gupp takes the GUPP lock without waiting, so a later round never nudges twice.
             threading.Thread(target=polecat.gupp, args=(town, sessions, rig, name), daemon=True).start()
+        elif action.kind == "merge" and workers is not None:
+            workers.start(action.target)
 
 
-def patrol_once(town: Town, sessions: TownSessions) -> list[Action]:
-    actions = decide(observe(town, sessions))
-    act(town, sessions, actions)
+def patrol_once(town: Town, sessions: TownSessions, workers: MergeWorkers | None = None) -> list[Action]:
+    actions = decide(observe(town, sessions, workers))
+    act(town, sessions, actions, workers)
     return actions
 
 
@@ -104,11 +244,25 @@ def run_forever(town: Town, sessions: TownSessions, interval: float = INTERVAL) 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     problem: str | None = None
-    while not stop.is_set():
-        error = town.refresh_config()
-        notice = config_notice(problem, str(error) if error else None)
-        if notice:
-            print(f"patrol: {notice}", flush=True)
-        problem = str(error) if error else None
-        patrol_once(town, sessions)
-        stop.wait(interval)
+    workers = MergeWorkers(town, sessions)
+    print(f"patrol: merge queues worked as {workers.owner}", flush=True)
+    try:
+        while not stop.is_set():
+            error = town.refresh_config()
+            notice = config_notice(problem, str(error) if error else None)
+            if notice:
+                print(f"patrol: {notice}", flush=True)
+            problem = str(error) if error else None
+            patrol_once(town, sessions, workers)
+            for event in deacon_patrol.patrols(town, sessions):  # the witness of every rig, then the deacon
+                log_event(event)
+            stop.wait(interval)
+    finally:
+        workers.stop()
+
+
+def log_event(event: PatrolEvent) -> None:
+    """One runner-log line per recorded patrol action (the store keeps it with its evidence)."""
+    who = f" {event.agent}" if event.agent else ""
+    outcome = "" if event.ok else " (failed)"
+    print(f"patrol: {event.patrol}: {event.action}{who}{outcome}: {event.reason}", flush=True)

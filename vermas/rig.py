@@ -28,6 +28,17 @@ from vermas.errors import Conflict, InvalidInput, NotFound
 from vermas.town import MAX_POLECATS_LIMIT, RigConfig, Town, describe_errors, validate_prefix  # noqa: F401
 
 
+# A rig without a test command merges, but never silently: `rig add` warns, `rig list` and
+# `status` show this marker, and each such merge is recorded (and announced) as untested.
+UNTESTED = "UNTESTED: no test_command"
+
+
+def untested_warning(name: str) -> str:
+    """The loud line `rig add` prints (stderr) for a rig added without --test-command."""
+    return (f"WARNING: rig {name} has no test command: the refinery will merge its work UNTESTED "
+            f"(each merge marked untested). Set one: test_command = \"...\" under [rigs.{name}] in town.toml")
+
+
 class RigInfo(BaseModel):
     name: str
     prefix: str
@@ -37,6 +48,12 @@ class RigInfo(BaseModel):
     max_polecats: int
     test_command: str
     polecats: int
+    untested: bool = False  # no test_command: merges are marked untested
+
+    @property
+    def test_label(self) -> str:
+        """What a table shows: the command, or the loud untested marker."""
+        return self.test_command if not self.untested else UNTESTED
 
 
 def canonical_clone(town: Town, rig: str) -> Path:
@@ -105,7 +122,7 @@ def info(town: Town, name: str) -> RigInfo:
     return RigInfo(
         name=name, prefix=rig.prefix, git_url=rig.git_url, path=str(canonical_clone(town, name)),
         default_branch=rig.default_branch, max_polecats=rig.max_polecats,
-        test_command=rig.test_command, polecats=count,
+        test_command=rig.test_command, polecats=count, untested=not rig.test_command.strip(),
     )
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
 from vermas import convoy, events, polecat, rig, up
+from vermas.refinery import ledger
+from vermas.refinery.types import MRState
 from vermas.town import Town
 
 if TYPE_CHECKING:
@@ -58,6 +61,44 @@ class AgentRow(BaseModel):
     death: up.SessionDeath | None = None
 
 
+class MergeQueueStatus(BaseModel):
+    """One rig's merge queue as `status` shows it: how many requests in each state, whether it
+    is paused (on which target sha, why), who holds its lease, and what it tests with (or the
+    loud marker that its merges are untested)."""
+
+    rig: str
+    counts: dict[str, int]  # every MRState, 0 included, in the enum's order
+    paused_sha: str | None = None
+    paused_reason: str | None = None
+    resume_requested: bool = False
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    lease_expired: bool = False  # its owner stopped renewing it (died); the next runner takes it
+    test_command: str
+    untested: bool
+
+    @property
+    def tests(self) -> str:
+        return rig.UNTESTED if self.untested else self.test_command
+
+
+def merge_queues(town: Town) -> list[MergeQueueStatus]:
+    counts, now = ledger.counts_by_state(town), time.time()
+    out = []
+    for name in sorted(town.config.rigs):
+        state = ledger.queue_state(town, name)
+        command = town.config.rigs[name].test_command
+        seen = counts.get(name, {})
+        out.append(MergeQueueStatus(
+            rig=name, counts={s.value: seen.get(s.value, 0) for s in MRState},
+            paused_sha=state.paused_sha, paused_reason=state.paused_reason, resume_requested=state.resume_requested,
+            lease_owner=state.lease.owner if state.lease else None,
+            lease_expires_at=state.lease.expires_at if state.lease else None,
+            lease_expired=state.lease is not None and state.lease.expires_at <= now,
+            test_command=command, untested=not command.strip()))
+    return out
+
+
 class RunnerStatus(BaseModel):
     town: str
     root: str
@@ -67,6 +108,7 @@ class RunnerStatus(BaseModel):
     polecats: list[polecat.PolecatInfo]
     unread_mail: dict[str, int]
     convoys: list[convoy.ConvoyStatus]
+    merge_queues: list[MergeQueueStatus] = []
 
 
 def runner_status(town: Town, sessions: TownSessions) -> RunnerStatus:
@@ -90,5 +132,5 @@ def runner_status(town: Town, sessions: TownSessions) -> RunnerStatus:
         # state: spawning, started (session up, GUPP nudge not yet delivered), working, done
         # (merge request queued, waiting for the refinery), escalated or deferred (PolecatState).
         polecats=polecat.list_polecats(town),
-        unread_mail=base.unread_mail, convoys=base.convoys,
+        unread_mail=base.unread_mail, convoys=base.convoys, merge_queues=merge_queues(town),
     )

@@ -151,6 +151,32 @@ CREATE TABLE IF NOT EXISTS agent_events (
     detail TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS agent_events_agent_at ON agent_events(agent, at);
+CREATE TABLE IF NOT EXISTS patrol_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    patrol TEXT NOT NULL,
+    action TEXT NOT NULL,
+    agent TEXT,
+    bead TEXT,
+    key TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    evidence TEXT NOT NULL DEFAULT '{}',
+    ok INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS patrol_events_action ON patrol_events(action, agent, at);
+CREATE INDEX IF NOT EXISTS patrol_events_key ON patrol_events(key);
+CREATE TABLE IF NOT EXISTS escalations (
+    key TEXT PRIMARY KEY,
+    recipient TEXT NOT NULL,
+    raised_at REAL NOT NULL,
+    message_id TEXT,
+    subject TEXT NOT NULL DEFAULT '',
+    bead TEXT,
+    agent TEXT,
+    reason TEXT,
+    reescalated_at REAL,
+    resolved_at REAL
+);
 """
 
 # Columns added after a table first shipped: (table, column, declaration). `_ensure_schema` adds

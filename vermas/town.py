@@ -17,6 +17,7 @@ from vermas.atomic import write_atomic
 from vermas.errors import ConfigError, InvalidInput, TownNotFound
 from vermas.export import export_town
 from vermas.layout import BEADS_DIR, CONFIG_NAME, DB_NAME, TownLayout
+from vermas.patrol_types import PatrolConfig
 from vermas.refinery.types import MergeConfig
 from vermas.store import Database
 
@@ -76,6 +77,8 @@ class TownConfig(BaseModel):
     agent: AgentCommand = Field(default_factory=AgentCommand)
     inspector: InspectorConfig = Field(default_factory=InspectorConfig)
     rigs: dict[str, RigConfig] = Field(default_factory=dict)
+    # `[patrol]`: every witness and deacon threshold; defaults, bounds and reasons in PatrolConfig.
+    patrol: PatrolConfig = Field(default_factory=PatrolConfig)
 
 
 def _require_text_path(path: Path) -> None:
@@ -152,6 +155,12 @@ def _toml_key(key: str) -> str:
     return key if re.match(r"^[A-Za-z0-9_-]+$", key) else _toml_value(key)
 
 
+def _patrol_changes(patrol: PatrolConfig) -> dict[str, Any]:
+    """The `[patrol]` values that differ from the defaults (a town that keeps them writes no table)."""
+    defaults = PatrolConfig().model_dump()
+    return {k: v for k, v in patrol.model_dump().items() if v != defaults[k]}
+
+
 def dump_config(config: TownConfig) -> str:
     """Serialise the config; tomllib reads only, and the shape here is small and fixed."""
     lines = ["# vermas town configuration", "[town]"]
@@ -162,6 +171,9 @@ def dump_config(config: TownConfig) -> str:
     lines += ["", "[inspector]"]
     for key, value in config.inspector.model_dump().items():
         lines.append(f"{key} = {_toml_value(value)}")
+    changed = _patrol_changes(config.patrol)
+    if changed:
+        lines += ["", "[patrol]"] + [f"{key} = {_toml_value(value)}" for key, value in changed.items()]
     for rig in config.rigs.values():
         lines += ["", f"[rigs.{_toml_key(rig.name)}]"]
         for key, value in rig.model_dump(exclude={"name"}).items():
@@ -220,6 +232,7 @@ def _config_fields(path: Path, data: dict[str, Any]) -> dict[str, Any]:
         "prefix": town["prefix"],
         "agent": _table(path, data, "agent"),
         "inspector": _table(path, data, "inspector"),
+        "patrol": _table(path, data, "patrol"),
         "rigs": {name: {**values, "name": name} for name, values in rigs.items()},
     }
 
@@ -230,6 +243,7 @@ def _sections(config: TownConfig) -> dict[str, Any]:
         "town": {"name": config.name, "prefix": config.prefix},
         "agent": config.agent.model_dump(),
         "inspector": config.inspector.model_dump(),
+        "patrol": config.patrol.model_dump(),
         "rigs": {name: rig.model_dump(exclude={"name"}) for name, rig in config.rigs.items()},
     }
 
@@ -263,6 +277,10 @@ def update_config_text(text: str, config: TownConfig) -> str:
         if section not in doc:
             doc[section] = tomlkit.table()
         _merge(doc[section], wanted[section], defaults[section])
+    if "patrol" in doc or _patrol_changes(config.patrol):  # no empty [patrol] table in a file without one
+        if "patrol" not in doc:
+            doc["patrol"] = tomlkit.table()
+        _merge(doc["patrol"], wanted["patrol"], defaults["patrol"])
     rigs = doc.get("rigs")
     if wanted["rigs"] and rigs is None:
         rigs = doc["rigs"] = tomlkit.table(is_super_table=True)

@@ -97,6 +97,8 @@ def cmd_rig_add(args: argparse.Namespace) -> None:
     info = rig.add(town, args.name, args.git_url, prefix=args.prefix, max_polecats=args.max_polecats,
                    test_command=args.test_command or "")
     print(f"added rig {info.name} (prefix {info.prefix}, branch {info.default_branch}) at {info.path}")
+    if info.untested:
+        print(rig.untested_warning(info.name), file=sys.stderr, flush=True)
 
 
 def cmd_rig_list(args: argparse.Namespace) -> None:
@@ -108,7 +110,7 @@ def cmd_rig_list(args: argparse.Namespace) -> None:
     table = Table("rig", "prefix", "branch", "polecats", "test command", "git url")
     for r in rigs:
         table.add_row(r.name, r.prefix, r.default_branch, f"{r.polecats}/{r.max_polecats}",
-                      r.test_command or "-", r.git_url)
+                      escape(r.test_label) if not r.untested else f"[bold red]{r.test_label}[/]", r.git_url)
     Console().print(table)
 
 
@@ -224,6 +226,16 @@ def cmd_status(args: argparse.Namespace) -> None:
     for r in status.rigs:
         console.print(f"rig [bold]{r.name}[/] (prefix {r.prefix}, branch {r.default_branch}): "
                       f"{r.polecats}/{r.max_polecats} polecats")
+    if status.merge_queues:
+        queues = Table("merge queue", "requests", "paused", "lease", "tests")
+        for q in status.merge_queues:
+            requests = ", ".join(f"{state} {n}" for state, n in q.counts.items() if n) or "empty"
+            paused = (f"[red]paused at {q.paused_sha[:12]}[/]: {escape(q.paused_reason or '')}"
+                      + (" (resume requested)" if q.resume_requested else "")) if q.paused_sha else "-"
+            lease = (f"{q.lease_owner}" + (" (expired)" if q.lease_expired else "")) if q.lease_owner else "-"
+            tests = f"[bold red]{q.tests}[/]" if q.untested else escape(q.tests)
+            queues.add_row(q.rig, requests, paused, lease, tests)
+        console.print(queues)
     if status.polecats:
         polecats = Table("polecat", "state", "bead", "branch")
         for p in status.polecats:

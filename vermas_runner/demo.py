@@ -58,36 +58,24 @@ def sample_repo(path: Path) -> Path:
     return path
 
 
-def polecat_script(bead_file_cmd: str | None = None) -> list[Any]:
-    """What the stand-in model does as a polecat: check the hook, write a note named after
-    itself with Claude Code's Bash tool, commit it, and report done."""
-    command = bead_file_cmd or (
-        'mkdir -p notes && note="notes/$(echo "$BD_ACTOR" | tr / -).md" && '
-        'printf "work by %s\\n" "$BD_ACTOR" > "$note" && '
-        'git add notes && git commit -q -m "polecat work by $BD_ACTOR" && git log --oneline -1'
-    )
-    return [
-        {"tool": "hook_check", "wait_for_tool": True},
-        {"tool": "Bash", "input": {"command": command, "description": "do the hooked work and commit"}},
-        {"tool": "polecat_done", "input": {"status": "COMPLETED", "summary": "wrote a note and committed it"}},
-        "Done: work committed and polecat_done called.",
-    ]
-
-
 def idle_script() -> list[Any]:
     return [{"tool": "hook_check", "wait_for_tool": True}, "Hook checked; waiting for mail."]
 
 
 def standin_policy() -> Any:
+    """Polecats: the stand-in polecat (vermas.testing.standin.polecat: hook_check, the bead's work
+    with Claude Code's Bash tool, a commit, polecat_done; rework when the refinery sends it back);
+    every other agent checks its hook and waits."""
     from vermas.testing.standin import (  # deferred: stand-in server (test machinery), only for the demo
         PerSessionPolicy,
         RoutingPolicy,
         ScriptedPolicy,
+        polecat_policy,
         system_contains,
     )
 
     return RoutingPolicy(
-        [(system_contains(POLECAT_MARKER), PerSessionPolicy(lambda: ScriptedPolicy(polecat_script())))],
+        [(system_contains(POLECAT_MARKER), PerSessionPolicy(polecat_policy))],
         default=PerSessionPolicy(lambda: ScriptedPolicy(idle_script())),
     )
 

@@ -169,6 +169,29 @@ def list_requests(town: Town, rig: str | None = None, states: Iterable[MRState] 
     return sorted(rows, key=lambda r: (r.queued_at, r.id))
 
 
+def counts_by_state(town: Town) -> dict[str, dict[str, int]]:
+    """{rig: {state: count}} over every request (`status` shows each rig's queue)."""
+    out: dict[str, dict[str, int]] = {}
+    with town.db.read() as conn:
+        for rig, state, n in conn.execute("SELECT rig, state, COUNT(*) FROM merge_requests GROUP BY rig, state"):
+            out.setdefault(rig, {})[state] = n
+    return out
+
+
+def rigs_with_work(town: Town) -> frozenset[str]:
+    """Rigs whose queue has something for the worker: a request queued, in flight or failed
+    (its backoff), a merge whose cleanup did not finish, or a queue paused (it resumes on a
+    green target or a resume request). Rework and conflict wait for a polecat, not the worker."""
+    waiting = [MRState.QUEUED.value, *(s.value for s in IN_FLIGHT_STATES), MRState.FAILED.value]
+    with town.db.read() as conn:
+        rows = conn.execute(
+            f"SELECT DISTINCT rig FROM merge_requests WHERE state IN ({','.join('?' * len(waiting))}) "
+            "OR (state = ? AND cleaned_at IS NULL) "
+            "UNION SELECT rig FROM mq_rigs WHERE paused_sha IS NOT NULL OR resume_requested = 1",
+            [*waiting, MRState.MERGED.value]).fetchall()
+    return frozenset(r[0] for r in rows)
+
+
 def events(town: Town, mr_id: str) -> list[MREvent]:
     with town.db.read() as conn:
         return _events(conn, mr_id)

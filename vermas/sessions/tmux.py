@@ -168,6 +168,20 @@ class TownSessions:
         panes = parse_panes(result.stdout if not result.stderr else [])
         return {name: _from_zombie(state) for name, state in panes.items()}
 
+    def created(self) -> dict[str, float]:
+        """Every session's creation time (whole seconds, rounded down by tmux) in one tmux
+        call ({} when no server runs): hook events older than it belong to an earlier session."""
+        try:
+            result = self.server.cmd("list-sessions", "-F", "#{session_name}\t#{session_created}")
+        except (LibTmuxException, Exception):  # no server running yet
+            return {}
+        out: dict[str, float] = {}
+        for line in result.stdout if not result.stderr else []:
+            name, _, stamp = line.partition("\t")
+            if stamp.strip().isdigit():
+                out[name] = float(stamp)
+        return out
+
     def alive(self, address: Address) -> bool:
         """The session exists and its agent still runs (a dead pane kept by remain-on-exit
         is not alive)."""

@@ -1,5 +1,6 @@
 """Policies: the stand-in's "model". Script steps rendered into content blocks (`ScriptedPolicy`),
-routing by request (`RoutingPolicy`), one script per session (`PerSessionPolicy`)."""
+steps chosen from the tools' results as a conversation goes (`PlannedPolicy`), routing by request
+(`RoutingPolicy`), one policy per session (`PerSessionPolicy`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -161,33 +162,109 @@ class ScriptedPolicy:
             return copy.deepcopy(blocks)
 
     def _hold(self, step: Step, req: ModelRequest) -> list[Block] | None:
-        """Blocks for a turn that prepares ``step`` without consuming it, or None to play it.
+        """Blocks for a turn that prepares ``step`` without consuming it, or None to play it
+        (see :func:`prepare_step`; the deferred tools the rest of the script names load in one go)."""
+        return prepare_step(step, req, self.steps[self.position :], self._searched)
 
-        Two cases, both about tools a real model could not call yet: the tool is deferred (so,
-        like a real model, call ``ToolSearch`` with ``select:<name>`` first, once), or the step
-        says ``"wait_for_tool": true`` and the tool is not there at all (e.g. the MCP server has
-        not connected yet in a TUI session): end the turn with a short text and try again on
-        the next user message.
-        """
-        if not isinstance(step, dict) or "tool" not in step:
-            return None
-        wanted = str(step["tool"])
-        if req.resolve_tool(wanted) is not None:
-            return None
-        deferred = req.resolve_deferred_tool(wanted)
-        if deferred is not None and TOOL_SEARCH_TOOL in req.tool_names() and deferred not in self._searched:
-            # Load every deferred tool the rest of the script names in one go, as a model would.
-            names: list[str] = []
-            for later in self.steps[self.position :]:
-                if isinstance(later, dict) and "tool" in later and req.resolve_tool(str(later["tool"])) is None:
-                    found = req.resolve_deferred_tool(str(later["tool"]))
-                    if found and found not in names and found not in self._searched:
-                        names.append(found)
-            self._searched.update(names)
-            return [tool_use_block(TOOL_SEARCH_TOOL, {"query": "select:" + ",".join(names), "max_results": max(5, len(names))})]
-        if deferred is None and step.get("wait_for_tool"):
-            return [text_block(f"(stand-in: waiting for tool {wanted} to become available)")]
+
+def prepare_step(step: Step, req: ModelRequest, later: Sequence[Step], searched: set[str]) -> list[Block] | None:
+    """Blocks for a turn that prepares ``step`` without consuming it, or None to play it.
+
+    Two cases, both about tools a real model could not call yet: the tool is deferred (so,
+    like a real model, call ``ToolSearch`` with ``select:<name>`` first, once, loading every
+    deferred tool that ``later`` steps name too; ``searched`` remembers them), or the step says
+    ``"wait_for_tool": true`` and the tool is not there at all (e.g. the MCP server has not
+    connected yet in a TUI session): end the turn with a short text and try again on the next
+    user message.
+    """
+    if not isinstance(step, dict) or "tool" not in step:
         return None
+    wanted = str(step["tool"])
+    if req.resolve_tool(wanted) is not None:
+        return None
+    deferred = req.resolve_deferred_tool(wanted)
+    if deferred is not None and TOOL_SEARCH_TOOL in req.tool_names() and deferred not in searched:
+        names: list[str] = []
+        for other in [step, *later]:
+            if isinstance(other, dict) and "tool" in other and req.resolve_tool(str(other["tool"])) is None:
+                found = req.resolve_deferred_tool(str(other["tool"]))
+                if found and found not in names and found not in searched:
+                    names.append(found)
+        searched.update(names)
+        return [tool_use_block(TOOL_SEARCH_TOOL, {"query": "select:" + ",".join(names), "max_results": max(5, len(names))})]
+    if deferred is None and step.get("wait_for_tool"):
+        return [text_block(f"(stand-in: waiting for tool {wanted} to become available)")]
+    return None
+
+
+Planner = Callable[[ModelRequest], Generator[Sequence[Step], ModelRequest, None]]
+"""A round of :class:`PlannedPolicy`: a generator started with the request that opened the
+round; it yields the next steps and is sent the request that carries the result of the last."""
+
+
+class PlannedPolicy:
+    """A "model" that chooses its steps as the conversation goes, from what the tools returned.
+
+    Why: a scripted list cannot react (a polecat reads its bead and its mail, then decides what
+    to do). Each user prompt (a new message with no tool results: the first prompt, a nudge)
+    starts a round: ``planner(req)`` is a generator that yields a list of steps; they are played
+    one per turn, and when they are used up the generator is sent the request carrying the last
+    result and yields the next ones. A round ends with a text step (the end of the turn) or when
+    the generator returns (then ``final_text``). Deferred tools are loaded with ``ToolSearch``
+    as :class:`ScriptedPolicy` does; ``preload`` names tools to load in the same search. A retried
+    identical request is answered again with the same blocks. One instance per conversation
+    (wrap it in :class:`PerSessionPolicy`).
+    """
+
+    def __init__(self, planner: Planner, preload: Sequence[str] = (), final_text: str = "(stand-in: round finished)") -> None:
+        self.planner = planner
+        self.preload: list[Step] = [{"tool": name} for name in preload]
+        self.final_text = final_text
+        self.rounds = 0
+        self._round: Generator[Sequence[Step], ModelRequest, None] | None = None
+        self._pending: list[Step] = []
+        self._searched: set[str] = set()
+        self._last: tuple[str, list[Block]] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, req: ModelRequest) -> list[Block]:
+        if req.is_auxiliary():
+            return auxiliary_reply(req)
+        with self._lock:
+            fingerprint = req.conversation_fingerprint()
+            if self._last is not None and self._last[0] == fingerprint:
+                return copy.deepcopy(self._last[1])
+            blocks = self._next(req)
+            self._last = (fingerprint, blocks)
+            return copy.deepcopy(blocks)
+
+    def _next(self, req: ModelRequest) -> list[Block]:
+        if not req.last_tool_results():  # a prompt: a new round (an unfinished one is dropped)
+            if self._round is not None:
+                self._round.close()
+            self.rounds += 1
+            self._round = self.planner(req)
+            self._pending = self._advance(None)
+        elif not self._pending:
+            self._pending = self._advance(req)
+        if not self._pending:
+            return [text_block(self.final_text)]
+        step = self._pending[0]
+        held = prepare_step(step, req, [*self._pending[1:], *self.preload], self._searched)
+        if held is not None:
+            return held
+        self._pending.pop(0)
+        return step_blocks(step, req)
+
+    def _advance(self, req: ModelRequest | None) -> list[Step]:
+        if self._round is None:
+            return []
+        try:
+            steps = next(self._round) if req is None else self._round.send(req)
+        except StopIteration:
+            self._round = None
+            return []
+        return list(steps)
 
 
 class RoutingPolicy:

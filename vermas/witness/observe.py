@@ -1,0 +1,192 @@
+"""The witness's eyes: one rig's observed state and history, from the store, tmux and git.
+
+Cheap by construction, so a round with 50 polecats stays within milliseconds of its work:
+one `list-panes` and one `list-sessions` call for every session of the town, one index lookup
+of recent agent events per agent, two git commands per worktree (`status`, `rev-list`), and
+a pane capture only for an agent whose last event says a permission prompt is on screen.
+Whatever cannot be read is left unknown (git None), and the decisions never end a session
+whose worktree they cannot see.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vermas import git, patrol_log, timeutil
+from vermas.addresses import Address, Role
+from vermas.events import EventKind
+from vermas.patrol_types import (
+    Evidence, GitEvidence, HookEvent, HookKind, Hooking, NotificationKind, TmuxEvidence,
+)
+from vermas.protocol import PolecatState, parse
+from vermas.sessions.tmux import PaneState
+from vermas.town import Town
+from vermas.witness.types import InboxMail, MergeRequestSeen, RigHistory, RigSeen
+
+if TYPE_CHECKING:  # tmux is imported only where a session is touched
+    from vermas.sessions import TownSessions
+
+EVENT_TAIL = 40  # recent events per agent: enough to find the current state and its start
+INBOX_LIMIT = 200
+
+_KINDS: Mapping[str, HookKind] = {
+    EventKind.SESSION_START: HookKind.SESSION_START,
+    EventKind.USER_PROMPT_SUBMIT: HookKind.USER_PROMPT_SUBMIT,
+    EventKind.PRE_TOOL_USE: HookKind.PRE_TOOL_USE,
+    EventKind.POST_TOOL_USE: HookKind.POST_TOOL_USE,
+    EventKind.POST_TOOL_USE_FAILURE: HookKind.POST_TOOL_USE,  # a failed tool has ended too
+    EventKind.STOP: HookKind.STOP,
+    EventKind.STOP_FAILURE: HookKind.STOP,  # a turn ended by an API error is an ended turn
+    EventKind.NOTIFICATION: HookKind.NOTIFICATION,
+    EventKind.SESSION_END: HookKind.SESSION_END,
+}
+_NOTIFICATIONS = {"permission_prompt": NotificationKind.PERMISSION, "elicitation_dialog": NotificationKind.PERMISSION,
+                  "idle_prompt": NotificationKind.IDLE, "permission": NotificationKind.PERMISSION,
+                  "idle": NotificationKind.IDLE}
+
+
+@dataclass(frozen=True)
+class TmuxView:
+    """One look at the town's tmux server: every session's pane and creation time."""
+
+    panes: Mapping[str, PaneState]
+    created: Mapping[str, float]
+
+    @classmethod
+    def take(cls, sessions: TownSessions) -> TmuxView:
+        return cls(sessions.panes(), sessions.created())
+
+
+def hook_events(conn: sqlite3.Connection, agent: str, limit: int = EVENT_TAIL) -> tuple[tuple[HookEvent, ...],
+                                                                                    float | None]:
+    """The agent's recent hook events as the classifier's typed ones, and its latest vermas MCP
+    tool call (activity). Kinds the classifier does not know, and notifications of another
+    type, are left out."""
+    rows = conn.execute("SELECT id, kind, at, tool, detail FROM agent_events WHERE agent = ? "
+                        "ORDER BY at DESC, id DESC LIMIT ?", (agent, limit)).fetchall()
+    out: list[HookEvent] = []
+    mcp: float | None = None
+    for seq, kind, at, tool, detail in reversed(rows):
+        if kind == EventKind.TOOL:
+            mcp = at if mcp is None else max(mcp, at)
+            continue
+        hook = _KINDS.get(kind)
+        if hook is None:
+            continue
+        note = None
+        if hook is HookKind.NOTIFICATION:
+            note = _NOTIFICATIONS.get((detail or "").strip())
+            if note is None:
+                continue
+        out.append(HookEvent(kind=hook, at=max(float(at), 0.0), seq=int(seq), tool=tool, notification=note))
+    return tuple(out), mcp
+
+
+def tmux_evidence(view: TmuxView, sessions: TownSessions, address: Address,
+                  events: tuple[HookEvent, ...]) -> TmuxEvidence:
+    name = address.session_name
+    pane = view.panes.get(name)
+    if pane is None:
+        return TmuxEvidence(session=False)
+    exit_status = pane.exit_status if pane.dead and pane.signal is None else None
+    excerpt = ""
+    if not pane.dead and events and events[-1].notification is NotificationKind.PERMISSION:
+        excerpt = sessions.capture(address)  # evidence for the escalation: what the prompt asks
+    return TmuxEvidence(session=True, pane_alive=not pane.dead, exit_status=exit_status,
+                        started_at=view.created.get(name), excerpt=excerpt)
+
+
+def git_evidence(worktree: Path, target: str) -> GitEvidence | None:
+    """HEAD, branch, commits beyond `target`, and changed or untracked files; None when the
+    worktree cannot be read (then nothing that ends its session is ever decided blindly)."""
+    if not git.is_worktree(worktree):
+        return None
+    try:
+        head = git.resolve(worktree, "HEAD")
+        branch = git.current_branch(worktree)
+        ahead = git.count(worktree, target, "HEAD") if head and git.has_ref(worktree, target) else 0
+        status = git.run(worktree, "status", "--porcelain", "--untracked-files=all")
+    except (git.GitError, OSError, ValueError):
+        return None
+    return GitEvidence(head=head, branch=branch, ahead=ahead,
+                       uncommitted=sum(1 for line in status.splitlines() if line.strip()))
+
+
+def agent_evidence(conn: sqlite3.Connection, view: TmuxView, sessions: TownSessions, address: Address,
+                   **extra: object) -> Evidence:
+    """An agent's evidence from tmux and its hook events (the deacon's whole view of a session;
+    the witness adds git and the slot's facts through `extra`)."""
+    events, mcp = hook_events(conn, str(address))
+    return Evidence(agent=str(address), tmux=tmux_evidence(view, sessions, address, events), events=events,
+                    last_mcp_call=mcp, **extra)
+
+
+def _ts(stamp: str | None) -> float:
+    try:
+        return timeutil.parse(stamp) if stamp else 0.0
+    except (ValueError, TypeError):
+        return 0.0
+
+
+def worktree_of(town: Town, row: sqlite3.Row) -> Path:
+    return Path(row["worktree"]) if row["worktree"] else town.layout.polecat_worktree(row["rig"], row["name"])
+
+
+def polecat_evidence(town: Town, conn: sqlite3.Connection, view: TmuxView, sessions: TownSessions,
+                     row: sqlite3.Row, git_seen: GitEvidence | None) -> Evidence:
+    rig, name = row["rig"], row["name"]
+    address = Address(role=Role.POLECAT, rig=rig, name=name)
+    hooked = conn.execute("SELECT id FROM issues WHERE assignee = ? AND status = 'hooked' ORDER BY updated_ts "
+                          "LIMIT 1", (str(address),)).fetchone()
+    since = _ts(row["created_at"])
+    hooking = Hooking(bead=row["bead_id"], branch=row["branch"], since=since) if row["bead_id"] else None
+    try:
+        state: PolecatState | None = PolecatState(row["state"])
+    except ValueError:
+        state = None
+    return agent_evidence(conn, view, sessions, address, git=git_seen, hooked_bead=hooked[0] if hooked else None,
+                          hooking=hooking, polecat_state=state, state_since=since)
+
+
+def inbox(conn: sqlite3.Connection, rig: str) -> tuple[InboxMail, ...]:
+    rows = conn.execute("SELECT id, sender, subject, body, created_ts FROM messages WHERE recipient = ? "
+                        "AND acked_at IS NULL ORDER BY created_ts, id LIMIT ?",
+                        (f"{rig}/witness", INBOX_LIMIT)).fetchall()
+    return tuple(InboxMail(id=r["id"], sender=r["sender"], sent_at=float(r["created_ts"]), subject=r["subject"],
+                           message=parse(r["subject"], r["body"])) for r in rows)
+
+
+def merge_requests(conn: sqlite3.Connection, rig: str) -> dict[str, MergeRequestSeen]:
+    rows = conn.execute("SELECT id, bead_id, polecat, branch, created_at, queued_ts, state FROM merge_requests "
+                        "WHERE rig = ?", (rig,)).fetchall()
+    return {r["id"]: MergeRequestSeen(id=r["id"], bead=r["bead_id"], polecat=r["polecat"], branch=r["branch"],
+                                      created_at=float(r["queued_ts"]) if r["queued_ts"] else _ts(r["created_at"]),
+                                      state=r["state"]) for r in rows}
+
+
+def history(conn: sqlite3.Connection, beads: list[str]) -> RigHistory:
+    return RigHistory(nudges=patrol_log.times(conn, "gupp_nudge", "bead", beads),
+                      restarts=patrol_log.times(conn, "restart_session", "bead", beads),
+                      standing=patrol_log.standing(conn),
+                      judgment_keys=patrol_log.keys(conn, "hook_judgment"))
+
+
+def observe_rig(town: Town, sessions: TownSessions, rig: str,
+                view: TmuxView | None = None) -> tuple[RigSeen, RigHistory]:
+    """The rig's polecats (evidence), the witness's unacknowledged mail, the rig's merge
+    requests, and what earlier rounds did. Orphan branches are not looked for yet (branches=())."""
+    with town.db.read() as conn:
+        rows = conn.execute("SELECT rig, name, bead_id, branch, worktree, state, created_at FROM polecats "
+                            "WHERE rig = ? ORDER BY created_at, name", (rig,)).fetchall()
+    target = f"refs/heads/{town.config.rigs[rig].default_branch}" if rig in town.config.rigs else "refs/heads/main"
+    gits = [git_evidence(worktree_of(town, r), target) for r in rows]  # outside the store's lock
+    view = view or TmuxView.take(sessions)
+    with town.db.read() as conn:
+        polecats = tuple(polecat_evidence(town, conn, view, sessions, r, g) for r, g in zip(rows, gits))
+        seen = RigSeen(rig=rig, polecats=polecats, inbox=inbox(conn, rig), merge_requests=merge_requests(conn, rig))
+        beads = sorted({b for ev in polecats for b in (ev.hooked_bead, ev.hooking.bead if ev.hooking else None) if b})
+        return seen, history(conn, beads)

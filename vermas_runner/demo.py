@@ -290,9 +290,20 @@ def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, *
             up.down(town, sessions)
             if server is not None:
                 server.stop()
-            shutil.rmtree(root, ignore_errors=True)
+            remove_tree(root)
         else:
             console.print(f"kept: {town.root} (vermas-runner down --town {town.root} stops it)")
+
+
+def remove_tree(root: Path, within: float = 10.0) -> None:
+    """Remove the demo's folder, retrying while the Claude Code processes that `down` ended are
+    still writing their config on the way out (one rmtree then left `claude-home/` behind)."""
+    deadline = time.monotonic() + within
+    while True:
+        shutil.rmtree(root, ignore_errors=True)
+        if not root.exists() or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
 
 
 def _witness_mail(town: Town) -> list[str]:

@@ -1,0 +1,49 @@
+"""The README's first command, the demo town, run exactly as written from the repository's
+root (the second, `scripts/test.sh`, is what CI itself runs). It sets up (idempotent: nothing new
+is installed after the first run) and boots a throwaway town on the stand-in model where three
+polecats reach polecat_done; afterwards nothing of it is left: no tmux server, no folder."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADING = "## Two commands"
+
+
+def demo_command() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index(HEADING):]
+    section = section[:section.find("\n## ", len(HEADING))]
+    match = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert match, f"no ```sh block under {HEADING!r} in README.md"
+    return match.group(1).strip()
+
+
+@pytest.mark.slow
+@pytest.mark.tmux
+@pytest.mark.claude
+def test_the_demo_command_as_written(tmp_path: Path) -> None:
+    command = demo_command()
+    assert command == "scripts/setup.sh && .venv/bin/vermas-runner demo"  # what a newcomer types
+    tmux_dir = tmp_path / "tmux"
+    tmux_dir.mkdir()
+    temp = tmp_path / "tmp"  # the demo's town goes under TMPDIR: see what it leaves
+    temp.mkdir()
+    env = {**os.environ, "TMUX_TMPDIR": str(tmux_dir), "TMPDIR": str(temp)}
+    env.pop("VERMAS_TOWN", None)
+    proc = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "all polecats finished (3/3)" in proc.stdout, proc.stdout[-3000:]
+    assert len(re.findall(r"^POLECAT_DONE ", proc.stdout, re.M)) == 3  # one line per polecat
+    assert list(temp.glob("vermas-demo-*")) == [], "the demo left its folder behind"
+    servers = [p for p in tmux_dir.rglob("*") if p.is_socket()]
+    alive = [s for s in servers
+             if subprocess.run(["tmux", "-S", str(s), "ls"], capture_output=True).returncode == 0]
+    assert alive == [], f"tmux servers left running: {alive}"

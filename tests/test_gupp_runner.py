@@ -102,7 +102,9 @@ def test_runner_delivers_the_gupp_nudge_of_a_caller_that_exited(tmp_path: Path) 
             stop.set()
             for t in threads:
                 t.join(timeout=150)
-            assert seen == [PolecatState.SPAWNING, PolecatState.STARTED, PolecatState.WORKING, PolecatState.DONE]
+            # the sampler may miss the brief `spawning` under load; the rest must come in this order
+            assert seen in ([PolecatState.SPAWNING, PolecatState.STARTED, PolecatState.WORKING, PolecatState.DONE],
+                            [PolecatState.STARTED, PolecatState.WORKING, PolecatState.DONE]), seen
             with town.db.read() as conn:
                 body = conn.execute("SELECT body FROM messages WHERE kind = 'POLECAT_DONE' AND subject LIKE ?",
                                     (f"%{bead.id}",)).fetchone()[0]

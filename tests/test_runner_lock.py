@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import process_gone
 from vermas.sessions import TownSessions
 from vermas.town import Town
 
@@ -79,3 +80,47 @@ def test_detached_runner_is_stopped_by_down(town: Town) -> None:
         time.sleep(0.1)
     assert not Path(f"/proc/{pid}").exists() or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
     assert not any(a["alive"] for a in json.loads(runner(town, "status", "--json").stdout)["agents"])
+
+
+def _group_of(pgrp: int) -> list[int]:
+    """Running members of a process group, from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text.rpartition(")")[2].split()
+        if fields[0] != "Z" and int(fields[2]) == pgrp:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_down_reaps_agents_that_ignore_the_hangup(town: Town) -> None:
+    """An agent (and its children) that outlives tmux's SIGHUP is killed by `down`, so nothing
+    of the town writes on after `down` returns."""
+    town.config.agent.args = ["-c", "trap '' HUP; sleep 600 & wait", "--"]
+    town.save_config()
+    assert runner(town, "up", "--once", "--no-wait").returncode == 0
+    deadline = time.monotonic() + 30
+    members: list[int] = []
+    while time.monotonic() < deadline and len(members) < 2:  # bash and its sleep
+        panes = TownSessions(town.root).panes()
+        pgrp = next((s.pid for s in panes.values() if s.pid), None)
+        members = _group_of(pgrp) if pgrp else []
+        time.sleep(0.1)
+    assert len(members) >= 2, members
+    started = time.monotonic()
+    assert runner(town, "down").returncode == 0
+    took = time.monotonic() - started
+    assert all(process_gone(pid, within=2.0) for pid in members), members
+    assert took < 30, took
+
+
+def test_group_members_skips_zombies_and_other_groups() -> None:
+    from vermas.proc import group_members
+    stats = ["10 (bash) S 1 10 10 0", "11 (sleep (x)) S 10 10 10 0", "12 (old) Z 10 10 10 0",
+             "13 (other) R 1 13 13 0"]
+    assert group_members(stats, {10}) == {10}
+    assert group_members(stats[2:3], {10}) == set()
+    assert group_members(stats, {13, 99}) == {13}

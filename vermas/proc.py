@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
@@ -16,6 +19,56 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True  # alive, just not ours
     return True
+
+
+def group_members(stats: Iterable[str], groups: set[int]) -> set[int]:
+    """The process groups among `groups` that still have a running (non-zombie) member, from
+    /proc/PID/stat texts (pure: a zombie holds nothing open and writes nothing)."""
+    live: set[int] = set()
+    for stat in stats:
+        fields = stat.rpartition(")")[2].split()
+        if len(fields) > 2 and fields[0] != "Z" and fields[2].lstrip("-").isdigit():
+            pgrp = int(fields[2])
+            if pgrp in groups:
+                live.add(pgrp)
+    return live
+
+
+def _proc_stats() -> list[str]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                out.append((entry / "stat").read_text())
+            except OSError:
+                continue  # exited while we looked
+    return out
+
+
+def reap_groups(groups: set[int], grace: float) -> set[int]:
+    """Wait up to `grace` seconds for every process of these groups to exit, then SIGKILL
+    the groups still running; returns the groups that had to be killed.
+
+    Why: a killed tmux session only sends SIGHUP, and Claude Code (with its MCP servers, in
+    the pane's process group) may go on writing its home folder for a while after that; a
+    `down` that returns must leave nothing of the town running. Callers pass only groups
+    they created (the panes of their own tmux server)."""
+    if not groups:
+        return set()
+    deadline = time.monotonic() + grace
+    live = group_members(_proc_stats(), groups)
+    while live and time.monotonic() < deadline:
+        time.sleep(0.05)
+        live = group_members(_proc_stats(), live)
+    for pgrp in live:
+        try:
+            os.killpg(pgrp, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + 2.0
+    while group_members(_proc_stats(), live) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return live
 
 
 def flock_held(path: Path) -> bool:

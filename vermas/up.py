@@ -22,7 +22,7 @@ from pydantic import BaseModel, computed_field
 from vermas import polecat
 from vermas.addresses import Address, Role
 from vermas.errors import Conflict, InvalidInput
-from vermas.proc import flock_held, pid_alive
+from vermas.proc import flock_held, pid_alive, reap_groups
 from vermas.sessions.launch import kick_all, start_agent
 from vermas.town import Town
 
@@ -241,15 +241,27 @@ def live_session_names(sessions: TownSessions) -> set[str]:
     return {name for name, state in sessions.panes().items() if not state.dead}
 
 
+# How long the agents of a stopped town get to exit on their own before they are killed.
+DOWN_GRACE_S = 3.0
+
+
 def down(town: Town, sessions: TownSessions) -> list[str]:
-    """Stop every session of the town; the store, worktrees and hooks stay as they are."""
+    """Stop every session of the town; the store, worktrees and hooks stay as they are.
+
+    Each pane's process group (the agent and the MCP servers it started) is reaped: given
+    DOWN_GRACE_S to exit after tmux's SIGHUP, then killed, so nothing of the town outlives
+    `down`."""
     stopped = []
+    panes = sessions.panes()
+    groups = {s.pid for n, s in panes.items()
+              if n.startswith("vermas-") and not s.dead and s.pid is not None}
     for name in sessions.names():
         if name.startswith("vermas-"):
             sessions.server.kill_session(name)
             stopped.append(name)
     sessions.kill_server()
     stop_zygote(town)
+    reap_groups(groups, DOWN_GRACE_S)
     return stopped
 
 

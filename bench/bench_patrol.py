@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -72,31 +74,43 @@ def spawn(town: Town, sessions: TownSessions, n: int) -> list[str]:
     return out
 
 
+def patrol_loop(town: Town, sessions: TownSessions, interval: float, stop: threading.Event) -> None:
+    """The runner's loop shape: a round, then wait the interval."""
+    while not stop.is_set():
+        deacon_patrol.patrols(town, sessions)
+        stop.wait(interval)
+
+
 def detection(work: Path, kills: int, interval: float) -> dict[str, float]:
+    """Kills land at a random point of the patrol's interval, as they would in a real town."""
     town, sessions = make_town(work, 1, interval, "sleep 600")
+    stop = threading.Event()
+    loop = threading.Thread(target=patrol_loop, args=(town, sessions, interval, stop), daemon=True)
     try:
         agent = parse_address(spawn(town, sessions, 1)[0])
-        deacon_patrol.patrols(town, sessions)
+        loop.start()
         latencies = []
         for _ in range(kills):
             while not sessions.alive(agent):  # the previous restart is up
-                time.sleep(0.05)
+                time.sleep(0.02)
+            time.sleep(random.uniform(0, interval))
             last = max((e.seq for e in patrol_log.events(town, limit=1)), default=0)
             killed = time.monotonic()
             sessions.kill(agent)
             found = False
             while not found and time.monotonic() - killed < 60:
-                deacon_patrol.patrols(town, sessions)
                 found = any(e.action == "restart_session" and e.agent == str(agent)
                             for e in patrol_log.events(town, after_seq=last, limit=1000))
                 if not found:
-                    time.sleep(interval)
+                    time.sleep(0.01)
             latencies.append((time.monotonic() - killed) if found else float("inf"))
         lat = [x * 1000 for x in latencies]
         return {"detect_kills": float(kills), "detect_p50_ms": round(pct(lat, 50), 1),
                 "detect_max_ms": round(max(lat), 1), "detect_max_intervals": round(max(latencies) / interval, 2),
                 "detect_missed": float(sum(1 for x in latencies if x == float("inf")))}
     finally:
+        stop.set()
+        loop.join(30)
         sessions.kill_server()
         town.close()
 

@@ -14,6 +14,7 @@ from vermas.refinery.types import MRState
 from vermas.town import Town
 
 if TYPE_CHECKING:
+    from vermas.addresses import Address
     from vermas.sessions import TownSessions
 
 
@@ -172,7 +173,7 @@ def patrol_activity(town: Town) -> tuple[list[PatrolEventRow], list[EscalationRo
     return recent, open_
 
 
-def agent_states(town: Town, sessions: TownSessions, addresses: list[object]) -> dict[str, AgentState]:
+def agent_states(town: Town, sessions: TownSessions, addresses: list[Address]) -> dict[str, AgentState]:
     """Each agent's state from the same evidence the patrols decide on (tmux + hook events)."""
     from vermas.witness.classify import classify
     from vermas.witness.observe import TmuxView, agent_evidence
@@ -180,7 +181,7 @@ def agent_states(town: Town, sessions: TownSessions, addresses: list[object]) ->
     out: dict[str, AgentState] = {}
     with town.db.read() as conn:
         for address in addresses:
-            c = classify(agent_evidence(conn, view, sessions, address))  # type: ignore[arg-type]
+            c = classify(agent_evidence(conn, view, sessions, address))
             out[str(address)] = AgentState(state=str(c.state), reason=c.reason, since=_iso(c.since))
     return out
 

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from vermas import convoy, events, polecat, rig, up
+from vermas import convoy, events, patrol_log, polecat, rig, up
 from vermas.refinery import ledger
 from vermas.refinery.types import MRState
 from vermas.town import Town
+from vermas.witness.classify import classify
+from vermas.witness.observe import TmuxView, agent_evidence
 
 if TYPE_CHECKING:
     from vermas.addresses import Address
@@ -153,7 +155,6 @@ RECENT_PATROL_EVENTS = 10
 
 
 def heartbeats(town: Town, now: float) -> list[Heartbeat]:
-    from vermas import patrol_log
     with town.db.read() as conn:
         beats = patrol_log.heartbeats(conn)
     limit = town.config.patrol.heartbeat_stale_after
@@ -161,7 +162,6 @@ def heartbeats(town: Town, now: float) -> list[Heartbeat]:
 
 
 def patrol_activity(town: Town) -> tuple[list[PatrolEventRow], list[EscalationRow]]:
-    from vermas import patrol_log
     recent = [PatrolEventRow(seq=e.seq, time=_iso(e.at) or "", patrol=e.patrol, action=e.action, agent=e.agent,
                              bead=e.bead, reason=e.reason, evidence=dict(e.evidence), ok=e.ok)
               for e in patrol_log.events(town, limit=RECENT_PATROL_EVENTS)]
@@ -175,8 +175,6 @@ def patrol_activity(town: Town) -> tuple[list[PatrolEventRow], list[EscalationRo
 
 def agent_states(town: Town, sessions: TownSessions, addresses: list[Address]) -> dict[str, AgentState]:
     """Each agent's state from the same evidence the patrols decide on (tmux + hook events)."""
-    from vermas.witness.classify import classify
-    from vermas.witness.observe import TmuxView, agent_evidence
     view = TmuxView.take(sessions)
     out: dict[str, AgentState] = {}
     with town.db.read() as conn:

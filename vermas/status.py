@@ -13,7 +13,6 @@ from vermas.refinery import ledger
 from vermas.refinery.types import MRState
 from vermas.town import Town
 from vermas.witness.classify import classify
-from vermas.witness.observe import TmuxView, agent_evidence
 
 if TYPE_CHECKING:
     from vermas.addresses import Address
@@ -175,6 +174,7 @@ def patrol_activity(town: Town) -> tuple[list[PatrolEventRow], list[EscalationRo
 
 def agent_states(town: Town, sessions: TownSessions, addresses: list[Address]) -> dict[str, AgentState]:
     """Each agent's state from the same evidence the patrols decide on (tmux + hook events)."""
+    from vermas.witness.observe import TmuxView, agent_evidence  # deferred: it imports tmux; town_status (MCP) must not
     view = TmuxView.take(sessions)
     out: dict[str, AgentState] = {}
     with town.db.read() as conn:

@@ -6,7 +6,7 @@ import datetime as dt
 import time
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel
+from pydantic import BaseModel, JsonValue
 
 from vermas import convoy, events, patrol_log, polecat, rig, up
 from vermas.refinery import ledger
@@ -121,7 +121,7 @@ class PatrolEventRow(BaseModel):
     agent: str | None = None
     bead: str | None = None
     reason: str
-    evidence: dict[str, object] = {}
+    evidence: dict[str, JsonValue] = {}  # the JSON the patrol recorded
     ok: bool = True
 
 

@@ -214,14 +214,17 @@ def cmd_status(args: argparse.Namespace) -> None:
     console.print(f"[bold]town {status.town}[/] at {status.root}; runner: "
                   + (f"pid {status.runner_pid}" if status.runner_pid else "not running")
                   + ("" if status.runner_alive else " [red](not alive)[/]") + f"; {beats}")
-    table = Table("agent", "session", "state", "hooked", "last activity", "last event", "unread")
+    table = Table("agent", "session", "hooked", "last activity", "last event", "unread")
     for row in status.agents:
         event = escape(f"{row.last_event.label} @{row.last_event.time[11:19]}") if row.last_event else "-"
-        state = (escape(f"{row.state.state} since {row.state.since[11:19] if row.state.since else '?'}: "
-                        f"{row.state.reason}") if row.state else "-")
-        table.add_row(row.address, _session_cell(row), state, row.hooked or "-",
+        table.add_row(row.address, _session_cell(row), row.hooked or "-",
                       row.last_activity or "-", event, str(status.unread_mail.get(row.address, 0)))
     console.print(table)
+    states = Table("agent", "state", "since (UTC)", "evidence")
+    for row in status.agents:
+        if row.state is not None:
+            states.add_row(row.address, row.state.state, (row.state.since or "?")[11:19], escape(row.state.reason))
+    console.print(states)
     for row in status.agents:
         if row.death is not None and row.death.last_lines:
             console.print(f"[red]{row.address}[/] died ({escape(row.death.reason.split(': ', 1)[0])}); "

@@ -51,7 +51,8 @@ def git(cwd: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_town(work: Path, polecats: int, interval: float, loop: str) -> tuple[Town, TownSessions]:
+def make_town(work: Path, polecats: int, interval: float, loop: str,
+              **patrol: object) -> tuple[Town, TownSessions]:
     src = work / "src"
     src.mkdir(parents=True)
     git(src, "init", "-q", "-b", "main")
@@ -61,7 +62,7 @@ def make_town(work: Path, polecats: int, interval: float, loop: str) -> tuple[To
     town, _ = Town.init(work / "town")
     rig.add(town, "gt", str(src), prefix="gt", max_polecats=max(polecats, 1))
     town.config.agent.command, town.config.agent.args = "sh", ["-c", loop, "agent"]
-    town.config.patrol = town.config.patrol.model_copy(update={"interval": interval})
+    town.config.patrol = town.config.patrol.model_copy(update={"interval": interval, **patrol})
     town.save_config()
     return town, TownSessions(town.root)
 
@@ -82,16 +83,22 @@ def patrol_loop(town: Town, sessions: TownSessions, interval: float, stop: threa
 
 
 def detection(work: Path, kills: int, interval: float) -> dict[str, float]:
-    """Kills land at a random point of the patrol's interval, as they would in a real town."""
-    town, sessions = make_town(work, 1, interval, "sleep 600")
+    """Kills land at a random point of the patrol's interval, as they would in a real town. A
+    bead's session is restarted at most `max_restarts` (<= 20) times, so the kills go round
+    robin over enough polecats to stay within it."""
+    per = 20
+    n = -(-kills // per)
+    town, sessions = make_town(work, n, interval, "sleep 600", max_restarts=per)
     stop = threading.Event()
     loop = threading.Thread(target=patrol_loop, args=(town, sessions, interval, stop), daemon=True)
     try:
-        agent = parse_address(spawn(town, sessions, 1)[0])
+        agents = [parse_address(a) for a in spawn(town, sessions, n)]
         loop.start()
         latencies = []
-        for _ in range(kills):
-            while not sessions.alive(agent):  # the previous restart is up
+        for i in range(kills):
+            agent = agents[i % n]
+            up = time.monotonic()
+            while not sessions.alive(agent) and time.monotonic() - up < 60:  # the previous restart is up
                 time.sleep(0.02)
             time.sleep(random.uniform(0, interval))
             last = max((e.seq for e in patrol_log.events(town, limit=1)), default=0)

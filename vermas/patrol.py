@@ -16,13 +16,14 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vermas import export, polecat
+from vermas import export, patrol_log, polecat
 from vermas.addresses import Address, Role, parse_address
 from vermas.deacon import patrol as deacon_patrol
 from vermas.errors import InvalidInput
@@ -245,6 +246,7 @@ def run_forever(town: Town, sessions: TownSessions, interval: float = INTERVAL) 
         signal.signal(sig, lambda *_: stop.set())
     problem: str | None = None
     workers = MergeWorkers(town, sessions)
+    rounds = Rounds()
     print(f"patrol: merge queues worked as {workers.owner}", flush=True)
     try:
         while not stop.is_set():
@@ -253,12 +255,77 @@ def run_forever(town: Town, sessions: TownSessions, interval: float = INTERVAL) 
             if notice:
                 print(f"patrol: {notice}", flush=True)
             problem = str(error) if error else None
-            patrol_once(town, sessions, workers)
-            for event in deacon_patrol.patrols(town, sessions):  # the witness of every rig, then the deacon
-                log_event(event)
+            beat_runner(town)
+            rounds.step(lambda: one_round(town, sessions, workers), town.config.patrol.heartbeat_stale_after)
             stop.wait(interval)
     finally:
         workers.stop()
+
+
+RUNNER_LOOP = "runner"  # the runner's own heartbeat: written by its main loop, even while a round hangs
+
+
+def beat_runner(town: Town) -> None:
+    """The runner process is alive (`status` reports its age; a dead runner stops beating)."""
+    try:
+        patrol_log.beat(town, RUNNER_LOOP)
+    except Exception:  # noqa: BLE001 - a busy or full store must not end the loop
+        log.warning("patrol: could not write the runner heartbeat:\n%s", traceback.format_exc())
+
+
+def one_round(town: Town, sessions: TownSessions, workers: MergeWorkers | None) -> None:
+    """The runner's patrol (exports, kicks, repairs, merges) then the witness and deacon rounds.
+    A raise is logged with its traceback; the next round goes on."""
+    try:
+        patrol_once(town, sessions, workers)
+    except Exception:  # noqa: BLE001 - one round's bug must not end the runner
+        print(f"patrol: round raised (the next round tries again):\n{traceback.format_exc()}", flush=True)
+    for event in deacon_patrol.patrols(town, sessions):  # the witness of every rig, then the deacon
+        log_event(event)
+
+
+class Rounds:
+    """Runs patrol rounds on a thread of their own, one at a time, so a round that hangs (a
+    stuck git or tmux call) never stops the loop: the runner's heartbeat goes on, no second
+    round piles up behind it, and once it has run longer than `hang_after` its stack is logged
+    (once) as the traceback of a hung patrol. When it returns, the next round starts."""
+
+    def __init__(self, out: Callable[[str], None] | None = None) -> None:
+        self.out = out or (lambda line: print(line, flush=True))
+        self._thread: threading.Thread | None = None
+        self._started = 0.0
+        self._reported = False
+
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def step(self, work: Callable[[], None], hang_after: float) -> bool:
+        """Start a round unless one still runs (then report it if hung). True if started."""
+        if self.busy():
+            self._check(hang_after)
+            return False
+        if self._reported:
+            self.out(f"patrol: the hung round returned after {time.monotonic() - self._started:.0f}s")
+        self._thread = threading.Thread(target=self._run, args=(work,), name="patrol-round", daemon=True)
+        self._started, self._reported = time.monotonic(), False
+        self._thread.start()
+        return True
+
+    def _run(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except Exception:  # noqa: BLE001 - a round never ends the loop
+            self.out(f"patrol: round raised (the next round tries again):\n{traceback.format_exc()}")
+
+    def _check(self, hang_after: float) -> None:
+        age = time.monotonic() - self._started
+        if self._reported or age <= hang_after or self._thread is None:
+            return
+        self._reported = True
+        frame = sys._current_frames().get(self._thread.ident or -1)
+        stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no stack)"
+        self.out(f"patrol: round hung for {age:.0f}s (> {hang_after:g}s); the loop goes on, "
+                 f"no new round until it returns:\n{stack}")
 
 
 def log_event(event: PatrolEvent) -> None:

@@ -6,14 +6,16 @@ import datetime as dt
 import time
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel
+from pydantic import BaseModel, JsonValue
 
-from vermas import convoy, events, polecat, rig, up
+from vermas import convoy, events, patrol_log, polecat, rig, up
 from vermas.refinery import ledger
 from vermas.refinery.types import MRState
 from vermas.town import Town
+from vermas.witness.classify import classify
 
 if TYPE_CHECKING:
+    from vermas.addresses import Address
     from vermas.sessions import TownSessions
 
 
@@ -59,6 +61,7 @@ class AgentRow(BaseModel):
     last_activity: str | None = None
     last_event: events.AgentEvent | None = None  # the newest hook or MCP event (vermas.events)
     death: up.SessionDeath | None = None
+    state: AgentState | None = None  # as the patrols classify it (polecats: see `polecats` for the slot)
 
 
 class MergeQueueStatus(BaseModel):
@@ -99,6 +102,88 @@ def merge_queues(town: Town) -> list[MergeQueueStatus]:
     return out
 
 
+class Heartbeat(BaseModel):
+    """A loop's latest heartbeat: `runner` is the runner process, `patrol` its patrol rounds."""
+
+    loop: str
+    at: float
+    age: float
+    stale: bool  # older than [patrol] heartbeat_stale_after: the runner died or its round hangs
+
+
+class PatrolEventRow(BaseModel):
+    """A recorded patrol action with its reason and evidence (vermas.patrol_log)."""
+
+    seq: int
+    time: str
+    patrol: str
+    action: str
+    agent: str | None = None
+    bead: str | None = None
+    reason: str
+    evidence: dict[str, JsonValue] = {}  # the JSON the patrol recorded
+    ok: bool = True
+
+
+class EscalationRow(BaseModel):
+    """An escalation that stands (not resolved): to whom, since when, acknowledged or not."""
+
+    key: str
+    to: str
+    raised: str
+    acked: bool
+    reescalated: bool
+    subject: str
+    agent: str | None = None
+    bead: str | None = None
+
+
+class AgentState(BaseModel):
+    """An agent's state as the patrols judge it, the evidence's sentence, and since when."""
+
+    state: str
+    reason: str
+    since: str | None = None
+
+
+def _iso(at: float | None) -> str | None:
+    return dt.datetime.fromtimestamp(at, dt.timezone.utc).isoformat(timespec="seconds") if at else None
+
+
+RECENT_PATROL_EVENTS = 10
+
+
+def heartbeats(town: Town, now: float) -> list[Heartbeat]:
+    with town.db.read() as conn:
+        beats = patrol_log.heartbeats(conn)
+    limit = town.config.patrol.heartbeat_stale_after
+    return [Heartbeat(loop=k, at=v, age=round(now - v, 1), stale=now - v > limit) for k, v in sorted(beats.items())]
+
+
+def patrol_activity(town: Town) -> tuple[list[PatrolEventRow], list[EscalationRow]]:
+    recent = [PatrolEventRow(seq=e.seq, time=_iso(e.at) or "", patrol=e.patrol, action=e.action, agent=e.agent,
+                             bead=e.bead, reason=e.reason, evidence=dict(e.evidence), ok=e.ok)
+              for e in patrol_log.events(town, limit=RECENT_PATROL_EVENTS)]
+    with town.db.read() as conn:
+        standing = patrol_log.standing(conn)
+    open_ = [EscalationRow(key=e.key, to=e.to, raised=_iso(e.raised_at) or "", acked=e.acked_at is not None,
+                           reescalated=e.reescalated_at is not None, subject=e.subject, agent=e.agent, bead=e.bead)
+             for e in sorted(standing.values(), key=lambda e: e.raised_at)]
+    return recent, open_
+
+
+def agent_states(town: Town, sessions: TownSessions, addresses: list[Address]) -> dict[str, AgentState]:
+    """Each agent's state from the same evidence the patrols decide on (tmux + hook events)."""
+    from vermas.witness.observe import TmuxView, agent_evidence  # deferred: it imports tmux; town_status (MCP) must not
+    view = TmuxView.take(sessions)
+    out: dict[str, AgentState] = {}
+    with town.db.read() as conn:
+        for address in addresses:
+            c = classify(agent_evidence(conn, view, sessions, address))
+            out[str(address)] = AgentState(state=str(c.state), reason=c.reason, since=_iso(c.since))
+    return out
+
+
 class RunnerStatus(BaseModel):
     town: str
     root: str
@@ -109,6 +194,10 @@ class RunnerStatus(BaseModel):
     unread_mail: dict[str, int]
     convoys: list[convoy.ConvoyStatus]
     merge_queues: list[MergeQueueStatus] = []
+    heartbeats: list[Heartbeat] = []
+    runner_alive: bool = False  # its pid runs and its heartbeat is fresh
+    patrol_events: list[PatrolEventRow] = []  # the newest, oldest first
+    escalations: list[EscalationRow] = []  # standing ones
 
 
 def runner_status(town: Town, sessions: TownSessions) -> RunnerStatus:
@@ -118,14 +207,18 @@ def runner_status(town: Town, sessions: TownSessions) -> RunnerStatus:
     rows = []
     addresses = up.core_agents(town) + up.polecat_agents(town)
     latest = events.latest(town, [str(a) for a in addresses])
+    states = agent_states(town, sessions, list(addresses))
     for address in addresses:
         info = sessions.info(address)
         when = (dt.datetime.fromtimestamp(info.last_activity, dt.timezone.utc).isoformat(timespec="seconds")
                 if info.last_activity else None)
         rows.append(AgentRow(address=str(address), session=info.session_name, alive=info.alive,
                              hooked=hooked.get(str(address)), last_activity=when, death=up.death_of(info),
-                             last_event=latest.get(str(address))))
+                             last_event=latest.get(str(address)), state=states.get(str(address))))
     pid = up.runner_pid(town)
+    beats = heartbeats(town, time.time())
+    runner_beat = next((b for b in beats if b.loop == "runner"), None)
+    recent, standing = patrol_activity(town)
     return RunnerStatus(
         town=town.config.name, root=str(town.root), runner_pid=pid, agents=rows,
         rigs=rig.list_rigs(town),
@@ -133,4 +226,6 @@ def runner_status(town: Town, sessions: TownSessions) -> RunnerStatus:
         # (merge request queued, waiting for the refinery), escalated or deferred (PolecatState).
         polecats=polecat.list_polecats(town),
         unread_mail=base.unread_mail, convoys=base.convoys, merge_queues=merge_queues(town),
+        heartbeats=beats, runner_alive=pid is not None and runner_beat is not None and not runner_beat.stale,
+        patrol_events=recent, escalations=standing,
     )

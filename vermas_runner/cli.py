@@ -209,14 +209,22 @@ def cmd_status(args: argparse.Namespace) -> None:
         print(status.model_dump_json(indent=2))
         return
     console = Console()
+    beats = ", ".join(f"{b.loop} heartbeat {b.age:.0f}s ago" + (" [red](stale)[/]" if b.stale else "")
+                      for b in status.heartbeats) or "no heartbeat"
     console.print(f"[bold]town {status.town}[/] at {status.root}; runner: "
-                  + (f"pid {status.runner_pid}" if status.runner_pid else "not running"))
+                  + (f"pid {status.runner_pid}" if status.runner_pid else "not running")
+                  + ("" if status.runner_alive else " [red](not alive)[/]") + f"; {beats}")
     table = Table("agent", "session", "hooked", "last activity", "last event", "unread")
     for row in status.agents:
         event = escape(f"{row.last_event.label} @{row.last_event.time[11:19]}") if row.last_event else "-"
         table.add_row(row.address, _session_cell(row), row.hooked or "-",
                       row.last_activity or "-", event, str(status.unread_mail.get(row.address, 0)))
     console.print(table)
+    states = Table("agent", "state", "since (UTC)", "evidence")
+    for row in status.agents:
+        if row.state is not None:
+            states.add_row(row.address, row.state.state, (row.state.since or "?")[11:19], escape(row.state.reason))
+    console.print(states)
     for row in status.agents:
         if row.death is not None and row.death.last_lines:
             console.print(f"[red]{row.address}[/] died ({escape(row.death.reason.split(': ', 1)[0])}); "
@@ -241,6 +249,19 @@ def cmd_status(args: argparse.Namespace) -> None:
         for p in status.polecats:
             polecats.add_row(p.address, str(p.state), p.bead_id or "-", p.branch or "-")
         console.print(polecats)
+    if status.patrol_events:
+        patrol_table = Table("patrol event", "agent", "reason", "evidence")
+        for e in status.patrol_events:
+            patrol_table.add_row(escape(f"{e.time[11:19]} {e.patrol}: {e.action}" + ("" if e.ok else " (failed)")),
+                                 escape(e.agent or "-"), escape(e.reason),
+                                 escape(json.dumps(e.evidence, default=str)[:200]))
+        console.print(patrol_table)
+    if status.escalations:
+        esc = Table("escalation", "to", "raised", "acked", "re-escalated", "subject")
+        for x in status.escalations:
+            esc.add_row(escape(x.key), x.to, x.raised[11:19], "yes" if x.acked else "[red]no[/]",
+                        "yes" if x.reescalated else "no", escape(x.subject))
+        console.print(esc)
     if status.convoys:
         convoys = Table("convoy", "title", "closed/total")
         for c in status.convoys:

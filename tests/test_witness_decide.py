@@ -75,7 +75,9 @@ IDLE_AT = T0 + 100
 
 
 def idle(**kw: Any) -> Evidence:
-    return ev(SS, UPS, e(K.STOP, IDLE_AT), **kw)
+    """Idle after a turn that called tools (a tool-less turn is its own case: toolless_turn)."""
+    return ev(SS, UPS, e(K.PRE_TOOL_USE, T0 + 3, "Bash"), e(K.POST_TOOL_USE, T0 + 4, "Bash"), e(K.STOP, IDLE_AT),
+              **kw)
 
 
 # ---- done ----------------------------------------------------------------------------------------
@@ -184,6 +186,34 @@ def test_an_agent_that_answered_a_nudge_is_timed_from_its_new_idle() -> None:
     again = ev(SS, UPS, e(K.STOP, IDLE_AT), e(K.USER_PROMPT_SUBMIT, N1 + 1), e(K.STOP, N1 + 50))
     assert run(again, now=N1 + 50 + 120, history=nudges(N1)) == []
     assert kinds(run(again, now=N1 + 50 + 121, history=nudges(N1))) == [GuppNudge]
+
+
+TOOLLESS = ev(SS, UPS, e(K.STOP, IDLE_AT))  # the first prompt reached the model before its MCP tools
+
+
+@pytest.mark.parametrize(("history", "after", "cfg", "expected"), [
+    (RigHistory(), 3, CFG, []),  # toolless_renudge 3 s: at exactly 3 s it waits one more round
+    (RigHistory(), 4, CFG, [GuppNudge]),  # long before gupp_first (60 s)
+    (nudges(IDLE_AT + 4), 124, CFG, []),  # once: then the normal backoff from that nudge (2nd: 120 s)
+    (nudges(IDLE_AT + 4), 125, CFG, [GuppNudge]),
+    (nudges(T0 - 50), 4, CFG, [GuppNudge]),  # a nudge of an earlier session does not count
+    (RigHistory(), 4, PatrolConfig(gupp_max_nudges=0), []),  # no nudges at all: none
+    (RigHistory(), 11, PatrolConfig(toolless_renudge=10), [GuppNudge]),
+])
+def test_a_turn_that_ended_without_any_tool_call_is_renudged_once_quickly(
+        history: RigHistory, after: float, cfg: PatrolConfig, expected: list[type]) -> None:
+    actions = run(TOOLLESS, now=IDLE_AT + after, history=history, cfg=cfg)
+    assert kinds(actions) == expected
+    if expected and not history.nudges:
+        assert actions[0].attempt == 1 and "without any tool call" in actions[0].reason
+
+
+def test_the_quick_renudge_needs_hooked_work_and_an_idle_session() -> None:
+    assert run(ev(SS, UPS, e(K.STOP, IDLE_AT), bead=None), now=IDLE_AT + 30) == []
+    working = ev(SS, UPS, e(K.STOP, IDLE_AT), e(K.USER_PROMPT_SUBMIT, IDLE_AT + 1))
+    assert run(working, now=IDLE_AT + 30) == []
+    with_mcp = ev(SS, UPS, e(K.STOP, IDLE_AT), last_mcp_call=T0 + 3)  # it did reach a vermas tool
+    assert run(with_mcp, now=IDLE_AT + 30) == []
 
 
 def test_idle_without_hooked_work_is_left_alone() -> None:

@@ -8,7 +8,9 @@ Per polecat, by its state (vermas/witness/classify.py):
 - working: never restarted or nudged, however long a tool runs; no event for `stuck_after`:
   escalate with the evidence.
 - idle with hooked work: GUPP nudges with backoff (PatrolConfig.gupp_wait), at most
-  `gupp_max_nudges` per session, then a restart.
+  `gupp_max_nudges` per session, then a restart. A session whose turns all ended without a
+  tool call (its MCP tools were not connected yet) gets its first nudge `toolless_renudge`
+  after that Stop instead of after `gupp_first`, once.
 - waiting: escalate with the pane excerpt; no keystrokes.
 - exited or dead with hooked work: restart.
 - A restart is refused beyond `max_restarts` per bead (per hooking): the bead goes back to open
@@ -33,7 +35,7 @@ from vermas.patrol_types import (
     MAYOR, AgentState, Escalate, Evidence, PatrolConfig, ResolveEscalation, SendMail, StandingEscalation, line,
 )
 from vermas.protocol import Escalation, Help, MergeReady, Merged, PolecatDone, PolecatState
-from vermas.witness.classify import Classification, classify
+from vermas.witness.classify import Classification, classify, toolless_turn
 from vermas.witness.types import (
     AckMail, BranchSeen, GuppNudge, HookJudgment, InboxMail, NukePolecat, ReopenBead, Resling, RestartSession,
     RigHistory, RigSeen, SaveRescue, StopSession, WitnessAction,
@@ -200,6 +202,12 @@ def _idle(plan: _Plan, ev: Evidence, c: Classification, bead: str, history: RigH
     ref = max([c.since, *nudges])
     wait = cfg.gupp_wait(len(nudges))
     idle_for = plan.now - ref
+    stopped = toolless_turn(ev) if not nudges and cfg.gupp_max_nudges > 0 else None
+    if stopped is not None and plan.now - stopped > cfg.toolless_renudge:
+        plan.add(GuppNudge(agent=ev.agent, bead=bead, attempt=1,
+                           reason=f"its turn ended {plan.now - stopped:.0f}s ago without any tool call (its MCP "
+                                  "tools may not have connected yet): re-nudged once, without the GUPP backoff"))
+        return
     if idle_for <= wait:
         return
     if len(nudges) < cfg.gupp_max_nudges:

@@ -463,10 +463,26 @@ def test_an_orphan_branch_is_reslung_or_escalated_never_deleted(branch: BranchSe
         assert actions[0].key == "orphan:gt:polecat/slit/gt-b2" and "kept" in actions[0].message.text
 
 
-@pytest.mark.parametrize(("since", "again"), [(CFG.grace, False), (CFG.grace + 1, True)])
-def test_an_orphan_is_reslung_again_only_after_the_grace(since: float, again: bool) -> None:
+@pytest.mark.parametrize(("since", "expected"), [(CFG.grace, []), (CFG.grace + 1, [Escalate])])
+def test_an_orphan_is_reslung_once_then_escalated_if_orphaned_again_after_the_grace(
+        since: float, expected: list[type]) -> None:
     history = RigHistory(reslung={"polecat/slit/gt-b2": T0 - since})
-    assert kinds(run(now=T0, branches=(orphan(),), history=history)) == ([Resling] if again else [])
+    actions = run(now=T0, branches=(orphan(),), history=history)
+    assert kinds(actions) == expected
+    if expected:
+        assert "re-slung" in actions[0].message.text and "kept" in actions[0].message.text
+
+
+def test_an_orphan_whose_bead_ran_out_of_restarts_is_left_to_that_escalation() -> None:
+    standing = {"restarts-exhausted:gt-b2:99000": StandingEscalation(key="restarts-exhausted:gt-b2:99000", to="mayor",
+                                                                     raised_at=T0 - 5)}
+    assert run(now=T0, branches=(orphan(),), history=RigHistory(standing=standing)) == []
+    other = {"restarts-exhausted:gt-c3:99000": standing["restarts-exhausted:gt-b2:99000"]}
+    assert kinds(run(now=T0, branches=(orphan(),), history=RigHistory(standing=other))) == [Resling]
+
+
+def test_a_resling_is_keyed_by_its_branch() -> None:
+    assert Resling(bead="gt-b2", branch="polecat/slit/gt-b2", reason="r").key == "resling:polecat/slit/gt-b2"
 
 
 # ---- properties ------------------------------------------------------------------------------------

@@ -110,7 +110,8 @@ class StaleHeartbeat:
     reason: str
 
 
-DeaconAction = RestartAgent | NudgeAgent | ResetBackoff | Reescalate | StaleHeartbeat | Escalate | ResolveEscalation | SendMail
+DeaconAction = (RestartAgent | NudgeAgent | ResetBackoff | Reescalate | StaleHeartbeat | Escalate | ResolveEscalation
+                | SendMail)
 
 
 class _Escalator(Protocol):

@@ -337,16 +337,26 @@ def _help(plan: _Plan, mail: InboxMail, msg: Help, by_agent: Mapping[str, Eviden
 
 
 def _orphan(plan: _Plan, b: BranchSeen, history: RigHistory, cfg: PatrolConfig) -> None:
+    """Re-sling an orphan once (its bead open and free), wait `grace` for that polecat to take
+    it, and escalate one that is orphaned again or whose bead is elsewhere; never delete it.
+    A bead the witness reopened after its restarts ran out is escalated already (under its
+    restarts-exhausted key, naming this branch): re-slinging it would only loop."""
     if b.polecat_present or b.merge_request or b.ahead == 0:
         return
-    if b.bead is not None and b.bead_status == "open" and not b.bead_assignee:
-        last = history.reslung.get(b.branch)
-        if last is None or plan.now - last > cfg.grace:
-            plan.add(Resling(bead=b.bead, branch=b.branch,
-                             reason=f"orphan: {b.ahead} commits beyond the target, no merge request, slot gone"))
+    if b.bead is not None and any(k.startswith(f"restarts-exhausted:{b.bead}:") for k in history.standing):
         return
+    last = history.reslung.get(b.branch)
+    free = b.bead is not None and b.bead_status == "open" and not b.bead_assignee
+    if free and last is None:
+        assert b.bead is not None
+        plan.add(Resling(bead=b.bead, branch=b.branch,
+                         reason=f"orphan: {b.ahead} commits beyond the target, no merge request, slot gone"))
+        return
+    if last is not None and plan.now - last <= cfg.grace:
+        return  # the re-slung polecat is being made
+    again = f"re-slung {plan.now - last:.0f}s ago and orphaned again; " if last is not None else ""
     text = (f"branch {b.branch} has {b.ahead} commits beyond the target, no merge request, and its polecat is "
-            f"gone; bead {b.bead or 'unknown'} is {b.bead_status or 'unknown'}"
+            f"gone; {again}bead {b.bead or 'unknown'} is {b.bead_status or 'unknown'}"
             + (f" (assigned to {b.bead_assignee})" if b.bead_assignee else "") + ". The branch is kept.")
     plan.escalate(f"orphan:{plan.rig}:{b.branch}", Escalation(
         bead=b.bead, rig=plan.rig, branch=line(b.branch), reason="orphan-branch", text=text), text)

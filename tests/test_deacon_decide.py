@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from vermas import protocol
 from vermas.deacon import decide
 from vermas.deacon.decide import (
-    ConvoySeen, Reescalate, ResetBackoff, RestartAgent, StaleHeartbeat, SupervisedHistory, TownSeen,
+    ConvoySeen, NudgeAgent, Reescalate, ResetBackoff, RestartAgent, StaleHeartbeat, SupervisedHistory, TownSeen,
 )
 from vermas.patrol_types import (
     Escalate, Evidence, HookEvent, HookKind, PatrolConfig, ResolveEscalation, SendMail, StandingEscalation,
@@ -305,3 +305,31 @@ def test_never_a_restart_inside_a_crash_loop_and_one_escalation_per_key(
         assert restarted == (now - counted[-1] > CFG.deacon_wait(len(counted)))
     keys = [a.key for a in actions if isinstance(a, Escalate)]
     assert len(keys) == len(set(keys)) and not set(keys) & set(standing)
+
+
+# ---- a coordinator whose first turn saw no tools ---------------------------------------------------
+
+
+def toolless(name: str = MAYOR, stop_at: float = NOW - 4, **kw: Any) -> Evidence:
+    started = NOW - 10
+    events = (HookEvent(kind=HookKind.SESSION_START, at=started + 1),
+              HookEvent(kind=HookKind.USER_PROMPT_SUBMIT, at=started + 2), HookEvent(kind=HookKind.STOP, at=stop_at))
+    return Evidence(agent=name, events=events, tmux=TmuxEvidence(session=True, started_at=started), **kw)
+
+
+@pytest.mark.parametrize(("evidence", "nudged", "expected"), [
+    (toolless(), (), [NudgeAgent]),
+    (toolless(name="gt/refinery"), (), [NudgeAgent]),
+    (toolless(stop_at=NOW - 3), (), []),  # toolless_renudge (3 s) not yet beyond
+    (toolless(), (NOW - 2,), []),  # once per session
+    (toolless(), (NOW - 100,), [NudgeAgent]),  # a nudge of its earlier session does not count
+    (toolless(last_mcp_call=NOW - 7), (), []),  # it called a vermas tool: connected
+    (agent(), (), []),  # SessionStart alone: no prompt yet
+])
+def test_a_coordinator_whose_turn_ended_without_any_tool_call_is_renudged_once(
+        evidence: Evidence, nudged: tuple[float, ...], expected: list[type]) -> None:
+    seen = TownSeen(supervised=(evidence,), history={evidence.agent: SupervisedHistory(nudges=nudged)})
+    actions = decide.decide_town(seen, CFG, NOW)
+    assert kinds(actions) == expected
+    if expected:
+        assert actions[0].agent == evidence.agent and "without any tool call" in actions[0].reason

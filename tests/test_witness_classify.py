@@ -13,7 +13,7 @@ from vermas.patrol_types import (
     AgentState, Evidence, GitEvidence, HookEvent, HookKind, NotificationKind, TmuxEvidence,
 )
 from vermas.protocol import PolecatState
-from vermas.witness.classify import classify
+from vermas.witness.classify import classify, toolless_turn
 
 S = AgentState
 K = HookKind
@@ -146,3 +146,29 @@ def test_a_notification_needs_its_kind_and_other_events_have_none() -> None:
         HookEvent(kind=K.NOTIFICATION, at=1.0)
     with pytest.raises(ValidationError, match="only for them"):
         HookEvent(kind=K.STOP, at=1.0, notification=NotificationKind.IDLE)
+
+
+STOP_AT = T0 + 20
+# (case, evidence, the Stop time toolless_turn reports or None)
+TOOLLESS_TABLE = [
+    ("prompt, then Stop, nothing between", ev(SS, UPS, e(K.STOP, STOP_AT)), STOP_AT),
+    ("two tool-less turns: the latest Stop", ev(SS, UPS, e(K.STOP, T0 + 5), e(K.USER_PROMPT_SUBMIT, T0 + 6),
+                                                  e(K.STOP, STOP_AT)), STOP_AT),
+    ("the idle notice after it changes nothing", ev(SS, UPS, e(K.STOP, STOP_AT), idle_note(STOP_AT + 60)), STOP_AT),
+    ("a tool ran", ev(SS, UPS, e(K.PRE_TOOL_USE, T0 + 3, "Bash"), e(K.POST_TOOL_USE, T0 + 4, "Bash"),
+                      e(K.STOP, STOP_AT)), None),
+    ("a tool started", ev(SS, UPS, e(K.PRE_TOOL_USE, T0 + 3, "Bash"), e(K.STOP, STOP_AT)), None),
+    ("a vermas MCP call", ev(SS, UPS, e(K.STOP, STOP_AT), last_mcp_call=T0 + 3), None),
+    ("an MCP call of an earlier session", ev(SS, UPS, e(K.STOP, STOP_AT), last_mcp_call=T0 - 5), STOP_AT),
+    ("a tool of an earlier session", ev(e(K.PRE_TOOL_USE, T0 - 5, "Bash"), SS, UPS, e(K.STOP, STOP_AT)), STOP_AT),
+    ("the turn still runs", ev(SS, UPS), None),
+    ("no prompt yet", ev(SS), None),
+    ("Stop without a prompt", ev(SS, e(K.STOP, STOP_AT)), None),
+    ("a permission prompt after", ev(SS, UPS, e(K.STOP, STOP_AT), perm(STOP_AT + 1)), None),
+    ("no event", ev(), None),
+]
+
+
+@pytest.mark.parametrize(("evidence", "stopped"), [t[1:] for t in TOOLLESS_TABLE], ids=[t[0] for t in TOOLLESS_TABLE])
+def test_a_session_whose_turns_all_ended_without_a_tool_call(evidence: Evidence, stopped: float | None) -> None:
+    assert toolless_turn(evidence) == stopped

@@ -75,7 +75,9 @@ IDLE_AT = T0 + 100
 
 
 def idle(**kw: Any) -> Evidence:
-    return ev(SS, UPS, e(K.STOP, IDLE_AT), **kw)
+    """Idle after a turn that called tools (a tool-less turn is its own case: toolless_turn)."""
+    return ev(SS, UPS, e(K.PRE_TOOL_USE, T0 + 3, "Bash"), e(K.POST_TOOL_USE, T0 + 4, "Bash"), e(K.STOP, IDLE_AT),
+              **kw)
 
 
 # ---- done ----------------------------------------------------------------------------------------
@@ -184,6 +186,34 @@ def test_an_agent_that_answered_a_nudge_is_timed_from_its_new_idle() -> None:
     again = ev(SS, UPS, e(K.STOP, IDLE_AT), e(K.USER_PROMPT_SUBMIT, N1 + 1), e(K.STOP, N1 + 50))
     assert run(again, now=N1 + 50 + 120, history=nudges(N1)) == []
     assert kinds(run(again, now=N1 + 50 + 121, history=nudges(N1))) == [GuppNudge]
+
+
+TOOLLESS = ev(SS, UPS, e(K.STOP, IDLE_AT))  # the first prompt reached the model before its MCP tools
+
+
+@pytest.mark.parametrize(("history", "after", "cfg", "expected"), [
+    (RigHistory(), 3, CFG, []),  # toolless_renudge 3 s: at exactly 3 s it waits one more round
+    (RigHistory(), 4, CFG, [GuppNudge]),  # long before gupp_first (60 s)
+    (nudges(IDLE_AT + 4), 124, CFG, []),  # once: then the normal backoff from that nudge (2nd: 120 s)
+    (nudges(IDLE_AT + 4), 125, CFG, [GuppNudge]),
+    (nudges(T0 - 50), 4, CFG, [GuppNudge]),  # a nudge of an earlier session does not count
+    (RigHistory(), 4, PatrolConfig(gupp_max_nudges=0), []),  # no nudges at all: none
+    (RigHistory(), 11, PatrolConfig(toolless_renudge=10), [GuppNudge]),
+])
+def test_a_turn_that_ended_without_any_tool_call_is_renudged_once_quickly(
+        history: RigHistory, after: float, cfg: PatrolConfig, expected: list[type]) -> None:
+    actions = run(TOOLLESS, now=IDLE_AT + after, history=history, cfg=cfg)
+    assert kinds(actions) == expected
+    if expected and not history.nudges:
+        assert actions[0].attempt == 1 and "without any tool call" in actions[0].reason
+
+
+def test_the_quick_renudge_needs_hooked_work_and_an_idle_session() -> None:
+    assert run(ev(SS, UPS, e(K.STOP, IDLE_AT), bead=None), now=IDLE_AT + 30) == []
+    working = ev(SS, UPS, e(K.STOP, IDLE_AT), e(K.USER_PROMPT_SUBMIT, IDLE_AT + 1))
+    assert run(working, now=IDLE_AT + 30) == []
+    with_mcp = ev(SS, UPS, e(K.STOP, IDLE_AT), last_mcp_call=T0 + 3)  # it did reach a vermas tool
+    assert run(with_mcp, now=IDLE_AT + 30) == []
 
 
 def test_idle_without_hooked_work_is_left_alone() -> None:
@@ -433,10 +463,26 @@ def test_an_orphan_branch_is_reslung_or_escalated_never_deleted(branch: BranchSe
         assert actions[0].key == "orphan:gt:polecat/slit/gt-b2" and "kept" in actions[0].message.text
 
 
-@pytest.mark.parametrize(("since", "again"), [(CFG.grace, False), (CFG.grace + 1, True)])
-def test_an_orphan_is_reslung_again_only_after_the_grace(since: float, again: bool) -> None:
+@pytest.mark.parametrize(("since", "expected"), [(CFG.grace, []), (CFG.grace + 1, [Escalate])])
+def test_an_orphan_is_reslung_once_then_escalated_if_orphaned_again_after_the_grace(
+        since: float, expected: list[type]) -> None:
     history = RigHistory(reslung={"polecat/slit/gt-b2": T0 - since})
-    assert kinds(run(now=T0, branches=(orphan(),), history=history)) == ([Resling] if again else [])
+    actions = run(now=T0, branches=(orphan(),), history=history)
+    assert kinds(actions) == expected
+    if expected:
+        assert "re-slung" in actions[0].message.text and "kept" in actions[0].message.text
+
+
+def test_an_orphan_whose_bead_ran_out_of_restarts_is_left_to_that_escalation() -> None:
+    standing = {"restarts-exhausted:gt-b2:99000": StandingEscalation(key="restarts-exhausted:gt-b2:99000", to="mayor",
+                                                                     raised_at=T0 - 5)}
+    assert run(now=T0, branches=(orphan(),), history=RigHistory(standing=standing)) == []
+    other = {"restarts-exhausted:gt-c3:99000": standing["restarts-exhausted:gt-b2:99000"]}
+    assert kinds(run(now=T0, branches=(orphan(),), history=RigHistory(standing=other))) == [Resling]
+
+
+def test_a_resling_is_keyed_by_its_branch() -> None:
+    assert Resling(bead="gt-b2", branch="polecat/slit/gt-b2", reason="r").key == "resling:polecat/slit/gt-b2"
 
 
 # ---- properties ------------------------------------------------------------------------------------

@@ -34,7 +34,6 @@ from vermas.refinery.ledger import MergeRequestRow
 from vermas.sessions import TownSessions
 from vermas.town import Town
 
-INTERVAL = 2.0
 STOP_GRACE_S = 10.0  # on SIGTERM, how long running merge steps may finish before the runner exits
 log = logging.getLogger("vermas.patrol")
 
@@ -240,7 +239,9 @@ def config_notice(before: str | None, now: str | None) -> str | None:
     return f"{now}; keeping the last good config until the file is fixed"
 
 
-def run_forever(town: Town, sessions: TownSessions, interval: float = INTERVAL) -> None:
+def run_forever(town: Town, sessions: TownSessions, interval: float | None = None) -> None:
+    """Patrol rounds until SIGTERM/SIGINT, every `interval` seconds (None: `[patrol] interval`
+    of town.toml, read again each round, so an edit takes effect without a restart)."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -257,7 +258,7 @@ def run_forever(town: Town, sessions: TownSessions, interval: float = INTERVAL) 
             problem = str(error) if error else None
             beat_runner(town)
             rounds.step(lambda: one_round(town, sessions, workers), town.config.patrol.heartbeat_stale_after)
-            stop.wait(interval)
+            stop.wait(interval if interval is not None else town.config.patrol.interval)
     finally:
         workers.stop()
 

@@ -148,6 +148,7 @@ DEFAULT_CRASH_LOOP_WINDOW_S = 900.0
 DEFAULT_STABLE_RESET_S = 1800.0
 DEFAULT_REESCALATE_AFTER_S = 3600.0
 DEFAULT_HEARTBEAT_STALE_S = 30.0
+DEFAULT_TOOLLESS_RENUDGE_S = 3.0
 
 
 class PatrolConfig(BaseModel):
@@ -177,6 +178,10 @@ class PatrolConfig(BaseModel):
       and crash-loop count. 60..86400.
     - reescalate_after = 3600: an ESCALATION not acknowledged within this is sent again, once,
       to the overseer. 60..604800.
+    - toolless_renudge = 3: an agent whose session prompted the model and stopped without a
+      single tool call (its MCP tools had not connected yet) is re-nudged once this long after
+      that Stop, not after the GUPP backoff: polecats with hooked work by the witness, the
+      mayor, witnesses and refineries by the deacon. 0..600.
     - heartbeat_stale_after = 30: a patrol loop whose heartbeat is older than this is reported
       (and escalated once to the overseer). At least 2 intervals, at most 3600.
     """
@@ -197,6 +202,8 @@ class PatrolConfig(BaseModel):
     stable_reset: float = Field(DEFAULT_STABLE_RESET_S, ge=60, le=86400, description="alive seconds that reset backoff")
     reescalate_after: float = Field(DEFAULT_REESCALATE_AFTER_S, ge=60, le=604800,
                                     description="unacknowledged seconds before the overseer is told")
+    toolless_renudge: float = Field(DEFAULT_TOOLLESS_RENUDGE_S, ge=0, le=600,
+                                    description="seconds after a tool-less first turn before its one re-nudge")
     heartbeat_stale_after: float = Field(DEFAULT_HEARTBEAT_STALE_S, ge=0.4, le=3600,
                                          description="heartbeat age that reports a patrol loop as hung")
 

@@ -224,7 +224,8 @@ def lock_held(lock: Flock) -> bool:
     return lock.path.is_file() and flock_held(lock.path)
 
 
-def _allocate(town: Town, actor: Address, bead_id: str, rig: str, force: bool) -> tuple[PolecatInfo, Flock]:
+def _allocate(town: Town, actor: Address, bead_id: str, rig: str, force: bool, branch: str | None = None,
+              prefer: str | None = None) -> tuple[PolecatInfo, Flock]:
     validate.bead_id(bead_id)
     town.reload_config()
     config = town.config.rigs.get(rig)
@@ -240,7 +241,10 @@ def _allocate(town: Town, actor: Address, bead_id: str, rig: str, force: bool) -
         # The spawn lock is taken before the row commits, so a `spawning` row whose lock is free
         # is always an abandoned spawn (a name being repaired right now is skipped).
         lock, name = None, None
-        for candidate in free_names(NAME_POOL, taken, config.max_polecats):
+        free = free_names(NAME_POOL, taken, config.max_polecats)
+        if prefer in free:  # a re-sling takes the name (and so the kept worktree) of the branch's polecat
+            free = [str(prefer), *(n for n in free if n != prefer)]
+        for candidate in free:
             lock = spawn_lock(town, rig, candidate)
             if lock.acquire(wait=False):
                 name = candidate
@@ -254,10 +258,11 @@ def _allocate(town: Town, actor: Address, bead_id: str, rig: str, force: bool) -
             address = _address(rig, name)
             stamp, ts = timeutil.now()
             worktree = str(worktree_path(town, address))
+            branch = branch or branch_name(name, bead_id)
             conn.execute(
                 "INSERT INTO polecats(rig, name, bead_id, branch, worktree, state, created_at) "
                 "VALUES (?,?,?,?,?,?,?)",
-                (rig, name, bead_id, branch_name(name, bead_id), worktree, PolecatState.SPAWNING.value, stamp),
+                (rig, name, bead_id, branch, worktree, PolecatState.SPAWNING.value, stamp),
             )
             conn.execute(
                 "UPDATE issues SET status = 'hooked', assignee = ?, closed_at = NULL, close_reason = NULL, "
@@ -269,7 +274,7 @@ def _allocate(town: Town, actor: Address, bead_id: str, rig: str, force: bool) -
             lock.release()
             raise
     info = PolecatInfo(address=str(address), rig=rig, name=name, bead_id=bead_id,
-                       branch=branch_name(name, bead_id), worktree=worktree, state=PolecatState.SPAWNING,
+                       branch=branch, worktree=worktree, state=PolecatState.SPAWNING,
                        created_at=stamp, prior_status=row["status"])
     return info, lock
 
@@ -482,18 +487,20 @@ def mark_nudged(town: Town, addresses: list[str]) -> None:
 
 def spawn(
     town: Town, actor: Address, bead_id: str, rig: str, sessions: TownSessions | None = None,
-    kick: str = "background", force: bool = False,
+    kick: str = "background", force: bool = False, branch: str | None = None, prefer: str | None = None,
 ) -> PolecatInfo:
     """Slot, sandbox, session: reserve a name and hook the bead (one transaction), make the
     worktree, start the session, then `started`. On failure, roll back and free the slot; if
     this process dies part way, repair (`up`, the patrol) does. kick: "wait" nudges it here
     and returns once delivered; "background" tries from a thread of this process; "none"
-    leaves it to the runner's patrol, which finishes whatever a caller did not."""
+    leaves it to the runner's patrol, which finishes whatever a caller did not. `branch`: an
+    existing branch to work on instead of a new one (the witness re-slinging an orphan), and
+    `prefer`: the name to take if it is free (that branch's polecat, whose worktree was kept)."""
     from vermas.sessions import TownSessions  # deferred: libtmux (~70 ms) only when a session is touched
 
     permissions.require(actor, Action.SLING)
     tmux = sessions or TownSessions(town.root)
-    info, lock = _allocate(town, actor, bead_id, rig, force)
+    info, lock = _allocate(town, actor, bead_id, rig, force, branch, prefer)
     address = _address(rig, info.name)
     nudge_lock = gupp_lock(town, rig, info.name)
     try:

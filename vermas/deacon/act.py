@@ -5,14 +5,16 @@ send CONVOY_LANDED mail under its idempotency key. Each action is a patrol event
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 from vermas import mail, patrol_log, protocol
 from vermas.addresses import parse_address
-from vermas.deacon.decide import DeaconAction, Reescalate, ResetBackoff, RestartAgent, StaleHeartbeat
+from vermas.addresses import Address
+from vermas.deacon.decide import DeaconAction, NudgeAgent, Reescalate, ResetBackoff, RestartAgent, StaleHeartbeat
 from vermas.patrol_log import PatrolEvent
 from vermas.patrol_types import Escalate, ResolveEscalation, SendMail
-from vermas.sessions import launch
+from vermas.sessions import launch, nudge
 from vermas.town import Town
 from vermas.witness.act import action_name
 
@@ -24,11 +26,29 @@ PATROL = "deacon"
 SENDER = "deacon"
 
 
+def _background(name: str, work: Any, *args: Any) -> None:
+    """Typing into a session waits for its prompt (seconds): never inside the round."""
+
+    def run() -> None:
+        try:
+            work(*args)
+        except Exception as exc:  # noqa: BLE001 - a thread's failure is logged, never raised
+            log.warning("deacon: %s failed: %s", name, exc)
+
+    threading.Thread(target=run, daemon=True, name=name).start()
+
+
 def _restart(town: Town, sessions: TownSessions, a: RestartAgent) -> dict[str, Any]:
     address = parse_address(a.agent)
     killed = sessions.kill(address)  # a dead pane (remain-on-exit) or a hung start
     started = launch.start_agent(town, sessions, address)
+    if started:  # as `up` does: once its prompt is ready, the GUPP nudge (it checks its hook and mail)
+        _background(f"kick-{address.session_name}", launch.kick, town, sessions, address)
     return {"killed_old": killed, "started": started, "attempt": a.attempt}
+
+
+def _nudge(town: Town, sessions: TownSessions, address: Address) -> None:
+    nudge.nudge(town, sessions, address, launch.GUPP_NUDGE, sender=SENDER)
 
 
 def _one(town: Town, sessions: TownSessions, a: DeaconAction, now: float) -> PatrolEvent | None:
@@ -43,6 +63,10 @@ def _one(town: Town, sessions: TownSessions, a: DeaconAction, now: float) -> Pat
     evidence: dict[str, Any] = {}
     if isinstance(a, RestartAgent):
         agent, evidence = a.agent, _restart(town, sessions, a)
+    elif isinstance(a, NudgeAgent):
+        address = parse_address(a.agent)
+        agent = a.agent
+        _background(f"renudge-{address.session_name}", _nudge, town, sessions, address)
     elif isinstance(a, ResetBackoff):
         agent = a.agent
     elif isinstance(a, StaleHeartbeat):

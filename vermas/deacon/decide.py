@@ -2,6 +2,10 @@
 watch the patrol loops' heartbeats, re-escalate what nobody acknowledged, and announce landed
 convoys exactly once. Pure: from observed facts and history to typed actions.
 
+A live coordinator whose session's turns all ended without a tool call is nudged once more
+(NudgeAgent, `toolless_renudge` after that Stop): its first prompt reached the model before
+its MCP tools connected, and nothing else would prompt it again.
+
 Restarts: a dead (or exited, or never-started beyond `grace`) supervised session is restarted
 at once, then with backoff (`deacon_backoff` doubling up to `deacon_backoff_cap`, counted after
 the previous restart). The count is the restarts since the last reset; a session alive longer
@@ -22,7 +26,7 @@ from vermas.patrol_types import (
     StandingEscalation, line,
 )
 from vermas.protocol import ConvoyLanded, Escalation
-from vermas.witness.classify import Classification, classify
+from vermas.witness.classify import Classification, classify, toolless_turn
 
 S = AgentState
 
@@ -35,6 +39,7 @@ class SupervisedHistory:
 
     restarts: tuple[float, ...] = ()
     reset_at: float | None = None
+    nudges: tuple[float, ...] = ()  # the deacon's re-nudges of it (after a tool-less turn)
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,15 @@ class RestartAgent:
 
 
 @dataclass(frozen=True)
+class NudgeAgent:
+    """The GUPP nudge again: its session's turns all ended without a tool call (see
+    classify.toolless_turn). Once per session."""
+
+    agent: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ResetBackoff:
     """The session has been stable: restarts before `at` no longer count."""
 
@@ -96,7 +110,8 @@ class StaleHeartbeat:
     reason: str
 
 
-DeaconAction = RestartAgent | ResetBackoff | Reescalate | StaleHeartbeat | Escalate | ResolveEscalation | SendMail
+DeaconAction = (RestartAgent | NudgeAgent | ResetBackoff | Reescalate | StaleHeartbeat | Escalate | ResolveEscalation
+                | SendMail)
 
 
 class _Escalator(Protocol):
@@ -154,6 +169,7 @@ def _supervise(ev: Evidence, c: Classification, h: SupervisedHistory, standing: 
     hung_start = (c.state is S.STARTING and not c.session_started and c.since is not None
                   and now - c.since > cfg.grace)
     if c.state not in (S.DEAD, S.EXITED) and not hung_start:
+        _renudge(ev, c, h, cfg, now, actions)
         if counted and now - counted[-1] > cfg.stable_reset:
             actions.append(ResetBackoff(agent=ev.agent, at=now,
                                         reason=f"alive {now - counted[-1]:.0f}s since its last restart "
@@ -176,6 +192,21 @@ def _supervise(ev: Evidence, c: Classification, h: SupervisedHistory, standing: 
     actions.append(RestartAgent(agent=ev.agent, attempt=len(counted) + 1,
                                 reason=f"{why}; restart {len(counted) + 1} since the last reset"
                                        + (f" (backoff {wait:g}s)" if wait else "")))
+
+
+def _renudge(ev: Evidence, c: Classification, h: SupervisedHistory, cfg: PatrolConfig, now: float,
+             actions: list[DeaconAction]) -> None:
+    """A coordinator whose first turns saw no tools (MCP not connected yet) is nudged once more."""
+    if c.state is not S.IDLE:
+        return
+    stopped = toolless_turn(ev)
+    start = ev.tmux.started_at
+    if stopped is None or now - stopped <= cfg.toolless_renudge:
+        return
+    if any(start is None or t >= start for t in h.nudges):
+        return  # once per session
+    actions.append(NudgeAgent(agent=ev.agent, reason=f"its turn ended {now - stopped:.0f}s ago without any tool "
+                                                     "call (its MCP tools may not have connected yet): re-nudged once"))
 
 
 def _rig_of(agent: str) -> str | None:

@@ -34,8 +34,10 @@ def supervised(town: Town) -> list[Address]:
 def _history(conn: sqlite3.Connection, agents: list[str]) -> dict[str, SupervisedHistory]:
     restarts = patrol_log.times(conn, "restart_agent", "agent", agents)
     resets = patrol_log.times(conn, "reset_backoff", "agent", agents)
-    return {a: SupervisedHistory(restarts=restarts.get(a, ()), reset_at=resets[a][-1] if a in resets else None)
-            for a in agents if a in restarts or a in resets}
+    nudges = patrol_log.times(conn, "nudge_agent", "agent", agents)
+    return {a: SupervisedHistory(restarts=restarts.get(a, ()), reset_at=resets[a][-1] if a in resets else None,
+                                 nudges=nudges.get(a, ()))
+            for a in agents if a in restarts or a in resets or a in nudges}
 
 
 def _creator(value: str | None) -> str | None:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # tmux is imported only where a session is touched
 
 GUPP_NUDGE = "vermas: call hook_check now; if your hook has work, run it (GUPP)."
 READY_TIMEOUT = 90.0
+FIRST_TURN_WAIT = 20.0  # how long a kick watches for the first turn's first tool call
 
 
 def claude_config_home(town: Town) -> Path:
@@ -63,11 +64,48 @@ def wait_ready(town: Town, sessions: TownSessions, address: Address, timeout: fl
     return False
 
 
-def kick(town: Town, sessions: TownSessions, address: Address) -> nudge.NudgeResult | None:
-    """Once the prompt is ready, nudge the agent to check its hook (GUPP without a human)."""
+def kick(town: Town, sessions: TownSessions, address: Address,
+         first_turn_wait: float = FIRST_TURN_WAIT) -> nudge.NudgeResult | None:
+    """Once the prompt is ready, nudge the agent to check its hook (GUPP without a human).
+    Then watch its first turn (up to `first_turn_wait`, returning at its first tool call):
+    a turn that ended without any tool call saw no MCP tools yet, so it is nudged once more."""
     if not wait_ready(town, sessions, address):
         return None
-    return nudge.nudge(town, sessions, address, GUPP_NUDGE, sender="deacon")
+    result = nudge.nudge(town, sessions, address, GUPP_NUDGE, sender="deacon")
+    if result.submitted and first_turn_wait > 0 and toolless_first_turn(town, sessions, address, first_turn_wait):
+        time.sleep(town.config.patrol.toolless_renudge)  # let Claude Code finish connecting its MCP server
+        again = nudge.nudge(town, sessions, address, GUPP_NUDGE, sender="deacon")
+        return result.model_copy(update={"reason": (result.reason + "; " if result.reason else "")
+                                         + f"re-nudged after a tool-less first turn (submitted: {again.submitted})"})
+    return result
+
+
+def toolless_first_turn(town: Town, sessions: TownSessions, address: Address, timeout: float,
+                        poll: float = 0.25) -> bool:
+    """True when the session's turns so far all ended without a tool call (the hooks show
+    UserPromptSubmit then Stop; classify.toolless_turn decides); False at its first tool call,
+    when the session is gone, or after `timeout` with the turn still running."""
+    from vermas.patrol_types import Evidence, HookKind, TmuxEvidence  # deferred: pydantic models, only for kicks
+    from vermas.witness.classify import toolless_turn  # deferred: the patrol's pure rule, only for kicks
+    from vermas.witness.observe import hook_events  # deferred: store rows to typed events, only for kicks
+
+    deadline = time.monotonic() + timeout
+    while True:
+        started = sessions.created().get(address.session_name)
+        if started is None:
+            return False
+        with town.db.read() as conn:
+            events, mcp = hook_events(conn, str(address))
+        ev = Evidence(agent=str(address), tmux=TmuxEvidence(session=True, started_at=started), events=events,
+                      last_mcp_call=mcp)
+        if toolless_turn(ev) is not None:
+            return True
+        if (mcp is not None and mcp >= started) or any(e.kind is HookKind.PRE_TOOL_USE and e.at >= started
+                                                       for e in events):
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
 
 
 def kick_all(town: Town, sessions: TownSessions, addresses: list[Address]) -> list[str]:

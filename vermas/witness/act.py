@@ -270,7 +270,14 @@ class WitnessActor:
         return {"notes": info.notes}
 
     def _resling(self, a: Resling) -> dict[str, Any]:
-        raise _Done(f"re-slinging {a.branch} is not built yet; the branch is kept")
+        """A new polecat on the orphan's own branch (its commits are the start), under the name
+        the branch carries when that is free (its kept worktree is then reused as it is); the
+        runner's patrol delivers its GUPP nudge. A failed spawn rolls back and keeps the branch."""
+        parts = a.branch.split("/")
+        prefer = parts[1] if len(parts) == 3 and parts[0] == "polecat" else None
+        info = polecat.spawn(self.town, parse_address(self.sender), a.bead, self.rig, self.sessions, kick="none",
+                             branch=a.branch, prefer=prefer)
+        return {"polecat": info.address, "branch": info.branch, "worktree": info.worktree}
 
 
 def act_rig(town: Town, sessions: TownSessions, seen: RigSeen, actions: list[WitnessAction],

@@ -117,3 +117,25 @@ def classify(ev: Evidence) -> Classification:
     if state is S.EXITED:
         return result(state, f"SessionEnd at {at:.0f}: Claude Code ended", since)
     return result(S.STARTING, f"SessionStart at {at:.0f}; its GUPP nudge is not confirmed yet", since)
+
+
+def toolless_turn(ev: Evidence) -> float | None:
+    """When the current session has prompted the model and every turn ended without a single
+    tool call (no PreToolUse, no vermas MCP call) and it is idle now: the time of that last
+    Stop; else None.
+
+    Why: Claude Code can send a first prompt to the model before the agent's MCP server has
+    connected; the model then sees no vermas tools, answers in text and stops (the hooks show
+    UserPromptSubmit then Stop and nothing between). Nothing prompts it again, so the patrols
+    (and the kick) re-nudge it once, at once, instead of waiting the normal GUPP backoff."""
+    start = ev.tmux.started_at
+    if ev.last_mcp_call is not None and (start is None or ev.last_mcp_call >= start):
+        return None
+    events = [e for e in current_events(ev) if e.kind is not HookKind.NOTIFICATION
+              or e.notification is not NotificationKind.IDLE]  # the idle notice follows a Stop: still idle
+    if not events or events[-1].kind is not HookKind.STOP:
+        return None
+    kinds = {e.kind for e in events}
+    if HookKind.PRE_TOOL_USE in kinds or HookKind.POST_TOOL_USE in kinds or HookKind.USER_PROMPT_SUBMIT not in kinds:
+        return None
+    return events[-1].at

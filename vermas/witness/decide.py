@@ -8,7 +8,9 @@ Per polecat, by its state (vermas/witness/classify.py):
 - working: never restarted or nudged, however long a tool runs; no event for `stuck_after`:
   escalate with the evidence.
 - idle with hooked work: GUPP nudges with backoff (PatrolConfig.gupp_wait), at most
-  `gupp_max_nudges` per session, then a restart.
+  `gupp_max_nudges` per session, then a restart. A session whose turns all ended without a
+  tool call (its MCP tools were not connected yet) gets its first nudge `toolless_renudge`
+  after that Stop instead of after `gupp_first`, once.
 - waiting: escalate with the pane excerpt; no keystrokes.
 - exited or dead with hooked work: restart.
 - A restart is refused beyond `max_restarts` per bead (per hooking): the bead goes back to open
@@ -33,7 +35,7 @@ from vermas.patrol_types import (
     MAYOR, AgentState, Escalate, Evidence, PatrolConfig, ResolveEscalation, SendMail, StandingEscalation, line,
 )
 from vermas.protocol import Escalation, Help, MergeReady, Merged, PolecatDone, PolecatState
-from vermas.witness.classify import Classification, classify
+from vermas.witness.classify import Classification, classify, toolless_turn
 from vermas.witness.types import (
     AckMail, BranchSeen, GuppNudge, HookJudgment, InboxMail, NukePolecat, ReopenBead, Resling, RestartSession,
     RigHistory, RigSeen, SaveRescue, StopSession, WitnessAction,
@@ -200,6 +202,12 @@ def _idle(plan: _Plan, ev: Evidence, c: Classification, bead: str, history: RigH
     ref = max([c.since, *nudges])
     wait = cfg.gupp_wait(len(nudges))
     idle_for = plan.now - ref
+    stopped = toolless_turn(ev) if not nudges and cfg.gupp_max_nudges > 0 else None
+    if stopped is not None and plan.now - stopped > cfg.toolless_renudge:
+        plan.add(GuppNudge(agent=ev.agent, bead=bead, attempt=1,
+                           reason=f"its turn ended {plan.now - stopped:.0f}s ago without any tool call (its MCP "
+                                  "tools may not have connected yet): re-nudged once, without the GUPP backoff"))
+        return
     if idle_for <= wait:
         return
     if len(nudges) < cfg.gupp_max_nudges:
@@ -329,16 +337,26 @@ def _help(plan: _Plan, mail: InboxMail, msg: Help, by_agent: Mapping[str, Eviden
 
 
 def _orphan(plan: _Plan, b: BranchSeen, history: RigHistory, cfg: PatrolConfig) -> None:
+    """Re-sling an orphan once (its bead open and free), wait `grace` for that polecat to take
+    it, and escalate one that is orphaned again or whose bead is elsewhere; never delete it.
+    A bead the witness reopened after its restarts ran out is escalated already (under its
+    restarts-exhausted key, naming this branch): re-slinging it would only loop."""
     if b.polecat_present or b.merge_request or b.ahead == 0:
         return
-    if b.bead is not None and b.bead_status == "open" and not b.bead_assignee:
-        last = history.reslung.get(b.branch)
-        if last is None or plan.now - last > cfg.grace:
-            plan.add(Resling(bead=b.bead, branch=b.branch,
-                             reason=f"orphan: {b.ahead} commits beyond the target, no merge request, slot gone"))
+    if b.bead is not None and any(k.startswith(f"restarts-exhausted:{b.bead}:") for k in history.standing):
         return
+    last = history.reslung.get(b.branch)
+    free = b.bead is not None and b.bead_status == "open" and not b.bead_assignee
+    if free and last is None:
+        assert b.bead is not None
+        plan.add(Resling(bead=b.bead, branch=b.branch,
+                         reason=f"orphan: {b.ahead} commits beyond the target, no merge request, slot gone"))
+        return
+    if last is not None and plan.now - last <= cfg.grace:
+        return  # the re-slung polecat is being made
+    again = f"re-slung {plan.now - last:.0f}s ago and orphaned again; " if last is not None else ""
     text = (f"branch {b.branch} has {b.ahead} commits beyond the target, no merge request, and its polecat is "
-            f"gone; bead {b.bead or 'unknown'} is {b.bead_status or 'unknown'}"
+            f"gone; {again}bead {b.bead or 'unknown'} is {b.bead_status or 'unknown'}"
             + (f" (assigned to {b.bead_assignee})" if b.bead_assignee else "") + ". The branch is kept.")
     plan.escalate(f"orphan:{plan.rig}:{b.branch}", Escalation(
         bead=b.bead, rig=plan.rig, branch=line(b.branch), reason="orphan-branch", text=text), text)

@@ -25,7 +25,7 @@ from vermas.patrol_types import (
 from vermas.protocol import PolecatState, parse
 from vermas.sessions.tmux import PaneState
 from vermas.town import Town
-from vermas.witness.types import InboxMail, MergeRequestSeen, RigHistory, RigSeen
+from vermas.witness.types import BranchSeen, InboxMail, MergeRequestSeen, RigHistory, RigSeen
 
 if TYPE_CHECKING:  # tmux is imported only where a session is touched
     from vermas.sessions import TownSessions
@@ -168,25 +168,70 @@ def merge_requests(conn: sqlite3.Connection, rig: str) -> dict[str, MergeRequest
                                       state=r["state"]) for r in rows}
 
 
-def history(conn: sqlite3.Connection, beads: list[str]) -> RigHistory:
+def reslung(conn: sqlite3.Connection, rig: str) -> dict[str, float]:
+    """branch -> when the witness of `rig` last re-slung it, done or failed (a failed spawn
+    counts too: the branch is then escalated after `grace`, not retried every round)."""
+    rows = conn.execute("SELECT key, MAX(at) FROM patrol_events WHERE patrol = ? AND action = 'resling' "
+                        "AND key LIKE 'resling:%' GROUP BY key", (f"witness:{rig}",)).fetchall()
+    return {str(k).removeprefix("resling:"): float(at) for k, at in rows}
+
+
+def history(conn: sqlite3.Connection, beads: list[str], rig: str) -> RigHistory:
     return RigHistory(nudges=patrol_log.times(conn, "gupp_nudge", "bead", beads),
                       restarts=patrol_log.times(conn, "restart_session", "bead", beads),
-                      standing=patrol_log.standing(conn),
+                      standing=patrol_log.standing(conn), reslung=reslung(conn, rig),
                       judgment_keys=patrol_log.keys(conn, "hook_judgment"))
+
+
+POLECAT_BRANCHES = "refs/heads/polecat/"
+
+
+def polecat_branches(clone: Path, target: str) -> dict[str, int]:
+    """Every polecat/<name>/<bead> branch of the rig's canonical clone and its commits beyond
+    `target` (one for-each-ref, one rev-list per branch); {} when the clone cannot be read."""
+    try:
+        if not git.has_ref(clone, target):
+            return {}
+        names = git.run(clone, "for-each-ref", "--format=%(refname:short)", POLECAT_BRANCHES).split()
+        return {name: git.count(clone, target, f"refs/heads/{name}") for name in names}
+    except (git.GitError, OSError, ValueError):
+        return {}
+
+
+def orphan_candidates(conn: sqlite3.Connection, rig: str, ahead: Mapping[str, int]) -> tuple[BranchSeen, ...]:
+    """The branches with commits beyond the target, each with what the orphan rule needs: a
+    slot holding it, a merge request for it (any but rejected), its bead's status and holder."""
+    held = {r[0] for r in conn.execute("SELECT branch FROM polecats WHERE rig = ? AND branch IS NOT NULL", (rig,))}
+    requested = {r[0] for r in conn.execute("SELECT DISTINCT branch FROM merge_requests WHERE rig = ? AND "
+                                            "state != 'rejected' AND branch IS NOT NULL", (rig,))}
+    out = []
+    for branch, count in sorted(ahead.items()):
+        if count == 0:
+            continue
+        parts = branch.split("/")
+        bead = parts[2] if len(parts) == 3 else None
+        row = conn.execute("SELECT status, assignee FROM issues WHERE id = ?", (bead,)).fetchone() if bead else None
+        out.append(BranchSeen(branch=branch, bead=bead if row is not None else None, ahead=count,
+                              merge_request=branch in requested, polecat_present=branch in held,
+                              bead_status=row["status"] if row is not None else None,
+                              bead_assignee=row["assignee"] if row is not None else None))
+    return tuple(out)
 
 
 def observe_rig(town: Town, sessions: TownSessions, rig: str,
                 view: TmuxView | None = None) -> tuple[RigSeen, RigHistory]:
     """The rig's polecats (evidence), the witness's unacknowledged mail, the rig's merge
-    requests, and what earlier rounds did. Orphan branches are not looked for yet (branches=())."""
+    requests, its polecat branches with commits beyond the target, and what earlier rounds did."""
     with town.db.read() as conn:
         rows = conn.execute("SELECT rig, name, bead_id, branch, worktree, state, created_at FROM polecats "
                             "WHERE rig = ? ORDER BY created_at, name", (rig,)).fetchall()
     target = f"refs/heads/{town.config.rigs[rig].default_branch}" if rig in town.config.rigs else "refs/heads/main"
     gits = [git_evidence(worktree_of(town, r), target) for r in rows]  # outside the store's lock
+    ahead = polecat_branches(town.layout.canonical_clone(rig), target) if rig in town.config.rigs else {}
     view = view or TmuxView.take(sessions)
     with town.db.read() as conn:
         polecats = tuple(polecat_evidence(town, conn, view, sessions, r, g) for r, g in zip(rows, gits))
-        seen = RigSeen(rig=rig, polecats=polecats, inbox=inbox(conn, rig), merge_requests=merge_requests(conn, rig))
+        seen = RigSeen(rig=rig, polecats=polecats, inbox=inbox(conn, rig), merge_requests=merge_requests(conn, rig),
+                       branches=orphan_candidates(conn, rig, ahead))
         beads = sorted({b for ev in polecats for b in (ev.hooked_bead, ev.hooking.bead if ev.hooking else None) if b})
-        return seen, history(conn, beads)
+        return seen, history(conn, beads, rig)

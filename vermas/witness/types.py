@@ -72,7 +72,7 @@ class RigHistory:
     nudges: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     restarts: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     standing: Mapping[str, StandingEscalation] = field(default_factory=dict)
-    reslung: Mapping[str, float] = field(default_factory=dict)  # branch -> when it was last re-slung
+    reslung: Mapping[str, float] = field(default_factory=dict)  # branch -> when it was re-slung (tried, ok or not)
     judgment_keys: frozenset[str] = frozenset()  # HookJudgment keys already made into beads
 
 
@@ -149,6 +149,11 @@ class Resling:
     bead: str
     branch: str
     reason: str
+
+    @property
+    def key(self) -> str:
+        """The patrol event's key: a branch is re-slung once (RigHistory.reslung)."""
+        return f"resling:{self.branch}"
 
 
 @dataclass(frozen=True)

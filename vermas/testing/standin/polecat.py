@@ -11,6 +11,15 @@ What the Bash call does, from the bead's description (``standin:`` lines; anythi
                                      a line break), committed
     standin: fix <path> = <text>     after a REWORK_REQUEST for tests or verification: the same, as
                                      a fix commit
+    standin: leave <path> = <text>   written with the work but never committed (uncommitted work,
+                                     what a patrol's rescue ref must keep)
+    standin: sleep <seconds>         a Bash call of its own that runs `sleep`, before the work (a
+                                     long-running tool the patrols must leave alone)
+    standin: sleep-once <seconds>    the same, only in the first session that gets there (a marker in
+                                     the worktree's git folder): a restarted session goes on at once
+    standin: skip-done <n>           the first n rounds of a session do the work but end the turn
+                                     without polecat_done; a later round (a nudge) finishes
+    standin: never-done              no round ever calls polecat_done
 A REWORK_REQUEST for a conflict needs no line: the polecat fetches, rebases its branch onto the
 request's ``target_sha`` and resolves every conflict by keeping both sides (ours, then its own).
 A bead with no ``write`` line gets the demo's note (``notes/<rig>-polecats-<name>.md``), as before.
@@ -35,7 +44,8 @@ NOTE_COMMAND = (
     'printf "work by %s\\n" "$BD_ACTOR" > "$note" && '
     'git add notes && git commit -q -m "polecat work by $BD_ACTOR" && git log --oneline -1'
 )
-_DIRECTIVE = re.compile(r"^\s*standin:\s*(write|fix)\s+(\S+)\s*=\s?(.*)$")
+_DIRECTIVE = re.compile(r"^\s*standin:\s*(write|fix|leave)\s+(\S+)\s*=\s?(.*)$")
+_FLAG = re.compile(r"^\s*standin:\s*(sleep|sleep-once|skip-done|never-done)\s*(\d*)\s*$")
 _HEADER = re.compile(r"^([a-z_]+): (.*)$")
 
 
@@ -45,20 +55,38 @@ class BeadScript:
 
     writes: dict[str, str] = field(default_factory=dict)
     fixes: dict[str, str] = field(default_factory=dict)
+    leaves: dict[str, str] = field(default_factory=dict)
+    sleep: int = 0
+    sleep_once: bool = False
+    skip_done: int = 0
+    never_done: bool = False
 
     @classmethod
     def parse(cls, description: str) -> BeadScript:
-        writes: dict[str, str] = {}
-        fixes: dict[str, str] = {}
+        files: dict[str, dict[str, str]] = {"write": {}, "fix": {}, "leave": {}}
+        flags: dict[str, Any] = {}
         for line in description.splitlines():
+            flag = _FLAG.match(line)
+            if flag:
+                kind, number = flag.group(1), flag.group(2)
+                if (kind == "never-done") != (not number):
+                    raise ValueError(f"standin bead line {line.strip()!r}: sleep, sleep-once and skip-done take "
+                                     "a number of seconds or rounds; never-done takes none")
+                if kind == "never-done":
+                    flags["never_done"] = True
+                elif kind == "skip-done":
+                    flags["skip_done"] = int(number)
+                else:
+                    flags.update(sleep=int(number), sleep_once=kind == "sleep-once")
+                continue
             m = _DIRECTIVE.match(line)
             if not m:
                 continue
             path = PurePosixPath(m.group(2))
             if path.is_absolute() or ".." in path.parts:
                 raise ValueError(f"standin bead line {line.strip()!r}: the path must stay inside the worktree")
-            (writes if m.group(1) == "write" else fixes)[str(path)] = m.group(3).replace("\\n", "\n")
-        return cls(writes=writes, fixes=fixes)
+            files[m.group(1)][str(path)] = m.group(3).replace("\\n", "\n")
+        return cls(writes=files["write"], fixes=files["fix"], leaves=files["leave"], **flags)
 
 
 @dataclass(frozen=True)
@@ -71,17 +99,52 @@ class Rework:
     merge_request: str | None
 
 
-def write_command(files: dict[str, str], message: str) -> str:
-    """Write each file (whole content) and commit them: one shell command for the Bash tool."""
+def _write_files(files: dict[str, str]) -> list[str]:
+    """Shell commands writing each file's whole content (parents made)."""
     parts: list[str] = []
     for path, text in files.items():
         parent = str(PurePosixPath(path).parent)
         if parent != ".":
             parts.append(f"mkdir -p {shlex.quote(parent)}")
         parts.append(f"printf '%s\\n' {shlex.quote(text)} > {shlex.quote(path)}")
+    return parts
+
+
+def write_command(files: dict[str, str], message: str) -> str:
+    """Write each file (whole content) and commit them: one shell command for the Bash tool."""
     paths = " ".join(shlex.quote(p) for p in files)
-    parts += [f"git add -- {paths}", f"git commit -q -m {shlex.quote(message)}", "git log --oneline -1"]
-    return " && ".join(parts)
+    return " && ".join([*_write_files(files), f"git add -- {paths}", f"git commit -q -m {shlex.quote(message)}",
+                        "git log --oneline -1"])
+
+
+def leave_command(files: dict[str, str]) -> str:
+    """Write each file (whole content) and leave it uncommitted."""
+    return " && ".join(_write_files(files))
+
+
+SLEPT_MARKER = "standin-slept"  # in the worktree's git folder: never a file of the work
+
+
+def sleep_command(seconds: int, once: bool) -> str:
+    """`sleep` in a Bash call of its own; once: only where the marker is not there yet."""
+    if not once:
+        return f"sleep {seconds}"
+    return (f'm="$(git rev-parse --git-path {SLEPT_MARKER})"; if [ ! -e "$m" ]; then touch "$m"; '
+            f'sleep {seconds}; else echo "slept in an earlier session"; fi')
+
+
+def prompts(req: ModelRequest) -> int:
+    """How many prompts this session's conversation holds (user messages that are not only
+    tool results): the number of the round this request belongs to."""
+    count = 0
+    for msg in req.messages:
+        content = msg.get("content")
+        if msg.get("role") != "user":
+            continue
+        if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
+            continue
+        count += 1
+    return count
 
 
 def rebase_command(target: str) -> str:
@@ -123,8 +186,11 @@ def newest_rework(inbox: Any, bead_id: str) -> str | None:
     return str(found[-1]["id"]) if found else None  # unread mail comes oldest first
 
 
-def _bash(command: str, description: str) -> Step:
-    return {"tool": "Bash", "input": {"command": command, "description": description}}
+def _bash(command: str, description: str, timeout_s: int | None = None) -> Step:
+    given: dict[str, Any] = {"command": command, "description": description}
+    if timeout_s is not None:
+        given["timeout"] = timeout_s * 1000  # Claude Code's Bash timeout is in milliseconds (default 2 min)
+    return {"tool": "Bash", "input": given}
 
 
 def _done(summary: str) -> list[Step]:
@@ -134,6 +200,7 @@ def _done(summary: str) -> list[Step]:
 
 def polecat_round(req: ModelRequest) -> Generator[Sequence[Step], ModelRequest, None]:
     """One round of the stand-in polecat (see the module docstring)."""
+    round_no = prompts(req)
     req = yield [{"tool": "hook_check", "wait_for_tool": True}]
     hook = req.last_tool_result_json()
     bead = hook.get("bead") if isinstance(hook, dict) else None
@@ -153,9 +220,7 @@ def polecat_round(req: ModelRequest) -> Generator[Sequence[Step], ModelRequest, 
             rework = Rework(reason=fields.get("reason", "tests"), target_sha=fields.get("target_sha"),
                             files=fields.get("files"), merge_request=fields.get("merge_request"))
     if rework is None:
-        command = write_command(script.writes, f"{bead_id}: {title}") if script.writes else NOTE_COMMAND
-        yield [_bash(command, "do the hooked work and commit")]
-        yield _done("wrote the bead's files and committed them" if script.writes else "wrote a note and committed it")
+        yield from _first_work(script, bead_id, title, round_no)
     elif rework.reason == "conflict":
         yield [_bash(rebase_command(rework.target_sha or "origin/HEAD"),
                      f"rebase onto the target and resolve {rework.files or 'the conflicts'} by keeping both sides")]
@@ -168,6 +233,26 @@ def polecat_round(req: ModelRequest) -> Generator[Sequence[Step], ModelRequest, 
         yield [{"tool": "polecat_done", "input": {"status": "ESCALATED",
                                                   "summary": f"sent back ({rework.reason}); the bead says no fix"}},
                "Escalated: I do not know how to fix this."]
+
+
+def _first_work(script: BeadScript, bead_id: str, title: str,
+                round_no: int) -> Generator[Sequence[Step], ModelRequest, None]:
+    """The work of a bead not sent back: the scripted sleep, the files (once; a later round of
+    a skip-done session finds them committed), then polecat_done unless the script holds it."""
+    if script.sleep:
+        yield [_bash(sleep_command(script.sleep, script.sleep_once), "a long-running step of the work",
+                     timeout_s=script.sleep + 300)]
+    if script.skip_done and round_no > script.skip_done:
+        yield [_bash("git status --short && git log --oneline -1", "check the work committed earlier")]
+    else:
+        command = write_command(script.writes, f"{bead_id}: {title}") if script.writes else NOTE_COMMAND
+        if script.leaves:
+            command = f"{leave_command(script.leaves)} && {command}"
+        yield [_bash(command, "do the hooked work and commit")]
+    if script.never_done or round_no <= script.skip_done:
+        yield [f"Round {round_no}: the work is in my worktree; I end my turn here (no polecat_done yet)."]
+        return
+    yield _done("wrote the bead's files and committed them" if script.writes else "wrote a note and committed it")
 
 
 def polecat_policy() -> PlannedPolicy:

@@ -22,10 +22,10 @@ from vermas.events import EventKind
 from vermas.patrol_types import (
     Evidence, GitEvidence, HookEvent, HookKind, Hooking, NotificationKind, TmuxEvidence,
 )
-from vermas.protocol import PolecatState, parse
+from vermas.protocol import PolecatState, ReworkRequest, parse
 from vermas.sessions.tmux import PaneState
 from vermas.town import Town
-from vermas.witness.types import InboxMail, MergeRequestSeen, RigHistory, RigSeen
+from vermas.witness.types import BeadSeen, InboxMail, MergeRequestSeen, RigHistory, RigSeen
 
 if TYPE_CHECKING:  # tmux is imported only where a session is touched
     from vermas.sessions import TownSessions
@@ -168,6 +168,17 @@ def merge_requests(conn: sqlite3.Connection, rig: str) -> dict[str, MergeRequest
                                       state=r["state"]) for r in rows}
 
 
+def rework_beads(conn: sqlite3.Connection, mails: tuple[InboxMail, ...]) -> dict[str, BeadSeen]:
+    """Status and assignee of each bead a REWORK_REQUEST in the inbox is about."""
+    wanted = {m.message.bead for m in mails if isinstance(m.message, ReworkRequest)}
+    out = {}
+    for bead in sorted(wanted):
+        row = conn.execute("SELECT status, assignee FROM issues WHERE id = ?", (bead,)).fetchone()
+        if row is not None:
+            out[bead] = BeadSeen(status=row["status"], assignee=row["assignee"])
+    return out
+
+
 def history(conn: sqlite3.Connection, beads: list[str]) -> RigHistory:
     return RigHistory(nudges=patrol_log.times(conn, "gupp_nudge", "bead", beads),
                       restarts=patrol_log.times(conn, "restart_session", "bead", beads),
@@ -187,6 +198,8 @@ def observe_rig(town: Town, sessions: TownSessions, rig: str,
     view = view or TmuxView.take(sessions)
     with town.db.read() as conn:
         polecats = tuple(polecat_evidence(town, conn, view, sessions, r, g) for r, g in zip(rows, gits))
-        seen = RigSeen(rig=rig, polecats=polecats, inbox=inbox(conn, rig), merge_requests=merge_requests(conn, rig))
+        mails = inbox(conn, rig)
+        seen = RigSeen(rig=rig, polecats=polecats, inbox=mails, merge_requests=merge_requests(conn, rig),
+                       rework_beads=rework_beads(conn, mails))
         beads = sorted({b for ev in polecats for b in (ev.hooked_bead, ev.hooking.bead if ev.hooking else None) if b})
         return seen, history(conn, beads)

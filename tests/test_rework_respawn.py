@@ -31,6 +31,7 @@ from vermas.witness.types import AckMail, BeadSeen, InboxMail, MergeRequestSeen,
 
 NOW = 200_000.0
 BEAD, MR, BRANCH, OLD = "gt-a1", "gt-mr1", "polecat/nux/gt-a1", "gt/polecats/nux"
+HELD = BeadSeen("in_progress", "gt/polecats/nux")
 
 
 def rework(**kw: Any) -> ReworkRequest:
@@ -39,7 +40,7 @@ def rework(**kw: Any) -> ReworkRequest:
     return ReworkRequest(**{**fields, **kw})
 
 
-def decide_one(msg: ReworkRequest, bead: BeadSeen | None = BeadSeen("in_progress", OLD), mr_state: str = "rework",
+def decide_one(msg: ReworkRequest, bead: BeadSeen | None = HELD, mr_state: str = "rework",
                sender: str = "gt/refinery") -> list[Any]:
     subject, _ = protocol.format(msg)
     mail = InboxMail(id="m1", sender=sender, sent_at=NOW - 5, subject=subject, message=msg)

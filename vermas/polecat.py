@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -224,8 +226,24 @@ def lock_held(lock: Flock) -> bool:
     return lock.path.is_file() and flock_held(lock.path)
 
 
+def rework_refusal(status: str, assignee: str | None) -> Conflict | None:
+    """Pure: why work the refinery sent back cannot go to a new polecat now (None: it can).
+    Unlike a sling, its open merge request (rework/conflict) is the reason to do it."""
+    if status == "hooked":
+        return Conflict(f"bead is already hooked by {assignee}; it has its polecat")
+    if status == "closed":
+        return Conflict("bead is closed (merged or closed by hand); nothing to rework")
+    return None
+
+
+InTxn = Callable[[sqlite3.Connection, Address], None]
+
+
 def _allocate(town: Town, actor: Address, bead_id: str, rig: str, force: bool, branch: str | None = None,
-              prefer: str | None = None) -> tuple[PolecatInfo, Flock]:
+              prefer: str | None = None, in_txn: InTxn | None = None) -> tuple[PolecatInfo, Flock]:
+    """`branch`: continue on this existing branch (rework, orphan) instead of a new one; `prefer`:
+    the name to take when free (an orphan's polecat, whose kept worktree is then reused); `in_txn`
+    runs in the same transaction as the hooking (the rework's mail to the new polecat)."""
     validate.bead_id(bead_id)
     town.reload_config()
     config = town.config.rigs.get(rig)
@@ -233,7 +251,13 @@ def _allocate(town: Town, actor: Address, bead_id: str, rig: str, force: bool, b
         known = ", ".join(sorted(town.config.rigs)) or "none yet (vermas-runner rig add)"
         raise NotFound(f"unknown rig {rig!r}; rigs in this town: {known}")
     with town.db.write() as conn:
-        row = admit(conn, bead_id, actor, force)
+        if branch is None:
+            row = admit(conn, bead_id, actor, force)
+        else:
+            row = beads.fetch_row(conn, bead_id)
+            refused = rework_refusal(row["status"], row["assignee"])
+            if refused is not None:
+                raise Conflict(f"{bead_id}: {refused}")
         taken = {r[0] for r in conn.execute("SELECT name FROM polecats WHERE rig = ?", (rig,))}
         # A name someone slung work to directly (no slot) is not free either.
         taken |= {r[0].rsplit("/", 1)[1] for r in conn.execute(
@@ -258,23 +282,25 @@ def _allocate(town: Town, actor: Address, bead_id: str, rig: str, force: bool, b
             address = _address(rig, name)
             stamp, ts = timeutil.now()
             worktree = str(worktree_path(town, address))
-            branch = branch or branch_name(name, bead_id)
+            on_branch = branch or branch_name(name, bead_id)
             conn.execute(
                 "INSERT INTO polecats(rig, name, bead_id, branch, worktree, state, created_at) "
                 "VALUES (?,?,?,?,?,?,?)",
-                (rig, name, bead_id, branch, worktree, PolecatState.SPAWNING.value, stamp),
+                (rig, name, bead_id, on_branch, worktree, PolecatState.SPAWNING.value, stamp),
             )
             conn.execute(
                 "UPDATE issues SET status = 'hooked', assignee = ?, closed_at = NULL, close_reason = NULL, "
                 "updated_at = ?, updated_ts = ? WHERE id = ?",
                 (str(address), stamp, ts, bead_id),
             )
+            if in_txn is not None:
+                in_txn(conn, address)
             town.db.touch("issues")
         except BaseException:
             lock.release()
             raise
     info = PolecatInfo(address=str(address), rig=rig, name=name, bead_id=bead_id,
-                       branch=branch, worktree=worktree, state=PolecatState.SPAWNING,
+                       branch=on_branch, worktree=worktree, state=PolecatState.SPAWNING,
                        created_at=stamp, prior_status=row["status"])
     return info, lock
 
@@ -485,6 +511,48 @@ def mark_nudged(town: Town, addresses: list[str]) -> None:
             set_state(town, parts[0], parts[2], PolecatState.WORKING, only_from=PolecatState.STARTED)
 
 
+def respawn_on_branch(town: Town, sessions: TownSessions, actor: Address, bead_id: str, rig: str, branch: str,
+                      in_txn: InTxn | None = None) -> PolecatInfo:
+    """Work the refinery sent back whose polecat is gone: a NEW polecat (next free name) on the
+    bead's EXISTING branch, so its commits are where it starts. The branch must not be checked
+    out anywhere (the caller frees it from the old worktree first). `in_txn` runs in the hooking's
+    transaction (the REWORK_REQUEST mailed to the new address, so its hook shows it from the
+    first turn). The session starts `started`: the runner's patrol delivers its GUPP nudge."""
+    permissions.require(actor, Action.SLING)
+    clone = canonical_clone(town, rig)
+    if not git.has_ref(clone, f"refs/heads/{branch}"):
+        raise NotFound(f"branch {branch} of {bead_id} is not in {rig}'s clone; nothing to continue from")
+    info, lock = _allocate(town, actor, bead_id, rig, force=False, branch=branch, in_txn=in_txn)
+    return _bring_up(town, sessions, info, lock, kick="none")
+
+
+def checkouts_of(town: Town, rig: str, branch: str) -> list[Path]:
+    """The worktrees of `rig`'s clone that have `branch` checked out (git allows one)."""
+    entries = spawnrepair.worktree_entries(canonical_clone(town, rig))
+    return [Path(path) for path, entry in entries.items() if entry.get("branch") == f"refs/heads/{branch}"]
+
+
+def free_checkout(town: Town, sessions: TownSessions, rig: str, worktree: Path) -> str | None:
+    """Remove a worktree whose work is committed (the caller saved anything else first), its
+    polecat's session and slot with it; the branch stays. Returns the slot's name, if one held it."""
+    clone = canonical_clone(town, rig)
+    name = next((p.name for p in list_polecats(town, rig)
+                 if p.worktree and os.path.realpath(p.worktree) == os.path.realpath(worktree)), None)
+    lock = spawn_lock(town, rig, name) if name else None
+    if lock is not None and not lock.acquire(wait=False):
+        raise spawnrepair.in_progress(f"{rig}/polecats/{name}")
+    try:
+        if name is not None:
+            sessions.kill(_address(rig, name))
+        git.run(clone, "worktree", "remove", "--force", "--force", str(worktree))
+        if name is not None:
+            release(town, rig, name, reopen_bead=False)
+    finally:
+        if lock is not None:
+            lock.release()
+    return name
+
+
 def spawn(
     town: Town, actor: Address, bead_id: str, rig: str, sessions: TownSessions | None = None,
     kick: str = "background", force: bool = False, branch: str | None = None, prefer: str | None = None,
@@ -501,6 +569,13 @@ def spawn(
     permissions.require(actor, Action.SLING)
     tmux = sessions or TownSessions(town.root)
     info, lock = _allocate(town, actor, bead_id, rig, force, branch, prefer)
+    return _bring_up(town, tmux, info, lock, kick)
+
+
+def _bring_up(town: Town, tmux: TownSessions, info: PolecatInfo, lock: Flock, kick: str) -> PolecatInfo:
+    """Sandbox and session for an allocated slot (its spawn lock held), then `started`; rolled
+    back on failure (an existing branch with commits is always kept)."""
+    rig = info.rig
     address = _address(rig, info.name)
     nudge_lock = gupp_lock(town, rig, info.name)
     try:

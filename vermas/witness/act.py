@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -29,8 +30,8 @@ from vermas.sessions import launch, nudge
 from vermas.town import Town
 from vermas.witness.decide import witness_of
 from vermas.witness.types import (
-    AckMail, GuppNudge, HookJudgment, NukePolecat, ReopenBead, Resling, RestartSession, RigSeen, SaveRescue,
-    StopSession, WitnessAction,
+    AckMail, GuppNudge, HookJudgment, NukePolecat, ReopenBead, Resling, RestartSession, ReworkRespawn, RigSeen,
+    SaveRescue, StopSession, WitnessAction,
 )
 
 if TYPE_CHECKING:  # tmux is imported only where a session is touched
@@ -268,6 +269,34 @@ class WitnessActor:
         assert address.rig is not None and address.name is not None
         info = polecat.nuke(self.town, address.rig, address.name, sessions=self.sessions)
         return {"notes": info.notes}
+
+    def _rework_respawn(self, a: ReworkRespawn) -> dict[str, Any]:
+        """Free the branch (uncommitted work saved first, never lost), a new polecat on it with
+        the REWORK_REQUEST in its inbox (same transaction as its hooking), then the ack."""
+        saved, freed = [], []
+        for n, worktree in enumerate(polecat.checkouts_of(self.town, self.rig, a.branch), 1):
+            ref = a.rescue_ref if n == 1 else f"{a.rescue_ref}-{n}"
+            kept = save_rescue(worktree, ref, f"uncommitted work in {worktree} saved before its rework respawn")
+            if kept is not None:
+                append_note(self.town, a.bead, f"uncommitted changes ({kept[1]} files) in {worktree} saved to {ref} "
+                                               f"(commit {kept[0][:12]}) before the rework went to a new polecat")
+                saved.append(ref)
+            freed.append(polecat.free_checkout(self.town, self.sessions, self.rig, worktree) or str(worktree))
+        subject, body = protocol.format(a.message)
+
+        def hand_over(conn: sqlite3.Connection, to: Address) -> None:
+            mail.send_in_txn(conn, self.town.db, self.sender, str(to), subject, body,
+                             idempotency_key=f"rework:{a.mail_id}")
+            stamp = timeutil.now()[0]
+            note = f"[{stamp}] rework: continue on branch {a.branch} (its commits kept); read the REWORK_REQUEST"
+            conn.execute("UPDATE issues SET notes = CASE WHEN notes = '' THEN ? ELSE notes || char(10) || ? END "
+                         "WHERE id = ?", (note, note, a.bead))
+
+        info = polecat.respawn_on_branch(self.town, self.sessions, parse_address(self.sender), a.bead, self.rig,
+                                         a.branch, in_txn=hand_over)
+        mail.ack(self.town, parse_address(self.sender), a.mail_id)
+        return {"new_polecat": info.address, "branch": a.branch, "worktree": info.worktree, "freed": freed,
+                "rescued": saved}
 
     def _resling(self, a: Resling) -> dict[str, Any]:
         """A new polecat on the orphan's own branch (its commits are the start), under the name

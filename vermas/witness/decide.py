@@ -34,11 +34,11 @@ from collections.abc import Mapping
 from vermas.patrol_types import (
     MAYOR, AgentState, Escalate, Evidence, PatrolConfig, ResolveEscalation, SendMail, StandingEscalation, line,
 )
-from vermas.protocol import Escalation, Help, MergeReady, Merged, PolecatDone, PolecatState
+from vermas.protocol import Escalation, Help, MergeReady, Merged, PolecatDone, PolecatState, ReworkRequest
 from vermas.witness.classify import Classification, classify, toolless_turn
 from vermas.witness.types import (
     AckMail, BranchSeen, GuppNudge, HookJudgment, InboxMail, NukePolecat, ReopenBead, Resling, RestartSession,
-    RigHistory, RigSeen, SaveRescue, StopSession, WitnessAction,
+    ReworkRespawn, RigHistory, RigSeen, SaveRescue, StopSession, WitnessAction,
 )
 
 S = AgentState
@@ -260,6 +260,8 @@ def _mail(plan: _Plan, mail: InboxMail, by_agent: Mapping[str, Evidence], seen: 
         _help(plan, mail, msg, by_agent, history)
     elif isinstance(msg, Merged):
         plan.add(AckMail(id=mail.id, reason=f"MERGED {msg.bead} noted; the refinery cleans up"))
+    elif isinstance(msg, ReworkRequest):
+        _rework(plan, mail, msg, seen)
     # Plain mail and other kinds stay for the witness's Claude session to read.
 
 
@@ -318,6 +320,36 @@ def _polecat_done(plan: _Plan, mail: InboxMail, msg: PolecatDone, by_agent: Mapp
         plan.add(AckMail(id=mail.id, reason="POLECAT_DONE DEFERRED: the bead went back unassigned"))
     else:
         plan.add(AckMail(id=mail.id, reason=f"POLECAT_DONE with unknown status {msg.status!r} ignored"))
+
+
+REWORK_MR_STATES = frozenset({"rework", "conflict"})
+
+
+def _rework(plan: _Plan, mail: InboxMail, msg: ReworkRequest, seen: RigSeen) -> None:
+    """The refinery sends REWORK_REQUEST here only when the bead's polecat session was not alive
+    (a live one gets the bead back on its hook directly). Its work goes to a new polecat on the
+    same branch, unless it no longer needs one."""
+    bead = seen.rework_beads.get(msg.bead)
+    mr = seen.merge_requests.get(msg.merge_request or "")
+    done = ("from whom it did not come" if mail.sender != refinery_of(plan.rig) else
+            f"bead {msg.bead} is unknown" if bead is None else
+            f"bead {msg.bead} is closed" if bead.status == "closed" else
+            f"merge request {msg.merge_request} is {mr.state if mr else 'not in the store'}, not waiting for rework"
+            if mr is None or mr.state not in REWORK_MR_STATES else
+            "it names no branch" if not msg.branch else None)
+    if done is not None:
+        plan.add(AckMail(id=mail.id, reason=f"REWORK_REQUEST {msg.bead} ignored: {done}"))
+        return
+    assert bead is not None and msg.branch is not None
+    if bead.status == "hooked" and bead.assignee:  # a polecat has it (a respawn that crashed before the ack)
+        plan.add(SendMail(to=bead.assignee, message=msg, idempotency_key=f"rework:{mail.id}",
+                          reason=f"REWORK_REQUEST {msg.bead}: {bead.assignee} holds it; forwarded"))
+        plan.add(AckMail(id=mail.id, reason="REWORK_REQUEST forwarded to the bead's polecat"))
+        return
+    plan.add(ReworkRespawn(bead=msg.bead, branch=msg.branch, mail_id=mail.id, message=msg,
+                           rescue_ref=rescue_ref(msg.bead, msg.polecat or "polecat", plan.now),
+                           reason=f"REWORK_REQUEST ({msg.reason}) for {msg.bead} and its polecat "
+                                  f"{msg.polecat or '-'} is not alive: a new polecat on {msg.branch}"))
 
 
 def _help(plan: _Plan, mail: InboxMail, msg: Help, by_agent: Mapping[str, Evidence], history: RigHistory) -> None:

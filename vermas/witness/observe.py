@@ -22,10 +22,10 @@ from vermas.events import EventKind
 from vermas.patrol_types import (
     Evidence, GitEvidence, HookEvent, HookKind, Hooking, NotificationKind, TmuxEvidence,
 )
-from vermas.protocol import PolecatState, parse
+from vermas.protocol import PolecatState, ReworkRequest, parse
 from vermas.sessions.tmux import PaneState
 from vermas.town import Town
-from vermas.witness.types import BranchSeen, InboxMail, MergeRequestSeen, RigHistory, RigSeen
+from vermas.witness.types import BeadSeen, BranchSeen, InboxMail, MergeRequestSeen, RigHistory, RigSeen
 
 if TYPE_CHECKING:  # tmux is imported only where a session is touched
     from vermas.sessions import TownSessions
@@ -176,6 +176,17 @@ def reslung(conn: sqlite3.Connection, rig: str) -> dict[str, float]:
     return {str(k).removeprefix("resling:"): float(at) for k, at in rows}
 
 
+def rework_beads(conn: sqlite3.Connection, mails: tuple[InboxMail, ...]) -> dict[str, BeadSeen]:
+    """Status and assignee of each bead a REWORK_REQUEST in the inbox is about."""
+    wanted = {m.message.bead for m in mails if isinstance(m.message, ReworkRequest)}
+    out = {}
+    for bead in sorted(wanted):
+        row = conn.execute("SELECT status, assignee FROM issues WHERE id = ?", (bead,)).fetchone()
+        if row is not None:
+            out[bead] = BeadSeen(status=row["status"], assignee=row["assignee"])
+    return out
+
+
 def history(conn: sqlite3.Connection, beads: list[str], rig: str) -> RigHistory:
     return RigHistory(nudges=patrol_log.times(conn, "gupp_nudge", "bead", beads),
                       restarts=patrol_log.times(conn, "restart_session", "bead", beads),
@@ -231,7 +242,8 @@ def observe_rig(town: Town, sessions: TownSessions, rig: str,
     view = view or TmuxView.take(sessions)
     with town.db.read() as conn:
         polecats = tuple(polecat_evidence(town, conn, view, sessions, r, g) for r, g in zip(rows, gits))
-        seen = RigSeen(rig=rig, polecats=polecats, inbox=inbox(conn, rig), merge_requests=merge_requests(conn, rig),
-                       branches=orphan_candidates(conn, rig, ahead))
+        mails = inbox(conn, rig)
+        seen = RigSeen(rig=rig, polecats=polecats, inbox=mails, merge_requests=merge_requests(conn, rig),
+                       branches=orphan_candidates(conn, rig, ahead), rework_beads=rework_beads(conn, mails))
         beads = sorted({b for ev in polecats for b in (ev.hooked_bead, ev.hooking.bead if ev.hooking else None) if b})
         return seen, history(conn, beads, rig)

@@ -55,12 +55,21 @@ class BranchSeen:
 
 
 @dataclass(frozen=True)
+class BeadSeen:
+    """A bead that REWORK_REQUEST mail in the inbox is about: where it is now."""
+
+    status: str
+    assignee: str | None = None
+
+
+@dataclass(frozen=True)
 class RigSeen:
     rig: str
     polecats: tuple[Evidence, ...] = ()
     inbox: tuple[InboxMail, ...] = ()
     merge_requests: Mapping[str, MergeRequestSeen] = field(default_factory=dict)
     branches: tuple[BranchSeen, ...] = ()
+    rework_beads: Mapping[str, BeadSeen] = field(default_factory=dict)  # beads of inbox REWORK_REQUESTs
 
 
 @dataclass(frozen=True)
@@ -177,5 +186,21 @@ class NukePolecat:
     reason: str
 
 
-WitnessAction = (SaveRescue | RestartSession | GuppNudge | StopSession | ReopenBead | AckMail | Resling
+@dataclass(frozen=True)
+class ReworkRespawn:
+    """Work the refinery sent back while its polecat's session was dead or gone: save whatever
+    is uncommitted in the branch's old worktree (to a rescue ref), free that worktree and slot,
+    and hook the bead to a NEW polecat on the SAME `branch` (its commits kept), with the
+    REWORK_REQUEST (`message`, as the refinery wrote it) in its inbox before its session starts.
+    The mail `mail_id` is acknowledged only once all of that is done."""
+
+    bead: str
+    branch: str
+    mail_id: str
+    message: ProtocolMessage
+    rescue_ref: str
+    reason: str
+
+
+WitnessAction = (ReworkRespawn | SaveRescue | RestartSession | GuppNudge | StopSession | ReopenBead | AckMail | Resling
                  | HookJudgment | NukePolecat | Escalate | ResolveEscalation | SendMail)

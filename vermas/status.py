@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from vermas import convoy, events, polecat, rig, up
+from vermas import convoy, cost, events, polecat, rig, up
+from vermas.cost import CostReport
 from vermas.refinery import ledger
 from vermas.refinery.types import MRState
 from vermas.town import Town
@@ -109,6 +110,7 @@ class RunnerStatus(BaseModel):
     unread_mail: dict[str, int]
     convoys: list[convoy.ConvoyStatus]
     merge_queues: list[MergeQueueStatus] = []
+    cost: CostReport | None = None  # per agent and per bead (None: the store could not say)
 
 
 def runner_status(town: Town, sessions: TownSessions) -> RunnerStatus:
@@ -133,4 +135,14 @@ def runner_status(town: Town, sessions: TownSessions) -> RunnerStatus:
         # (merge request queued, waiting for the refinery), escalated or deferred (PolecatState).
         polecats=polecat.list_polecats(town),
         unread_mail=base.unread_mail, convoys=base.convoys, merge_queues=merge_queues(town),
+        cost=cost_section(town),
     )
+
+
+def cost_section(town: Town) -> cost.CostReport | None:
+    """Status's cost section: new transcript lines read, then the totals. Never fails a status:
+    a store that cannot answer (busy past its timeout, damaged) gives None, and the next try reads."""
+    try:
+        return cost.cost_report(town)
+    except Exception:  # noqa: BLE001 - status must show the town even when cost cannot be read
+        return None

@@ -19,6 +19,7 @@ from vermas import events, patrol, polecat, rig, sling, up
 from vermas.addresses import parse_address
 from vermas.agents import console_script
 from vermas.bdimport import import_file
+from vermas.cost import CostBy
 from vermas.errors import VermasError
 from vermas.export import export_town
 from vermas.inspector.cli import render
@@ -27,7 +28,7 @@ from vermas.proc import flock_held
 from vermas.status import AgentRow, runner_status
 from vermas.tools import TOOLS
 from vermas.town import Town, find_town
-from vermas_runner import demo, twins
+from vermas_runner import demo, twins, views
 
 if TYPE_CHECKING:
     from vermas.sessions import TownSessions
@@ -204,6 +205,9 @@ def _session_cell(row: AgentRow) -> str:
 def cmd_status(args: argparse.Namespace) -> None:
 
     town = _open_town(args.town)
+    if args.watch or args.problems:
+        _status_view(town, args)
+        return
     status = runner_status(town, _sessions(town))
     if args.json:
         print(status.model_dump_json(indent=2))
@@ -246,6 +250,26 @@ def cmd_status(args: argparse.Namespace) -> None:
         for c in status.convoys:
             convoys.add_row(c.id, c.title, f"{c.closed}/{c.total}")
         console.print(convoys)
+    if status.cost is not None and status.cost.total.messages + status.cost.total.model_calls:
+        total = status.cost.total
+        console.print(f"cost: {views.usd(total.cost_usd)} for {total.tokens.total:,} tokens "
+                      f"({total.messages} messages, {total.model_calls} inspector calls); `vermas-runner cost`")
+
+
+def _status_view(town: Town, args: argparse.Namespace) -> None:
+    """`status --watch` (redrawn until Ctrl-C) and `status --problems` (once, or watched)."""
+    sessions = _sessions(town)
+    if args.json:
+        if args.watch:
+            _fail("--watch draws for people; for scripts use `status --json` (add --problems to filter)")
+        views.print_problems_json(town, sessions)
+        return
+    if args.interval <= 0:
+        _fail(f"--interval must be a positive number of seconds, got {args.interval:g}")
+    if args.watch:
+        views.watch(lambda: views.render_watch(town, sessions, args.problems), args.interval)
+    else:
+        Console().print(views.render_watch(town, sessions, args.problems, watching=False))
 
 
 FOLLOW_POLL_S = 0.5
@@ -424,7 +448,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", parents=[common],
                        help="the town's sessions: agents, hooks, mail, polecats, convoys (town-status: the ledger)")
+    p.add_argument("--watch", action="store_true", help="keep redrawing from the store until Ctrl-C")
+    p.add_argument("--problems", action="store_true",
+                   help="only agents that are dead, waiting on a prompt, stuck or escalated")
+    p.add_argument("--interval", type=float, default=views.DEFAULT_INTERVAL_S,
+                   help=f"seconds between redraws with --watch (default {views.DEFAULT_INTERVAL_S:g})")
     p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("cost", parents=[common],
+                       help="tokens and USD per agent or per bead (Claude Code transcripts, inspector calls)")
+    p.add_argument("--by", choices=[b.value for b in CostBy], default="agent",
+                   help="one row per agent (default) or per bead")
+    p.set_defaults(fn=lambda args: views.cmd_cost(_open_town(args.town), args))
 
     p = sub.add_parser("events", parents=[common],
                        help="agent events from Claude Code hooks and MCP calls (--follow to tail them)")

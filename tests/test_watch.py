@@ -83,7 +83,8 @@ class Viewer:
         env = {k: v for k, v in os.environ.items() if k not in ("VERMAS_TOWN", "BD_ACTOR", "TMUX")}
         self.tmux(["new-session", "-d", "-s", "view", "-x", "150", "-y", "45", "-c", str(cwd),
                    *[a for k, v in env.items() if k in ("PATH", "HOME", "LANG") for a in ("-e", f"{k}={v}")],
-                   "env", "-u", "COLUMNS", "-u", "LINES", "TERM=xterm-256color", *wrapped])
+                   "env", "-u", "COLUMNS", "-u", "LINES", "TERM=xterm-256color", *wrapped,
+                   ";", "set-option", "-w", "-t", "view:", "remain-on-exit", "on"])  # keep its last screen
 
     def tmux(self, args: list[str]) -> str:
         return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30).stdout

@@ -42,9 +42,11 @@ def usd(value: float | None) -> str:
 
 def cost_table(report: CostReport, by: CostBy) -> Table:
     """One row per agent (or bead), the most expensive first, and the town's total."""
-    table = Table(by.value, "in", "out", "cache rd", "cache wr", "usd", "est.", "msgs", "calls", "claude",
-                  title=f"cost by {by.value}", caption=escape(report.note))
     lines = report.by_agent if by is CostBy.AGENT else report.by_bead
+    table = Table(title=f"cost by {by.value}", caption=escape(report.note))
+    table.add_column(by.value, no_wrap=True, min_width=max((len(line.key) for line in lines), default=5))
+    for header in ("in", "out", "cache rd", "cache wr", "usd", "est.", "msgs", "calls", "claude"):
+        table.add_column(header, justify="right")
     for line in [*lines, report.total]:
         t = line.tokens
         style = "bold" if line is report.total else None

@@ -53,6 +53,7 @@ def test_runner_verify_exit_codes_and_evidence(town: Town, sm: Standin, tmp_path
     assert "FAIL    AC-1 [objective, verifier]" in failed.stdout
     assert "-> exit code 1" in failed.stdout and "| AssertionError: expected 5, got -1" in failed.stdout
     assert "designer:" in failed.stderr and "verifier: AC-1 FAIL" in failed.stderr  # progress on stderr
+    assert f"verify bead {bead_id}: verifier: AC-1 FAIL (" in failed.stderr and "\x1b" not in failed.stderr
 
     commit_change(repo, "calc.py", GOOD_CALC)
     passed = runner(town, sm, bead_id, "--worktree", str(repo), "--json", "--quiet")

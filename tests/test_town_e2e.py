@@ -97,6 +97,10 @@ def test_up_starts_core_sessions_with_mcp_connected(e2e: E2ETown) -> None:
     out = e2e.run("up", "--once").stdout
     for address in CORE:
         assert f"started {address}" in out
+        # progress, one plain line per step (not a terminal): each session until it is ready
+        assert f"{address}: waiting for its prompt and MCP server" in out
+        assert f"\n{address}: ready" in out
+    assert "\x1b" not in out
     assert all(e2e.alive()[a] for a in CORE)
     for address in CORE:  # each session's own vermas-mcp came up
         marker = e2e.root / ".runtime" / "agents" / parse_address(address).session_name / "mcp.ready"

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vermas import events, patrol, polecat, rig, sling, up
+from vermas import events, patrol, polecat, progress, rig, sling, up
 from vermas.addresses import parse_address
 from vermas.agents import console_script
 from vermas.bdimport import import_file
@@ -24,6 +24,7 @@ from vermas.errors import VermasError
 from vermas.export import export_town
 from vermas.inspector.cli import render
 from vermas.prime import prime
+from vermas.progress import Reporter
 from vermas.proc import flock_held
 from vermas.status import AgentRow, runner_status
 from vermas.tools import TOOLS
@@ -138,7 +139,8 @@ def cmd_up(args: argparse.Namespace) -> None:
         print(model_line, flush=True)
         sessions = _sessions(town)
         watch = up.DeathWatch(town, sessions)
-        report = up.up(town, sessions, wait=not args.no_wait)
+        with Reporter() as show:  # each session until ready: rich on a terminal, lines in a log
+            report = up.up(town, sessions, wait=not args.no_wait, progress=show)
         for address, death in report.restarted_dead.items():
             print(f"restarted {address}, which had died ({death.reason})")
         for address in report.started:
@@ -151,6 +153,9 @@ def cmd_up(args: argparse.Namespace) -> None:
         if args.once:
             return
         threading.Thread(target=_watch_deaths, args=(watch,), daemon=True).start()
+        with town.db.read() as conn:  # from here on: the steps this runner's patrol will see
+            merges_seen = progress.last_merge_seq(conn)
+        threading.Thread(target=_watch_merges, args=(town.root, merges_seen), daemon=True).start()
         print("patrolling (Ctrl-C to stop; sessions keep running: `vermas-runner down` stops them)",
               flush=True)
         patrol.run_forever(town, sessions)
@@ -171,6 +176,22 @@ def _watch_deaths(watch: up.DeathWatch, interval: float = 2.0) -> None:
             _print_deaths(watch)
         except Exception as exc:  # noqa: BLE001 - a failed look must not end the watch
             print(f"death watch: {type(exc).__name__}: {exc}", flush=True)
+
+
+def _watch_merges(root: Path, seen: int, interval: float = 1.0) -> None:
+    """One line per merge request step after `seen` as the ledger records it (any worker's), in
+    the runner log (or the terminal) while the runner patrols: `merge RIG BEAD (MR): from -> to[: reason]`."""
+    town = Town.open(root)  # its own connection: this thread reads while the patrol writes
+    while True:
+        time.sleep(interval)
+        try:
+            with town.db.read() as conn:
+                steps = progress.merge_steps_after(conn, seen)
+            for step in steps:
+                print(progress.plain_line(progress.merge_event(step)), flush=True)
+                seen = step.seq
+        except Exception as exc:  # noqa: BLE001 - a failed look must not end the watch
+            print(f"merge watch: {type(exc).__name__}: {exc}", flush=True)
 
 
 def cmd_down(args: argparse.Namespace) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from vermas import agents
 from vermas.addresses import Address
+from vermas.progress import ProgressEvent, ProgressFn, ignore
 from vermas.sessions import nudge
 from vermas.town import Town
 
@@ -63,18 +64,29 @@ def wait_ready(town: Town, sessions: TownSessions, address: Address, timeout: fl
     return False
 
 
-def kick(town: Town, sessions: TownSessions, address: Address) -> nudge.NudgeResult | None:
+def kick(town: Town, sessions: TownSessions, address: Address,
+         progress: ProgressFn = ignore) -> nudge.NudgeResult | None:
     """Once the prompt is ready, nudge the agent to check its hook (GUPP without a human)."""
+    task = str(address)
+    progress(ProgressEvent(task, "waiting for its prompt and MCP server"))
     if not wait_ready(town, sessions, address):
+        why = "its session ended" if not sessions.alive(address) else f"not ready within {READY_TIMEOUT:g}s"
+        progress(ProgressEvent(task, f"{why}; the patrol will nudge it", finished=True, ok=False))
         return None
-    return nudge.nudge(town, sessions, address, GUPP_NUDGE, sender="deacon")
+    progress(ProgressEvent(task, "ready; nudging it to check its hook"))
+    result = nudge.nudge(town, sessions, address, GUPP_NUDGE, sender="deacon")
+    ok = bool(result and result.submitted)
+    progress(ProgressEvent(task, "ready and nudged (GUPP)" if ok else "ready; nudge queued as mail",
+                           finished=True, ok=ok))
+    return result
 
 
-def kick_all(town: Town, sessions: TownSessions, addresses: list[Address]) -> list[str]:
+def kick_all(town: Town, sessions: TownSessions, addresses: list[Address],
+             progress: ProgressFn = ignore) -> list[str]:
     results: dict[str, bool] = {}
 
     def run(a: Address) -> None:
-        r = kick(town, sessions, a)
+        r = kick(town, sessions, a, progress)
         results[str(a)] = bool(r and r.submitted)
 
     threads = [threading.Thread(target=run, args=(a,), daemon=True) for a in addresses]

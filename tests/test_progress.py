@@ -13,20 +13,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
 from vermas import beads, progress, rig
 from vermas.addresses import parse_address
 from vermas.progress import ProgressEvent, Reporter
 from vermas.refinery import ledger
 from vermas.refinery.types import MRState
-from vermas.sessions import TownSessions
 from vermas.town import Town
 
 from tests.conftest import make_repo
+from tests.test_runner_lock import runner, town  # noqa: F401 - its `town` fixture: sessions run bash sleeping
 
 RUNNER = str(Path(sys.executable).with_name("vermas-runner"))
 
@@ -53,24 +51,7 @@ def test_terminal_form_draws_with_rich() -> None:
     assert "sample/witness" in text and "ready and nudged" in text
 
 
-@pytest.fixture
-def town(tmp_path: Path) -> Iterator[Town]:
-    """Sessions run bash sleeping instead of Claude Code: `up` and the patrol need no model."""
-    town, _ = Town.init(tmp_path / "town")
-    town.config.agent.command = "bash"
-    town.config.agent.args = ["-c", "sleep 600", "--"]
-    town.save_config()
-    yield town
-    subprocess.run([RUNNER, "down", "--town", str(town.root)], capture_output=True, timeout=60)
-    TownSessions(town.root).kill_server()
-    town.close()
-
-
-def runner(town: Town, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([RUNNER, *args, "--town", str(town.root)], capture_output=True, text=True, timeout=120)
-
-
-def test_up_reports_each_session_as_plain_lines(town: Town) -> None:
+def test_up_reports_each_session_as_plain_lines(town: Town) -> None:  # noqa: F811
     first = runner(town, "up", "--once", "--no-wait")
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
@@ -81,7 +62,7 @@ def test_up_reports_each_session_as_plain_lines(town: Town) -> None:
     assert "mayor:" not in again.stdout and "already running mayor" in again.stdout
 
 
-def test_merge_steps_from_the_ledger(town: Town, tmp_path: Path) -> None:
+def test_merge_steps_from_the_ledger(town: Town, tmp_path: Path) -> None:  # noqa: F811
     rig.add(town, "sample", str(make_repo(tmp_path / "src")), prefix="sp")
     bead = beads.create(town, parse_address("overseer"), "Merge me", rig="sample")
     with town.db.read() as conn:
@@ -129,7 +110,7 @@ class Output:
         raise AssertionError(f"no line with {wanted!r} within {timeout}s; the runner said:\n" + "\n".join(self.seen))
 
 
-def test_runner_prints_a_line_per_merge_step(town: Town, tmp_path: Path) -> None:
+def test_runner_prints_a_line_per_merge_step(town: Town, tmp_path: Path) -> None:  # noqa: F811
     """A request whose branch does not exist: the rig's worker claims it and rejects it, and the
     runner's output (its log when detached) says so, step by step."""
     rig.add(town, "sample", str(make_repo(tmp_path / "src")), prefix="sp")

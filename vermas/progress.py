@@ -10,6 +10,7 @@ transition any worker makes gets one line in the runner log.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import sys
 import threading
@@ -65,7 +66,13 @@ class Reporter:
     def __enter__(self) -> Reporter:
         if self.tty:
             from rich.console import Console  # deferred: only a terminal needs rich's display
-            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import (  # deferred: as above
+                BarColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self._progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[name]}"), BarColumn(),
                                       TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
@@ -124,8 +131,6 @@ class MergeStep(BaseModel):
 
 def merge_steps_after(conn: sqlite3.Connection, seq: int, limit: int = 500) -> list[MergeStep]:
     """Transitions with a larger seq than `seq`, oldest first."""
-    import json
-
     rows = conn.execute(
         "SELECT e.seq, e.mr_id, m.bead_id, m.rig, e.actor, e.from_state, e.to_state, e.evidence "
         "FROM mr_events e JOIN merge_requests m ON m.id = e.mr_id WHERE e.seq > ? ORDER BY e.seq LIMIT ?",

@@ -230,8 +230,7 @@ class ClaudeCLI:
 
 
 def _record_usage(record: ModelCall, result: dict[str, Any]) -> None:
-    """Tokens from the result's `usage`, and the model Claude Code actually ran (`modelUsage`
-    is keyed by model id; `--model sonnet` is only an alias)."""
+    """Tokens from the result's `usage` (the cost is Claude's own `total_cost_usd`)."""
     usage = result.get("usage")
     if isinstance(usage, dict):
         for field, key in (("input_tokens", "input_tokens"), ("output_tokens", "output_tokens"),
@@ -240,9 +239,6 @@ def _record_usage(record: ModelCall, result: dict[str, Any]) -> None:
             value = usage.get(key)
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                 setattr(record, field, value)
-    models = result.get("modelUsage")
-    if isinstance(models, dict) and len(models) == 1:
-        record.model = str(next(iter(models)))
 
 
 def _about(call: RoleCall[Any]) -> str:

@@ -22,7 +22,7 @@ from tests.inspector_standin import (
     objective_scripts,
     standin,
 )
-from vermas import beads
+from vermas import beads, cost
 from vermas.addresses import parse_address
 from vermas.inspector.pipeline import verify_for_merge
 from vermas.town import Town
@@ -53,6 +53,16 @@ def test_runner_verify_exit_codes_and_evidence(town: Town, sm: Standin, tmp_path
     assert "FAIL    AC-1 [objective, verifier]" in failed.stdout
     assert "-> exit code 1" in failed.stdout and "| AssertionError: expected 5, got -1" in failed.stdout
     assert "designer:" in failed.stderr and "verifier: AC-1 FAIL" in failed.stderr  # progress on stderr
+    assert f"verify bead {bead_id}: verifier: AC-1 FAIL (" in failed.stderr and "\x1b" not in failed.stderr
+
+    # the claude -p calls it made are in the town's cost ledger, for the refinery and the bead
+    ledger = cost.cost_report(town)
+    line = next(b for b in ledger.by_bead if b.key == bead_id)
+    made = json.loads(runner(town, sm, bead_id, "--worktree", str(repo), "--json", "--quiet").stdout)
+    assert made["model_calls"] == 0  # cached: no new calls, nothing more in the ledger
+    assert line.model_calls >= 2 and line.tokens.input_tokens > 0 and line.cost_usd > 0
+    assert cost.cost_report(town).by_bead == ledger.by_bead
+    assert [a.key for a in ledger.by_agent] == ["overseer"]  # who verified (no rig: the overseer)
 
     commit_change(repo, "calc.py", GOOD_CALC)
     passed = runner(town, sm, bead_id, "--worktree", str(repo), "--json", "--quiet")

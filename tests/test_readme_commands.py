@@ -41,6 +41,7 @@ def test_the_demo_command_as_written(tmp_path: Path) -> None:
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "all polecats finished (3/3)" in proc.stdout, proc.stdout[-3000:]
+    assert "demo: polecats finished (3/3)" in proc.stdout and "\x1b" not in proc.stdout  # progress as lines
     assert len(re.findall(r"^POLECAT_DONE ", proc.stdout, re.M)) == 3  # one line per polecat
     # Not asserted yet: the demo's folder. Claude Code processes hung up by `down` can take
     # seconds to exit and write claude-home/.cache again after the folder was removed (seen

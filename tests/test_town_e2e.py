@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from vermas import beads
+from vermas import beads, prices
 from vermas.addresses import parse_address
 from vermas.sessions import TownSessions
 from vermas.testing.standin import StandinModelServer, find_claude_binary
+from vermas.testing.standin.wire import TURN_USAGE, served_usage
 from vermas.town import Town
 from vermas_runner import demo
 
@@ -96,6 +97,10 @@ def test_up_starts_core_sessions_with_mcp_connected(e2e: E2ETown) -> None:
     out = e2e.run("up", "--once").stdout
     for address in CORE:
         assert f"started {address}" in out
+        # progress, one plain line per step (not a terminal): each session until it is ready
+        assert f"{address}: waiting for its prompt and MCP server" in out
+        assert f"\n{address}: ready" in out
+    assert "\x1b" not in out
     assert all(e2e.alive()[a] for a in CORE)
     for address in CORE:  # each session's own vermas-mcp came up
         marker = e2e.root / ".runtime" / "agents" / parse_address(address).session_name / "mcp.ready"
@@ -136,6 +141,64 @@ def test_sling_to_rig_spawns_polecat_that_finishes(e2e: E2ETown) -> None:
         status = conn.execute("SELECT status FROM issues WHERE id = ?", (bead.id,)).fetchone()[0]
         mr = conn.execute("SELECT branch, commit_sha FROM merge_requests WHERE bead_id = ?", (bead.id,)).fetchone()
     assert status == "in_progress" and tuple(mr) == (f"polecat/nux/{bead.id}", commit)
+
+
+def served_tokens(server: StandinModelServer, session_ids: set[str]) -> dict[str, int]:
+    """What the stand-in said it used, summed over these sessions' conversation turns."""
+    totals = {"input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0, "cache_creation_tokens": 0}
+    for req in server.main_requests():
+        if req.session_id in session_ids:
+            usage = served_usage(req)
+            totals["input_tokens"] += usage["input_tokens"]
+            totals["output_tokens"] += usage["output_tokens"]
+            totals["cache_read_tokens"] += usage["cache_read_input_tokens"]
+            totals["cache_creation_tokens"] += usage["cache_creation_input_tokens"]
+    return totals
+
+
+def test_cost_of_a_polecat_is_exactly_what_the_model_served(e2e: E2ETown) -> None:
+    """The real CLI writes each reply's usage into its transcript (once per content block);
+    `cost` finds the transcript through the hooks, counts each message once, and gives the
+    polecat and its bead exactly the tokens the stand-in reported, priced by the table."""
+    bead = beads.create(e2e.town, parse_address("mayor"), "Cost a note", rig="sample")
+    since = time.time()
+    out = e2e.run("sling", bead.id, "sample").stdout
+    address = out.split("spawned ")[1].split(" ")[0]
+    try:
+        _check_cost(e2e, bead.id, address, since)
+    finally:  # its slot back for the tests after this one (the module's rig has 3)
+        e2e.run("polecat", "nuke", address, "--force")
+
+
+def _check_cost(e2e: E2ETown, bead_id: str, address: str, since: float) -> None:
+    e2e.polecat_done_mail(bead_id)
+    deadline, report, expected, sessions = time.monotonic() + 120, {}, {}, set()
+    while time.monotonic() < deadline:
+        with e2e.town.db.read() as conn:
+            sessions = {r[0] for r in conn.execute(
+                "SELECT session_id FROM agent_transcripts WHERE agent = ? AND seen_at >= ?", (address, since))}
+        report = json.loads(e2e.run("cost", "--by", "bead", "--json").stdout)
+        expected = served_tokens(e2e.server, sessions)
+        got = next((b["tokens"] for b in report["by_bead"] if b["key"] == bead_id), None)
+        if sessions and expected["output_tokens"] and got == expected:
+            break
+        time.sleep(1)
+    line = next(b for b in report["by_bead"] if b["key"] == bead_id)
+    assert line["tokens"] == expected, (line, expected, sessions)
+    turns = expected["output_tokens"] // TURN_USAGE["output_tokens"]
+    assert turns >= 3 and line["messages"] == turns  # hook_check, the note, polecat_done at least
+    models = {r.model for r in e2e.server.main_requests() if r.session_id in sessions}
+    assert len(models) == 1
+    t = line["tokens"]
+    assert line["cost_usd"] == pytest.approx(prices.estimate_usd(
+        models.pop(), t["input_tokens"], t["output_tokens"], t["cache_read_tokens"], t["cache_creation_tokens"]),
+        abs=1e-6)
+    agent = next(a for a in report["by_agent"] if a["key"] == address)
+    assert agent["tokens"]["output_tokens"] >= t["output_tokens"]
+    status = e2e.status()
+    assert status["cost"]["total"]["messages"] >= turns  # the same figures in `status --json`
+    table = e2e.run("cost").stdout
+    assert address in table and "total" in table
 
 
 async def test_sling_tool_to_rig_spawns_polecat(e2e: E2ETown) -> None:

@@ -43,6 +43,13 @@ INSERT = "INSERT INTO agent_events(agent, kind, at, tool, detail) VALUES (?, ?, 
 PRUNE = ("DELETE FROM agent_events WHERE agent = ?1 AND at < (SELECT at FROM agent_events "
          "WHERE agent = ?1 ORDER BY at DESC LIMIT 1 OFFSET ?2)")
 
+# Where each session's Claude Code transcript is (its usage records: vermas.cost reads them).
+# Noted on the hooks that open and close a turn: a second note of the same path is one index
+# probe that changes nothing, and a session resumed or cleared into a new file is noted too.
+TRANSCRIPT_KINDS = frozenset({"SessionStart", "Stop", "SessionEnd"})
+NOTE_TRANSCRIPT = ("INSERT INTO agent_transcripts(path, agent, session_id, seen_at) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT(path) DO NOTHING")
+
 # What each hook event adds as detail: the field Claude Code's own matcher looks at.
 DETAIL_FIELD = {"SessionStart": "source", "SessionEnd": "reason", "Notification": "notification_type",
                 "StopFailure": "error", "PostToolUseFailure": "error"}
@@ -139,10 +146,22 @@ def count_failure(failures: str, what: str) -> None:
         os.close(fd)
 
 
+def transcript_of(kind: str, data: dict[str, object]) -> tuple[str, str | None] | None:
+    """(transcript path, session id) to note for this event, or None (other kinds, no path)."""
+    path = data.get("transcript_path")
+    if kind not in TRANSCRIPT_KINDS or not isinstance(path, str) or not path.startswith("/"):
+        return None
+    session = data.get("session_id")
+    return path[:4096], session[:200] if isinstance(session, str) else None
+
+
 def record(argv: list[str], raw: bytes) -> None:
-    """KIND STORE FAILURES ACTOR [DETAIL], the input JSON: one row in agent_events."""
+    """KIND STORE FAILURES ACTOR [DETAIL], the input JSON: one row in agent_events (and, on the
+    kinds in TRANSCRIPT_KINDS, the session's transcript path in agent_transcripts)."""
     kind, store, failures, actor = argv[:4]
-    tool, detail = event_fields(kind, parse_input(raw), argv[4] if len(argv) > 4 else "")
+    data = parse_input(raw)
+    tool, detail = event_fields(kind, data, argv[4] if len(argv) > 4 else "")
+    transcript = transcript_of(kind, data)
     try:
         conn = sqlite.connect(_uri(store), timeout=BUSY_TIMEOUT_S, isolation_level=None, uri=True)
     except Exception as exc:  # noqa: BLE001 - a missing or unreadable store
@@ -151,6 +170,8 @@ def record(argv: list[str], raw: bytes) -> None:
     try:
         conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable against a crash, no fsync per event
         insert_event(conn, actor, kind, AT, tool, detail)
+        if transcript is not None:
+            conn.execute(NOTE_TRANSCRIPT, (transcript[0], actor, transcript[1], AT))
     except Exception as exc:  # noqa: BLE001 - busy past the timeout, no table, disk full, ...
         count_failure(failures, f"{kind} {actor}: {exc}")
     finally:

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, JsonValue
 
-from vermas import convoy, events, patrol_log, polecat, rig, up
+from vermas import convoy, cost, events, patrol_log, polecat, rig, up
+from vermas.cost import CostReport
 from vermas.refinery import ledger
 from vermas.refinery.types import MRState
 from vermas.town import Town
@@ -198,6 +199,7 @@ class RunnerStatus(BaseModel):
     runner_alive: bool = False  # its pid runs and its heartbeat is fresh
     patrol_events: list[PatrolEventRow] = []  # the newest, oldest first
     escalations: list[EscalationRow] = []  # standing ones
+    cost: CostReport | None = None  # per agent and per bead (None: the store could not say)
 
 
 def runner_status(town: Town, sessions: TownSessions) -> RunnerStatus:
@@ -228,4 +230,14 @@ def runner_status(town: Town, sessions: TownSessions) -> RunnerStatus:
         unread_mail=base.unread_mail, convoys=base.convoys, merge_queues=merge_queues(town),
         heartbeats=beats, runner_alive=pid is not None and runner_beat is not None and not runner_beat.stale,
         patrol_events=recent, escalations=standing,
+        cost=cost_section(town),
     )
+
+
+def cost_section(town: Town) -> cost.CostReport | None:
+    """Status's cost section: new transcript lines read, then the totals. Never fails a status:
+    a store that cannot answer (busy past its timeout, damaged) gives None, and the next try reads."""
+    try:
+        return cost.cost_report(town)
+    except Exception:  # noqa: BLE001 - status must show the town even when cost cannot be read
+        return None

@@ -19,7 +19,7 @@ from pathlib import Path
 from vermas.atomic import is_disk_full, storage_full
 from vermas.errors import StorageFull
 
-SCHEMA_VERSION = 4  # 4: agent_events
+SCHEMA_VERSION = 5  # 4: agent_events; 5: cost (transcripts, usage, hook log, model calls)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -165,6 +165,68 @@ CREATE TABLE IF NOT EXISTS patrol_events (
 );
 CREATE INDEX IF NOT EXISTS patrol_events_action ON patrol_events(action, agent, at);
 CREATE INDEX IF NOT EXISTS patrol_events_key ON patrol_events(key);
+CREATE TABLE IF NOT EXISTS agent_transcripts (
+    path TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    session_id TEXT,
+    seen_at REAL NOT NULL,
+    read_offset INTEGER NOT NULL DEFAULT 0,
+    claude_cost_usd REAL
+);
+CREATE TABLE IF NOT EXISTS usage_records (
+    message_id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    session_id TEXT,
+    bead_id TEXT,
+    model TEXT NOT NULL,
+    at REAL NOT NULL,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_creation_tokens INTEGER NOT NULL DEFAULT 0,
+    reported_cost_usd REAL
+);
+CREATE INDEX IF NOT EXISTS usage_records_agent ON usage_records(agent);
+CREATE INDEX IF NOT EXISTS usage_records_bead ON usage_records(bead_id);
+CREATE TABLE IF NOT EXISTS model_calls (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    agent TEXT NOT NULL,
+    bead_id TEXT,
+    role TEXT NOT NULL,
+    model TEXT NOT NULL,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_creation_tokens INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS hook_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent TEXT NOT NULL,
+    bead_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    held INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS hook_log_agent ON hook_log(agent, at);
+CREATE TRIGGER IF NOT EXISTS hook_log_insert AFTER INSERT ON issues
+WHEN NEW.status = 'hooked' AND NEW.assignee IS NOT NULL
+BEGIN
+    INSERT INTO hook_log(agent, bead_id, at, held)
+    VALUES (NEW.assignee, NEW.id, (julianday('now') - 2440587.5) * 86400.0, 1);
+END;
+CREATE TRIGGER IF NOT EXISTS hook_log_update AFTER UPDATE OF status, assignee ON issues
+WHEN NEW.status IS NOT OLD.status OR NEW.assignee IS NOT OLD.assignee
+BEGIN
+    INSERT INTO hook_log(agent, bead_id, at, held)
+    SELECT OLD.assignee, OLD.id, (julianday('now') - 2440587.5) * 86400.0, 0
+    WHERE OLD.assignee IS NOT NULL AND OLD.status IN ('hooked', 'in_progress')
+      AND (NEW.assignee IS NOT OLD.assignee OR NEW.status NOT IN ('hooked', 'in_progress'));
+    INSERT INTO hook_log(agent, bead_id, at, held)
+    SELECT NEW.assignee, NEW.id, (julianday('now') - 2440587.5) * 86400.0, 1
+    WHERE NEW.status = 'hooked' AND NEW.assignee IS NOT NULL
+      AND (OLD.status IS NOT 'hooked' OR OLD.assignee IS NOT NEW.assignee);
+END;
 CREATE TABLE IF NOT EXISTS escalations (
     key TEXT PRIMARY KEY,
     recipient TEXT NOT NULL,

@@ -18,6 +18,7 @@ from vermas.errors import ConfigError, InvalidInput, TownNotFound
 from vermas.export import export_town
 from vermas.layout import BEADS_DIR, CONFIG_NAME, DB_NAME, TownLayout
 from vermas.patrol_types import PatrolConfig
+from vermas.prices import CostConfig
 from vermas.refinery.types import MergeConfig
 from vermas.store import Database
 
@@ -79,6 +80,8 @@ class TownConfig(BaseModel):
     rigs: dict[str, RigConfig] = Field(default_factory=dict)
     # `[patrol]`: every witness and deacon threshold; defaults, bounds and reasons in PatrolConfig.
     patrol: PatrolConfig = Field(default_factory=PatrolConfig)
+    # `[cost]`: price overrides per model family (vermas.prices; the defaults are estimates).
+    cost: CostConfig = Field(default_factory=CostConfig)
 
 
 def _require_text_path(path: Path) -> None:
@@ -233,6 +236,7 @@ def _config_fields(path: Path, data: dict[str, Any]) -> dict[str, Any]:
         "agent": _table(path, data, "agent"),
         "inspector": _table(path, data, "inspector"),
         "patrol": _table(path, data, "patrol"),
+        "cost": _table(path, data, "cost"),  # read only: a town's own [cost] is never rewritten
         "rigs": {name: {**values, "name": name} for name, values in rigs.items()},
     }
 

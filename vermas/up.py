@@ -23,6 +23,7 @@ from vermas import polecat
 from vermas.addresses import Address, Role
 from vermas.errors import Conflict, InvalidInput
 from vermas.proc import flock_held, pid_alive, reap_groups
+from vermas.progress import ProgressEvent, ProgressFn, ignore
 from vermas.sessions.launch import kick_all, start_agent
 from vermas.town import Town
 
@@ -213,7 +214,9 @@ def stop_zygote(town: Town) -> bool:
     return True
 
 
-def up(town: Town, sessions: TownSessions, wait: bool = True) -> UpReport:
+def up(town: Town, sessions: TownSessions, wait: bool = True, progress: ProgressFn = ignore) -> UpReport:
+    """Start every session that should run and is not; with `wait`, each new one is waited for
+    until its prompt is ready and then nudged (GUPP). `progress` hears each session's steps."""
     resolve_agent_command(town)
     start_zygote(town)
     # Before any session starts: half-made spawns finished or rolled back, broken sandboxes
@@ -225,8 +228,8 @@ def up(town: Town, sessions: TownSessions, wait: bool = True) -> UpReport:
     alive = live_session_names(sessions)
     died = dead_sessions(town, sessions)
     missing = plan_up(desired, alive)
-    started = [a for a in missing if start_agent(town, sessions, a)]
-    kicked = kick_all(town, sessions, started) if wait else []
+    started = [a for a in missing if _start(town, sessions, a, progress, wait)]
+    kicked = kick_all(town, sessions, started, progress) if wait else []
     polecat.mark_nudged(town, kicked)  # the rest stay `started`: the patrol nudges them
     return UpReport(
         started=[str(a) for a in started],
@@ -234,6 +237,14 @@ def up(town: Town, sessions: TownSessions, wait: bool = True) -> UpReport:
         kicked=kicked, repaired=repaired,
         restarted_dead={a: d for a, d in died.items() if a in {str(x) for x in started}},
     )
+
+
+def _start(town: Town, sessions: TownSessions, address: Address, progress: ProgressFn, wait: bool) -> bool:
+    progress(ProgressEvent(str(address), "starting its session"))
+    made = start_agent(town, sessions, address)
+    progress(ProgressEvent(str(address), "session up" if made else "another process made it first",
+                           finished=not (made and wait)))
+    return made
 
 
 def live_session_names(sessions: TownSessions) -> set[str]:

@@ -15,19 +15,21 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vermas import events, patrol, polecat, rig, sling, up
+from vermas import events, patrol, polecat, progress, rig, sling, up
 from vermas.addresses import parse_address
 from vermas.agents import console_script
 from vermas.bdimport import import_file
+from vermas.cost import CostBy
 from vermas.errors import VermasError
 from vermas.export import export_town
 from vermas.inspector.cli import render
 from vermas.prime import prime
+from vermas.progress import Reporter
 from vermas.proc import flock_held
 from vermas.status import AgentRow, runner_status
 from vermas.tools import TOOLS
 from vermas.town import Town, find_town
-from vermas_runner import demo, twins
+from vermas_runner import demo, twins, views
 
 if TYPE_CHECKING:
     from vermas.sessions import TownSessions
@@ -137,7 +139,8 @@ def cmd_up(args: argparse.Namespace) -> None:
         print(model_line, flush=True)
         sessions = _sessions(town)
         watch = up.DeathWatch(town, sessions)
-        report = up.up(town, sessions, wait=not args.no_wait)
+        with Reporter() as show:  # each session until ready: rich on a terminal, lines in a log
+            report = up.up(town, sessions, wait=not args.no_wait, progress=show)
         for address, death in report.restarted_dead.items():
             print(f"restarted {address}, which had died ({death.reason})")
         for address in report.started:
@@ -150,6 +153,9 @@ def cmd_up(args: argparse.Namespace) -> None:
         if args.once:
             return
         threading.Thread(target=_watch_deaths, args=(watch,), daemon=True).start()
+        with town.db.read() as conn:  # from here on: the steps this runner's patrol will see
+            merges_seen = progress.last_merge_seq(conn)
+        threading.Thread(target=_watch_merges, args=(town.root, merges_seen), daemon=True).start()
         print("patrolling (Ctrl-C to stop; sessions keep running: `vermas-runner down` stops them)",
               flush=True)
         patrol.run_forever(town, sessions)
@@ -170,6 +176,22 @@ def _watch_deaths(watch: up.DeathWatch, interval: float = 2.0) -> None:
             _print_deaths(watch)
         except Exception as exc:  # noqa: BLE001 - a failed look must not end the watch
             print(f"death watch: {type(exc).__name__}: {exc}", flush=True)
+
+
+def _watch_merges(root: Path, seen: int, interval: float = 1.0) -> None:
+    """One line per merge request step after `seen` as the ledger records it (any worker's), in
+    the runner log (or the terminal) while the runner patrols: `merge RIG BEAD (MR): from -> to[: reason]`."""
+    town = Town.open(root)  # its own connection: this thread reads while the patrol writes
+    while True:
+        time.sleep(interval)
+        try:
+            with town.db.read() as conn:
+                steps = progress.merge_steps_after(conn, seen)
+            for step in steps:
+                print(progress.plain_line(progress.merge_event(step)), flush=True)
+                seen = step.seq
+        except Exception as exc:  # noqa: BLE001 - a failed look must not end the watch
+            print(f"merge watch: {type(exc).__name__}: {exc}", flush=True)
 
 
 def cmd_down(args: argparse.Namespace) -> None:
@@ -204,6 +226,9 @@ def _session_cell(row: AgentRow) -> str:
 def cmd_status(args: argparse.Namespace) -> None:
 
     town = _open_town(args.town)
+    if args.watch or args.problems:
+        _status_view(town, args)
+        return
     status = runner_status(town, _sessions(town))
     if args.json:
         print(status.model_dump_json(indent=2))
@@ -267,6 +292,26 @@ def cmd_status(args: argparse.Namespace) -> None:
         for c in status.convoys:
             convoys.add_row(c.id, c.title, f"{c.closed}/{c.total}")
         console.print(convoys)
+    if status.cost is not None and status.cost.total.messages + status.cost.total.model_calls:
+        total = status.cost.total
+        console.print(f"cost: {views.usd(total.cost_usd)} for {total.tokens.total:,} tokens "
+                      f"({total.messages} messages, {total.model_calls} inspector calls); `vermas-runner cost`")
+
+
+def _status_view(town: Town, args: argparse.Namespace) -> None:
+    """`status --watch` (redrawn until Ctrl-C) and `status --problems` (once, or watched)."""
+    sessions = _sessions(town)
+    if args.json:
+        if args.watch:
+            _fail("--watch draws for people; for scripts use `status --json` (add --problems to filter)")
+        views.print_problems_json(town, sessions)
+        return
+    if args.interval <= 0:
+        _fail(f"--interval must be a positive number of seconds, got {args.interval:g}")
+    if args.watch:
+        views.watch(lambda: views.render_watch(town, sessions, args.problems), args.interval)
+    else:
+        Console().print(views.render_watch(town, sessions, args.problems, watching=False))
 
 
 FOLLOW_POLL_S = 0.5
@@ -445,7 +490,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", parents=[common],
                        help="the town's sessions: agents, hooks, mail, polecats, convoys (town-status: the ledger)")
+    p.add_argument("--watch", action="store_true", help="keep redrawing from the store until Ctrl-C")
+    p.add_argument("--problems", action="store_true",
+                   help="only agents that are dead, waiting on a prompt, stuck or escalated")
+    p.add_argument("--interval", type=float, default=views.DEFAULT_INTERVAL_S,
+                   help=f"seconds between redraws with --watch (default {views.DEFAULT_INTERVAL_S:g})")
     p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("cost", parents=[common],
+                       help="tokens and USD per agent or per bead (Claude Code transcripts, inspector calls)")
+    p.add_argument("--by", choices=[b.value for b in CostBy], default="agent",
+                   help="one row per agent (default) or per bead")
+    p.set_defaults(fn=lambda args: views.cmd_cost(_open_town(args.town), args))
 
     p = sub.add_parser("events", parents=[common],
                        help="agent events from Claude Code hooks and MCP calls (--follow to tail them)")

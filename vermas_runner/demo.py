@@ -34,6 +34,8 @@ from vermas.atomic import write_atomic
 from vermas.errors import Conflict, InvalidInput
 from vermas.layout import TownLayout
 from vermas.proc import pid_alive
+from vermas.progress import ProgressEvent, Reporter
+from vermas.protocol import PolecatState
 from vermas.town import AgentCommand, Town
 
 POLECAT_MARKER = "You are a vermas polecat"
@@ -263,7 +265,8 @@ def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, *
     sessions = TownSessions(town.root)
     overseer = parse_address("overseer")
     try:
-        report = up.up(town, sessions, wait=False)
+        with Reporter() as show:
+            report = up.up(town, sessions, wait=False, progress=show)
         console.print(f"started {', '.join(report.started)}")
         made = [beads.create(town, overseer, f"Write demo note {i + 1}", rig="sample",
                              description="Add a note file under notes/ and commit it.")
@@ -275,12 +278,17 @@ def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, *
                       + ("" if keep else " (add --keep to keep the town afterwards)"))
         deadline = time.monotonic() + 300
         done: set[str] = set()
-        while time.monotonic() < deadline and len(done) < len(made):
-            for msg in _witness_mail(town):
-                if msg not in done:
-                    done.add(msg)
-                    console.print(f"[green]POLECAT_DONE[/] {msg}")
-            time.sleep(1)
+        with Reporter() as show:  # each polecat's state and the count done: bars on a terminal, else lines
+            while time.monotonic() < deadline and len(done) < len(made):
+                for msg in _witness_mail(town):
+                    if msg not in done:
+                        done.add(msg)
+                        console.print(f"[green]POLECAT_DONE[/] {msg}")
+                for p in polecat.list_polecats(town, "sample"):
+                    show(ProgressEvent(p.address, f"{p.state} on {p.bead_id or '-'}",
+                                       finished=p.state is PolecatState.DONE))
+                show(ProgressEvent("demo", "polecats finished", len(done), len(made), finished=len(done) == len(made)))
+                time.sleep(1)
         ok = len(done) == len(made)
         console.print(("[bold green]all polecats finished[/]" if ok else "[bold red]timed out[/]")
                       + f" ({len(done)}/{len(made)})")

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from vermas.addresses import parse_address
 from vermas.errors import InvalidInput
+from vermas.progress import ProgressEvent, Reporter
 from vermas.tools import TOOLS, Call, Kind, Param, ToolSpec
 from vermas.town import Town
 from vermas.validate import pydantic_problems
@@ -113,16 +114,18 @@ def arguments(spec: ToolSpec, args: argparse.Namespace) -> dict[str, Any]:
 def run_tool(spec: ToolSpec, town: Town, args: argparse.Namespace) -> Any:
     """Validate the parsed arguments and call the tool's core function as the shell's actor."""
     kwargs = arguments(spec, args)
+    # Progress (verify: per criterion) on stderr: a bar on a terminal, one plain line per step elsewhere.
+    task = " ".join([spec.name.replace("_", " "), *[str(v) for v in kwargs.values() if isinstance(v, str)][:1]])
+    with Reporter(sys.stderr) as show:
+        async def progress(done: float, total: float | None, message: str) -> None:
+            if not getattr(args, "quiet", False):
+                show(ProgressEvent(task, message, done, total))
 
-    async def progress(done: float, total: float | None, message: str) -> None:
-        if not getattr(args, "quiet", False):
-            print(f"[{int(done)}/{int(total) if total else '?'}] {message}", file=sys.stderr, flush=True)
-
-    call = Call(town, resolve_actor(args.actor), progress=progress if spec.progress else None,
-                nudge_wait=SHELL_NUDGE_WAIT)
-    if spec.is_async:
-        return asyncio.run(spec.fn(call, **kwargs))
-    return spec.fn(call, **kwargs)
+        call = Call(town, resolve_actor(args.actor), progress=progress if spec.progress else None,
+                    nudge_wait=SHELL_NUDGE_WAIT)
+        if spec.is_async:
+            return asyncio.run(spec.fn(call, **kwargs))
+        return spec.fn(call, **kwargs)
 
 
 # ---- output for people ----------------------------------------------------------------------

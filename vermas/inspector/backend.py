@@ -214,6 +214,7 @@ class ClaudeCLI:
             ) from None
         record.cost_usd = float(result.get("total_cost_usd") or 0.0)
         record.duration_ms = int(result.get("duration_ms") or 0)
+        _record_usage(record, result)
         if result.get("is_error"):
             detail = result.get("errors") or result.get("result") or result.get("subtype")
             record.ok, record.error = False, f"{result.get('subtype')}: {detail}"[:2000]
@@ -226,6 +227,18 @@ class ClaudeCLI:
             text = str(result.get("result") or "")[:300]
             record.error = f"no structured output; the model answered with text: {text!r}"
         return structured, record
+
+
+def _record_usage(record: ModelCall, result: dict[str, Any]) -> None:
+    """Tokens from the result's `usage` (the cost is Claude's own `total_cost_usd`)."""
+    usage = result.get("usage")
+    if isinstance(usage, dict):
+        for field, key in (("input_tokens", "input_tokens"), ("output_tokens", "output_tokens"),
+                           ("cache_read_tokens", "cache_read_input_tokens"),
+                           ("cache_creation_tokens", "cache_creation_input_tokens")):
+            value = usage.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                setattr(record, field, value)
 
 
 def _about(call: RoleCall[Any]) -> str:

@@ -322,6 +322,11 @@ class ModelCall(BaseModel):
     cost_usd: float = 0.0
     duration_ms: int = 0
     error: str | None = None
+    # Claude's JSON result's `usage` (0 where it gave none; older records lack them)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
 
 
 class CriterionOutcome(BaseModel):

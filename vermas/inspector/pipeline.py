@@ -25,7 +25,7 @@ from typing import Any, cast
 
 from pydantic import ValidationError
 
-from vermas import beads, git, ids, permissions, timeutil, validate
+from vermas import beads, cost, git, ids, permissions, timeutil, validate
 from vermas.addresses import parse_address
 from vermas.errors import InvalidInput, NotFound, VermasError
 from vermas.inspector import auditor, designer, panel, policy, records, strategist
@@ -229,6 +229,13 @@ class Progress:
 # ---------------------------------------------------------------------------------------------
 
 
+def cost_of(call: ModelCall) -> cost.ModelCallCost:
+    """A model call as the town's cost ledger records it."""
+    return cost.ModelCallCost(role=call.role, model=call.model, cost_usd=call.cost_usd, tokens=cost.Tokens(
+        input_tokens=call.input_tokens, output_tokens=call.output_tokens, cache_read_tokens=call.cache_read_tokens,
+        cache_creation_tokens=call.cache_creation_tokens))
+
+
 def default_backend(settings: InspectorSettings, env: Mapping[str, str] | None = None) -> ModelBackend:
     return ClaudeCLI(settings.claude, env=env)
 
@@ -256,14 +263,18 @@ class Inspector:
     def _template(self, role: str) -> str:
         return role_template(role, self.town.root)
 
-    async def _ask(self, backend: ModelBackend, call: RoleCall[Any], calls: list[ModelCall]) -> Any:
-        """Ask a role; every call it made (also failed ones) lands in `calls`."""
+    async def _ask(self, backend: ModelBackend, call: RoleCall[Any], calls: list[ModelCall], bead_id: str) -> Any:
+        """Ask a role; every call it made (also failed ones) lands in `calls`, and in the town's
+        cost ledger (vermas.cost) for this actor and bead."""
+        made: list[ModelCall] = []
         try:
             answer, made = await backend.ask(call)
         except ModelError as exc:
-            calls.extend(exc.calls)
+            made = list(exc.calls)
             raise
-        calls.extend(made)
+        finally:
+            calls.extend(made)
+            cost.record_model_calls(self.town, self.actor, bead_id, [cost_of(c) for c in made])
         return answer
 
     def _bead_row(self, bead_id: str) -> sqlite3.Row:
@@ -289,7 +300,7 @@ class Inspector:
         calls: list[ModelCall] = []
         try:
             spec = await self._ask(self._backend_factory(settings),
-                                   designer.call(dict(bead), source_ac, self._template("designer")), calls)
+                                   designer.call(dict(bead), source_ac, self._template("designer")), calls, bead_id)
         finally:
             if _calls is not None:
                 _calls.extend(calls)
@@ -336,7 +347,7 @@ class Inspector:
         try:
             plan: TestPlan = await self._ask(
                 self._backend_factory(settings),
-                strategist.call(spec, self._template("strategist"), path, settings.test_command), calls)
+                strategist.call(spec, self._template("strategist"), path, settings.test_command), calls, bead_id)
         finally:
             if _calls is not None:
                 _calls.extend(calls)
@@ -426,7 +437,7 @@ class Inspector:
         backend = self._backend_factory(settings)
         gate = asyncio.Semaphore(MODEL_PARALLELISM)
         decided = await asyncio.gather(*(
-            self._decide(c, by_criterion[c.id], settings, backend, gate, calls) for c in todo))
+            self._decide(bead_id, c, by_criterion[c.id], settings, backend, gate, calls) for c in todo))
         fresh = dict(zip((c.id for c in todo), decided, strict=True))
         outcomes = [reused[c.id] if c.id in reused else fresh[c.id] for c in spec.acceptance_criteria]
 
@@ -460,7 +471,7 @@ class Inspector:
         return out
 
     async def _decide(
-        self, criterion: AcceptanceCriterion, results: list[TestResult], settings: InspectorSettings,
+        self, bead_id: str, criterion: AcceptanceCriterion, results: list[TestResult], settings: InspectorSettings,
         backend: ModelBackend, gate: asyncio.Semaphore, calls: list[ModelCall],
     ) -> CriterionOutcome:
         """One criterion through the policy: Verifier's evidence, then Auditor, then panel."""
@@ -480,7 +491,7 @@ class Inspector:
             self.progress.expect(1)
             async with gate:
                 audit = await self._ask(backend, auditor.call(criterion, results, decision.reason,
-                                                              self._template("auditor")), calls)
+                                                              self._template("auditor")), calls, bead_id)
             await self.progress.step(f"auditor: {criterion.id} {'PASS' if audit.passed else 'FAIL'} "
                                      f"(confidence {audit.confidence:.2f})")
         except ModelError as exc:
@@ -498,9 +509,9 @@ class Inspector:
             async with gate:  # both sides argue at once; wait for both even if one fails
                 sides = await asyncio.gather(
                     self._ask(backend, panel.advocate_call(criterion, results, audit, why,
-                                                           self._template("advocate")), calls),
+                                                           self._template("advocate")), calls, bead_id),
                     self._ask(backend, panel.critic_call(criterion, results, audit, why,
-                                                         self._template("critic")), calls),
+                                                         self._template("critic")), calls, bead_id),
                     return_exceptions=True,
                 )
             for side in sides:
@@ -511,7 +522,7 @@ class Inspector:
             await self.progress.step(f"panel: {criterion.id} critic argued")
             async with gate:
                 verdict = await self._ask(backend, panel.judge_call(criterion, results, audit, advocate, critic,
-                                                                    why, self._template("judge")), calls)
+                                                                    why, self._template("judge")), calls, bead_id)
             await self.progress.step(f"judge: {criterion.id} {'PASS' if verdict.passed else 'FAIL'}")
         except ModelError as exc:
             failed = policy.after_error("panel", str(exc))

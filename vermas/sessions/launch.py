@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from vermas import agents
 from vermas.addresses import Address
+from vermas.progress import ProgressEvent, ProgressFn, ignore
 from vermas.sessions import nudge
 from vermas.town import Town
 
@@ -65,13 +66,21 @@ def wait_ready(town: Town, sessions: TownSessions, address: Address, timeout: fl
 
 
 def kick(town: Town, sessions: TownSessions, address: Address,
-         first_turn_wait: float = FIRST_TURN_WAIT) -> nudge.NudgeResult | None:
+         first_turn_wait: float = FIRST_TURN_WAIT, progress: ProgressFn = ignore) -> nudge.NudgeResult | None:
     """Once the prompt is ready, nudge the agent to check its hook (GUPP without a human).
     Then watch its first turn (up to `first_turn_wait`, returning at its first tool call):
     a turn that ended without any tool call saw no MCP tools yet, so it is nudged once more."""
+    task = str(address)
+    progress(ProgressEvent(task, "waiting for its prompt and MCP server"))
     if not wait_ready(town, sessions, address):
+        why = "its session ended" if not sessions.alive(address) else f"not ready within {READY_TIMEOUT:g}s"
+        progress(ProgressEvent(task, f"{why}; the patrol will nudge it", finished=True, ok=False))
         return None
+    progress(ProgressEvent(task, "ready; nudging it to check its hook"))
     result = nudge.nudge(town, sessions, address, GUPP_NUDGE, sender="deacon")
+    ok = bool(result and result.submitted)
+    progress(ProgressEvent(task, "ready and nudged (GUPP)" if ok else "ready; nudge queued as mail",
+                           finished=True, ok=ok))
     if result.submitted and first_turn_wait > 0 and toolless_first_turn(town, sessions, address, first_turn_wait):
         time.sleep(town.config.patrol.toolless_renudge)  # let Claude Code finish connecting its MCP server
         again = nudge.nudge(town, sessions, address, GUPP_NUDGE, sender="deacon")
@@ -108,11 +117,12 @@ def toolless_first_turn(town: Town, sessions: TownSessions, address: Address, ti
         time.sleep(poll)
 
 
-def kick_all(town: Town, sessions: TownSessions, addresses: list[Address]) -> list[str]:
+def kick_all(town: Town, sessions: TownSessions, addresses: list[Address],
+             progress: ProgressFn = ignore) -> list[str]:
     results: dict[str, bool] = {}
 
     def run(a: Address) -> None:
-        r = kick(town, sessions, a)
+        r = kick(town, sessions, a, progress=progress)
         results[str(a)] = bool(r and r.submitted)
 
     threads = [threading.Thread(target=run, args=(a,), daemon=True) for a in addresses]

@@ -14,22 +14,36 @@ from vermas.testing.standin.request import Block, ModelRequest
 # --------------------------------------------------------------------------------------------
 
 
-def _usage(req: ModelRequest, output_tokens: int) -> dict[str, Any]:
-    # A rough, small input count: real sizes would only matter for auto-compaction thresholds.
-    return {
-        "input_tokens": max(1, req.raw_size // 4),
-        "output_tokens": output_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
-    }
+TURN_USAGE: dict[str, int] = {
+    "input_tokens": 1201, "cache_creation_input_tokens": 307, "cache_read_input_tokens": 4003,
+    "output_tokens": 83,
+}
+"""What every conversation turn reports it used: fixed and known, so a test can check that what
+vermas reads back from Claude Code's transcripts adds up to exactly what was served (distinct
+primes, so a field read into the wrong column or counted twice shows). Small next to any
+auto-compaction threshold."""
+
+AUXILIARY_USAGE: dict[str, int] = {
+    "input_tokens": 31, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 7,
+}
+"""What a side request (title, probe, fork) reports: different from a turn's, so one counted as a
+turn shows."""
+
+
+def served_usage(req: ModelRequest) -> dict[str, int]:
+    """The usage the stand-in reports for this request (final figures, as in message_delta)."""
+    return dict(AUXILIARY_USAGE if req.is_auxiliary() else TURN_USAGE)
+
+
+def _usage(req: ModelRequest, output_tokens: int | None = None) -> dict[str, Any]:
+    usage: dict[str, Any] = served_usage(req)
+    if output_tokens is not None:
+        usage["output_tokens"] = output_tokens
+    return usage
 
 
 def _stop_reason(blocks: list[Block]) -> str:
     return "tool_use" if any(b.get("type") == "tool_use" for b in blocks) else "end_turn"
-
-
-def _output_tokens(blocks: list[Block]) -> int:
-    return max(1, len(json.dumps(blocks)) // 4)
 
 
 def message_json(req: ModelRequest, blocks: list[Block]) -> dict[str, Any]:
@@ -42,7 +56,7 @@ def message_json(req: ModelRequest, blocks: list[Block]) -> dict[str, Any]:
         "content": blocks,
         "stop_reason": _stop_reason(blocks),
         "stop_sequence": None,
-        "usage": _usage(req, _output_tokens(blocks)),
+        "usage": _usage(req),
     }
 
 
@@ -54,7 +68,7 @@ def sse_events(req: ModelRequest, blocks: list[Block]) -> list[tuple[str, dict[s
     """The Server-Sent Events a streaming Messages API response consists of, in order."""
     message = message_json(req, [])
     message["stop_reason"] = None
-    message["usage"] = _usage(req, 1)
+    message["usage"] = _usage(req, 1)  # as the API does: input counts first, output in message_delta
     events: list[tuple[str, dict[str, Any]]] = [("message_start", {"type": "message_start", "message": message})]
     for index, block in enumerate(blocks):
         if block.get("type") == "tool_use":
@@ -72,7 +86,7 @@ def sse_events(req: ModelRequest, blocks: list[Block]) -> list[tuple[str, dict[s
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": _stop_reason(blocks), "stop_sequence": None},
-                "usage": {"output_tokens": _output_tokens(blocks)},
+                "usage": {"output_tokens": served_usage(req)["output_tokens"]},
             },
         )
     )

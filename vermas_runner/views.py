@@ -1,0 +1,154 @@
+"""Terminal views: the `cost` table and the watching `status --watch` (rich Live).
+
+The watch redraws from the store every `--interval` seconds: one `runner_status` (sessions,
+hooks, events, cost read incrementally), the open escalations, and vermas.problems' rules for
+`--problems`. Ctrl-C ends it cleanly (exit 0, the terminal restored, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from vermas import cost, problems
+from vermas.cost import CostBy, CostLine, CostReport
+from vermas.status import RunnerStatus, runner_status
+from vermas.timeutil import now as now_stamp
+from vermas.town import Town
+
+if TYPE_CHECKING:
+    from vermas.sessions import TownSessions
+
+DEFAULT_INTERVAL_S = 2.0
+PROBLEM_STYLE = {problems.Problem.DEAD: "red", problems.Problem.WAITING: "yellow",
+                 problems.Problem.STUCK: "magenta", problems.Problem.ESCALATED: "bold red"}
+
+
+# -- cost ---------------------------------------------------------------------------------------
+
+
+def usd(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.4f}"
+
+
+def cost_table(report: CostReport, by: CostBy) -> Table:
+    """One row per agent (or bead), the most expensive first, and the town's total."""
+    lines = report.by_agent if by is CostBy.AGENT else report.by_bead
+    table = Table(title=f"cost by {by.value}", caption=escape(report.note))
+    table.add_column(by.value, no_wrap=True, min_width=max((len(line.key) for line in lines), default=5))
+    for header in ("in", "out", "cache rd", "cache wr", "usd", "est.", "msgs", "calls", "claude"):
+        table.add_column(header, justify="right")
+    for line in [*lines, report.total]:
+        t = line.tokens
+        style = "bold" if line is report.total else None
+        table.add_row(escape(line.key), f"{t.input_tokens:,}", f"{t.output_tokens:,}", f"{t.cache_read_tokens:,}",
+                      f"{t.cache_creation_tokens:,}", usd(line.cost_usd), usd(line.estimated_usd), str(line.messages),
+                      str(line.model_calls), usd(line.claude_cost_usd), style=style)
+    return table
+
+
+def cmd_cost(town: Town, args: argparse.Namespace) -> None:
+    report = cost.cost_report(town)
+    if args.json:
+        print(report.model_dump_json(indent=2))
+        return
+    Console().print(cost_table(report, CostBy(args.by)))
+
+
+# -- the watching view --------------------------------------------------------------------------
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 5400 else f"{seconds / 3600:.1f}h"
+
+
+def _problem_cell(row: problems.WatchRow) -> Text:
+    if not row.problems:
+        return Text("ok", style="green")
+    return Text(" ".join(p.value for p in row.problems), style=PROBLEM_STYLE[row.problems[0]])
+
+
+def agents_table(rows: list[problems.WatchRow], report: CostReport | None) -> Table:
+    table = Table("agent", "state", "hooked", "last event", "quiet", "cost", expand=False)
+    for row in rows:
+        a = row.agent
+        event = escape(a.last_event.label) if a.last_event else "-"
+        spent = cost.agent_cost(report, a.address) if report is not None else None
+        table.add_row(escape(a.address), _problem_cell(row), a.hooked or "-", event, _ago(row.quiet_s),
+                      usd(spent.cost_usd) if spent else "-")
+    return table
+
+
+def watch_frame(status: RunnerStatus, rows: list[problems.WatchRow], problems_only: bool, stamp: str,
+                watching: bool = True) -> Group:
+    """One screen of the watch: header, the agents (or only those with problems), the queues."""
+    shown = problems.only_problems(rows) if problems_only else rows
+    total = status.cost.total if status.cost is not None else CostLine(key="total")
+    header = Text.assemble((f"town {status.town}", "bold"), f"  {stamp[11:19]} UTC  runner: ",
+                           f"pid {status.runner_pid}" if status.runner_pid else "not running",
+                           f"  agents {len(rows)}, problems {len(problems.only_problems(rows))}",
+                           f"  cost {usd(total.cost_usd)}")
+    parts: list[RenderableType] = [header]
+    if problems_only and not shown:
+        parts.append(Text("no problems: every agent is alive, none waiting, stuck or escalated", style="green"))
+    else:
+        parts.append(agents_table(shown, status.cost))
+    if not problems_only:
+        for q in status.merge_queues:
+            requests = ", ".join(f"{state} {n}" for state, n in q.counts.items() if n) or "empty"
+            parts.append(Text(f"merge queue {q.rig}: {requests}" + (" (paused)" if q.paused_sha else "")))
+        if status.polecats:
+            parts.append(Text("polecats: " + ", ".join(f"{p.address} {p.state} {p.bead_id or '-'}"
+                                                       for p in status.polecats)))
+    if watching:
+        parts.append(Text("Ctrl-C to stop watching", style="dim"))
+    return Group(*parts)
+
+
+def observe(town: Town, sessions: TownSessions) -> tuple[RunnerStatus, list[problems.WatchRow], str]:
+    """Read the town once: its status, each agent with its problems, and when."""
+    town.reload_config()
+    status = runner_status(town, sessions)
+    with town.db.read() as conn:
+        escalations = problems.open_escalations(conn)
+    stamp, at = now_stamp()
+    return status, problems.watch_rows(status, escalations, at, town.config.patrol.stuck_after), stamp
+
+
+def render_watch(town: Town, sessions: TownSessions, problems_only: bool, watching: bool = True) -> Group:
+    """Read the town once and draw it."""
+    status, rows, stamp = observe(town, sessions)
+    return watch_frame(status, rows, problems_only, stamp, watching)
+
+
+def print_problems_json(town: Town, sessions: TownSessions) -> None:
+    """`status --problems --json`: the agents with problems, as WatchRow objects."""
+    _, rows, _ = observe(town, sessions)
+    print(json.dumps([r.model_dump(mode="json") for r in problems.only_problems(rows)], indent=2))
+
+
+def watch(render: Callable[[], RenderableType], interval: float, console: Console | None = None) -> None:
+    """Redraw `render()` every `interval` seconds until Ctrl-C (which ends it quietly)."""
+    console = console or Console()
+    try:
+        with Live(render(), console=console, auto_refresh=False, screen=console.is_terminal,
+                  redirect_stdout=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(render(), refresh=True)
+    except KeyboardInterrupt:
+        pass
+    console.print("stopped watching")

@@ -131,3 +131,26 @@ def test_snapshot_shows_rig_queue_and_cost_panel_absent(town: Town, tmp_path) ->
     assert {a.address for a in snap.agents} >= {"mayor", "sample/witness", "sample/refinery"}
     assert all(a.state == "dead" for a in snap.agents)  # no tmux sessions: gone, from the evidence
     assert snap.cost is None and view.cost_section(town) is None
+
+
+def test_retry_requeues_a_failed_merge_request(served: tuple[Town, str], tmp_path) -> None:
+    from vermas.refinery import ledger
+    from vermas.refinery.types import MRState
+
+    town, base = served
+    repo = make_repo(tmp_path / "src")
+    rig.add(town, "sample", str(repo), prefix="sp", test_command="true")
+    bead = beads.create(town, parse_address("mayor"), "Merge me", rig="sample")
+    mr = ledger.enqueue(town, rig="sample", bead=bead.id, polecat="sample/polecats/nux", branch="polecat/nux/x",
+                        commit="0" * 40).id
+    ledger.transition(town, mr, MRState.CLAIMED, "runner:test")
+    ledger.transition(town, mr, MRState.FAILED, "runner:test", {"reason": "tool missing"})
+    code, _ = post(f"{base}/action/mq_retry", {"mr_id": mr}, None)
+    assert code == 403 and ledger.get(town, mr).state is MRState.FAILED
+    code, body = post(f"{base}/action/mq_retry", {"mr_id": mr}, actions.secret(town))
+    assert code == 200 and body["ok"], body
+    assert ledger.get(town, mr).state is MRState.QUEUED
+    events = ledger.events(town, mr)
+    assert events[-1].actor == "overseer" and events[-1].to_state is MRState.QUEUED
+    snap = view.snapshot(town, panes={})
+    assert snap.queues[0].last_failure and snap.queues[0].last_failure["reason"] == "tool missing"

@@ -178,7 +178,8 @@ def serve(town: Town, port: int = 0, ready: Any = None) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
+    sock.listen(128)  # connections queue from now on, so the URL printed next works at once
     if ready is not None:
         ready(sock.getsockname()[1])
-    config = uvicorn.Config(build_app(town), log_level="warning", access_log=False)
+    config = uvicorn.Config(build_app(town), log_level="warning", access_log=False, timeout_graceful_shutdown=1)
     uvicorn.Server(config).run(sockets=[sock])

@@ -9,6 +9,7 @@ POST; it lives here so the CLI and the tests read it the same way.
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import secrets
 from typing import Any
@@ -62,8 +63,6 @@ def _escalation_message(town: Town, actor: Address, key: str) -> str:
             return str(row[0])
         for (evidence,) in conn.execute("SELECT evidence FROM patrol_events WHERE action = 'reescalate' AND key = ? "
                                         "ORDER BY seq DESC", (key,)):
-            import json
-
             seen = json.loads(evidence or "{}")
             if seen.get("to") == str(actor) and seen.get("message"):
                 return str(seen["message"])

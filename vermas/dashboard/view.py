@@ -14,9 +14,10 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, Field
 
-from vermas import beads, convoy, patrol_log, up
+from vermas import beads, convoy, patrol_log, timeutil, up
 from vermas.addresses import Address
 from vermas.patrol_types import Evidence, TmuxEvidence
+from vermas.protocol import PolecatState
 from vermas.refinery import ledger
 from vermas.refinery.types import MRState
 from vermas.status import MergeQueueStatus, merge_queues
@@ -124,9 +125,6 @@ def _agents(town: Town, conn: sqlite3.Connection, addresses: list[Address],
 
 def _agent(conn: sqlite3.Connection, address: Address, hooked: Mapping[str, str], unread: Mapping[str, int],
            slots: Mapping[str, tuple[str, str]], panes: Mapping[str, TmuxEvidence] | None) -> AgentView:
-    from vermas import timeutil
-    from vermas.protocol import PolecatState
-
     name = str(address)
     events, mcp = hook_events(conn, name)
     slot = slots.get(name)

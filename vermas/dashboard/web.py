@@ -12,6 +12,7 @@ X-Vermas-Key header); actions are POST only.
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -171,9 +172,7 @@ def _http_status(exc: VermasError) -> int:
 
 def serve(town: Town, port: int = 0, ready: Any = None) -> None:
     """Serve on 127.0.0.1:port until interrupted; `ready(port)` once listening."""
-    import socket
-
-    import uvicorn
+    import uvicorn  # deferred: the server itself, only when serving (tests build the app alone)
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

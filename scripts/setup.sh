@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up everything vermas and its tests need on a fresh machine: tmux, a git identity,
+# Set up everything vermas and its tests need on a fresh machine: tmux, chromium, a git identity,
 # a virtualenv with vermas installed, and the Claude Code CLI in .tools/claude.
 # Idempotent: a second run installs nothing new.
 set -euo pipefail
@@ -12,6 +12,13 @@ if ! command -v tmux >/dev/null 2>&1 || ! command -v git >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux git >/dev/null
+fi
+# Headless Chromium (Debian package) for the dashboard's browser test.
+if ! command -v chromium >/dev/null 2>&1; then
+    log "installing chromium (headless browser for the dashboard test)"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 git config --global user.name >/dev/null 2>&1 || git config --global user.name "vermas"
 git config --global user.email >/dev/null 2>&1 || git config --global user.email "vermas@localhost"

@@ -436,6 +436,22 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
+def cmd_dashboard(args: argparse.Namespace) -> None:
+    """A thin shell: the app is vermas.dashboard.web; the URL printed carries the town's key."""
+    from vermas.dashboard import actions, web  # deferred: Starlette and uvicorn only for this command
+
+    town = _open_town(args.town)
+    key = actions.secret(town)
+
+    def ready(port: int) -> None:
+        print(f"dashboard: http://127.0.0.1:{port}/?key={key}", flush=True)
+
+    try:
+        web.serve(town, args.port, ready)
+    except OSError as exc:
+        _fail(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vermas-runner", description="Create, boot and run vermas towns; every MCP tool has a twin here.")
@@ -510,6 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", help=f"only this kind: {', '.join(events.KINDS)}")
     p.add_argument("--limit", type=int, default=50, help="how many of the newest to show first (default 50)")
     p.set_defaults(fn=cmd_events)
+
+    p = sub.add_parser("dashboard", parents=[town_only], help="serve a live web dashboard of the town on 127.0.0.1")
+    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0: any free port)")
+    p.set_defaults(fn=cmd_dashboard)
 
     p = sub.add_parser("attach", parents=[town_only], help="attach your terminal to an agent's session")
     p.add_argument("address", help="the agent's address, e.g. mayor")

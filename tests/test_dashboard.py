@@ -1,0 +1,157 @@
+"""The dashboard served for real (uvicorn on 127.0.0.1, a real town store): the secret guards
+every request and action (403, nothing changes), actions go through the tools' core as the
+overseer, and a store change reaches the SSE stream."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import make_repo
+from vermas import beads, rig
+from vermas.addresses import parse_address
+from vermas.dashboard import actions, view, web
+from vermas.town import Town
+
+
+@pytest.fixture
+def served(town: Town) -> Iterator[tuple[Town, str]]:
+    import uvicorn
+
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(web.build_app(town), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield town, f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def post(url: str, body: dict[str, object], key: str | None) -> tuple[int, dict[str, object]]:
+    headers = {"Content-Type": "application/json", **({"X-Vermas-Key": key} if key else {})}
+    req = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        text = exc.read()
+        try:
+            return exc.code, json.loads(text)
+        except ValueError:
+            return exc.code, {"text": text.decode()}
+
+
+def test_secret_is_owner_only_and_stable(town: Town) -> None:
+    key = actions.secret(town)
+    path = town.layout.runtime_dir / actions.SECRET_FILE
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert actions.secret(town) == key and len(key) >= 24
+    assert actions.authorized(town, key) and not actions.authorized(town, key[:-1])
+    assert not actions.authorized(town, None)
+
+
+def test_without_the_key_everything_is_403_and_nothing_changes(served: tuple[Town, str], tmp_path) -> None:
+    town, base = served
+    bead = beads.create(town, parse_address("mayor"), "Stay open")
+    for key in (None, "wrong"):
+        code, _ = post(f"{base}/action/bead_close", {"bead_id": bead.id}, key)
+        assert code == 403
+        code, _ = post(f"{base}/action/sling", {"bead_id": bead.id, "target": "mayor"}, key)
+        assert code == 403
+        with pytest.raises(urllib.error.HTTPError) as page:
+            urllib.request.urlopen(f"{base}/?key={key or ''}", timeout=10)
+        assert page.value.code == 403
+    assert beads.show(town, bead.id).status == "open"
+    with pytest.raises(urllib.error.HTTPError) as get:  # actions are POST only
+        urllib.request.urlopen(f"{base}/action/sling?key={actions.secret(town)}", timeout=10)
+    assert get.value.code == 405
+
+
+def test_with_the_key_actions_run_as_overseer_through_the_core(served: tuple[Town, str]) -> None:
+    town, base = served
+    key = actions.secret(town)
+    bead = beads.create(town, parse_address("mayor"), "Hook me")
+    code, body = post(f"{base}/action/sling", {"bead_id": bead.id, "target": "mayor"}, key)
+    assert code == 200 and body["ok"], body
+    assert beads.show(town, bead.id).status == "hooked"
+    code, body = post(f"{base}/action/sling", {"bead_id": bead.id, "target": "mayor"}, key)
+    assert code == 409 and "hooked" in str(body["error"])  # the core's own refusal
+    code, body = post(f"{base}/action/mq_retry", {"mr_id": "nope"}, key)
+    assert code in (400, 404) and not body["ok"]
+    code, body = post(f"{base}/action/bead_close", {"bead_id": bead.id}, key)
+    assert code == 404 and "actions:" in str(body["error"])  # only the dashboard's actions exist
+
+
+def test_store_change_reaches_the_event_stream(served: tuple[Town, str]) -> None:
+    town, base = served
+    key = actions.secret(town)
+    seen: list[dict[str, object]] = []
+
+    def listen() -> None:
+        with urllib.request.urlopen(f"{base}/events?key={key}", timeout=30) as resp:
+            for raw in resp:
+                line = raw.decode()
+                if line.startswith("data: "):
+                    seen.append(json.loads(line[6:]))
+                    if len(seen) >= 2:
+                        return
+
+    t = threading.Thread(target=listen, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 20
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert seen, "no first snapshot"
+    other = Town.open(town.root)  # another process's connection, as an agent's vermas-mcp would be
+    bead = beads.create(other, parse_address("mayor"), "Seen live")
+    other.close()
+    t.join(20)
+    assert len(seen) >= 2
+    assert bead.id in [b["id"] for b in seen[-1]["ready"]]  # type: ignore[index, union-attr]
+
+
+def test_snapshot_shows_rig_queue_and_cost_panel_absent(town: Town, tmp_path) -> None:
+    repo = make_repo(tmp_path / "src")
+    rig.add(town, "sample", str(repo), prefix="sp", test_command="true")
+    snap = view.snapshot(town, panes={})
+    assert [q.status.rig for q in snap.queues] == ["sample"]
+    assert {a.address for a in snap.agents} >= {"mayor", "sample/witness", "sample/refinery"}
+    assert all(a.state == "dead" for a in snap.agents)  # no tmux sessions: gone, from the evidence
+    assert snap.cost is None and view.cost_section(town) is None
+
+
+def test_retry_requeues_a_failed_merge_request(served: tuple[Town, str], tmp_path) -> None:
+    from vermas.refinery import ledger
+    from vermas.refinery.types import MRState
+
+    town, base = served
+    repo = make_repo(tmp_path / "src")
+    rig.add(town, "sample", str(repo), prefix="sp", test_command="true")
+    bead = beads.create(town, parse_address("mayor"), "Merge me", rig="sample")
+    mr = ledger.enqueue(town, rig="sample", bead=bead.id, polecat="sample/polecats/nux", branch="polecat/nux/x",
+                        commit="0" * 40).id
+    ledger.transition(town, mr, MRState.CLAIMED, "runner:test")
+    ledger.transition(town, mr, MRState.FAILED, "runner:test", {"reason": "tool missing"})
+    code, _ = post(f"{base}/action/mq_retry", {"mr_id": mr}, None)
+    assert code == 403 and ledger.get(town, mr).state is MRState.FAILED
+    code, body = post(f"{base}/action/mq_retry", {"mr_id": mr}, actions.secret(town))
+    assert code == 200 and body["ok"], body
+    assert ledger.get(town, mr).state is MRState.QUEUED
+    events = ledger.events(town, mr)
+    assert events[-1].actor == "overseer" and events[-1].to_state is MRState.QUEUED
+    snap = view.snapshot(town, panes={})
+    assert snap.queues[0].last_failure and snap.queues[0].last_failure["reason"] == "tool missing"

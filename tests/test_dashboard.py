@@ -155,3 +155,19 @@ def test_retry_requeues_a_failed_merge_request(served: tuple[Town, str], tmp_pat
     assert events[-1].actor == "overseer" and events[-1].to_state is MRState.QUEUED
     snap = view.snapshot(town, panes={})
     assert snap.queues[0].last_failure and snap.queues[0].last_failure["reason"] == "tool missing"
+
+
+def test_cost_panel_shows_recorded_costs(town: Town) -> None:
+    """Once a cost is recorded (an inspector call here), the snapshot carries it per agent and
+    per bead, with the totals the store holds."""
+    from vermas import cost
+
+    bead = beads.create(town, parse_address("mayor"), "Costed")
+    calls = [cost.ModelCallCost(role="auditor", model="claude-sonnet-4-5", cost_usd=0.25,
+                                tokens=cost.Tokens(input_tokens=1000, output_tokens=200))]
+    cost.record_model_calls(town, "inspector", bead.id, calls)
+    snap = view.snapshot(town, panes={})
+    assert snap.cost is not None
+    assert [(line.key, line.tokens.output_tokens) for line in snap.cost.by_bead] == [(bead.id, 200)]
+    assert snap.cost.total.cost_usd == pytest.approx(0.25)
+    assert json.loads(snap.model_dump_json())["cost"]["total"]["tokens"]["input_tokens"] == 1000

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, Field
 
-from vermas import beads, convoy, patrol_log, timeutil, up
+from vermas import beads, convoy, cost, patrol_log, timeutil, up
+from vermas.cost import CostReport
 from vermas.addresses import Address
 from vermas.patrol_types import Evidence, TmuxEvidence
 from vermas.protocol import PolecatState
@@ -100,13 +101,18 @@ class Snapshot(BaseModel):
     unread_mail: dict[str, int]
     escalations: list[EscalationView]
     feed: list[FeedItem]
-    cost: dict[str, object] | None = None  # filled by cost_section() once cost data exists
+    cost: CostReport | None = None  # None: nothing recorded yet (the page shows no panel)
 
 
-def cost_section(town: Town) -> dict[str, object] | None:
-    """The cost panel's data, or None when no cost data is recorded (the page then shows no
-    panel). The hook for vermas.cost: until it is wired here, always None."""
-    return None
+def cost_section(town: Town) -> CostReport | None:
+    """The cost panel: tokens and USD per agent and per bead (vermas.cost, new transcript lines
+    read first), or None when nothing is recorded yet or the store cannot say right now (a
+    dashboard must render the town even then)."""
+    try:
+        report = cost.cost_report(town)
+    except Exception:  # noqa: BLE001 - the rest of the page still renders; the next snapshot retries
+        return None
+    return report if report.by_agent or report.by_bead else None
 
 
 def _agents(town: Town, conn: sqlite3.Connection, addresses: list[Address],

@@ -18,8 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ import pytest
 
 from tests.cdp import Browser, chromium_binary
 from tests.conftest import git, make_repo
+from tests.test_dashboard import post
 from vermas.addresses import parse_address
 from vermas.sessions import TownSessions, socket_name
 from vermas.testing.standin import find_claude_binary
@@ -177,15 +176,7 @@ def test_the_page_shows_the_town_live_in_a_real_browser(live: LiveTown, tmp_path
 
 
 def post_nudge(live: LiveTown, message: str, key: str | None) -> tuple[int, dict[str, object]]:
-    base = live.url.split("/?", 1)[0]
-    headers = {"Content-Type": "application/json", **({"X-Vermas-Key": key} if key else {})}
-    body = json.dumps({"target": "mayor", "message": message}).encode()
-    req = urllib.request.Request(f"{base}/action/nudge", body, headers, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, {"text": exc.read().decode()}
+    return post(f"{live.url.split('/?', 1)[0]}/action/nudge", {"target": "mayor", "message": message}, key)
 
 
 def test_a_nudge_from_the_dashboard_reaches_the_agents_pane(live: LiveTown) -> None:

@@ -175,3 +175,7 @@ def test_patrol_survives_a_broken_file_and_logs_once(town: Town, tmp_path: Path)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
+        from vermas.sessions import TownSessions  # deferred: libtmux, only to clean up
+
+        # the deacon in that patrol may have (re)started core sessions on the test's socket
+        TownSessions(town.root, socket=f"vermas-test-cfg-{os.getpid()}").kill_server()

@@ -381,12 +381,27 @@ FAILING = ("Add the feature",
 @e2e
 def test_a_change_that_fails_the_tests_is_reworked_by_its_polecat_and_merged(qt: QueueTown) -> None:
     [bead] = sling_all(qt, FAILING)
+    first, second = failing_bead_is_reworked_and_merged(qt, bead)
+    assert first.polecat == second.polecat  # its polecat, alive, fixed it
+
+
+@e2e
+def test_under_up_a_change_that_fails_the_tests_is_reworked_on_its_branch_and_merged(up: QueueTown) -> None:
+    """Under `up` the witness stops a polecat's session when it reports done, so the rework goes to a
+    new polecat on the SAME branch (vermas.polecat.respawn_on_branch): compare branches, not names."""
+    [bead] = sling_all(up, FAILING)
+    first, second = failing_bead_is_reworked_and_merged(up, bead)
+    assert first.branch == second.branch, up.diagnostics()
+
+
+def failing_bead_is_reworked_and_merged(qt: QueueTown, bead: str) -> tuple[ledger.MergeRequestRow,
+                                                                          ledger.MergeRequestRow]:
     process_queue_until(qt, lambda: qt.bead_status(bead) == "closed", "the failing bead to be fixed and merged")
     first, second = qt.requests(bead)
     # Sent back for rework, then replaced by the fix's request (a new commit), which merged.
     assert path(qt, first.id) == [MRState.QUEUED, MRState.CLAIMED, MRState.TESTING, MRState.REWORK,
                                   MRState.REJECTED], qt.diagnostics()
-    assert second.state is MRState.MERGED and first.polecat == second.polecat  # its polecat, alive, fixed it
+    assert second.state is MRState.MERGED, qt.diagnostics()
     events = ledger.events(qt.town, first.id)
     assert events[-1].evidence["reason"] == f"superseded by {second.id}"
     sent_back = next(e for e in events if e.to_state is MRState.REWORK)
@@ -404,6 +419,7 @@ def test_a_change_that_fails_the_tests_is_reworked_by_its_polecat_and_merged(qt:
     assert any(first.id in c and "fail" in c.lower() for c in comments), comments
     process_queue_until(qt, lambda: qt.rig.slots() == [], "the slot to be freed after the merge")
     assert_cleaned_up(qt, [bead])
+    return first, second
 
 
 def same_lines(who: str) -> tuple[str, str]:

@@ -9,6 +9,7 @@ single ordered script would be racy. This policy routes by the role marker in th
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -126,6 +127,17 @@ def standin(home: Path) -> Iterator[Standin]:
     model = InspectorModel()
     with StandinModelServer(model) as server:
         yield Standin(server=server, model=model, env=claude_env(server.base_url, home), claude=claude)
+
+
+def into_process_env(s: Standin, monkeypatch: Any) -> None:
+    """Point this process's environment at the stand-in, the way a deployed town's runner has its
+    model settings: for code that calls the inspector with the process env (MCP tools, the refinery)."""
+    for key in list(os.environ):
+        if key.startswith(("ANTHROPIC_", "CLAUDE")):
+            monkeypatch.delenv(key)
+    for key, value in s.env.items():
+        if key.startswith(("ANTHROPIC_", "CLAUDE", "DISABLE_")) or key == "HOME":
+            monkeypatch.setenv(key, value)
 
 
 # ---------------------------------------------------------------------------------------------

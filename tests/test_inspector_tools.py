@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import pytest
 
 from tests.conftest import call, fail
 from tests.inspector_standin import (
+    into_process_env,
     town_candidate,
     AC_ADD,
     AC_README,
@@ -40,12 +40,7 @@ VERIFY_TOOLS = {"verify_spec", "verify_plan", "verify_run", "verify_bead", "veri
 def sm(tmp_path: Path, town: Town, monkeypatch: pytest.MonkeyPatch) -> Iterator[Standin]:
     """The stand-in, wired in the way a deployed town is: town.toml's command, the process env."""
     with standin(tmp_path / "claude-home") as s:
-        for key in list(os.environ):
-            if key.startswith(("ANTHROPIC_", "CLAUDE")):
-                monkeypatch.delenv(key)
-        for key, value in s.env.items():
-            if key.startswith(("ANTHROPIC_", "CLAUDE", "DISABLE_")) or key == "HOME":
-                monkeypatch.setenv(key, value)
+        into_process_env(s, monkeypatch)
         town.config.inspector.command = str(s.claude)
         yield s
 

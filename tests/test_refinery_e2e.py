@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -166,8 +168,9 @@ class QueueTown:
     """A town on the stand-in model with rig `gt` on a bare upstream (tests/refinery_rig.py), and
     the loop that stands in for the runner's patrol."""
 
-    def __init__(self, town: Town, rig: MergeRig, server: StandinModelServer) -> None:
+    def __init__(self, town: Town, rig: MergeRig, server: StandinModelServer | None, runner: bool = False) -> None:
         self.town, self.rig, self.server = town, rig, server
+        self.runner = runner  # True: `vermas-runner up` runs the patrol (and the queue); no test thread
         self.sessions = TownSessions(town.root)
         self.reports: list[worker.StepReport] = []
         self.errors: list[str] = []
@@ -189,7 +192,7 @@ class QueueTown:
             self._stop.wait(ROUND_S)
 
     def start(self) -> None:
-        if self._thread is None:
+        if self._thread is None and not self.runner:
             self._thread = threading.Thread(target=self._rounds, name="test-runner-patrol", daemon=True)
             self._thread.start()
 
@@ -212,7 +215,8 @@ class QueueTown:
         out.append("queue steps (last 8 that did something): " + "; ".join(
             r.model_dump_json(exclude_defaults=True) for r in worked[-8:]))
         out.append(f"driver errors: {self.errors[-5:]}")
-        out.append(f"stand-in policy errors: {[e.error[:500] for e in self.server.errors[-3:]]}")
+        if self.server is not None:
+            out.append(f"stand-in policy errors: {[e.error[:500] for e in self.server.errors[-3:]]}")
         for name in self.sessions.names():
             if "polecats" in name:
                 address = parse_address(name.removeprefix("vermas-").replace("-", "/"))
@@ -244,10 +248,11 @@ def path(qt: QueueTown, mr_id: str) -> list[MRState]:
     return [e.to_state for e in ledger.events(qt.town, mr_id) if e.from_state is not e.to_state]
 
 
-def process_queue_until(qt: QueueTown, done: Callable[[], bool], what: str, timeout: float = 75) -> None:
-    """Let the queue be processed (today: the test's stand-in for the runner's patrol, started once)
-    until `done()`; fail after `timeout` s with the requests' events, the queue steps and the panes."""
+def process_queue_until(qt: QueueTown, done: Callable[[], bool], what: str, timeout: float | None = None) -> None:
+    """Let the queue be processed (the runner's own patrol under `up`, or the test's stand-in for it,
+    started once) until `done()`; fail after `timeout` s with the requests' events, the queue steps and the panes."""
     qt.start()
+    timeout = timeout or (180 if qt.runner else 75)  # the runner's patrol rounds are slower than the test's
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if done():
@@ -269,6 +274,33 @@ def qt(tmp_path: Path) -> Iterator[QueueTown]:
             handle.stop()
             handle.sessions.kill_server()
             town.close()
+
+
+RUNNER = str(Path(sys.executable).parent / "vermas-runner")
+
+
+def runner(root: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("VERMAS_TOWN", "BD_ACTOR", "CLAUDECODE")}
+    return subprocess.run([RUNNER, *args, "--town", str(root)], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[QueueTown]:
+    """The same rig, but the town runs as a person runs it: `vermas-runner up --detach --model standin`
+    (its own stand-in model process, its own runner whose patrol drives the merge queue)."""
+    town, _ = Town.init(tmp_path / "town")
+    rig = MergeRig(town, tmp_path)
+    handle = QueueTown(town, rig, None, runner=True)
+    try:
+        started = runner(town.root, "up", "--detach", "--model", "standin")
+        assert started.returncode == 0, f"up failed:\n{started.stdout}\n{started.stderr}"
+        town.reload_config()
+        yield handle
+    finally:
+        runner(town.root, "down", timeout=120)
+        handle.sessions.kill_server()
+        town.close()
 
 
 def sling_all(qt: QueueTown, *descriptions: tuple[str, str]) -> list[str]:
@@ -312,6 +344,20 @@ async def convoy_and_sling(town: Town, titles: list[str]) -> tuple[str, list[str
 
 @e2e
 def test_a_convoy_of_three_is_merged_onto_the_upstream_and_lands(qt: QueueTown) -> None:
+    convoy_of_three_lands(qt)
+
+
+@e2e
+def test_under_up_the_runners_own_patrol_merges_a_convoy_of_three(up: QueueTown) -> None:
+    """No test thread drives anything: the detached runner's patrol nudges, merges and cleans up."""
+    convoy_of_three_lands(up)
+    assert not up.errors and up._thread is None
+    owners = {e.evidence.get("lease_owner") for req in ledger.list_requests(up.town, rig=RIG)
+              for e in ledger.events(up.town, req.id) if e.to_state is MRState.CLAIMED}
+    assert owners and None not in owners and OWNER not in owners, owners  # claimed by the runner's worker
+
+
+def convoy_of_three_lands(qt: QueueTown) -> None:
     convoy_id, ids = asyncio.run(convoy_and_sling(qt.town, ["Note one", "Note two", "Note three"]))
     process_queue_until(qt, lambda: convoy.status(qt.town, convoy_id).landed, "the convoy of three to land")
     process_queue_until(qt, lambda: qt.rig.slots() == [], "every slot to be freed after the merges")
@@ -335,12 +381,27 @@ FAILING = ("Add the feature",
 @e2e
 def test_a_change_that_fails_the_tests_is_reworked_by_its_polecat_and_merged(qt: QueueTown) -> None:
     [bead] = sling_all(qt, FAILING)
+    first, second = failing_bead_is_reworked_and_merged(qt, bead)
+    assert first.polecat == second.polecat  # its polecat, alive, fixed it
+
+
+@e2e
+def test_under_up_a_change_that_fails_the_tests_is_reworked_on_its_branch_and_merged(up: QueueTown) -> None:
+    """Under `up` the witness stops a polecat's session when it reports done, so the rework goes to a
+    new polecat on the SAME branch (vermas.polecat.respawn_on_branch): compare branches, not names."""
+    [bead] = sling_all(up, FAILING)
+    first, second = failing_bead_is_reworked_and_merged(up, bead)
+    assert first.branch == second.branch, up.diagnostics()
+
+
+def failing_bead_is_reworked_and_merged(qt: QueueTown, bead: str) -> tuple[ledger.MergeRequestRow,
+                                                                          ledger.MergeRequestRow]:
     process_queue_until(qt, lambda: qt.bead_status(bead) == "closed", "the failing bead to be fixed and merged")
     first, second = qt.requests(bead)
     # Sent back for rework, then replaced by the fix's request (a new commit), which merged.
     assert path(qt, first.id) == [MRState.QUEUED, MRState.CLAIMED, MRState.TESTING, MRState.REWORK,
                                   MRState.REJECTED], qt.diagnostics()
-    assert second.state is MRState.MERGED and first.polecat == second.polecat  # its polecat, alive, fixed it
+    assert second.state is MRState.MERGED, qt.diagnostics()
     events = ledger.events(qt.town, first.id)
     assert events[-1].evidence["reason"] == f"superseded by {second.id}"
     sent_back = next(e for e in events if e.to_state is MRState.REWORK)
@@ -358,6 +419,7 @@ def test_a_change_that_fails_the_tests_is_reworked_by_its_polecat_and_merged(qt:
     assert any(first.id in c and "fail" in c.lower() for c in comments), comments
     process_queue_until(qt, lambda: qt.rig.slots() == [], "the slot to be freed after the merge")
     assert_cleaned_up(qt, [bead])
+    return first, second
 
 
 def same_lines(who: str) -> tuple[str, str]:

@@ -38,6 +38,7 @@ from pydantic import BaseModel, Field
 from vermas import beads, git, ids, mail, polecat, protocol, timeutil
 from vermas.addresses import Role, parse_address
 from vermas.errors import InvalidInput, NotFound, VermasError
+from vermas.inspector.models import CriterionOutcome, VerificationReport
 from vermas.inspector.verifier import town_private_paths
 from vermas.protocol import PolecatState
 from vermas.refinery import bisect, decide, gitops, ledger, queue
@@ -166,12 +167,42 @@ def verify_with_inspector(town: Town, req: MergeRequestRow, tree: Path, level: s
         return RunOutcome(kind=RunKind.VERIFY, status=RunStatus.COULD_NOT_RUN, command=f"verify level {level}",
                           duration_s=time.monotonic() - start, output_tail=tail(str(exc)), target_sha=target_sha,
                           candidate_sha=candidate)
-    failing = next((c for c in report.criteria if c.outcome != "PASS"), None)
-    return RunOutcome(kind=RunKind.VERIFY, status=RunStatus.PASSED if report.overall == "PASS" else RunStatus.FAILED,
+    status, failing = verification_status(report)
+    return RunOutcome(kind=RunKind.VERIFY, status=status,
                       command=f"verify level {level}", duration_s=report.duration_s,
-                      output_tail=tail(report.summary + (f"\n{failing.reason}" if failing else "")),
+                      output_tail=tail(report.summary + _evidence(failing)),
                       target_sha=target_sha, candidate_sha=candidate,
                       criterion=failing.criterion_id if failing else None)
+
+
+def _evidence(failing: CriterionOutcome | None) -> str:
+    """The deciding criterion, why, and its test output: what the polecat needs to fix it."""
+    if failing is None:
+        return ""
+    error = f"\nerror: {failing.error}" if failing.error and failing.error not in failing.reason else ""
+    tests = "".join(f"\n$ {t.evidence.command}\n{t.evidence.output}" for t in failing.tests)
+    return f"\n{failing.criterion_id}: {failing.reason}{error}{tests}"
+
+
+def verification_status(report: VerificationReport) -> tuple[RunStatus, CriterionOutcome | None]:
+    """What a verification report means for the merge queue, and the criterion that decided it.
+
+    Why errors are separate: a criterion the Auditor or panel could not answer (the model was
+    unavailable, its output invalid) comes back FAIL with `error` set. That says nothing about
+    the code, so it must not send the work back: when no criterion failed on its merits but one
+    failed with an error, the run COULD_NOT_RUN (retried with backoff, escalated, never merged).
+    A real FAIL wins over an errored one; a PASS report passes."""
+    if report.overall == "PASS":
+        return RunStatus.PASSED, None
+    failed = [c for c in report.criteria if c.outcome == "FAIL"]
+    merits = next((c for c in failed if not c.error), None)
+    if merits is not None:
+        return RunStatus.FAILED, merits
+    errored = next((c for c in failed if c.error), None)
+    if errored is not None:
+        return RunStatus.COULD_NOT_RUN, errored
+    # nothing failed yet the report is not PASS (everything SKIPPED): not verified, the candidate's to fix
+    return RunStatus.FAILED, next((c for c in report.criteria if c.outcome != "PASS"), None)
 
 
 # ---- one step ------------------------------------------------------------------------------------------

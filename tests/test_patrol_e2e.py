@@ -24,6 +24,7 @@ from vermas.addresses import parse_address
 from vermas.sessions import TownSessions
 from vermas.testing.standin import find_claude_binary
 from vermas.testing.standin.polecat import SLEPT_MARKER
+from vermas.witness.decide import RESCUE_PREFIX
 from vermas.town import Town
 
 pytestmark = pytest.mark.skipif(find_claude_binary() is None,
@@ -140,8 +141,11 @@ def test_a_polecat_killed_mid_tool_is_restarted_in_its_worktree_and_its_bead_mer
     assert restart["bead"] == bead
     pt.wait(f"{bead} merged", lambda: pt.bead_status(bead) == "closed", timeout=300)
     assert git(pt.bare, "show", "main:killed.txt") == "survived"
-    # the new session went on in the same worktree: its Bash call found the first one's marker
-    assert slept(worktree)
+    # the new session went on in the same worktree and branch: one merge request, from that branch
+    assert "same worktree" in restart["reason"]
+    with pt.town.db.read() as conn:
+        branches = [r[0] for r in conn.execute("SELECT branch FROM merge_requests WHERE bead_id = ?", (bead,))]
+    assert branches == [polecat.branch_name(str(agent.name), bead)]
     assert pt.actions(agent=address, bead=bead).count("restart_session") == 1, pt.diagnostics()
 
 
@@ -152,3 +156,33 @@ def test_a_polecat_that_ends_its_turn_without_polecat_done_is_nudged_and_finishe
     assert git(pt.bare, "show", "main:nudged.txt") == "finished"
     done = pt.actions(agent=address, bead=bead)
     assert "restart_session" not in done and "escalate" not in done, pt.diagnostics()
+
+
+def test_a_polecat_that_never_finishes_is_escalated_with_its_bead_reopened_and_work_kept(pt: PatrolTown) -> None:
+    bead, address = pt.sling("never done", "standin: leave left.txt = unsaved work\nstandin: never-done\n")
+    agent = parse_address(address)
+    branch = polecat.branch_name(str(agent.name), bead)
+    pt.wait(f"{address} escalated", lambda: "escalate" in pt.actions(agent=address, bead=bead), timeout=300)
+    actions = pt.actions(agent=address, bead=bead)
+    # the limits first: a nudge, then its one restart, then the bead goes back
+    assert "gupp_nudge" in actions and actions.count("restart_session") == 1, actions
+    assert actions.index("gupp_nudge") < actions.index("restart_session") < actions.index("reopen_bead"), actions
+    assert actions.count("escalate") == 1
+    assert pt.bead_status(bead) == "open"
+    clone = rig.canonical_clone(pt.town, RIG)
+    assert git(clone, "rev-parse", "--verify", "-q", f"refs/heads/{branch}")  # the branch stays
+    refs = git(clone, "for-each-ref", "--format=%(refname)", RESCUE_PREFIX).split()
+    assert refs and any(git(clone, "show", f"{ref}:left.txt") == "unsaved work" for ref in refs), refs
+    with pt.town.db.read() as conn:
+        mail = conn.execute("SELECT body FROM messages WHERE kind = 'ESCALATION' AND recipient = 'mayor' "
+                            "AND body LIKE ?", (f"%{bead}%",)).fetchall()
+    assert len(mail) == 1, mail
+
+
+def test_a_polecat_running_a_long_tool_is_never_nudged_or_restarted(pt: PatrolTown) -> None:
+    # 40 s of Bash: four times gupp_first, beyond grace's share; a wrong nudge or restart would fire
+    bead, address = pt.sling("long tool", "standin: write long.txt = patient\nstandin: sleep 40\n")
+    pt.wait(f"{bead} merged", lambda: pt.bead_status(bead) == "closed", timeout=300)
+    assert git(pt.bare, "show", "main:long.txt") == "patient"
+    wrong = [a for a in pt.actions(agent=address, bead=bead) if a in ("gupp_nudge", "restart_session", "escalate")]
+    assert wrong == [], pt.diagnostics()

@@ -186,3 +186,32 @@ def test_a_polecat_running_a_long_tool_is_never_nudged_or_restarted(pt: PatrolTo
     assert git(pt.bare, "show", "main:long.txt") == "patient"
     wrong = [a for a in pt.actions(agent=address, bead=bead) if a in ("gupp_nudge", "restart_session", "escalate")]
     assert wrong == [], pt.diagnostics()
+
+
+def mayor_alive(pt: PatrolTown) -> bool:
+    info = pt.sessions.info(MAYOR)
+    return info.alive and not info.dead and info.pid is not None
+
+
+def test_a_killed_mayor_is_restarted_by_the_deacon(pt: PatrolTown) -> None:
+    before = pt.sessions.info(MAYOR).pid
+    assert before is not None and pt.sessions.kill(MAYOR)
+    pt.wait("mayor restarted", lambda: "restart_agent" in pt.actions(agent="mayor"))
+    pt.wait("mayor's new session up", lambda: mayor_alive(pt))
+    assert pt.sessions.info(MAYOR).pid != before
+    assert pt.actions(agent="mayor").count("restart_agent") == 1
+
+
+def test_a_crash_looping_mayor_is_escalated_once_and_left_stopped(pt: PatrolTown) -> None:
+    # crash_loop_restarts = 2 within 60 s: the restart above plus one more, then a death is a loop
+    pt.wait("mayor up", lambda: mayor_alive(pt))
+    assert pt.sessions.kill(MAYOR)
+    pt.wait("mayor restarted again", lambda: pt.actions(agent="mayor").count("restart_agent") == 2)
+    pt.wait("mayor's new session up", lambda: mayor_alive(pt))
+    assert pt.sessions.kill(MAYOR)
+    pt.wait("crash loop escalated", lambda: "escalate" in pt.actions(agent="mayor"))
+    time.sleep(10)  # five more patrol rounds (interval 2 s): no restart, no second escalation, whatever they see
+    actions = pt.actions(agent="mayor")
+    assert actions.count("restart_agent") == 2 and actions.count("escalate") == 1, actions
+    [esc] = [e for e in pt.events(agent="mayor") if e["action"] == "escalate"]
+    assert "crash loop" in esc["reason"] and not mayor_alive(pt)

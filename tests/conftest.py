@@ -31,6 +31,7 @@ FIXTURE_MARKS = {
 MODULE_MARKS = {
     "test_town_e2e": ("tmux", "claude", "slow"),
     "test_dashboard_browser": ("tmux", "claude", "slow"),  # a running town; one test also needs chromium
+    "test_patrol_e2e": ("tmux", "claude", "slow"),  # the witness and deacon patrols, a real town
     "test_bench_town_smoke": ("tmux", "claude", "slow"),
     "test_claude_mcp_add": ("claude",),
     "test_bench_smoke": ("slow",),

@@ -62,6 +62,8 @@ TABLE = [
     ("new prompt after idle", ev(UPS, e(K.STOP, T0 + 9), e(K.USER_PROMPT_SUBMIT, T0 + 20)), S.WORKING, T0 + 20,
      "UserPromptSubmit"),
     ("SessionEnd, pane still alive", ev(UPS, e(K.SESSION_END, T0 + 9)), S.EXITED, T0 + 9, "SessionEnd"),
+    # the killed predecessor's SessionEnd hook, stamped just after the restart: not this session's
+    ("stale SessionEnd right after the start", ev(SS, e(K.SESSION_END, T0 + 2)), S.IDLE, T0 + 1, "SessionStart"),
     ("pane dead, status 0", ev(UPS, pane_alive=False, exit_status=0), S.EXITED, T0 + 2, "status 0"),
     ("pane dead, status 1", ev(UPS, pane_alive=False, exit_status=1), S.DEAD, T0 + 2, "exit status 1"),
     ("pane dead by a signal", ev(UPS, pane_alive=False, exit_status=None), S.DEAD, T0 + 2, "signal"),

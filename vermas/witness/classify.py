@@ -11,7 +11,10 @@ Precedence, strongest evidence first, and why:
    SessionStart alone -> starting while the runner's GUPP nudge is pending, else idle;
    no event yet -> starting.
 Events older than the session's start belong to an earlier session and are ignored, so a
-restarted session is judged on its own evidence. `since` is when the current state began:
+restarted session is judged on its own evidence. So is a SessionEnd within STALE_END_S of the
+session's start: the killed predecessor's end hook, fired after its SIGHUP and stamped after the
+restart (seen end to end, tests/test_patrol_e2e.py); a session that really ends leaves a dead
+pane or no session, which rank first anyway. `since` is when the current state began:
 the earliest event of the trailing run of events that all mean this state.
 """
 
@@ -31,6 +34,7 @@ _BY_KIND = {
     HookKind.SESSION_END: S.EXITED,
 }
 _MCP = "mcp"  # an MCP tool call, ranked with the hook events
+STALE_END_S = 5.0  # a SessionEnd this soon after the session's start is an earlier process's
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,9 @@ def _state_of(kind: HookKind | str, notification: NotificationKind | None, gupp_
 def current_events(ev: Evidence) -> list[HookEvent]:
     """The current session's events in order (time, then the store's row order)."""
     start = ev.tmux.started_at
-    return sorted((e for e in ev.events if start is None or e.at >= start), key=lambda e: (e.at, e.seq))
+    return sorted((e for e in ev.events if start is None or (
+        e.at >= start and not (e.kind is HookKind.SESSION_END and e.at < start + STALE_END_S))),
+        key=lambda e: (e.at, e.seq))
 
 
 def classify(ev: Evidence) -> Classification:

@@ -116,7 +116,7 @@ def test_step_done_walks_and_refuses(town: Town) -> None:
     with pytest.raises(Exception, match="no step 'ghost'"):
         m.step_done(town, NUX, "ghost")
     done = m.step_done(town, NUX, "start", "began")  # root from the hook
-    assert done.closed.marker is Marker.DONE and done.closed.outcome == "began"
+    assert done.molecule.steps[0].marker is Marker.DONE and done.molecule.steps[0].outcome == "began"
     assert done.next is not None and done.next.step == "left"
     assert marks(done.molecule) == {"start": "done", "left": "current", "right": "ready", "join": "blocked"}
     with pytest.raises(Conflict, match="already done"):

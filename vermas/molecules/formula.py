@@ -125,10 +125,10 @@ def parse(text: str, source: str) -> Formula:
             raise _fail(source, where, "each [[steps]] entry must be a table")
         warnings += _unknown(table, STEP_FIELDS, where)
         steps.append(_model(Step, {k: v for k, v in table.items() if k in STEP_FIELDS}, source, where))
-    head = {k: data[k] for k in ("formula", "description", "version") if k in data}
+    head: dict[str, Any] = {k: data[k] for k in ("formula", "description", "version") if k in data}
     if "formula" not in head:
         raise _fail(source, "top level", "field 'formula' (the formula's name) is missing")
-    formula = _model(Formula, {**head, "vars": {}, "steps": []}, source, "top level")
+    formula: Formula = _model(Formula, {**head, "vars": {}, "steps": []}, source, "top level")
     formula = formula.model_copy(update={"vars": variables, "steps": steps, "source": source, "warnings": warnings})
     check_graph(formula)
     return formula
@@ -193,6 +193,17 @@ def resolve_vars(formula: Formula, given: dict[str, str]) -> dict[str, str]:
         if var.pattern is not None and not re.fullmatch(var.pattern, value):
             raise _fail(src, f"var {name!r}", f"field 'pattern': {value!r} does not match {var.pattern!r}")
         values[name] = value
+    return values
+
+
+def parse_vars(items: list[str] | None) -> dict[str, str]:
+    """`name=value` strings (the tools' and the shell's form) to a dict."""
+    values: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise InvalidInput(f"var {item[:40]!r} is not name=value; pass each var as name=value")
+        values[name.strip()] = value
     return values
 
 

@@ -49,17 +49,14 @@ class StepState(BaseModel):
 class MoleculeStatus(BaseModel):
     root: str
     formula: str
-    title: str
-    status: str
-    holder: str | None
+    holder: str | None  # None: on no hook, or closed
     steps: list[StepState]
     current: StepState | None  # in full, acceptance included
 
 
 class StepDone(BaseModel):
-    closed: StepState
     next: StepState | None  # None: every step is done (squash the molecule)
-    molecule: MoleculeStatus
+    molecule: MoleculeStatus  # the checklist after the close
 
 
 class Removed(BaseModel):
@@ -162,8 +159,7 @@ def _status(conn: sqlite3.Connection, root: str) -> MoleculeStatus:
     current = next((s for s in steps if s.marker is Marker.CURRENT), None)
     holder = row["assignee"] if row["status"] == "hooked" else None
     brief = [s.model_copy(update={"description": "", "acceptance": ""}) for s in steps]
-    return MoleculeStatus(root=root, formula=formula, title=row["title"], status=row["status"], holder=holder,
-                          steps=brief, current=current)
+    return MoleculeStatus(root=root, formula=formula, holder=holder, steps=brief, current=current)
 
 
 def _root_of(conn: sqlite3.Connection, actor: Address, root: str | None) -> str:
@@ -211,8 +207,7 @@ def step_done(town: Town, actor: Address, step_id: str, summary: str = "", root:
             raise Conflict(f"step {step.step} ({step.bead_id}) was closed by someone else meanwhile")
         town.db.touch("issues")
         after = _status(conn, root_id)
-        closed = next(s for s in after.steps if s.bead_id == step.bead_id)
-        return StepDone(closed=closed, next=after.current, molecule=after)
+        return StepDone(next=after.current, molecule=after)
 
 
 # --- squash and burn -------------------------------------------------------------------------

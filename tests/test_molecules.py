@@ -208,3 +208,13 @@ def test_two_processes_race_one_wins(town: Town) -> None:
         start = m._status(conn, root).steps[0]
     assert start.marker is Marker.DONE and start.outcome == "mine"
 
+
+
+def test_step_ids_with_dots_and_other_molecules_steps(town: Town) -> None:
+    text = 'formula = "dots"\n[[steps]]\nid = "v1.2"\ntitle = "dotted"\n'
+    root = m.pour(town, MAYOR, f.cook(f.parse(text, "dots.formula.toml")), hook=str(NUX)).root
+    other = m.pour(town, MAYOR, proto(), hook=str(SLIT))
+    with pytest.raises(Forbidden, match="only the holder"):
+        m.step_done(town, NUX, other.steps[0].bead_id)  # a step of slit's molecule, by bead id
+    assert m.step_done(town, NUX, "v1.2").next is None
+    assert m.status(town, NUX, root).steps[0].marker is Marker.DONE

@@ -172,6 +172,15 @@ def _root_of(conn: sqlite3.Connection, actor: Address, root: str | None) -> str:
     return held
 
 
+def _root_of_step_bead(conn: sqlite3.Connection, step_id: str) -> str | None:
+    """The root of a step given by its bead id (None: not a step bead; a formula step id)."""
+    if not ids.is_bead_id(step_id):
+        return None
+    row = conn.execute("SELECT depends_on_id FROM dependencies WHERE issue_id = ? AND type = 'parent-child'",
+                       (step_id,)).fetchone()
+    return str(row[0]) if row else None
+
+
 def status(town: Town, actor: Address, root: str | None = None) -> MoleculeStatus:
     """The checklist of a molecule (default: the one on the actor's hook)."""
     with town.db.read() as conn:
@@ -186,7 +195,7 @@ def step_done(town: Town, actor: Address, step_id: str, summary: str = "", root:
     the close are one transaction with a compare-and-set, so of two racing callers one wins."""
     summary = validate.body(summary, "summary")
     with town.db.write() as conn:
-        root_id = _root_of(conn, actor, root if root is not None or "." not in step_id else step_id.rsplit(".", 1)[0])
+        root_id = _root_of(conn, actor, root if root is not None else _root_of_step_bead(conn, step_id))
         row = _root_row(conn, root_id)
         permissions.require(actor, Action.MOL_STEP, permissions.bead_target(row))
         before = _status(conn, root_id)

@@ -60,3 +60,12 @@ def test_shell_twin_pours_and_shows(town: Town, tmp_path: Path) -> None:
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "test-first" in out.stdout
+    poured = subprocess.run([str(runner), "mol-pour", "test-first", "--vars", "bead=gt-9", "--json"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert poured.returncode == 0, poured.stderr
+    root = json.loads(poured.stdout)["root"]
+    assert [s["step"] for s in json.loads(poured.stdout)["steps"]] == ["red", "green", "refactor"]
+    burned = subprocess.run([str(runner), "mol-burn", root, "--json"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert burned.returncode == 0, burned.stderr
+    assert root in json.loads(burned.stdout)["beads"]

@@ -47,6 +47,9 @@ TABLE: list[tuple[Action, Target, set[str]]] = [
     (Action.VERIFY_REPORT, OPEN_BY_MAYOR, set(ACTORS)),
     (Action.MQ_MANAGE, GT_QUEUE, {"mayor", "deacon", "overseer", "refinery"}),
     (Action.MQ_MANAGE, ZZ_QUEUE, {"mayor", "deacon", "overseer"}),  # gt's refinery, not zz's
+    (Action.MOL_POUR, OPEN_BY_MAYOR, set(ACTORS) - {"holder", "polecat"}),
+    (Action.MOL_STEP, HOOKED, {"holder"}),
+    (Action.MOL_MANAGE, HOOKED, {"mayor", "deacon", "overseer", "holder"}),
 ]
 CASES = [(a, t, who, who in allowed) for a, t, allowed in TABLE for who in ACTORS]
 

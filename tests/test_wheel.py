@@ -32,6 +32,7 @@ import vermas
 from vermas import agents
 from vermas.addresses import parse_address
 from vermas.inspector import prompts
+from vermas.molecules import formula
 from vermas.town import Town
 
 town, _ = Town.init(Path(tempfile.mkdtemp()) / "town")
@@ -40,7 +41,8 @@ subprocess.run(["git", "init", "-q", str(agents.workdir(town, nux))], check=True
 spec = agents.launch_spec(town, nux)
 i = spec.argv.index("--append-system-prompt")
 print(json.dumps({"vermas": vermas.__file__, "prompt": spec.argv[i + 1],
-                  "judge": prompts.role_template("judge")}))
+                  "judge": prompts.role_template("judge"),
+                  "formulas": [i.name for i in formula.list_formulas(town.root)]}))
 """
 
 
@@ -61,6 +63,7 @@ def test_wheel_install_has_role_templates(tmp_path: Path) -> None:
     (wheel,) = wheels.glob("vermas-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "vermas/templates/polecat.md" in names and "vermas/templates/inspector/judge.md" in names
+    assert "vermas/molecules/formulas/polecat-work.formula.toml" in names
 
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", "--without-pip", str(venv), cwd=outside)
@@ -78,6 +81,7 @@ def test_wheel_install_has_role_templates(tmp_path: Path) -> None:
     assert probe["prompt"] == template
     assert probe["prompt"].startswith("# You are a vermas polecat")
     assert probe["judge"].startswith("# VerMAS inspector role: JUDGE")
+    assert probe["formulas"] == ["polecat-work", "review", "test-first"]  # built-ins read from the wheel
 
 
 @pytest.mark.parametrize("role", ["mayor", "witness", "refinery", "polecat", "crew"])

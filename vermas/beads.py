@@ -188,9 +188,7 @@ def create(
     label_list = validate.labels(labels)
     if parent is not None:
         validate.bead_id(parent, "parent")
-    if rig is not None and rig not in town.config.rigs:
-        known = ", ".join(sorted(town.config.rigs)) or "none yet"
-        raise InvalidInput(f"unknown rig {rig[:40]!r}; rigs in this town: {known}")
+    town.require_rig(rig)
     prefix = town.prefix_for_rig(rig or actor.rig)
     with town.db.write() as conn:
         if parent is not None:

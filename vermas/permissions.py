@@ -32,6 +32,9 @@ The rules, written once (tests/test_permissions.py checks every role x action):
   coordinators; anyone may read it (mq list, mq show).
 - polecat_done is for polecats. Polecats do not run the inspector (verify_*) on anything,
   their own work least of all; anyone may read a verification report.
+- Molecules: polecats do not pour them (their work arrives on the hook). A molecule's step is
+  closed (mol_step_done) only by the holder of its root; squash and burn are the holder's or
+  a coordinator's.
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ class Action(StrEnum):
     VERIFY = "verify"  # verify_spec, verify_plan, verify_run, verify_bead
     VERIFY_REPORT = "verify.report"
     MQ_MANAGE = "mq.manage"  # mq_retry, mq_reject, mq_resume on a rig's merge queue
+    MOL_POUR = "mol.pour"
+    MOL_STEP = "mol.step"  # mol_step_done on a molecule's step
+    MOL_MANAGE = "mol.manage"  # mol_squash, mol_burn
 
 
 class Target(BaseModel, frozen=True):
@@ -203,6 +209,26 @@ def _mq_manage(actor: Address, target: Target) -> Decision:
                  "(anyone may read it with mq_list / mq_show)")
 
 
+def _mol_pour(actor: Address, target: Target) -> Decision:
+    if actor.role is Role.POLECAT:
+        return _deny("polecats do not pour molecules; their work arrives on the hook (mail your witness)")
+    return ALLOW
+
+
+def _mol_step(actor: Address, target: Target) -> Decision:
+    if target.holder is not None and target.holder == str(actor):
+        return ALLOW
+    held = f"held by {target.holder}" if target.holder else "on no hook"
+    return _deny(f"only the holder of molecule {_what(target)} closes its steps; it is {held}, not {actor}'s")
+
+
+def _mol_manage(actor: Address, target: Target) -> Decision:
+    if is_coordinator(actor) or (target.holder is not None and target.holder == str(actor)):
+        return ALLOW
+    return _deny(f"{actor} may not squash or burn molecule {_what(target)}; its holder "
+                 f"({target.holder or 'none'}) or {COORDINATORS} may")
+
+
 def _anyone(actor: Address, target: Target) -> Decision:
     return ALLOW
 
@@ -219,6 +245,9 @@ RULES = {
     Action.VERIFY: _verify,
     Action.VERIFY_REPORT: _anyone,
     Action.MQ_MANAGE: _mq_manage,
+    Action.MOL_POUR: _mol_pour,
+    Action.MOL_STEP: _mol_step,
+    Action.MOL_MANAGE: _mol_manage,
 }
 
 

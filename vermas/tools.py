@@ -17,6 +17,7 @@ import inspect
 import re
 import types
 import typing
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -31,6 +32,8 @@ from vermas.refinery import manage as mq
 from vermas import status as town_state
 from vermas.addresses import Address, Role, parse_address
 from vermas.errors import Forbidden
+from vermas.molecules import formula as formulas
+from vermas.molecules import molecule
 from vermas.sessions import nudge as nudging
 from vermas.town import Town
 from vermas.twins import shell_words
@@ -570,6 +573,91 @@ async def verify_bead(c: Call, bead_id: str, worktree: str | None = None,
     level: shell, audit or full (default: the rig's verify_level)
     """
     return (await _inspector(c).verify(bead_id, worktree, level)).compact()
+
+
+def _formula_places(c: Call, rig: str | None) -> tuple[Path, Path | None]:
+    """The town root and the rig's canonical clone (formula discovery's first place)."""
+    c.town.require_rig(rig)
+    rig = rig or c.actor.rig
+    clone = c.town.layout.canonical_clone(rig) if rig and rig in c.town.config.rigs else None
+    return c.town.root, clone
+
+
+class FormulaList(BaseModel):
+    formulas: list[formulas.FormulaInfo]
+
+
+@tool(Kind.READ)
+def formula_list(c: Call, rig: str | None = None) -> FormulaList:
+    """Formulas available: the rig's .beads/formulas, the town's, then vermas's built-ins.
+
+    rig: look in this rig's canonical clone first (default: the actor's rig)
+    """
+    return FormulaList(formulas=formulas.list_formulas(*_formula_places(c, rig)))
+
+
+@tool(Kind.READ)
+def formula_show(c: Call, formula: str, vars: list[str] | None = None, rig: str | None = None) -> formulas.Proto:
+    """A formula cooked with vars: the resolved steps mol_pour would write (writes nothing).
+
+    formula: the formula's name (see formula_list)
+    vars: a formula variable as name=value (repeat the option for several)
+    rig: look in this rig's canonical clone first (default: the actor's rig)
+    """
+    return formulas.cook(formulas.load(formula, *_formula_places(c, rig)), formulas.parse_vars(vars))
+
+
+@tool(Kind.ADD)
+def mol_pour(c: Call, formula: str, vars: list[str] | None = None, hook: str | None = None,
+             rig: str | None = None) -> molecule.MoleculeStatus:
+    """Pour a formula as a molecule: a root bead and one bead per step; hook: an agent to hold it.
+
+    formula: the formula's name (see formula_list)
+    vars: a formula variable as name=value (repeat the option for several)
+    hook: agent address whose hook takes the root (the walker)
+    rig: rig whose prefix the ids take, and whose formulas are looked at first
+    """
+    proto = formulas.cook(formulas.load(formula, *_formula_places(c, rig)), formulas.parse_vars(vars))
+    return molecule.pour(c.town, c.actor, proto, hook=hook, rig=rig)
+
+
+@tool(Kind.READ)
+def mol_status(c: Call, root: str | None = None) -> molecule.MoleculeStatus:
+    """A molecule's checklist (done/current/ready/blocked), current step in full.
+
+    root: the molecule's root bead (default: the one on your hook)
+    """
+    return molecule.status(c.town, c.actor, root)
+
+
+@tool(Kind.CHANGE)
+def mol_step_done(c: Call, step_id: str, summary: str = "") -> molecule.StepDone:
+    """Close a step of your hooked molecule; returns the next step.
+
+    step_id: the step's id in the formula, or its bead id
+    summary: what was done (kept as the step's outcome)
+    """
+    return molecule.step_done(c.town, c.actor, step_id, summary)
+
+
+@tool(Kind.CHANGE)
+def mol_squash(c: Call, root: str, summary: str = "") -> beads.Bead:
+    """Close a molecule into one digest bead: the summary and each step's outcome.
+
+    root: the molecule's root bead
+    summary: what the molecule achieved
+    """
+    return molecule.squash(c.town, c.actor, root, summary)
+
+
+@tool(Kind.CHANGE)
+def mol_burn(c: Call, root: str, force: bool = False) -> molecule.Removed:
+    """Discard a molecule with no record; refused if a step is done, unless force.
+
+    root: the molecule's root bead
+    force: discard even though steps are done
+    """
+    return molecule.burn(c.town, c.actor, root, force)
 
 
 @tool(Kind.READ)

@@ -398,6 +398,12 @@ class Town:
             return exc
         return None
 
+    def require_rig(self, rig: str | None) -> None:
+        """Refuse a rig name this town does not have (None: no rig named, fine)."""
+        if rig is not None and rig not in self.config.rigs:
+            known = ", ".join(sorted(self.config.rigs)) or "none yet"
+            raise InvalidInput(f"unknown rig {rig[:40]!r}; rigs in this town: {known}")
+
     def prefix_for_rig(self, rig: str | None) -> str:
         if rig and rig in self.config.rigs:
             return self.config.rigs[rig].prefix

@@ -9,6 +9,7 @@ ALL_TOOLS = (
     "mail_ack", "nudge", "polecat_done", "convoy_create", "convoy_status", "convoy_list", "rig_sync",
     "mq_list", "mq_show", "mq_retry", "mq_reject", "mq_resume", "town_status",
     "verify_spec", "verify_plan", "verify_run", "verify_bead", "verify_report",
+    "formula_list", "formula_show", "mol_pour", "mol_status", "mol_step_done", "mol_squash", "mol_burn",
 )
 VERIFY = ("verify_spec", "verify_plan", "verify_run", "verify_bead", "verify_report")
 MAIL = ("mail_send", "mail_inbox", "mail_read", "mail_ack")
@@ -16,7 +17,8 @@ MQ = ("mq_list", "mq_show", "mq_retry", "mq_reject", "mq_resume")
 COORDINATOR = tuple(t for t in ALL_TOOLS if t != "polecat_done")
 
 PROFILES: dict[str, tuple[str, ...]] = {
-    "polecat": ("hook_check", "bead_show", "bead_create", "bead_update", *MAIL, "polecat_done"),
+    "polecat": ("hook_check", "bead_show", "bead_create", "bead_update", *MAIL, "polecat_done",
+                "mol_step_done"),  # mol_status too would take tools/list past 8 KB (8,484 B)
     "witness": ("hook_check", "bead_show", "bead_list", "bead_ready", "bead_update", "sling",
                 "unsling", *MAIL, "nudge", "town_status"),
     "refinery": ("hook_check", "bead_show", "bead_list", "bead_update", "bead_close", *MAIL, *MQ,

@@ -1,6 +1,6 @@
 """Slimmer JSON schemas for tools/list: every byte of a tool schema is paid in every session.
 
-Pydantic's schemas carry titles, `default: null` and `anyOf: [X, null]` wrappers that say
+Pydantic's schemas carry titles, `default: null` (or `""`) and `anyOf: [X, null]` wrappers that say
 nothing a validator or a model needs; removing them keeps validation identical.
 """
 
@@ -18,7 +18,7 @@ def slim(schema: Any) -> Any:
     for key, value in schema.items():
         if key in DROP_KEYS and not isinstance(value, dict):
             continue
-        if key == "default" and value is None:
+        if key == "default" and value in (None, ""):  # absent already means null / empty text
             continue
         if key == "properties" and isinstance(value, dict):
             out[key] = {name: slim(prop) for name, prop in value.items()}

@@ -1,0 +1,277 @@
+"""Formulas: `*.formula.toml` parsed (tomllib) into pydantic models, and `cook`, which turns a
+formula plus vars into a resolved, validated `Proto` without writing anything.
+
+Every failure is an InvalidInput naming the file, the step and the field, so whoever wrote the
+formula can fix it from the message alone. Fields of bd's formula format that vermas does not
+support are returned as warnings (by name), never a crash: bd's own files parse.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from vermas.errors import InvalidInput, NotFound
+
+SUFFIX = ".formula.toml"
+VAR_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
+TOP_FIELDS = ("formula", "description", "version", "type", "vars", "steps")
+VAR_FIELDS = ("description", "default", "required", "enum", "pattern")
+STEP_FIELDS = ("id", "title", "description", "needs", "acceptance", "labels", "priority")
+TEXT_FIELDS = ("title", "description", "acceptance")
+
+
+class Var(BaseModel):
+    description: str = ""
+    default: str | None = None
+    required: bool = False
+    enum: list[str] | None = None
+    pattern: str | None = None
+
+
+class Step(BaseModel):
+    id: str = Field(min_length=1)
+    title: str = Field(min_length=1)
+    description: str = ""
+    needs: list[str] = []
+    acceptance: str = ""
+    labels: list[str] = []
+    priority: int = Field(default=2, ge=0, le=4)
+
+
+class Formula(BaseModel):
+    formula: str = Field(min_length=1)
+    description: str = ""
+    version: int | str = 1
+    type: str = "workflow"
+    vars: dict[str, Var] = {}
+    steps: list[Step]
+    source: str = ""  # the file it came from ("builtin:<name>" for package data)
+    warnings: list[str] = []
+
+
+class Proto(BaseModel):
+    """A formula resolved with its vars: what pour writes (and formula_show previews)."""
+
+    formula: str
+    description: str
+    version: int | str
+    source: str
+    vars: dict[str, str]
+    steps: list[Step]
+    warnings: list[str] = []
+
+
+class FormulaInfo(BaseModel):
+    name: str
+    description: str
+    source: str
+    steps: int
+
+
+def _fail(source: str, where: str, message: str) -> InvalidInput:
+    return InvalidInput(f"{source}: {where}: {message}")
+
+
+def _unknown(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> list[str]:
+    return [f"{where}: field {k!r} is not supported by vermas (ignored)" for k in table if k not in allowed]
+
+
+def _model(cls: type[BaseModel], data: dict[str, Any], source: str, where: str) -> Any:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "?"
+        raise _fail(source, where, f"field {field!r}: {err['msg']}") from None
+
+
+def parse(text: str, source: str) -> Formula:
+    """A formula from TOML text; `source` names the file in every error and warning."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _fail(source, "toml", str(exc)) from None
+    warnings = _unknown(data, TOP_FIELDS, "top level")
+    if data.get("type", "workflow") != "workflow":
+        raise _fail(source, "top level", f"field 'type': {data['type']!r} is not supported; allowed: 'workflow'")
+    raw_vars = data.get("vars", {})
+    if not isinstance(raw_vars, dict):
+        raise _fail(source, "top level", "field 'vars' must be a table of [vars.<name>]")
+    variables: dict[str, Var] = {}
+    for name, table in raw_vars.items():
+        if not isinstance(table, dict):
+            table = {"default": str(table)}  # bd allows `name = "default"` shorthand
+        warnings += _unknown(table, VAR_FIELDS, f"var {name!r}")
+        var = _model(Var, {k: v for k, v in table.items() if k in VAR_FIELDS}, source, f"var {name!r}")
+        if var.pattern is not None:
+            try:
+                re.compile(var.pattern)
+            except re.error as exc:
+                raise _fail(source, f"var {name!r}", f"field 'pattern' is not a regular expression: {exc}") from None
+        variables[name] = var
+    raw_steps = data.get("steps")
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise _fail(source, "top level", "field 'steps' is missing: a formula needs at least one [[steps]]")
+    steps = []
+    for n, table in enumerate(raw_steps, 1):
+        where = f"step {table.get('id', f'#{n}')!r}" if isinstance(table, dict) else f"step #{n}"
+        if not isinstance(table, dict):
+            raise _fail(source, where, "each [[steps]] entry must be a table")
+        warnings += _unknown(table, STEP_FIELDS, where)
+        steps.append(_model(Step, {k: v for k, v in table.items() if k in STEP_FIELDS}, source, where))
+    head: dict[str, Any] = {k: data[k] for k in ("formula", "description", "version") if k in data}
+    if "formula" not in head:
+        raise _fail(source, "top level", "field 'formula' (the formula's name) is missing")
+    formula: Formula = _model(Formula, {**head, "vars": {}, "steps": []}, source, "top level")
+    formula = formula.model_copy(update={"vars": variables, "steps": steps, "source": source, "warnings": warnings})
+    check_graph(formula)
+    return formula
+
+
+def check_graph(formula: Formula) -> None:
+    """Duplicate step ids, unknown ids in needs, and cycles (named, e.g. `a -> b -> a`)."""
+    seen: set[str] = set()
+    for step in formula.steps:
+        if step.id in seen:
+            raise _fail(formula.source, f"step {step.id!r}", "field 'id': duplicate step id")
+        seen.add(step.id)
+    for step in formula.steps:
+        for need in step.needs:
+            if need not in seen:
+                raise _fail(formula.source, f"step {step.id!r}",
+                            f"field 'needs': unknown step id {need!r}; steps: {', '.join(sorted(seen))}")
+    cycle = find_cycle({s.id: s.needs for s in formula.steps})
+    if cycle:
+        raise _fail(formula.source, f"step {cycle[0]!r}", f"field 'needs': cycle {' -> '.join(cycle)}")
+
+
+def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """The first cycle found in `graph` (id -> ids it needs) as a closed path, or None (pure)."""
+    state: dict[str, int] = {}  # 1 = on the path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in graph.get(node, []):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in graph:
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def resolve_vars(formula: Formula, given: dict[str, str]) -> dict[str, str]:
+    """Given vars checked against the formula's declarations, defaults filled in."""
+    src = formula.source
+    for name in given:
+        if name not in formula.vars:
+            known = ", ".join(sorted(formula.vars)) or "none"
+            raise _fail(src, f"var {name!r}", f"not declared by the formula; declared vars: {known}")
+    values: dict[str, str] = {}
+    for name, var in formula.vars.items():
+        value = given.get(name, var.default)
+        if value is None:
+            if var.required:
+                raise _fail(src, f"var {name!r}", f"required var is missing ({var.description or 'no description'})")
+            continue
+        if var.enum is not None and value not in var.enum:
+            raise _fail(src, f"var {name!r}", f"field 'enum': {value!r} is not one of {', '.join(var.enum)}")
+        if var.pattern is not None and not re.fullmatch(var.pattern, value):
+            raise _fail(src, f"var {name!r}", f"field 'pattern': {value!r} does not match {var.pattern!r}")
+        values[name] = value
+    return values
+
+
+def parse_vars(items: list[str] | None) -> dict[str, str]:
+    """`name=value` strings (the tools' and the shell's form) to a dict."""
+    values: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise InvalidInput(f"var {item[:40]!r} is not name=value; pass each var as name=value")
+        values[name.strip()] = value
+    return values
+
+
+def substitute(text: str, values: dict[str, str], source: str, where: str) -> str:
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            known = ", ".join(sorted(values)) or "none"
+            raise _fail(source, where, f"unknown {{{{{name}}}}}; vars with values: {known}")
+        return values[name]
+
+    return VAR_RE.sub(one, text)
+
+
+def cook(formula: Formula, given: dict[str, str] | None = None) -> Proto:
+    """The formula resolved with `given` vars: validated, substituted, nothing written."""
+    values = resolve_vars(formula, given or {})
+    steps = []
+    for step in formula.steps:
+        update = {f: substitute(getattr(step, f), values, formula.source, f"step {step.id!r}: field {f!r}")
+                  for f in TEXT_FIELDS}
+        steps.append(step.model_copy(update=update))
+    return Proto(formula=formula.formula, description=substitute(formula.description, values, formula.source,
+                 "top level: field 'description'"), version=formula.version, source=formula.source,
+                 vars=values, steps=steps, warnings=formula.warnings)
+
+
+# --- Discovery: rig canonical clone, then the town, then built-ins -------------------------
+
+
+def search_dirs(town_root: Path, rig_clone: Path | None) -> list[Path]:
+    dirs = [rig_clone / ".beads" / "formulas"] if rig_clone is not None else []
+    return dirs + [town_root / ".beads" / "formulas"]
+
+
+def _builtins() -> dict[str, tuple[str, str]]:
+    found = {}
+    for entry in resources.files("vermas.molecules").joinpath("formulas").iterdir():
+        if entry.name.endswith(SUFFIX):
+            found[entry.name[: -len(SUFFIX)]] = (f"builtin:{entry.name}", entry.read_text(encoding="utf-8"))
+    return found
+
+
+def available(town_root: Path, rig_clone: Path | None = None) -> dict[str, tuple[str, str]]:
+    """name -> (source, text) of every formula found; the first place wins."""
+    found: dict[str, tuple[str, str]] = {}
+    for directory in search_dirs(town_root, rig_clone):
+        if directory.is_dir():
+            for path in sorted(directory.glob("*" + SUFFIX)):
+                found.setdefault(path.name[: -len(SUFFIX)], (str(path), path.read_text(encoding="utf-8")))
+    for name, item in _builtins().items():
+        found.setdefault(name, item)
+    return found
+
+
+def load(name: str, town_root: Path, rig_clone: Path | None = None) -> Formula:
+    """The formula named `name` from the first place that has it."""
+    found = available(town_root, rig_clone)
+    if name not in found:
+        raise NotFound(f"no formula {name!r}; formulas: {', '.join(sorted(found)) or 'none'}")
+    source, text = found[name]
+    return parse(text, source)
+
+
+def list_formulas(town_root: Path, rig_clone: Path | None = None) -> list[FormulaInfo]:
+    infos = []
+    for name, (source, text) in sorted(available(town_root, rig_clone).items()):
+        formula = parse(text, source)
+        infos.append(FormulaInfo(name=name, description=formula.description, source=source,
+                                 steps=len(formula.steps)))
+    return infos

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ FIXTURE_MARKS = {
     "e2e": ("tmux", "claude", "slow"),  # test_town_e2e: a real town in tmux on the stand-in model
     "claude_bin": ("claude",),  # test_standin_model: the real Claude Code CLI
     "private_tmux": ("tmux",),
+    "rigged": ("tmux",),  # the patrol tests: a rig town on its own tmux socket
     "sm": ("claude",),  # tests/inspector_standin.py: the real CLI against the stand-in model
 }
 MODULE_MARKS = {
@@ -127,3 +128,16 @@ def process_gone(pid: int, within: float = 3.0) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
+
+
+@pytest.fixture
+def rigged(tmp_path: Path) -> Iterator[Any]:
+    """A town with one rig on a real repo and its own tmux socket (test_witness_effects.Rigged),
+    for the patrol tests; its sessions and store are closed afterwards."""
+    from tests.test_witness_effects import Rigged  # deferred: only the patrol tests need it
+
+    r = Rigged(tmp_path)
+    try:
+        yield r
+    finally:
+        r.close()

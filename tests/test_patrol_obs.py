@@ -17,8 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 from tests.test_witness_effects import MAYOR, Rigged
 from vermas import beads, convoy, mail, patrol, patrol_log, protocol, status
@@ -33,15 +31,6 @@ from vermas.witness import patrol as witness_patrol
 import pytest
 
 pytestmark = pytest.mark.tmux
-
-
-@pytest.fixture
-def rigged(tmp_path: Path) -> Iterator[Rigged]:
-    r = Rigged(tmp_path)
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 def _mail(r: Rigged, to: str, kind: str) -> list[tuple[str, str, str, str | None]]:

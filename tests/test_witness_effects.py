@@ -19,7 +19,6 @@ restarted or be stopped); `now` is injected where a threshold would otherwise be
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -81,15 +80,6 @@ class Rigged:
     def close(self) -> None:
         self.sessions.kill_server()
         self.town.close()
-
-
-@pytest.fixture
-def rigged(tmp_path: Path) -> Iterator[Rigged]:
-    r = Rigged(tmp_path)
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 def actions(recorded: list[patrol_log.PatrolEvent]) -> list[tuple[str, str | None, bool]]:

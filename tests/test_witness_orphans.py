@@ -9,7 +9,6 @@ restarts ran out to that escalation) is table-tested in test_witness_decide.py."
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,6 @@ from vermas.witness import observe
 from vermas.witness import patrol as witness_patrol
 
 pytestmark = pytest.mark.tmux
-
-
-@pytest.fixture
-def rigged(tmp_path: Path) -> Iterator[Rigged]:
-    r = Rigged(tmp_path)
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 def orphan(r: Rigged) -> tuple[str, Path, str, str]:

@@ -72,16 +72,16 @@ async def test_polecat_profile_gains_only_status_and_step_done(client_for: Any) 
 def test_shell_twin_pours_and_shows(town: Town, tmp_path: Path) -> None:
     runner = Path(sys.executable).parent / "vermas-runner"
     env = {"VERMAS_TOWN": str(town.root), "BD_ACTOR": "mayor", "PATH": str(Path(sys.executable).parent)}
-    out = subprocess.run([str(runner), "formula-list", "--json"], env=env, capture_output=True, text=True,
+    out = subprocess.run([str(runner), "formula", "list", "--json"], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "test-first" in out.stdout
-    poured = subprocess.run([str(runner), "mol-pour", "test-first", "--vars", "bead=gt-9", "--json"], env=env,
+    poured = subprocess.run([str(runner), "mol", "pour", "test-first", "--vars", "bead=gt-9", "--json"], env=env,
                             capture_output=True, text=True, timeout=120)
     assert poured.returncode == 0, poured.stderr
     root = json.loads(poured.stdout)["root"]
     assert [s["step"] for s in json.loads(poured.stdout)["steps"]] == ["red", "green", "refactor"]
-    burned = subprocess.run([str(runner), "mol-burn", root, "--json"], env=env, capture_output=True, text=True,
+    burned = subprocess.run([str(runner), "mol", "burn", root, "--json"], env=env, capture_output=True, text=True,
                             timeout=120)
     assert burned.returncode == 0, burned.stderr
     assert root in json.loads(burned.stdout)["beads"]

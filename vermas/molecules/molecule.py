@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
-from vermas import beads, ids, permissions, timeutil, validate
+from vermas import beads, faults, ids, permissions, timeutil, validate
 from vermas.addresses import Address, parse_address
 from vermas.errors import Conflict, InvalidInput, NotFound
 from vermas.hooks import hooked_id
@@ -26,6 +26,9 @@ from vermas.town import Town
 MOLECULE_TYPE = "molecule"
 STEP_LABEL = "step:"
 FORMULA_LABEL = "formula:"
+# Crash-test checkpoints (vermas/faults.py), both inside the write transaction, before COMMIT:
+POUR_KILL_POINT = "mol-pour"  # the root and every step bead inserted, the `needs` not yet
+STEP_DONE_KILL_POINT = "mol-step-done"  # the step checked and its UPDATE made
 
 
 class Marker(StrEnum):
@@ -110,6 +113,7 @@ def pour(town: Town, actor: Address, proto: Proto, hook: str | None = None, rig:
                          labels=sorted({STEP_LABEL + step.id, *step.labels}),
                          acceptance_criteria=step.acceptance)
             beads.add_dependency(conn, town.db, bead_id, root, "parent-child", str(actor))
+        faults.checkpoint(POUR_KILL_POINT)
         for step in proto.steps:
             for need in step.needs:
                 beads.add_dependency(conn, town.db, step_ids[step.id], step_ids[need], "blocks", str(actor))
@@ -214,6 +218,7 @@ def step_done(town: Town, actor: Address, step_id: str, summary: str = "", root:
             "WHERE id = ? AND status != 'closed'", (stamp, summary or "done", stamp, ts, step.bead_id)).rowcount
         if changed != 1:
             raise Conflict(f"step {step.step} ({step.bead_id}) was closed by someone else meanwhile")
+        faults.checkpoint(STEP_DONE_KILL_POINT)
         town.db.touch("issues")
         after = _status(conn, root_id)
         return StepDone(next=after.current, molecule=after)

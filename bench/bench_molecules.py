@@ -182,11 +182,33 @@ async def bench_stdio(town: Town, molecules: int, pour_calls: int) -> dict[str, 
                 pour_s.append(t_pour)
             molecule.burn(town, MAYOR, poured["root"])
     figures = {**stats("mol_status", status_s), **stats("mol_step_done", done_s), **stats("mol_pour_stdio", pour_s),
-               "stdio_errors": float(errors), "stdio_calls": float(len(status_s) + len(done_s) + len(pour_s))}
+               "stdio_errors": float(errors), "stdio_calls": float(len(status_s) + len(done_s) + len(pour_s)),
+               **core_walk(town, walk, molecules)}
     log(f"stdio: mol_status p50 {figures['mol_status_p50_ms']} ms, mol_step_done p50 "
         f"{figures['mol_step_done_p50_ms']} ms, mol_pour ({POUR_STEPS} steps) p50 {figures['mol_pour_stdio_p50_ms']} "
         f"ms, errors {errors}")
     return figures
+
+
+def core_walk(town: Town, proto: formulas.Proto, molecules: int) -> dict[str, float]:
+    """The same walk as bench_stdio, on the core in this process: the server's and pipe's share
+    is the difference."""
+    holder = parse_address("rig/crew/core")
+    status_s: list[float] = []
+    done_s: list[float] = []
+    for _ in range(molecules):
+        root = molecule.pour(town, MAYOR, proto, hook=str(holder)).root
+        while True:
+            t0 = time.perf_counter()
+            current = molecule.status(town, holder).current
+            t1 = time.perf_counter()
+            if current is None:
+                break
+            molecule.step_done(town, holder, current.step, "done")
+            done_s.append(time.perf_counter() - t1)
+            status_s.append(t1 - t0)
+        molecule.squash(town, holder, root, "walked")
+    return {**stats("core_mol_status", status_s), **stats("core_mol_step_done", done_s)}
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -200,6 +222,8 @@ def table(result: dict[str, Any]) -> str:
                        ("mol_pour_stdio", f"mol_pour, {POUR_STEPS} steps, over stdio"),
                        ("mol_status", f"mol_status over stdio ({WALK_STEPS}-step molecule)"),
                        ("mol_step_done", f"mol_step_done over stdio ({WALK_STEPS}-step molecule)"),
+                       ("core_mol_status", "molecule.status, core call"),
+                       ("core_mol_step_done", "molecule.step_done, core call"),
                        ("wisp_cycle", f"wisp cycle ({WALK_STEPS} steps: pour, walk, squash/burn/sweep)")):
         if f"{key}_p50_ms" in f:
             lines.append(f"| {label} | {f[key + '_p50_ms']} | {f[key + '_p95_ms']} | {f[key + '_max_ms']} |")

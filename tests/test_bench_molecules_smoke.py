@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TIMED = ("pour", "naive_pour", "mol_pour_stdio", "mol_status", "mol_step_done")
+TIMED = ("pour", "naive_pour", "mol_pour_stdio", "mol_status", "mol_step_done", "core_mol_status",
+         "core_mol_step_done")
 KEYS = [*[f"{t}_{s}" for t in TIMED for s in ("p50_ms", "p95_ms", "max_ms")],
         "naive_over_pour_p50_ratio", "stdio_errors", "stdio_calls", "total_s"]
 

@@ -327,15 +327,18 @@ def hook_check(c: Call) -> hooks.HookStatus:
 
 
 @tool(Kind.CHANGE)
-def sling(c: Call, bead_id: str, target: str, force: bool = False) -> beads.Bead:
+def sling(c: Call, bead_id: str, target: str, force: bool = False,
+          vars: list[str] | None = None) -> beads.Bead:
     """Hook a bead onto an agent (e.g. rig/crew/name), or to a rig name: spawns a polecat.
-    Refused if hooked, in_progress, closed or in the merge queue; force: overseer only.
+    bead_id formula:NAME pours that formula (with vars) and hooks its root. Refused if hooked,
+    in_progress, closed or in the merge queue; force: overseer only.
 
-    bead_id: the bead to hook
+    bead_id: the bead to hook, or formula:NAME to pour that formula and hook the molecule's root
     target: an agent address whose hook takes it, or a rig name (spawns a polecat for it)
     force: overseer only: sling even if in_progress, closed or waiting in the merge queue
+    vars: with formula:NAME, a formula variable as name=value (repeat the option for several)
     """
-    return slinging.sling(c.town, c.actor, bead_id, target, force=force)
+    return slinging.sling(c.town, c.actor, bead_id, target, force=force, vars=vars)
 
 
 @tool(Kind.CHANGE)
@@ -579,8 +582,7 @@ def _formula_places(c: Call, rig: str | None) -> tuple[Path, Path | None]:
     """The town root and the rig's canonical clone (formula discovery's first place)."""
     c.town.require_rig(rig)
     rig = rig or c.actor.rig
-    clone = c.town.layout.canonical_clone(rig) if rig and rig in c.town.config.rigs else None
-    return c.town.root, clone
+    return molecule.places(c.town, rig if rig in c.town.config.rigs else None)
 
 
 class FormulaList(BaseModel):
@@ -609,16 +611,18 @@ def formula_show(c: Call, formula: str, vars: list[str] | None = None, rig: str 
 
 @tool(Kind.ADD)
 def mol_pour(c: Call, formula: str, vars: list[str] | None = None, hook: str | None = None,
-             rig: str | None = None) -> molecule.MoleculeStatus:
+             rig: str | None = None, wisp: bool = False) -> molecule.MoleculeStatus:
     """Pour a formula as a molecule: a root bead and one bead per step; hook: an agent to hold it.
+    wisp: ephemeral, never exported, deleted once squashed, burned or closed a while.
 
     formula: the formula's name (see formula_list)
     vars: a formula variable as name=value (repeat the option for several)
     hook: agent address whose hook takes the root (the walker)
     rig: rig whose prefix the ids take, and whose formulas are looked at first
+    wisp: pour an ephemeral molecule (patrols, scratch checklists): no JSONL rows, swept when closed
     """
     proto = formulas.cook(formulas.load(formula, *_formula_places(c, rig)), formulas.parse_vars(vars))
-    return molecule.pour(c.town, c.actor, proto, hook=hook, rig=rig)
+    return molecule.pour(c.town, c.actor, proto, hook=hook, rig=rig, wisp=wisp)
 
 
 @tool(Kind.READ)

@@ -23,6 +23,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from vermas import faults
 from vermas.addresses import parse_address
 from vermas.export import export_town
@@ -77,29 +79,32 @@ def jsonl(town: Town) -> bytes:
     return (town.beads_dir / "issues.jsonl").read_bytes()
 
 
-def test_sigkill_mid_pour_leaves_nothing(town: Town) -> None:
+@pytest.mark.parametrize("wisp", [False, True], ids=["molecule", "wisp"])
+def test_sigkill_mid_pour_leaves_nothing(town: Town, wisp: bool) -> None:
     install(town, "chain", STEPS)
+    kind = ["--wisp"] if wisp else []
     first = runner(town, "mayor", "mol-pour", "chain", "--hook", "gt/polecats/slit")
     assert first.returncode == 0, first.stderr
     export_town(town, force=True)
     store, exported = dump(town), jsonl(town)
     assert any(json.loads(first.stdout)["root"] in line for line in store)
 
-    killed = runner(town, "mayor", "mol-pour", "chain", "--hook", NUX, kill_at=m.POUR_KILL_POINT)
+    killed = runner(town, "mayor", "mol-pour", "chain", "--hook", NUX, *kind, kill_at=m.POUR_KILL_POINT)
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stdout, killed.stderr)
-    assert dump(town) == store  # no issue, label, dependency, prefix count or meta row of the pour
+    assert dump(town) == store  # no issue, label, dependency, wisp, prefix count or meta row of the pour
     export_town(town)
     assert jsonl(town) == exported
     with town.db.read() as conn:
         assert conn.execute("SELECT count(*) FROM issues WHERE assignee = ?", (NUX,)).fetchone()[0] == 0
 
-    again = runner(town, "mayor", "mol-pour", "chain", "--hook", NUX)
+    again = runner(town, "mayor", "mol-pour", "chain", "--hook", NUX, *kind)
     assert again.returncode == 0, again.stderr
     status = m.status(town, parse_address(NUX))
     assert len(status.steps) == STEPS and status.holder == NUX and status.current and status.current.step == "s1"
+    assert status.wisp is wisp and (f"-{m.WISP_INFIX}-" in status.root) is wisp
     export_town(town)
     rows = [json.loads(line) for line in jsonl(town).splitlines()]
-    assert sum(1 for r in rows if r["id"].startswith(status.root + ".")) == STEPS
+    assert sum(1 for r in rows if r["id"].startswith(status.root + ".")) == (0 if wisp else STEPS)
 
 
 def test_sigkill_mid_step_done_leaves_the_step_open(town: Town) -> None:
@@ -138,14 +143,17 @@ WALKER = textwrap.dedent(
     proto = f.cook(f.load("chain", town.root))
     mayor = parse_address("mayor")
     out = sys.stdout
-    out.write("READY\\n"); out.flush()
+
+    def say(line):
+        out.write(line + "\\n"); out.flush()
+
+    say("READY")
     assert sys.stdin.readline() == "GO\\n"
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            if rng.random() < 0.3:
-                poured = m.pour(town, mayor, proto, hook=rng.choice(holders))
-                out.write(f"POURED {poured.root}\\n"); out.flush()
+            if rng.random() < 0.3:  # pour a molecule or a wisp onto some holder's hook
+                say(f"POURED {m.pour(town, mayor, proto, hook=rng.choice(holders), wisp=rng.random() < 0.5).root}")
                 continue
             with town.db.read() as conn:
                 row = conn.execute("SELECT id, assignee FROM issues WHERE issue_type = 'molecule' "
@@ -153,15 +161,17 @@ WALKER = textwrap.dedent(
             if row is None:
                 continue
             root, holder = row[0], parse_address(row[1])
-            current = m.status(town, holder, root).current
-            if current is None:
-                m.squash(town, holder, root, f"squashed by {tag}")
-                out.write(f"SQUASHED {root}\\n"); out.flush()
-                continue
-            m.step_done(town, holder, current.step, f"by {tag}", root=root)
-            out.write(f"CLOSED {current.bead_id} {tag}\\n"); out.flush()
+            state = m.status(town, holder, root)
+            if state.current is None and state.wisp and rng.random() < 0.5:
+                m.burn(town, holder, root)
+                say(f"BURNED {root}")
+            elif state.current is None:
+                say(f"SQUASHED {root} {m.squash(town, holder, root, f'squashed {root} by {tag}').id}")
+            else:
+                m.step_done(town, holder, state.current.step, f"by {tag}", root=root)
+                say(f"CLOSED {state.current.bead_id} {tag}")
         except VermasError as exc:  # lost a race (already done, occupied hook, closed already)
-            out.write(f"LOST {type(exc).__name__}\\n"); out.flush()
+            say(f"LOST {type(exc).__name__}")
     town.close()
     """
 )
@@ -173,46 +183,56 @@ def _spawn(town: Town, tag: str, seconds: float) -> subprocess.Popen[str]:
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+def _in(ids: list[str]) -> str:
+    return f"({','.join('?' * len(ids))})"
+
+
 def _check_store(town: Town, proto: f.Proto) -> dict[str, str]:
-    """Every molecule whole (all steps, labels, needs) or squashed to its digest alone; no
-    orphan rows. Returns step bead id -> the outcome recorded for it (open steps excluded)."""
+    """Every molecule and wisp whole (all steps, labels, needs) or squashed to its digest alone;
+    every wisp row has its molecule and every ephemeral bead its wisp; no orphan rows. Returns
+    step bead id -> the outcome recorded for it (in the store, or in the digest of its squash)."""
     blocks = sum(len(s.needs) for s in proto.steps)
     outcomes: dict[str, str] = {}
     with town.db.read() as conn:
         roots = conn.execute("SELECT id, status, notes FROM issues WHERE issue_type = 'molecule'").fetchall()
         assert roots, "no molecule was poured"
+        wisps = {r[0] for r in conn.execute("SELECT root FROM wisps")}
         for root, state, notes in roots:
             steps = conn.execute("SELECT i.id, i.status, i.close_reason FROM dependencies d JOIN issues i "
                                  "ON i.id = d.issue_id WHERE d.depends_on_id = ? AND d.type = 'parent-child'",
                                  (root,)).fetchall()
-            if state == "closed":  # squashed: the digest alone, every step's outcome in its notes
-                assert steps == [], root
+            assert (f"-{m.WISP_INFIX}-" in root) is (root in wisps), root
+            if state == "closed":  # a digest alone, naming what it squashed and every step's outcome
+                assert steps == [] and root not in wisps, root
+                squashed = re.match(r"squashed (\S+) by w\d+\n", notes)
                 found = dict(re.findall(r"^- (s\d+): step \d+: (by w\d+)$", notes, re.M))
-                assert len(found) == len(proto.steps), (root, notes)
-                outcomes.update({f"{root}.{sid[1:]}": by for sid, by in found.items()})
+                assert squashed and len(found) == len(proto.steps), (root, notes)
+                outcomes.update({f"{squashed[1]}.{sid[1:]}": by for sid, by in found.items()})
                 continue
             assert len(steps) == len(proto.steps), (root, len(steps))
             ids = [s[0] for s in steps]
             assert sorted(ids) == sorted(f"{root}.{n}" for n in range(1, len(proto.steps) + 1))
-            marks = conn.execute(f"SELECT count(*) FROM labels WHERE label LIKE 'step:%' AND issue_id IN "
-                                 f"({','.join('?' * len(ids))})", ids).fetchone()[0]
-            deps = conn.execute(f"SELECT count(*) FROM dependencies WHERE type = 'blocks' AND issue_id IN "
-                                f"({','.join('?' * len(ids))})", ids).fetchone()[0]
-            assert (marks, deps) == (len(proto.steps), blocks), root
+            marks = conn.execute(f"SELECT count(*) FROM labels WHERE label LIKE 'step:%' AND issue_id IN {_in(ids)}",
+                                 ids).fetchone()[0]
+            deps = conn.execute(f"SELECT count(*) FROM dependencies WHERE type = 'blocks' AND issue_id IN {_in(ids)}",
+                                ids).fetchone()[0]
+            ephemeral = conn.execute(f"SELECT count(*) FROM issues WHERE ephemeral = 1 AND id IN {_in([root, *ids])}",
+                                     [root, *ids]).fetchone()[0]
+            assert (marks, deps, ephemeral) == (len(proto.steps), blocks, (1 + len(ids)) * (root in wisps)), root
             outcomes.update({s[0]: s[2] for s in steps if s[1] == "closed"})
         orphans = conn.execute(
             "SELECT (SELECT count(*) FROM labels WHERE issue_id NOT IN (SELECT id FROM issues)) + "
             "(SELECT count(*) FROM dependencies WHERE issue_id NOT IN (SELECT id FROM issues) "
             " OR depends_on_id NOT IN (SELECT id FROM issues)) + "
+            "(SELECT count(*) FROM wisps WHERE root NOT IN (SELECT id FROM issues)) + "
             "(SELECT count(*) FROM issues WHERE id LIKE '%.%' AND id NOT IN "
             " (SELECT issue_id FROM dependencies WHERE type = 'parent-child'))").fetchone()[0]
         assert orphans == 0
     return outcomes
 
 
-def test_many_processes_pour_and_walk_while_some_are_killed(town: Town) -> None:
-    proto = install(town, "chain", 5)
-    rng = random.Random(int(os.environ.get("VERMAS_CRASH_SEED", time.time_ns() % 10_000)))
+def _run_walkers(town: Town, rng: random.Random) -> tuple[dict[str, list[str]], list[str]]:
+    """8 walkers started together; 4 of them SIGKILLed (by PID) at random moments. Their logs."""
     procs = {f"w{i}": _spawn(town, f"w{i}", seconds=WORK_S) for i in range(8)}
     doomed = rng.sample(sorted(procs), 4)
     for tag in procs:  # each has imported and opened the town; then all start at once
@@ -230,20 +250,40 @@ def test_many_processes_pour_and_walk_while_some_are_killed(town: Town) -> None:
         out, err = proc.communicate(timeout=300)
         logs[tag] = out.splitlines()
         assert proc.returncode == (-signal.SIGKILL if tag in doomed else 0), (tag, proc.returncode, err[-2000:])
+    return logs, doomed
 
-    closed = [line.split()[1:] for lines in logs.values() for line in lines if line.startswith("CLOSED ")]
-    assert closed, "no step was closed; the walkers did nothing"
+
+def test_many_processes_pour_and_walk_while_some_are_killed(town: Town) -> None:
+    proto = install(town, "chain", 5)
+    logs, _ = _run_walkers(town, random.Random(int(os.environ.get("VERMAS_CRASH_SEED", time.time_ns() % 10_000))))
+    said = [line.split() for lines in logs.values() for line in lines]
+    closed = [(words[1], words[2]) for words in said if words[0] == "CLOSED"]
+    poured = [words[1] for words in said if words[0] == "POURED"]
+    assert closed and any(m.WISP_INFIX in r for r in poured) and any(m.WISP_INFIX not in r for r in poured)
     acknowledged = [bead for bead, _ in closed]
     assert len(acknowledged) == len(set(acknowledged)), "a step was acknowledged closed twice"
     outcomes = _check_store(town, proto)
-    for bead, tag in closed:  # every acknowledged close is in the store, by the one who was told it won
-        assert outcomes.get(bead) == f"by {tag}", (bead, tag, outcomes.get(bead))
-    assert sum(1 for lines in logs.values() for line in lines if line.startswith("POURED ")) >= 1
     with town.db.read() as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    # and the town goes on: a new pour and a full walk work after the kills
-    status = m.pour(town, MAYOR, proto, hook="gt/polecats/after")
+        present = {r[0] for r in conn.execute("SELECT id FROM issues")}
+    for bead, tag in closed:  # every acknowledged close is kept, by the one who was told it won
+        if bead in outcomes:
+            assert outcomes[bead] == f"by {tag}", (bead, tag, outcomes[bead])
+        else:  # gone only if it was a wisp burned whole
+            root = bead.rsplit(".", 1)[0]
+            assert m.WISP_INFIX in root and root not in present and bead not in present, (bead, tag)
+    export_town(town)
+    exported = [json.loads(line)["id"] for line in jsonl(town).splitlines()]
+    assert not [i for i in exported if m.WISP_INFIX in i]  # no wisp reached the JSONL
+    # and the town goes on: a new pour, a full walk and a squash work after the kills
     after = parse_address("gt/polecats/after")
+    status = m.pour(town, MAYOR, proto, hook=str(after), wisp=True)
     while status.current is not None:
-        status = m.step_done(town, after, status.current.step, "after", root=status.root).molecule
-    assert m.squash(town, after, status.root, "done").status == "closed"
+        status = m.step_done(town, after, status.current.step, "by w8", root=status.root).molecule
+    assert m.squash(town, after, status.root, f"squashed {status.root} by w8\n").status == "closed"
+    # the sweep takes the walked wisps nobody squashed or burned, and leaves the rest whole
+    m.sweep_wisps(town, 0.0, now=time.time() + 1)
+    _check_store(town, proto)
+    with town.db.read() as conn:
+        left = [m._status(conn, r[0]) for r in conn.execute("SELECT root FROM wisps")]
+    assert all(s.current is not None for s in left)

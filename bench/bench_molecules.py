@@ -49,12 +49,19 @@ WALKER = "rig/crew/bench"  # the crew profile has mol_status and mol_step_done; 
 PREFIX = "hq"
 POUR_STEPS = 50
 WALK_STEPS = 10
+WISP_TABLES = ("issues", "labels", "dependencies", "comments", "wisps", "hook_log")  # what a wisp writes
+WISP_MAX_AGE_S = 3600.0
+SWEEP_EVERY = 10  # cycles between sweeps (the deacon's round)
+PAGES_AT = 100  # used pages are read after this many cycles, and after the last
 
 TARGETS: list[tuple[str, float, str, str, str]] = [
     ("pour_p50_ms", 50.0, "<=", "ms", f"pour, {POUR_STEPS} steps (p50)"),
     ("pour_p95_ms", 50.0, "<=", "ms", f"pour, {POUR_STEPS} steps (p95)"),
     ("mol_status_p50_ms", 2.0, "<=", "ms", "mol_status over stdio (p50)"),
     ("mol_step_done_p50_ms", 2.0, "<=", "ms", "mol_step_done over stdio (p50)"),
+    ("wisp_rows_left", 0.0, "<=", "rows", "rows left by the wisp cycles (digests apart)"),
+    ("nodigest_rows_left", 0.0, "<=", "rows", "rows left by the burn/sweep cycles"),
+    ("nodigest_used_pages_growth", 0.0, "<=", "pages", f"used pages, cycle {PAGES_AT} to the last (burn/sweep)"),
 ]
 
 
@@ -211,6 +218,93 @@ def core_walk(town: Town, proto: formulas.Proto, molecules: int) -> dict[str, fl
     return {**stats("core_mol_status", status_s), **stats("core_mol_step_done", done_s)}
 
 
+# --- 3. wisp cycles --------------------------------------------------------------------------
+
+
+
+def used_pages(town: Town) -> int:
+    with town.db.read() as conn:
+        return int(conn.execute("PRAGMA page_count").fetchone()[0]) - int(
+            conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+
+def wisp_rows(town: Town, digests: list[str]) -> dict[str, int]:
+    """Rows in each table a wisp writes, the permanent digests' own rows excluded."""
+    column = {"issues": "id", "wisps": "root", "hook_log": "bead_id"}
+    with town.db.read() as conn:
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS bench_digests(id TEXT PRIMARY KEY)")
+        conn.execute("DELETE FROM bench_digests")
+        conn.executemany("INSERT INTO bench_digests VALUES (?)", [(d,) for d in digests])
+        rows = {t: int(conn.execute(f"SELECT count(*) FROM {t} WHERE {column.get(t, 'issue_id')} NOT IN "
+                                    "(SELECT id FROM bench_digests)").fetchone()[0]) for t in WISP_TABLES}
+        rows["digest_rows"] = sum(int(conn.execute(
+            f"SELECT count(*) FROM {t} WHERE {column.get(t, 'issue_id')} IN (SELECT id FROM bench_digests)"
+        ).fetchone()[0]) for t in WISP_TABLES)
+        rows["digest_bytes"] = int(conn.execute(
+            "SELECT COALESCE(sum(length(id) + length(title) + length(description) + length(notes) + "
+            "length(close_reason)), 0) FROM issues WHERE id IN (SELECT id FROM bench_digests)").fetchone()[0])
+    return rows
+
+
+def wisp_cycle(town: Town, proto: formulas.Proto, holder: Address, end: str) -> str | None:
+    """Pour a wisp on `holder`'s hook, walk every step, then squash (the digest's id), burn,
+    or leave it walked for the sweep."""
+    state = molecule.pour(town, MAYOR, proto, hook=str(holder), wisp=True)
+    while state.current is not None:
+        state = molecule.step_done(town, holder, state.current.step, "ok", root=state.root).molecule
+    if end == "squash":
+        return molecule.squash(town, holder, state.root, "walked").id
+    if end == "burn":
+        molecule.burn(town, holder, state.root)
+    return None
+
+
+def bench_wisps(town: Town, cycles: int, ends: tuple[str, ...], label: str) -> dict[str, float]:
+    """`cycles` wisp cycles ending in turn as `ends`; a sweep every SWEEP_EVERY cycles with its
+    clock WISP_MAX_AGE_S ahead (the walked wisps have aged out), and one after the last."""
+    proto = install(town, "walk10", WALK_STEPS)
+    before = wisp_rows(town, [])
+    holders = [parse_address(f"rig/crew/w{i}") for i in range(2 * SWEEP_EVERY)]  # a swept wisp frees its hook
+    digests: list[str] = []
+    cycle_s: list[float] = []
+    sweep_s: list[float] = []
+    swept = 0
+    pages: dict[str, float] = {}
+    t_all = time.perf_counter()
+    for k in range(cycles):
+        t0 = time.perf_counter()
+        digest = wisp_cycle(town, proto, holders[k % len(holders)], ends[k % len(ends)])
+        if digest is not None:
+            digests.append(digest)
+        if (k + 1) % SWEEP_EVERY == 0 or k + 1 == cycles:
+            t1 = time.perf_counter()
+            swept += len(molecule.sweep_wisps(town, WISP_MAX_AGE_S, now=time.time() + WISP_MAX_AGE_S + 1))
+            sweep_s.append(time.perf_counter() - t1)
+        cycle_s.append(time.perf_counter() - t0)
+        if k + 1 == PAGES_AT:
+            pages[f"{label}_used_pages_{PAGES_AT}"] = used_pages(town)
+    total = time.perf_counter() - t_all
+    pages[f"{label}_used_pages_end"] = used_pages(town)
+    pages[f"{label}_used_pages_growth"] = pages[f"{label}_used_pages_end"] - pages.get(
+        f"{label}_used_pages_{PAGES_AT}", pages[f"{label}_used_pages_end"])
+    after = wisp_rows(town, digests)
+    with town.db.read() as conn:
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    figures = {f"{label}_cycles": float(cycles), f"{label}_digests": float(len(digests)),
+               f"{label}_swept": float(swept), f"{label}_burned": float(sum(ends[k % len(ends)] == "burn"
+                                                                              for k in range(cycles))),
+               **{f"{label}_rows_left_{t}": float(after[t] - before[t]) for t in WISP_TABLES},
+               f"{label}_digest_rows": float(after["digest_rows"]),
+               f"{label}_digest_bytes": float(after["digest_bytes"]),
+               f"{label}_page_size": float(page_size), **pages, **stats(f"{label}_cycle", cycle_s),
+               f"{label}_cycle_mean_ms": round(total / cycles * 1000, 3), **stats(f"{label}_sweep", sweep_s)}
+    figures[f"{label}_rows_left"] = sum(figures[f"{label}_rows_left_{t}"] for t in WISP_TABLES)
+    log(f"{label}: {cycles} cycles, {len(digests)} digests, {swept} swept, rows left {figures[label + '_rows_left']}, "
+        f"used pages {pages.get(f'{label}_used_pages_{PAGES_AT}')} -> {pages[f'{label}_used_pages_end']}, "
+        f"cycle p50 {figures[label + '_cycle_p50_ms']} ms")
+    return figures
+
+
 # --- report ----------------------------------------------------------------------------------
 
 
@@ -224,14 +318,18 @@ def table(result: dict[str, Any]) -> str:
                        ("mol_step_done", f"mol_step_done over stdio ({WALK_STEPS}-step molecule)"),
                        ("core_mol_status", "molecule.status, core call"),
                        ("core_mol_step_done", "molecule.step_done, core call"),
-                       ("wisp_cycle", f"wisp cycle ({WALK_STEPS} steps: pour, walk, squash/burn/sweep)")):
+                       ("wisp_cycle", f"wisp cycle ({WALK_STEPS} steps: pour, walk, squash/burn/sweep)"),
+                       ("wisp_sweep", f"sweep_wisps (every {SWEEP_EVERY} cycles)"),
+                       ("nodigest_cycle", f"wisp cycle ({WALK_STEPS} steps: pour, walk, burn/sweep)")):
         if f"{key}_p50_ms" in f:
             lines.append(f"| {label} | {f[key + '_p50_ms']} | {f[key + '_p95_ms']} | {f[key + '_max_ms']} |")
     lines += ["", f"naive / one-transaction pour (p50): {f['naive_over_pour_p50_ratio']}x"]
-    if "wisp_cycles" in f:
-        lines += ["", "| wisps after the cycles | value |", "|---|---|"]
-        lines += [f"| {k.removeprefix('wisp_')} | {f[k]:g} |" for k in sorted(f)
-                  if k.startswith(("wisp_rows_", "wisp_used_pages", "wisp_digests", "wisp_swept", "wisp_cycles"))]
+    for label, what in (("wisp", "squash / burn / sweep in turn"), ("nodigest", "burn / sweep in turn")):
+        if f"{label}_cycles" in f:
+            lines += ["", f"| {int(f[label + '_cycles'])} wisp cycles, {what} | value |", "|---|---|"]
+            keys = [k.removeprefix(label + "_") for k in sorted(f) if k.startswith(label + "_")]
+            lines += [f"| {k} | {f[label + '_' + k]:g} |" for k in keys
+                      if k.startswith(("rows", "used_pages", "digest", "swept", "burned"))]
     lines += ["", "| target | value | | |", "|---|---|---|---|"]
     lines += [f"| {r['label']} | {r['value']:g} | {r['target']} | {'PASS' if r['pass'] else 'FAIL'} |"
               for r in result["targets"]]
@@ -270,6 +368,12 @@ def main(argv: list[str] | None = None) -> int:
             figures.update(asyncio.run(bench_stdio(town, args.molecules, max(5, args.pours // 4))))
         finally:
             town.close()
+        for label, ends in (("wisp", ("squash", "burn", "sweep")), ("nodigest", ("burn", "sweep"))):
+            town, _ = Town.init(Path(tmp) / label, prefix=PREFIX)
+            try:
+                figures.update(bench_wisps(town, args.wisps, ends, label))
+            finally:
+                town.close()
     figures["total_s"] = round(time.perf_counter() - start, 2)
     result: dict[str, Any] = {"config": {"quick": args.quick, "pours": args.pours, "molecules": args.molecules,
                          "wisps": args.wisps, "pour_steps": POUR_STEPS, "walk_steps": WALK_STEPS,

@@ -283,6 +283,7 @@ def bench_wisps(town: Town, cycles: int, ends: tuple[str, ...], label: str) -> d
         cycle_s.append(time.perf_counter() - t0)
         if k + 1 == PAGES_AT:
             pages[f"{label}_used_pages_{PAGES_AT}"] = used_pages(town)
+            pages[f"{label}_digests_{PAGES_AT}"] = len(digests)
     total = time.perf_counter() - t_all
     pages[f"{label}_used_pages_end"] = used_pages(town)
     pages[f"{label}_used_pages_growth"] = pages[f"{label}_used_pages_end"] - pages.get(
@@ -299,6 +300,10 @@ def bench_wisps(town: Town, cycles: int, ends: tuple[str, ...], label: str) -> d
                f"{label}_page_size": float(page_size), **pages, **stats(f"{label}_cycle", cycle_s),
                f"{label}_cycle_mean_ms": round(total / cycles * 1000, 3), **stats(f"{label}_sweep", sweep_s)}
     figures[f"{label}_rows_left"] = sum(figures[f"{label}_rows_left_{t}"] for t in WISP_TABLES)
+    new_digests = len(digests) - pages.get(f"{label}_digests_{PAGES_AT}", len(digests))
+    # the growth that is there, per digest added since the first reading (the digests are the record)
+    figures[f"{label}_growth_bytes_per_new_digest"] = round(
+        pages[f"{label}_used_pages_growth"] * page_size / new_digests, 1) if new_digests else 0.0
     log(f"{label}: {cycles} cycles, {len(digests)} digests, {swept} swept, rows left {figures[label + '_rows_left']}, "
         f"used pages {pages.get(f'{label}_used_pages_{PAGES_AT}')} -> {pages[f'{label}_used_pages_end']}, "
         f"cycle p50 {figures[label + '_cycle_p50_ms']} ms")
@@ -329,7 +334,7 @@ def table(result: dict[str, Any]) -> str:
             lines += ["", f"| {int(f[label + '_cycles'])} wisp cycles, {what} | value |", "|---|---|"]
             keys = [k.removeprefix(label + "_") for k in sorted(f) if k.startswith(label + "_")]
             lines += [f"| {k} | {f[label + '_' + k]:g} |" for k in keys
-                      if k.startswith(("rows", "used_pages", "digest", "swept", "burned"))]
+                      if k.startswith(("rows", "used_pages", "digest", "swept", "burned", "growth"))]
     lines += ["", "| target | value | | |", "|---|---|---|---|"]
     lines += [f"| {r['label']} | {r['value']:g} | {r['target']} | {'PASS' if r['pass'] else 'FAIL'} |"
               for r in result["targets"]]

@@ -17,7 +17,8 @@ KEYS = [*[f"{t}_{s}" for t in (*TIMED, *[f"{r}_cycle" for r in WISP_RUNS], *[f"{
           for s in ("p50_ms", "p95_ms", "max_ms")],
         *[f"{r}_{k}" for r in WISP_RUNS for k in (
             "cycles", "digests", "swept", "burned", "rows_left", *[f"rows_left_{t}" for t in WISP_TABLES],
-            "digest_rows", "digest_bytes", "used_pages_100", "used_pages_end", "used_pages_growth",
+            "digest_rows", "digest_bytes", "digests_100", "used_pages_100", "used_pages_end", "used_pages_growth",
+            "growth_bytes_per_new_digest",
             "cycle_mean_ms")],
         "naive_over_pour_p50_ratio", "stdio_errors", "stdio_calls", "total_s"]
 

@@ -1,8 +1,10 @@
-"""Molecules survive SIGKILL: a pour killed before its COMMIT leaves nothing (no issue, label,
-dependency or any other row, the JSONL untouched) and the next pour works; a step_done killed
-before its COMMIT leaves the step open, to be closed after. Then 8 real processes pour, walk
-and squash molecules concurrently while the test SIGKILLs some at random moments (by PID):
-every molecule in the store is whole or gone, and no step was acknowledged closed twice.
+"""Molecules survive SIGKILL: a pour (molecule or wisp) killed before its COMMIT leaves nothing
+(no issue, label, dependency, wisp or any other row, the JSONL untouched) and the next pour
+works; a step_done killed before its COMMIT leaves the step open, to be closed after. Then 8
+real processes pour molecules and wisps, walk them, squash or burn them, concurrently, while
+the test SIGKILLs 4 of them at random moments (by PID): every molecule and wisp in the store is
+whole or gone (a digest alone), no step was acknowledged closed twice, and every acknowledged
+close is kept with its winner's summary.
 
 The kill points are vermas/faults.py checkpoints inside the write transaction (the same
 KILL_AT_ENV the polecat spawn tests use); the children are real `vermas-runner` shell twins

@@ -264,6 +264,18 @@ def _root_of_step_bead(conn: sqlite3.Connection, step_id: str) -> str | None:
     return str(row[0]) if row else None
 
 
+def progress(conn: sqlite3.Connection, bead_id: str) -> str | None:
+    """A hooked bead's walk in a few words for status views: `2/3 steps, at test` (None: the
+    bead is not a molecule root). Markers are computed as the checklist does."""
+    row = conn.execute("SELECT issue_type FROM issues WHERE id = ?", (bead_id,)).fetchone()
+    if row is None or row[0] != MOLECULE_TYPE:
+        return None
+    state = _status(conn, bead_id)
+    done = sum(1 for s in state.steps if s.marker is Marker.DONE)
+    at = f", at {state.current.step}" if state.current is not None else ""
+    return f"{done}/{len(state.steps)} steps{at}"
+
+
 def open_steps(conn: sqlite3.Connection, root: str) -> list[str]:
     """The formula ids of a molecule's steps not done yet, in order (none: not a molecule)."""
     return [r["step"] for r in _step_rows(conn, root) if r["status"] != "closed"]

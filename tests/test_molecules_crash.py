@@ -7,7 +7,7 @@ whole or gone (a digest alone), no step was acknowledged closed twice, and every
 close is kept with its winner's summary.
 
 The kill points are vermas/faults.py checkpoints inside the write transaction (the same
-KILL_AT_ENV the polecat spawn tests use); the children are real `vermas-runner` shell twins
+KILL_AT_ENV the polecat spawn tests use); the children are real `vermas-runner mol ...` shell twins
 or `python -c` processes on the real store.
 """
 
@@ -85,13 +85,13 @@ def jsonl(town: Town) -> bytes:
 def test_sigkill_mid_pour_leaves_nothing(town: Town, wisp: bool) -> None:
     install(town, "chain", STEPS)
     kind = ["--wisp"] if wisp else []
-    first = runner(town, "mayor", "mol-pour", "chain", "--hook", "gt/polecats/slit")
+    first = runner(town, "mayor", "mol", "pour", "chain", "--hook", "gt/polecats/slit")
     assert first.returncode == 0, first.stderr
     export_town(town, force=True)
     store, exported = dump(town), jsonl(town)
     assert any(json.loads(first.stdout)["root"] in line for line in store)
 
-    killed = runner(town, "mayor", "mol-pour", "chain", "--hook", NUX, *kind, kill_at=m.POUR_KILL_POINT)
+    killed = runner(town, "mayor", "mol", "pour", "chain", "--hook", NUX, *kind, kill_at=m.POUR_KILL_POINT)
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stdout, killed.stderr)
     assert dump(town) == store  # no issue, label, dependency, wisp, prefix count or meta row of the pour
     export_town(town)
@@ -99,7 +99,7 @@ def test_sigkill_mid_pour_leaves_nothing(town: Town, wisp: bool) -> None:
     with town.db.read() as conn:
         assert conn.execute("SELECT count(*) FROM issues WHERE assignee = ?", (NUX,)).fetchone()[0] == 0
 
-    again = runner(town, "mayor", "mol-pour", "chain", "--hook", NUX, *kind)
+    again = runner(town, "mayor", "mol", "pour", "chain", "--hook", NUX, *kind)
     assert again.returncode == 0, again.stderr
     status = m.status(town, parse_address(NUX))
     assert len(status.steps) == STEPS and status.holder == NUX and status.current and status.current.step == "s1"
@@ -113,14 +113,14 @@ def test_sigkill_mid_step_done_leaves_the_step_open(town: Town) -> None:
     root = m.pour(town, MAYOR, install(town, "chain", 3), hook=NUX).root
     export_town(town, force=True)
     store, exported = dump(town), jsonl(town)
-    killed = runner(town, NUX, "mol-step-done", "s1", "--summary", "lost", kill_at=m.STEP_DONE_KILL_POINT)
+    killed = runner(town, NUX, "mol", "step-done", "s1", "--summary", "lost", kill_at=m.STEP_DONE_KILL_POINT)
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stdout, killed.stderr)
     assert dump(town) == store
     export_town(town)
     assert jsonl(town) == exported
     assert m.status(town, MAYOR, root).steps[0].marker is m.Marker.CURRENT
 
-    done = runner(town, NUX, "mol-step-done", "s1", "--summary", "kept")
+    done = runner(town, NUX, "mol", "step-done", "s1", "--summary", "kept")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["next"]["step"] == "s2"
     first = m.status(town, MAYOR, root).steps[0]

@@ -257,7 +257,9 @@ def _run_walkers(town: Town, rng: random.Random) -> tuple[dict[str, list[str]], 
 
 def test_many_processes_pour_and_walk_while_some_are_killed(town: Town) -> None:
     proto = install(town, "chain", 5)
-    logs, _ = _run_walkers(town, random.Random(int(os.environ.get("VERMAS_CRASH_SEED", time.time_ns() % 10_000))))
+    seed = int(os.environ.get("VERMAS_CRASH_SEED", time.time_ns() % 10_000))
+    print(f"VERMAS_CRASH_SEED={seed}")  # shown with a failure: rerun with it to replay the kills
+    logs, _ = _run_walkers(town, random.Random(seed))
     said = [line.split() for lines in logs.values() for line in lines]
     closed = [(words[1], words[2]) for words in said if words[0] == "CLOSED"]
     poured = [words[1] for words in said if words[0] == "POURED"]

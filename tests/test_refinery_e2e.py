@@ -63,7 +63,8 @@ def e2e(test: F) -> F:
 
 def request(messages: list[dict[str, Any]]) -> ModelRequest:
     tools = [{"name": n} for n in ("Bash", "mcp__vermas__hook_check", "mcp__vermas__mail_inbox",
-                                   "mcp__vermas__mail_read", "mcp__vermas__polecat_done")]
+                                   "mcp__vermas__mail_read", "mcp__vermas__mol_step_done",
+                                   "mcp__vermas__polecat_done")]
     body = {"model": "m", "max_tokens": 1000, "system": "You are a vermas polecat", "tools": tools,
             "messages": messages}
     return ModelRequest("POST", "/v1/messages", {"X-Claude-Code-Session-Id": "s1"}, body)

@@ -1,0 +1,151 @@
+"""Molecules end to end: a three-step formula slung to a rig is walked step by step by a polecat
+(the real Claude Code CLI in tmux, played by the stand-in polecat of
+vermas/testing/standin/polecat.py), merged by the refinery onto the bare upstream, and the
+molecule ends closed. The town runs as a person runs it (`vermas-runner up --detach --model
+standin`, the `up` fixture of tests/conftest.py); only the model is a double.
+
+The first tests need neither tmux nor Claude Code: the stand-in polecat's walk, played against
+the real core (a real store, real `mol_step_done`, its Bash calls on real git), so what the
+policy reads is what the tools return.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import git, make_repo
+from tests.test_refinery_e2e import bash, request
+from vermas.addresses import parse_address
+from vermas.molecules import formula as f
+from vermas.molecules import molecule as m
+from vermas.molecules.molecule import Marker
+from vermas.testing.standin import polecat_policy
+from vermas.town import Town
+
+MAYOR = parse_address("mayor")
+NUX = parse_address("gt/polecats/nux")
+# Three steps chained by `needs`; two write the files their description names, the last one has
+# no `standin:` line (the stand-in then commits a note named after the step).
+SHIP = """formula = "ship"
+description = "Ship {{name}}: implement, test, commit."
+version = 1
+type = "workflow"
+
+[vars.name]
+description = "what to ship"
+required = true
+
+[[steps]]
+id = "implement"
+title = "Implement {{name}}"
+description = "Write {{name}}.txt.\\nstandin: write {{name}}.txt = {{name}} implemented"
+acceptance = "{{name}}.txt says it is implemented."
+
+[[steps]]
+id = "test"
+title = "Test {{name}}"
+description = "Add its test.\\nstandin: write tests/{{name}}.txt = {{name}} tested"
+needs = ["implement"]
+acceptance = "tests/{{name}}.txt exists."
+
+[[steps]]
+id = "commit"
+title = "Commit {{name}}"
+description = "Commit the work and report."
+needs = ["test"]
+acceptance = "The worktree is clean."
+"""
+STEPS = ["implement", "test", "commit"]
+SUMMARIES = {"implement": "step implement: committed widget.txt",
+             "test": "step test: committed tests/widget.txt",
+             "commit": "step commit: committed steps/commit.md"}
+
+
+def name(block: dict[str, Any]) -> str:
+    return str(block["name"]).rsplit("__", 1)[-1]
+
+
+def walk_against_the_core(town: Town, root: str, worktree: Path) -> list[dict[str, Any]]:
+    """Play one stand-in polecat round: hook_check answers with the molecule from the real store,
+    Bash runs in a real git worktree, mol_step_done is the real core's. Returns the tool calls."""
+    policy = polecat_policy()
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "GUPP"}]
+    calls: list[dict[str, Any]] = []
+    for _ in range(20):
+        blocks = policy(request(messages))
+        messages.append({"role": "assistant", "content": blocks})
+        uses = [b for b in blocks if b["type"] == "tool_use"]
+        if not uses:
+            return calls
+        use = uses[0]
+        calls.append(use)
+        error = False
+        if name(use) == "hook_check":
+            status = m.status(town, NUX)
+            result: Any = {"bead": {"id": root, "title": "ship", "description": ""}, "unread_mail": 0,
+                           "molecule": status.model_dump(mode="json")}
+        elif name(use) == "Bash":
+            done = bash(worktree, use["input"]["command"])
+            assert done.returncode == 0, done.stderr
+            result = done.stdout
+        elif name(use) == "mol_step_done":
+            try:
+                result = m.step_done(town, NUX, **use["input"]).model_dump(mode="json")
+            except Exception as exc:  # noqa: BLE001 - an MCP tool error, as the CLI would see it
+                result, error = str(exc), True
+        else:
+            result = {"id": "gt-mr1"}
+        text = result if isinstance(result, str) else json.dumps(result)
+        messages.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": use["id"],
+                                                       "content": text, "is_error": error}]})
+    raise AssertionError(f"the round did not end: {[name(c) for c in calls]}")
+
+
+def test_the_stand_in_polecat_walks_a_molecule_from_what_the_tools_return(town: Town, tmp_path: Path) -> None:
+    root = m.pour(town, MAYOR, f.cook(f.parse(SHIP, "ship.formula.toml"), {"name": "widget"}), hook=str(NUX)).root
+    worktree = make_repo(tmp_path / "wt")
+    calls = walk_against_the_core(town, root, worktree)
+    assert [name(c) for c in calls] == ["hook_check", *["Bash", "mol_step_done"] * 3, "polecat_done"]
+    assert [c["input"] for c in calls if name(c) == "mol_step_done"] == [
+        {"step_id": s, "summary": SUMMARIES[s]} for s in STEPS]
+    assert calls[-1]["input"] == {"status": "COMPLETED",
+                                  "summary": f"walked molecule {root}: implement, test, commit done"}
+    status = m.status(town, NUX, root)
+    assert [(s.step, s.marker, s.outcome) for s in status.steps] == [(s, Marker.DONE, SUMMARIES[s]) for s in STEPS]
+    # One commit per step, in the molecule's order, each with its own files.
+    log = git(worktree, "log", "--format=%s", "-3").splitlines()
+    assert log == [f"{root}: step {s}: {t} widget" for s, t in
+                   (("commit", "Commit"), ("test", "Test"), ("implement", "Implement"))]
+    assert (worktree / "widget.txt").read_text() == "widget implemented\n"
+    assert (worktree / "tests" / "widget.txt").read_text() == "widget tested\n"
+    assert (worktree / "steps" / "commit.md").read_text() == "Commit widget\n"
+    assert not git(worktree, "status", "--porcelain")
+
+
+def test_a_molecule_half_walked_in_an_earlier_session_goes_on_from_its_current_step(town: Town,
+                                                                                     tmp_path: Path) -> None:
+    root = m.pour(town, MAYOR, f.cook(f.parse(SHIP, "ship.formula.toml"), {"name": "widget"}), hook=str(NUX)).root
+    m.step_done(town, NUX, "implement", "done before the crash")
+    calls = walk_against_the_core(town, root, make_repo(tmp_path / "wt"))
+    assert [c["input"]["step_id"] for c in calls if name(c) == "mol_step_done"] == ["test", "commit"]
+    assert calls[-1]["input"]["summary"] == f"walked molecule {root}: test, commit done"
+
+
+def test_a_refused_step_escalates_instead_of_reporting_done(town: Town) -> None:
+    root = m.pour(town, MAYOR, f.cook(f.parse(SHIP, "ship.formula.toml"), {"name": "widget"}), hook=str(NUX)).root
+    policy = polecat_policy()
+    status = m.status(town, NUX).model_dump(mode="json")
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "GUPP"}]
+    results = [(json.dumps({"bead": {"id": root, "title": "ship"}, "unread_mail": 0, "molecule": status}), False),
+               ("ok", False), ("Conflict: step implement (x.1) was closed by someone else meanwhile", True)]
+    for text, error in results:
+        blocks = policy(request(messages))
+        use = next(b for b in blocks if b["type"] == "tool_use")
+        messages += [{"role": "assistant", "content": blocks},
+                     {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use["id"], "content": text,
+                                                   "is_error": error}]}]
+    last = next(b for b in policy(request(messages)) if b["type"] == "tool_use")
+    assert name(last) == "polecat_done" and last["input"]["status"] == "ESCALATED"
+    assert "closed by someone else" in last["input"]["summary"]

@@ -11,18 +11,24 @@ policy reads is what the tools return.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+from mcp import Client
+
 from tests.conftest import git, make_repo
-from tests.test_refinery_e2e import bash, request
+from tests.test_refinery_e2e import RIG, QueueTown, assert_cleaned_up, bash, e2e, process_queue_until, request
 from vermas.addresses import parse_address
 from vermas.molecules import formula as f
 from vermas.molecules import molecule as m
 from vermas.molecules.molecule import Marker
+from vermas.refinery.types import MRState
 from vermas.testing.standin import polecat_policy
 from vermas.town import Town
+from vermas_mcp.server import build_server
 
 MAYOR = parse_address("mayor")
 NUX = parse_address("gt/polecats/nux")
@@ -149,3 +155,57 @@ def test_a_refused_step_escalates_instead_of_reporting_done(town: Town) -> None:
     last = next(b for b in policy(request(messages)) if b["type"] == "tool_use")
     assert name(last) == "polecat_done" and last["input"]["status"] == "ESCALATED"
     assert "closed by someone else" in last["input"]["summary"]
+
+
+# ---- a real town under `vermas-runner up` ------------------------------------------------------------------
+
+
+async def sling_formula(town: Town, formula: str, variables: list[str]) -> str:
+    """As the mayor does it, over MCP: sling a formula with its vars to the rig; the molecule's root."""
+    async with Client(build_server(town, MAYOR, "mayor")) as c:
+        slung = await c.call_tool("sling", {"target": RIG, "formula": formula, "vars": variables})
+        assert not slung.is_error, slung.content
+        return str(slung.structured_content["root"])
+
+
+def step_rows(town: Town, root: str) -> list[dict[str, Any]]:
+    with town.db.read() as conn:
+        rows = conn.execute("SELECT i.id, i.status, i.close_reason, i.closed_at, i.assignee FROM dependencies d "
+                            "JOIN issues i ON i.id = d.issue_id WHERE d.depends_on_id = ? AND d.type = 'parent-child' "
+                            "ORDER BY i.id", (root,)).fetchall()
+    return [dict(r) for r in rows]
+
+
+@e2e
+def test_a_three_step_formula_slung_to_a_rig_is_walked_merged_and_closed(up: QueueTown) -> None:
+    formulas = up.rig.clone / ".beads" / "formulas"
+    formulas.mkdir(parents=True, exist_ok=True)
+    (formulas / "ship.formula.toml").write_text(SHIP)  # the rig's own formula, found first
+    started = time.monotonic()
+    root = asyncio.run(sling_formula(up.town, "ship", ["name=widget"]))
+    process_queue_until(up, lambda: up.bead_status(root) == "closed", "the molecule's root to be merged and closed")
+    [req] = up.requests(root)
+    assert req.state is MRState.MERGED, up.diagnostics()
+    assert up.rig.bead_row(root)["close_reason"] == f"merged in {req.merged_sha}"
+    # The polecat walked the steps in order, each closed with its own summary, before it reported done.
+    steps = step_rows(up.town, root)
+    assert [s["id"] for s in steps] == [f"{root}.{n}" for n in (1, 2, 3)]
+    assert [(s["status"], s["close_reason"]) for s in steps] == [("closed", SUMMARIES[s]) for s in STEPS], \
+        up.diagnostics()
+    closed_at = [str(s["closed_at"]) for s in steps]
+    assert closed_at == sorted(closed_at) and len(set(closed_at)) == 3, closed_at
+    status = m.status(up.town, MAYOR, root)
+    assert [(s.step, s.marker) for s in status.steps] == [(s, Marker.DONE) for s in STEPS]
+    assert status.current is None and status.holder is None
+    # The refinery merged the branch: one commit per step, in the molecule's order, on the upstream's main.
+    assert git(up.rig.bare, "merge-base", "--is-ancestor", str(req.merged_sha), "main") == ""
+    subjects = git(up.rig.bare, "log", "--format=%s", "main").splitlines()
+    assert [s for s in subjects if s.startswith(f"{root}: step ")][::-1] == [
+        f"{root}: step implement: Implement widget", f"{root}: step test: Test widget",
+        f"{root}: step commit: Commit widget"], subjects
+    assert up.upstream_file("widget.txt") == "widget implemented\n"
+    assert up.upstream_file("tests/widget.txt") == "widget tested\n"
+    assert up.upstream_file("steps/commit.md") == "Commit widget\n"
+    process_queue_until(up, lambda: up.rig.slots() == [], "the polecat's slot to be freed after the merge")
+    assert_cleaned_up(up, [root])
+    print(f"\nmolecule e2e: slung to cleaned up in {time.monotonic() - started:.1f}s")

@@ -286,10 +286,10 @@ def runner(root: Path, *args: str, timeout: float = 240) -> subprocess.Completed
                           env=env)
 
 
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[QueueTown]:
+def up_town(tmp_path: Path) -> Iterator[QueueTown]:
     """The same rig, but the town runs as a person runs it: `vermas-runner up --detach --model standin`
-    (its own stand-in model process, its own runner whose patrol drives the merge queue)."""
+    (its own stand-in model process, its own runner whose patrol drives the merge queue). The body
+    of the `up` fixture (tests/conftest.py), shared by the refinery and molecule end-to-end tests."""
     town, _ = Town.init(tmp_path / "town")
     rig = MergeRig(town, tmp_path)
     handle = QueueTown(town, rig, None, runner=True)

@@ -1,6 +1,6 @@
 """The molecule tools over the real MCP protocol (SDK client, in-memory transport): preview,
-pour, walk, squash, burn; a shell twin; the polecat profile gains only mol_step_done (with
-mol_status too its tools/list would pass 8 KB) and stays under 8 KB."""
+pour, walk, squash, burn, a wisp; a shell twin; the polecat profile gains only mol_status and
+mol_step_done and stays under 8 KB."""
 
 from __future__ import annotations
 
@@ -42,11 +42,27 @@ async def test_preview_pour_walk_squash(client_for: Any) -> None:
         assert len((await call(mayor, "mol_burn", root=other["root"]))["beads"]) == 4
 
 
-async def test_polecat_profile_gains_only_step_done(client_for: Any) -> None:
+async def test_wisp_and_sling_formula_over_mcp(client_for: Any, town: Town) -> None:
+    async with client_for("mayor") as mayor, client_for(NUX) as nux:
+        wisp = await call(mayor, "mol_pour", formula="review", vars=["target=x"], wisp=True)
+        assert wisp["wisp"] is True and "-wisp-" in wisp["root"]
+        assert len((await call(mayor, "mol_burn", root=wisp["root"]))["beads"]) == 4
+        assert "vars are for a formula" in await fail(mayor, "sling", bead_id="hq-abcd", target=NUX, vars=["a=b"])
+        root = await call(mayor, "sling", bead_id="formula:polecat-work", target=NUX, vars=["bead=gt-9"])
+        assert root["status"] == "hooked" and root["assignee"] == NUX and root["issue_type"] == "molecule"
+        hooked = await call(nux, "hook_check")
+        assert hooked["molecule"]["root"] == root["id"] and hooked["molecule"]["current"]["step"] == "implement"
+        assert "mol_step_done" in hooked["instructions"]
+        mine = await call(nux, "mol_status")  # default: the molecule on the caller's hook
+        assert [s["marker"] for s in mine["steps"]] == ["current", "blocked", "blocked"]
+        assert mine["current"]["acceptance"]
+
+
+async def test_polecat_profile_gains_only_status_and_step_done(client_for: Any) -> None:
     async with client_for(NUX) as nux:
         tools = (await nux.list_tools()).tools
     names = {t.name for t in tools}
-    assert {n for n in names if n.startswith(("mol_", "formula_"))} == {"mol_step_done"}
+    assert {n for n in names if n.startswith(("mol_", "formula_"))} == {"mol_status", "mol_step_done"}
     assert names == set(PROFILES["polecat"])
     size = len(json.dumps([t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools],
                           separators=(",", ":")).encode())
@@ -56,16 +72,16 @@ async def test_polecat_profile_gains_only_step_done(client_for: Any) -> None:
 def test_shell_twin_pours_and_shows(town: Town, tmp_path: Path) -> None:
     runner = Path(sys.executable).parent / "vermas-runner"
     env = {"VERMAS_TOWN": str(town.root), "BD_ACTOR": "mayor", "PATH": str(Path(sys.executable).parent)}
-    out = subprocess.run([str(runner), "formula-list", "--json"], env=env, capture_output=True, text=True,
+    out = subprocess.run([str(runner), "formula", "list", "--json"], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "test-first" in out.stdout
-    poured = subprocess.run([str(runner), "mol-pour", "test-first", "--vars", "bead=gt-9", "--json"], env=env,
+    poured = subprocess.run([str(runner), "mol", "pour", "test-first", "--vars", "bead=gt-9", "--json"], env=env,
                             capture_output=True, text=True, timeout=120)
     assert poured.returncode == 0, poured.stderr
     root = json.loads(poured.stdout)["root"]
     assert [s["step"] for s in json.loads(poured.stdout)["steps"]] == ["red", "green", "refactor"]
-    burned = subprocess.run([str(runner), "mol-burn", root, "--json"], env=env, capture_output=True, text=True,
+    burned = subprocess.run([str(runner), "mol", "burn", root, "--json"], env=env, capture_output=True, text=True,
                             timeout=120)
     assert burned.returncode == 0, burned.stderr
     assert root in json.loads(burned.stdout)["beads"]

@@ -274,9 +274,21 @@ def list_beads(
         return [BeadSummary(**dict(r)) for r in conn.execute(sql, (*args, limit))]
 
 
+def hooked_id(conn: sqlite3.Connection, address: str) -> str | None:
+    """The bead on `address`'s hook: status `hooked`, assignee that address (None: empty)."""
+    row = conn.execute(
+        "SELECT id FROM issues WHERE assignee = ? AND status = 'hooked' ORDER BY updated_ts LIMIT 1",
+        (address,),
+    ).fetchone()
+    return row[0] if row else None
+
+
+# A molecule's steps are its walker's checklist, not work for anyone else to take: never ready.
 CANDIDATES_SQL = f"""
 SELECT id, title, status, priority, issue_type, assignee FROM issues
  WHERE status = 'open' AND ephemeral = 0 AND issue_type NOT IN {READY_EXCLUDED_TYPES!r}
+   AND NOT EXISTS (SELECT 1 FROM dependencies d JOIN issues p ON p.id = d.depends_on_id
+                    WHERE d.issue_id = issues.id AND d.type = 'parent-child' AND p.issue_type = 'molecule')
  ORDER BY priority, created_ts, id
 """
 DEPS_SQL = "SELECT type, depends_on_id FROM dependencies WHERE issue_id = ?"
@@ -284,7 +296,8 @@ STATUS_SQL = "SELECT status FROM issues WHERE id = ?"
 
 
 def ready(town: Town, limit: int = 20) -> list[BeadSummary]:
-    """bd 1.0's ready: open, not ephemeral nor a system type, not blocked.
+    """bd 1.0's ready: open, not ephemeral nor a system type, not blocked, and (vermas) not a
+    molecule's step.
 
     Blocked means a `blocks`/`conditional-blocks` dependency on a bead that is not closed,
     or a parent (via `parent-child`) that is blocked, transitively. A closed blocker never

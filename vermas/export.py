@@ -49,8 +49,12 @@ SELECT json_patch('{"_type":"issue"}', json_object(
   'comments', (SELECT json_group_array(json_object('id', id, 'issue_id', issue_id,
       'author', author, 'text', text, 'created_at', created_at)) FROM (SELECT * FROM comments
       WHERE issue_id = i.id ORDER BY created_at, rowid) HAVING count(*) > 0)
-)) FROM issues i {where} ORDER BY i.id
+)) FROM issues i WHERE {where} ORDER BY i.id
 """
+# A wisp's beads (ephemeral, their root in `wisps`) never reach a file: bd's wisps do not sync
+# either. Ephemeral beads imported from bd are not wisps of this town and round-trip as they came.
+NOT_A_WISP = ("NOT (i.ephemeral AND EXISTS (SELECT 1 FROM wisps w WHERE w.root = CASE WHEN instr(i.id, '.') > 0 "
+              "THEN substr(i.id, 1, instr(i.id, '.') - 1) ELSE i.id END))")
 
 MESSAGE_LINE_SQL = """
 SELECT json_patch('{"_type":"message"}', json_object(
@@ -65,7 +69,7 @@ SELECT json_patch('{}', json_object('prefix', prefix, 'path', path, 'rig', rig))
   FROM routes ORDER BY prefix
 """
 
-QUERIES = {"issues": ISSUE_LINE_SQL.replace("{where}", ""), "messages": MESSAGE_LINE_SQL,
+QUERIES = {"issues": ISSUE_LINE_SQL.replace("{where}", NOT_A_WISP), "messages": MESSAGE_LINE_SQL,
            "routes": ROUTE_LINE_SQL}
 
 
@@ -77,7 +81,7 @@ def _targets(town: Town, kind: str) -> list[tuple[str, Path, str, tuple[str, ...
         for rig in town.config.rigs.values():
             if town.layout.canonical_clone(rig.name).is_dir():
                 out.append((f"issues:{rig.name}", town.layout.rig_export_file(rig.name),
-                            ISSUE_LINE_SQL.replace("{where}", "WHERE i.id GLOB ?"), (rig.prefix + "-*",)))
+                            ISSUE_LINE_SQL.replace("{where}", f"i.id GLOB ? AND {NOT_A_WISP}"), (rig.prefix + "-*",)))
     return out
 
 

@@ -3,13 +3,16 @@ and its assignee is X. GUPP: if your hook has work, run it."""
 
 from __future__ import annotations
 
-import sqlite3
-
 from pydantic import BaseModel
 
 from vermas import beads, mail
 from vermas.addresses import Address, Role
+from vermas.beads import hooked_id
+from vermas.molecules import molecule
+from vermas.molecules.molecule import MoleculeStatus
 from vermas.town import Town
+
+__all__ = ["HookStatus", "check", "hooked_id"]
 
 GUPP = {
     Role.POLECAT: (
@@ -19,6 +22,11 @@ GUPP = {
     ),
     Role.CREW: "GUPP: the bead above is on your hook; work it, then close it or hand it back.",
 }
+MOLECULE_WORK = (
+    "GUPP: the molecule above is on your hook; walk it now without asking: do the current step "
+    "(molecule.current), then mol_step_done(step_id, summary), which answers with the next; "
+    "repeat until next is null. "
+)
 DEFAULT_WORK = "GUPP: the bead above is on your hook; run it now, then report by mail."
 NO_WORK = {
     Role.POLECAT: "Your hook is empty. Check mail_inbox; if nothing is there, wait for work.",
@@ -32,14 +40,7 @@ class HookStatus(BaseModel):
     bead: beads.BeadDetail | None
     unread_mail: int
     instructions: str
-
-
-def hooked_id(conn: sqlite3.Connection, address: str) -> str | None:
-    row = conn.execute(
-        "SELECT id FROM issues WHERE assignee = ? AND status = 'hooked' ORDER BY updated_ts LIMIT 1",
-        (address,),
-    ).fetchone()
-    return row[0] if row else None
+    molecule: MoleculeStatus | None = None  # the hooked bead is a molecule's root: its checklist
 
 
 def check(town: Town, actor: Address) -> HookStatus:
@@ -47,10 +48,14 @@ def check(town: Town, actor: Address) -> HookStatus:
         bead_id = hooked_id(conn, str(actor))
         unread = mail.unread_count(conn, str(actor))
     bead = beads.show(town, bead_id) if bead_id else None
+    walk = molecule.status(town, actor, bead.id) if bead is not None and bead.issue_type == molecule.MOLECULE_TYPE \
+        else None
     if bead is not None:
         text = GUPP.get(actor.role, DEFAULT_WORK)
+        if walk is not None:
+            text = MOLECULE_WORK + (text if actor.role is Role.POLECAT else "Then report by mail.")
     else:
         text = NO_WORK.get(actor.role, "No hooked work. Read mail_inbox for requests.")
     if unread:
         text += f" You have {unread} unread message(s): mail_inbox."
-    return HookStatus(bead=bead, unread_mail=unread, instructions=text)
+    return HookStatus(bead=bead, unread_mail=unread, instructions=text, molecule=walk)

@@ -147,6 +147,7 @@ DEFAULT_CRASH_LOOP_RESTARTS = 5
 DEFAULT_CRASH_LOOP_WINDOW_S = 900.0
 DEFAULT_STABLE_RESET_S = 1800.0
 DEFAULT_REESCALATE_AFTER_S = 3600.0
+DEFAULT_WISP_MAX_AGE_S = 3600.0
 DEFAULT_HEARTBEAT_STALE_S = 30.0
 DEFAULT_TOOLLESS_RENUDGE_S = 3.0
 
@@ -184,6 +185,9 @@ class PatrolConfig(BaseModel):
       mayor, witnesses and refineries by the deacon. 0..600.
     - heartbeat_stale_after = 30: a patrol loop whose heartbeat is older than this is reported
       (and escalated once to the overseer). At least 2 intervals, at most 3600.
+    - wisp_max_age = 3600: a wisp (an ephemeral molecule) closed this long ago (every step
+      done, or its root closed) and neither squashed nor burned is deleted whole by the deacon,
+      so wisps never pile up. 0..2592000 (30 days).
     """
 
     model_config = {"extra": "forbid", "frozen": True}
@@ -206,6 +210,8 @@ class PatrolConfig(BaseModel):
                                     description="seconds after a tool-less first turn before its one re-nudge")
     heartbeat_stale_after: float = Field(DEFAULT_HEARTBEAT_STALE_S, ge=0.4, le=3600,
                                          description="heartbeat age that reports a patrol loop as hung")
+    wisp_max_age: float = Field(DEFAULT_WISP_MAX_AGE_S, ge=0, le=2_592_000,
+                                description="seconds a closed wisp is kept before the deacon deletes it")
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -23,6 +23,7 @@ from vermas import beads, git, mail, permissions, protocol, spawnrepair, timeuti
 from vermas.addresses import Address, Role
 from vermas.dispatch import admit
 from vermas.errors import Conflict, InvalidInput, NotFound, VermasError
+from vermas.molecules import molecule
 from vermas.hooks import hooked_id
 from vermas.permissions import Action
 from vermas.proc import Flock, flock_held
@@ -118,6 +119,11 @@ def done(town: Town, actor: Address, status: str = "COMPLETED", summary: str = "
         if bead_id is None:  # unslung while we inspected the worktree
             raise Conflict(f"{actor} has no hooked work; nothing to finish")
         source = beads.fetch_row(conn, bead_id)
+        if status == "COMPLETED" and source["issue_type"] == molecule.MOLECULE_TYPE:
+            left = molecule.open_steps(conn, bead_id)
+            if left:
+                raise Conflict(f"{bead_id} is a molecule with {len(left)} step(s) not done ({', '.join(left)}); "
+                               "finish each with mol_step_done first, or use ESCALATED or DEFERRED")
         stamp, ts = timeutil.now()
         mr_id = None
         if status == "COMPLETED":
@@ -237,20 +243,28 @@ def rework_refusal(status: str, assignee: str | None) -> Conflict | None:
 
 
 InTxn = Callable[[sqlite3.Connection, Address], None]
+Pour = Callable[[sqlite3.Connection], str]  # writes a bead in the hooking's transaction; its id
 
 
-def _allocate(town: Town, actor: Address, bead_id: str, rig: str, force: bool, branch: str | None = None,
-              prefer: str | None = None, in_txn: InTxn | None = None) -> tuple[PolecatInfo, Flock]:
+def _allocate(town: Town, actor: Address, bead_id: str | None, rig: str, force: bool, branch: str | None = None,
+              prefer: str | None = None, in_txn: InTxn | None = None,
+              pour: Pour | None = None) -> tuple[PolecatInfo, Flock]:
     """`branch`: continue on this existing branch (rework, orphan) instead of a new one; `prefer`:
     the name to take when free (an orphan's polecat, whose kept worktree is then reused); `in_txn`
-    runs in the same transaction as the hooking (the rework's mail to the new polecat)."""
-    validate.bead_id(bead_id)
+    runs in the same transaction as the hooking (the rework's mail to the new polecat); `pour`
+    writes the bead in that transaction too and returns its id (a formula slung to a rig: the
+    molecule is poured and hooked at once, or not at all)."""
+    if pour is None:
+        validate.bead_id(bead_id)
     town.reload_config()
     config = town.config.rigs.get(rig)
     if config is None:
         known = ", ".join(sorted(town.config.rigs)) or "none yet (vermas-runner rig add)"
         raise NotFound(f"unknown rig {rig!r}; rigs in this town: {known}")
     with town.db.write() as conn:
+        if pour is not None:
+            bead_id = pour(conn)
+        assert bead_id is not None
         if branch is None:
             row = admit(conn, bead_id, actor, force)
         else:
@@ -554,8 +568,9 @@ def free_checkout(town: Town, sessions: TownSessions, rig: str, worktree: Path) 
 
 
 def spawn(
-    town: Town, actor: Address, bead_id: str, rig: str, sessions: TownSessions | None = None,
+    town: Town, actor: Address, bead_id: str | None, rig: str, sessions: TownSessions | None = None,
     kick: str = "background", force: bool = False, branch: str | None = None, prefer: str | None = None,
+    pour: Pour | None = None,
 ) -> PolecatInfo:
     """Slot, sandbox, session: reserve a name and hook the bead (one transaction), make the
     worktree, start the session, then `started`. On failure, roll back and free the slot; if
@@ -563,12 +578,13 @@ def spawn(
     and returns once delivered; "background" tries from a thread of this process; "none"
     leaves it to the runner's patrol, which finishes whatever a caller did not. `branch`: an
     existing branch to work on instead of a new one (the witness re-slinging an orphan), and
-    `prefer`: the name to take if it is free (that branch's polecat, whose worktree was kept)."""
+    `prefer`: the name to take if it is free (that branch's polecat, whose worktree was kept);
+    `pour`: write the bead (bead_id None) in the hooking's transaction (see _allocate)."""
     from vermas.sessions import TownSessions  # deferred: libtmux (~70 ms) only when a session is touched
 
     permissions.require(actor, Action.SLING)
     tmux = sessions or TownSessions(town.root)
-    info, lock = _allocate(town, actor, bead_id, rig, force, branch, prefer)
+    info, lock = _allocate(town, actor, bead_id, rig, force, branch, prefer, pour=pour)
     return _bring_up(town, tmux, info, lock, kick)
 
 

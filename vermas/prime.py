@@ -5,6 +5,7 @@ yet, so this context must not depend on them)."""
 from __future__ import annotations
 
 from vermas import hooks, mail
+from vermas.molecules import molecule
 from vermas.addresses import Address
 from vermas.town import Town
 
@@ -23,6 +24,9 @@ def prime(town: Town, actor: Address) -> str:
         blockers = [d.depends_on_id for d in bead.dependencies if d.type in ("blocks", "parent-child")]
         if blockers:
             out += ["", "Depends on: " + ", ".join(blockers)]
+        if status.molecule is not None:
+            out += ["", f"### Checklist (molecule {status.molecule.root}, formula {status.molecule.formula})", "",
+                    *molecule.checklist(status.molecule)]
         out += ["", f"**{status.instructions}**"]
     else:
         out += ["## Hook empty", "", status.instructions]

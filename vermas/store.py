@@ -19,7 +19,7 @@ from pathlib import Path
 from vermas.atomic import is_disk_full, storage_full
 from vermas.errors import StorageFull
 
-SCHEMA_VERSION = 5  # 4: agent_events; 5: cost (transcripts, usage, hook log, model calls)
+SCHEMA_VERSION = 6  # 4: agent_events; 5: cost (transcripts, usage, hook log, model calls); 6: wisps
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -227,6 +227,13 @@ BEGIN
     WHERE NEW.status = 'hooked' AND NEW.assignee IS NOT NULL
       AND (OLD.status IS NOT 'hooked' OR OLD.assignee IS NOT NEW.assignee);
 END;
+-- Wisps: ephemeral molecules (vermas.molecules.molecule). Their beads live in `issues` with
+-- ephemeral = 1 and are never exported; this row is what the sweep ages them by.
+CREATE TABLE IF NOT EXISTS wisps (
+    root TEXT PRIMARY KEY,
+    created_ts REAL NOT NULL,
+    closed_ts REAL
+);
 CREATE TABLE IF NOT EXISTS escalations (
     key TEXT PRIMARY KEY,
     recipient TEXT NOT NULL,

@@ -229,8 +229,8 @@ class ConvoyList(BaseModel):
 def bead_create(c: Call, title: str, description: str = "", issue_type: str = "task", priority: int = 2,
                 labels: list[str] | None = None, parent: str | None = None,
                 acceptance_criteria: str = "", rig: str | None = None) -> beads.Bead:
-    """New bead. issue_type: task|bug|feature|epic|chore|decision|docs; priority 0-4 (0 =
-    critical); parent: makes <parent>.N; rig: use that rig's prefix (default: yours).
+    """New bead. issue_type task|bug|feature|epic|chore|decision|docs; priority 0-4 (0
+    critical); parent: makes <parent>.N; rig: its prefix (default: yours).
 
     title: one-line summary of the work
     description: what to do and why
@@ -282,8 +282,8 @@ def bead_update(c: Call, bead_id: str, status: str | None = None, priority: int 
                 assignee: str | None = None, title: str | None = None,
                 description: str | None = None, notes: str | None = None,
                 comment: str | None = None) -> beads.Bead:
-    """Change a bead's fields; comment adds a comment. A hooked bead's status changes only
-    via unsling or polecat_done.
+    """Change a bead's fields; comment adds one. A hooked bead's status changes only via
+    unsling or polecat_done.
 
     bead_id: the bead to change
     status: new status (open, in_progress, blocked, deferred, closed, pinned)
@@ -327,15 +327,18 @@ def hook_check(c: Call) -> hooks.HookStatus:
 
 
 @tool(Kind.CHANGE)
-def sling(c: Call, bead_id: str, target: str, force: bool = False) -> beads.Bead:
+def sling(c: Call, bead_id: str, target: str, force: bool = False,
+          vars: list[str] | None = None) -> beads.Bead:
     """Hook a bead onto an agent (e.g. rig/crew/name), or to a rig name: spawns a polecat.
-    Refused if hooked, in_progress, closed or in the merge queue; force: overseer only.
+    bead_id formula:NAME pours that formula (with vars) and hooks its root. Refused if hooked,
+    in_progress, closed or in the merge queue; force: overseer only.
 
-    bead_id: the bead to hook
+    bead_id: the bead to hook, or formula:NAME to pour that formula and hook the molecule's root
     target: an agent address whose hook takes it, or a rig name (spawns a polecat for it)
     force: overseer only: sling even if in_progress, closed or waiting in the merge queue
+    vars: with formula:NAME, a formula variable as name=value (repeat the option for several)
     """
-    return slinging.sling(c.town, c.actor, bead_id, target, force=force)
+    return slinging.sling(c.town, c.actor, bead_id, target, force=force, vars=vars)
 
 
 @tool(Kind.CHANGE)
@@ -350,9 +353,9 @@ def unsling(c: Call, bead_id: str) -> beads.Bead:
 @tool(Kind.ADD)
 def mail_send(c: Call, to: str, subject: str, body: str = "", reply_to: str | None = None,
               idempotency_key: str | None = None) -> mail.Message:
-    """Durable mail to an agent address. Protocol subjects begin POLECAT_DONE, MERGE_READY,
-    MERGED, REWORK_REQUEST, ESCALATION, HELP, HANDOFF or NUDGE. A reused idempotency_key
-    returns the first message.
+    """Durable mail to an address. Protocol subjects begin POLECAT_DONE, MERGE_READY, MERGED,
+    REWORK_REQUEST, ESCALATION, HELP, HANDOFF or NUDGE. A reused idempotency_key returns the
+    first message.
 
     to: the recipient's address, e.g. mayor or gt/witness
     subject: one line; protocol messages begin with their kind
@@ -367,9 +370,8 @@ def mail_send(c: Call, to: str, subject: str, body: str = "", reply_to: str | No
 def mail_inbox(c: Call, unread_only: bool = True, limit: int = 20, address: str | None = None,
                before: str | None = None, after: str | None = None,
                order: str | None = None) -> mail.InboxPage:
-    """Your mail, not marked read: unread oldest first, or all newest first. Page with
-    next_cursor: pass it as after (oldest) or before (newest). Bodies are previews
-    (mail_read: full). address: overseer only.
+    """Your unread mail oldest first (unread_only false: all, newest first). Page: pass
+    next_cursor as after (oldest) or before (newest). Bodies are previews (mail_read: full).
 
     unread_only: only unread messages (--no-unread-only: all, newest first)
     limit: at most this many messages (1 to 1000 per page)
@@ -401,8 +403,8 @@ def mail_ack(c: Call, message_id: str) -> mail.AckState:
 
 @tool(Kind.CHANGE)
 def polecat_done(c: Call, status: str = "COMPLETED", summary: str = "") -> polecat.MergeRequest:
-    """Finish your hooked work: COMPLETED (needs commits) queues a merge request, ESCALATED
-    asks for help, DEFERRED hands it back. Mails your witness.
+    """Finish your hooked work: COMPLETED (needs commits, every step done) queues a merge;
+    ESCALATED asks for help; DEFERRED hands it back. Mails your witness.
 
     status: COMPLETED, ESCALATED or DEFERRED
     summary: what was done (or what blocks it)
@@ -579,8 +581,7 @@ def _formula_places(c: Call, rig: str | None) -> tuple[Path, Path | None]:
     """The town root and the rig's canonical clone (formula discovery's first place)."""
     c.town.require_rig(rig)
     rig = rig or c.actor.rig
-    clone = c.town.layout.canonical_clone(rig) if rig and rig in c.town.config.rigs else None
-    return c.town.root, clone
+    return molecule.places(c.town, rig if rig in c.town.config.rigs else None)
 
 
 class FormulaList(BaseModel):
@@ -609,16 +610,18 @@ def formula_show(c: Call, formula: str, vars: list[str] | None = None, rig: str 
 
 @tool(Kind.ADD)
 def mol_pour(c: Call, formula: str, vars: list[str] | None = None, hook: str | None = None,
-             rig: str | None = None) -> molecule.MoleculeStatus:
+             rig: str | None = None, wisp: bool = False) -> molecule.MoleculeStatus:
     """Pour a formula as a molecule: a root bead and one bead per step; hook: an agent to hold it.
+    wisp: ephemeral, never exported, deleted once squashed, burned or closed a while.
 
     formula: the formula's name (see formula_list)
     vars: a formula variable as name=value (repeat the option for several)
     hook: agent address whose hook takes the root (the walker)
     rig: rig whose prefix the ids take, and whose formulas are looked at first
+    wisp: pour an ephemeral molecule (patrols, scratch checklists): no JSONL rows, swept when closed
     """
     proto = formulas.cook(formulas.load(formula, *_formula_places(c, rig)), formulas.parse_vars(vars))
-    return molecule.pour(c.town, c.actor, proto, hook=hook, rig=rig)
+    return molecule.pour(c.town, c.actor, proto, hook=hook, rig=rig, wisp=wisp)
 
 
 @tool(Kind.READ)

@@ -7,7 +7,7 @@ command they can type too. The tool registry (vermas/tools.py) builds its comman
 """
 
 PROG = "vermas-runner"
-GROUPS = ("bead", "hook", "mail", "convoy", "polecat", "rig", "verify", "mq")
+GROUPS = ("bead", "hook", "mail", "convoy", "polecat", "rig", "verify", "mq", "formula", "mol")
 
 
 def shell_words(tool: str) -> tuple[str, ...]:

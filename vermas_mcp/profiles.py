@@ -18,7 +18,7 @@ COORDINATOR = tuple(t for t in ALL_TOOLS if t != "polecat_done")
 
 PROFILES: dict[str, tuple[str, ...]] = {
     "polecat": ("hook_check", "bead_show", "bead_create", "bead_update", *MAIL, "polecat_done",
-                "mol_step_done"),  # mol_status too would take tools/list past 8 KB (8,484 B)
+                "mol_status", "mol_step_done"),
     "witness": ("hook_check", "bead_show", "bead_list", "bead_ready", "bead_update", "sling",
                 "unsling", *MAIL, "nudge", "town_status"),
     "refinery": ("hook_check", "bead_show", "bead_list", "bead_update", "bead_close", *MAIL, *MQ,

@@ -23,6 +23,7 @@ from vermas.cost import CostBy
 from vermas.errors import VermasError
 from vermas.export import export_town
 from vermas.inspector.cli import render
+from vermas.molecules import molecule
 from vermas.prime import prime
 from vermas.progress import Reporter
 from vermas.proc import flock_held
@@ -393,6 +394,9 @@ def cmd_tool(spec: "ToolSpec", args: argparse.Namespace) -> None:
     result = twins.run_tool(spec, _open_town(args.town), args)
     if spec.name == "verify_bead" and not args.json:
         print(render(result))
+    elif isinstance(result, (molecule.MoleculeStatus, molecule.StepDone)) and not args.json \
+            and not getattr(args, "id_only", False):
+        print(views.checklist(result))
     else:
         twins.emit(result, args.json, getattr(args, "id_only", False))
     if spec.name == "verify_bead":  # grep/diff style, as before: 0 PASS, 1 FAIL (2: error)

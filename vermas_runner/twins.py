@@ -205,8 +205,8 @@ def render(result: Any, console: Console | None = None) -> None:
 
 
 def emit(result: Any, as_json: bool, id_only: bool = False) -> None:
-    if id_only:  # `bead=$(vermas-runner bead create ... --id)`
-        print(result.id)
+    if id_only:  # `bead=$(vermas-runner bead create ... --id)`; a poured molecule's id is its root
+        print(getattr(result, "id", None) or result.root)
         return
     if as_json:
         if isinstance(result, BaseModel):
@@ -222,7 +222,7 @@ def emit(result: Any, as_json: bool, id_only: bool = False) -> None:
 
 def creates_with_id(spec: ToolSpec) -> bool:
     """A tool that adds a record with an id (bead_create, mail_send, convoy_create)."""
-    return spec.kind is Kind.ADD and "id" in getattr(spec.result, "model_fields", {})
+    return spec.kind is Kind.ADD and bool({"id", "root"} & set(getattr(spec.result, "model_fields", {})))
 
 
 Handler = Callable[[ToolSpec, argparse.Namespace], None]

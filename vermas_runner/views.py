@@ -21,6 +21,7 @@ from rich.text import Text
 
 from vermas import cost, problems
 from vermas.cost import CostBy, CostLine, CostReport
+from vermas.molecules import molecule
 from vermas.status import RunnerStatus, runner_status
 from vermas.timeutil import now as now_stamp
 from vermas.town import Town
@@ -152,3 +153,12 @@ def watch(render: Callable[[], RenderableType], interval: float, console: Consol
     except KeyboardInterrupt:
         pass
     console.print("stopped watching")
+
+
+def checklist(result: molecule.MoleculeStatus | molecule.StepDone) -> str:
+    """A molecule for people: its root, formula and holder, then the checklist with markers and
+    the current step in full (the same lines prime gives an agent)."""
+    state = result.molecule if isinstance(result, molecule.StepDone) else result
+    kind = "wisp" if state.wisp else "molecule"
+    head = f"{kind} {state.root} (formula {state.formula}), held by {state.holder or 'nobody'}"
+    return "\n".join([head, "", *molecule.checklist(state)])

@@ -11,6 +11,7 @@ from vermas import patrol_log
 from vermas.deacon.act import act_town
 from vermas.deacon.decide import decide_town
 from vermas.deacon.observe import observe_town
+from vermas.molecules import molecule
 from vermas.patrol_log import PatrolEvent
 from vermas.town import Town
 from vermas.witness import patrol as witness_patrol
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # tmux is imported only where a session is touched
     from vermas.sessions import TownSessions
 
 LOOP = "patrol"  # the runner's patrol loop, as its heartbeat names it
+SWEEP_WISPS = "sweep_wisps"
 
 
 def round(town: Town, sessions: TownSessions, now: float | None = None) -> list[PatrolEvent]:  # noqa: A001
@@ -26,9 +28,23 @@ def round(town: Town, sessions: TownSessions, now: float | None = None) -> list[
     now = time.time() if now is None else now
     try:
         seen = observe_town(town, sessions)
-        return act_town(town, sessions, decide_town(seen, town.config.patrol, now), now)
+        events = act_town(town, sessions, decide_town(seen, town.config.patrol, now), now)
     except Exception as exc:  # noqa: BLE001 - a patrol round never raises
         return witness_patrol.failed(town, "deacon", exc, now)
+    try:
+        return events + sweep(town, now)
+    except Exception as exc:  # noqa: BLE001
+        return events + witness_patrol.failed(town, "deacon", exc, now)
+
+
+def sweep(town: Town, now: float) -> list[PatrolEvent]:
+    """Delete the wisps closed longer than `[patrol] wisp_max_age` ago (molecule.expired_wisps
+    decides); one event per round that removed any, naming them."""
+    gone = molecule.sweep_wisps(town, town.config.patrol.wisp_max_age, now)
+    if not gone:
+        return []
+    reason = f"{len(gone)} closed wisp(s) older than {town.config.patrol.wisp_max_age:g}s deleted"
+    return [patrol_log.record(town, "deacon", SWEEP_WISPS, reason, now, evidence={"wisps": gone[:100]})]
 
 
 def patrols(town: Town, sessions: TownSessions, now: float | None = None) -> list[PatrolEvent]:

@@ -81,7 +81,7 @@ class InspectorSettings:
 
 
 def rig_for_bead(town: Town, bead_id: str) -> RigConfig | None:
-    prefix = ids.prefix_of(bead_id)
+    prefix = ids.prefix_of(bead_id).removesuffix("-wisp")  # a wisp's ids are <prefix>-wisp-<hash>
     return next((r for r in town.config.rigs.values() if r.prefix == prefix), None)
 
 

@@ -5,11 +5,19 @@ per step (`<root>.N`, a parent-child dependency on the root, label `step:<id>`),
 step's `needs` as `blocks` dependencies. These are ordinary bd-format beads, so vermas's
 export writes them and bd reads them. Every verb is one write transaction: a molecule is
 poured whole or not at all, and a step is closed once (compare-and-set under BEGIN IMMEDIATE).
+
+A wisp is the same shape poured ephemeral: ids `<prefix>-wisp-<hash>`, every bead `ephemeral`,
+its root in the `wisps` table, and none of it exported (its progress is kept in the store, not
+in one JSONL row per step). It leaves nothing behind: squash writes one permanent digest bead
+and deletes the wisp, burn deletes it, and the deacon sweeps a closed wisp after
+`[patrol] wisp_max_age` (`sweep_wisps`), so a walker that forgets to report leaks nothing.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
+from pathlib import Path
 from enum import StrEnum
 
 from pydantic import BaseModel
@@ -17,7 +25,8 @@ from pydantic import BaseModel
 from vermas import beads, ids, permissions, timeutil, validate
 from vermas.addresses import Address, parse_address
 from vermas.errors import Conflict, InvalidInput, NotFound
-from vermas.hooks import hooked_id
+from vermas.beads import hooked_id
+from vermas.molecules import formula
 from vermas.molecules.formula import Proto
 from vermas.permissions import Action
 from vermas.store import Database
@@ -26,6 +35,8 @@ from vermas.town import Town
 MOLECULE_TYPE = "molecule"
 STEP_LABEL = "step:"
 FORMULA_LABEL = "formula:"
+DIGEST_LABEL = "digest"  # a squashed wisp's permanent record
+WISP_INFIX = "wisp"  # a wisp's ids: <prefix>-wisp-<hash>, as bd names its wisps
 
 
 class Marker(StrEnum):
@@ -49,6 +60,7 @@ class StepState(BaseModel):
 class MoleculeStatus(BaseModel):
     root: str
     formula: str
+    wisp: bool = False
     holder: str | None  # None: on no hook, or closed
     steps: list[StepState]
     current: StepState | None  # in full, acceptance included
@@ -85,35 +97,70 @@ def markers(states: dict[str, str], needs: dict[str, list[str]], order: list[str
 # --- pour ------------------------------------------------------------------------------------
 
 
-def pour(town: Town, actor: Address, proto: Proto, hook: str | None = None, rig: str | None = None) -> MoleculeStatus:
+def places(town: Town, rig: str | None) -> tuple[Path, Path | None]:
+    """Where formulas are looked for: the town root and the rig's canonical clone (looked at
+    first); `rig` must be a rig of the town when given."""
+    town.require_rig(rig)
+    clone = town.layout.canonical_clone(rig) if rig and rig in town.config.rigs else None
+    return town.root, clone
+
+
+def cook_named(town: Town, name: str, variables: dict[str, str], rig: str | None) -> Proto:
+    """The formula `name`, as found for `rig`, cooked with `variables` (nothing written)."""
+    return formula.cook(formula.load(name, *places(town, rig)), variables)
+
+
+
+def pour(town: Town, actor: Address, proto: Proto, hook: str | None = None, rig: str | None = None,
+         wisp: bool = False) -> MoleculeStatus:
     """Write the root and one bead per step in ONE transaction; `hook` puts the root on that
-    agent's hook (the walker). Nothing is written if any part fails."""
+    agent's hook (the walker); `wisp`: ephemeral (see the module doc). Nothing is written if
+    any part fails."""
     permissions.require(actor, Action.MOL_POUR)
     if hook is not None:
         hook = str(parse_address(hook))
     town.require_rig(rig)
     prefix = town.prefix_for_rig(rig or actor.rig)
-    title = validate.title(f"{proto.formula}: {proto.description or proto.formula}"[:200])
     with town.db.write() as conn:
         if hook is not None and (held := hooked_id(conn, hook)) is not None:
             raise Conflict(f"{hook}'s hook is occupied by {held}; one hooked bead per agent")
-        root = ids.new_bead_id(conn, prefix, f"{proto.formula}\x00{actor}")
-        beads.insert(conn, town.db, bead_id=root, title=title, actor=str(actor), description=_root_text(proto),
-                     issue_type=MOLECULE_TYPE, status="hooked" if hook else "open", assignee=hook,
-                     labels=[FORMULA_LABEL + proto.formula])
-        step_ids: dict[str, str] = {}
-        for n, step in enumerate(proto.steps, 1):
-            bead_id = f"{root}.{n}"
-            step_ids[step.id] = bead_id
-            beads.insert(conn, town.db, bead_id=bead_id, title=step.title[:200], actor=str(actor),
-                         description=step.description, priority=step.priority,
-                         labels=sorted({STEP_LABEL + step.id, *step.labels}),
-                         acceptance_criteria=step.acceptance)
-            beads.add_dependency(conn, town.db, bead_id, root, "parent-child", str(actor))
-        for step in proto.steps:
-            for need in step.needs:
-                beads.add_dependency(conn, town.db, step_ids[step.id], step_ids[need], "blocks", str(actor))
+        root = pour_in_txn(conn, town.db, actor, proto, prefix, hook, wisp)
         return _status(conn, root)
+
+
+def pour_in_txn(conn: sqlite3.Connection, db: Database, actor: Address, proto: Proto, prefix: str,
+                hook: str | None = None, wisp: bool = False) -> str:
+    """The pour inside the caller's write transaction (a sling pours and spawns in one); the root."""
+    title = validate.title(f"{proto.formula}: {proto.description or proto.formula}"[:200])
+    root = ids.new_bead_id(conn, f"{prefix}-{WISP_INFIX}" if wisp else prefix, f"{proto.formula}\x00{actor}")
+    beads.insert(conn, db, bead_id=root, title=title, actor=str(actor), description=_root_text(proto),
+                 issue_type=MOLECULE_TYPE, status="hooked" if hook else "open", assignee=hook,
+                 labels=[FORMULA_LABEL + proto.formula], acceptance_criteria=root_acceptance(proto))
+    _pour_steps(conn, db, actor, proto, root)
+    if wisp:
+        conn.execute("UPDATE issues SET ephemeral = 1 WHERE id = ? OR id GLOB ?", (root, root + ".*"))
+        conn.execute("INSERT INTO wisps(root, created_ts) VALUES (?, ?)", (root, time.time()))
+    return root
+
+
+def root_acceptance(proto: Proto) -> str:
+    """The root's acceptance criteria: each step's, so the inspector's Designer, which reads the
+    bead it verifies (the root, at merge), receives them as the bead's criteria (pure)."""
+    return "\n".join(f"- {s.id} ({s.title}): {s.acceptance}" for s in proto.steps if s.acceptance.strip())
+
+
+def _pour_steps(conn: sqlite3.Connection, db: Database, actor: Address, proto: Proto, root: str) -> None:
+    step_ids: dict[str, str] = {}
+    for n, step in enumerate(proto.steps, 1):
+        bead_id = f"{root}.{n}"
+        step_ids[step.id] = bead_id
+        beads.insert(conn, db, bead_id=bead_id, title=step.title[:200], actor=str(actor),
+                     description=step.description, priority=step.priority,
+                     labels=sorted({STEP_LABEL + step.id, *step.labels}), acceptance_criteria=step.acceptance)
+        beads.add_dependency(conn, db, bead_id, root, "parent-child", str(actor))
+    for step in proto.steps:
+        for need in step.needs:
+            beads.add_dependency(conn, db, step_ids[step.id], step_ids[need], "blocks", str(actor))
 
 
 def _root_text(proto: Proto) -> str:
@@ -159,7 +206,39 @@ def _status(conn: sqlite3.Connection, root: str) -> MoleculeStatus:
     current = next((s for s in steps if s.marker is Marker.CURRENT), None)
     holder = row["assignee"] if row["status"] == "hooked" else None
     brief = [s.model_copy(update={"description": "", "acceptance": ""}) for s in steps]
-    return MoleculeStatus(root=root, formula=formula, holder=holder, steps=brief, current=current)
+    return MoleculeStatus(root=root, formula=formula, wisp=is_wisp(conn, root), holder=holder, steps=brief,
+                          current=current)
+
+
+def is_wisp(conn: sqlite3.Connection, root: str) -> bool:
+    return conn.execute("SELECT 1 FROM wisps WHERE root = ?", (root,)).fetchone() is not None
+
+
+BOXES = {Marker.DONE: "[x]", Marker.CURRENT: "[>]", Marker.READY: "[ ]", Marker.BLOCKED: "[-]"}
+
+
+def checklist(state: MoleculeStatus) -> list[str]:
+    """The checklist as markdown lines (pure): one per step with its marker, what a blocked step
+    waits for, and a done step's outcome; then the current step in full, acceptance included."""
+    lines = []
+    for s in state.steps:
+        tail = ""
+        if s.marker is Marker.DONE and s.outcome:
+            tail = f": {s.outcome.splitlines()[0][:120]}"
+        elif s.marker is Marker.BLOCKED:
+            tail = f" (needs {', '.join(s.needs)})"
+        lines.append(f"- {BOXES[s.marker]} {s.marker.value} `{s.step}` {s.title}{tail}")
+    cur = state.current
+    if cur is not None:
+        lines += ["", f"Current step `{cur.step}` ({cur.bead_id}): {cur.title}"]
+        if cur.description:
+            lines += ["", cur.description]
+        if cur.acceptance:
+            lines += ["", f"Acceptance: {cur.acceptance}"]
+        lines += ["", f"When it is done: mol_step_done(step_id='{cur.step}', summary=...)."]
+    elif state.steps:
+        lines += ["", "Every step is done."]
+    return lines
 
 
 def _root_of(conn: sqlite3.Connection, actor: Address, root: str | None) -> str:
@@ -179,6 +258,11 @@ def _root_of_step_bead(conn: sqlite3.Connection, step_id: str) -> str | None:
     row = conn.execute("SELECT depends_on_id FROM dependencies WHERE issue_id = ? AND type = 'parent-child'",
                        (step_id,)).fetchone()
     return str(row[0]) if row else None
+
+
+def open_steps(conn: sqlite3.Connection, root: str) -> list[str]:
+    """The formula ids of a molecule's steps not done yet, in order (none: not a molecule)."""
+    return [r["step"] for r in _step_rows(conn, root) if r["status"] != "closed"]
 
 
 def status(town: Town, actor: Address, root: str | None = None) -> MoleculeStatus:
@@ -216,24 +300,30 @@ def step_done(town: Town, actor: Address, step_id: str, summary: str = "", root:
             raise Conflict(f"step {step.step} ({step.bead_id}) was closed by someone else meanwhile")
         town.db.touch("issues")
         after = _status(conn, root_id)
+        if after.wisp and all(s.marker is Marker.DONE for s in after.steps):  # the sweep's clock starts
+            conn.execute("UPDATE wisps SET closed_ts = ? WHERE root = ?", (ts, root_id))
         return StepDone(next=after.current, molecule=after)
 
 
 # --- squash and burn -------------------------------------------------------------------------
 
 
-def _may_manage(conn: sqlite3.Connection, actor: Address, root: str) -> tuple[sqlite3.Row, list[sqlite3.Row]]:
+def _may_manage(conn: sqlite3.Connection, actor: Address, root: str) -> tuple[sqlite3.Row, list[sqlite3.Row], bool]:
+    """The root row, its step rows, and whether it is a wisp; a closed molecule is refused (its
+    record is final) unless it is a wisp, which is always removable."""
     validate.bead_id(root, "root")
     row = _root_row(conn, root)
-    if row["status"] == "closed":
-        raise Conflict(f"molecule {root} is closed already (squashed at {row['closed_at']})")
+    wisp = is_wisp(conn, root)
+    if row["status"] == "closed" and not wisp:
+        raise Conflict(f"molecule {root} is closed already (at {row['closed_at']}); its record is kept")
     permissions.require(actor, Action.MOL_MANAGE, permissions.bead_target(row))
-    return row, _step_rows(conn, root)
+    return row, _step_rows(conn, root), wisp
 
 
 def _delete(conn: sqlite3.Connection, db: Database, bead_ids: list[str]) -> None:
     for table, column in (("labels", "issue_id"), ("comments", "issue_id"), ("dependencies", "issue_id"),
-                          ("dependencies", "depends_on_id"), ("issues", "id")):
+                          ("dependencies", "depends_on_id"), ("hook_log", "bead_id"), ("wisps", "root"),
+                          ("issues", "id")):
         conn.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(b,) for b in bead_ids])
     db.touch("issues")
 
@@ -247,30 +337,68 @@ def digest(status: MoleculeStatus, summary: str) -> str:
     return "\n".join(lines)
 
 
+def _reason(summary: str) -> str:
+    return "squashed: " + (summary.splitlines()[0] if summary.strip() else "done")
+
+
 def squash(town: Town, actor: Address, root: str, summary: str = "") -> beads.Bead:
-    """Close the molecule into one digest bead (the root, closed, its notes the summary and
-    each step's outcome); the step beads are removed, so one bead remains."""
+    """Close the molecule into one digest bead carrying the summary and each step's outcome; the
+    step beads are removed, so one bead remains. A poured molecule's root becomes the digest; a
+    wisp gets a new permanent digest bead (exported) and is deleted whole."""
     summary = validate.body(summary, "summary")
     with town.db.write() as conn:
-        _, rows = _may_manage(conn, actor, root)
-        text = digest(_status(conn, root), summary)
+        row, rows, wisp = _may_manage(conn, actor, root)
+        state = _status(conn, root)
+        text = digest(state, summary)
         stamp, ts = timeutil.now()
+        if wisp:
+            target = ids.new_bead_id(conn, ids.prefix_of(root).removesuffix(f"-{WISP_INFIX}"), f"digest\x00{root}")
+            beads.insert(conn, town.db, bead_id=target, title=row["title"], actor=str(actor),
+                         description=row["description"], issue_type=MOLECULE_TYPE,
+                         labels=[FORMULA_LABEL + state.formula, DIGEST_LABEL])
+            _delete(conn, town.db, [r["id"] for r in rows] + [root])
+        else:
+            target = root
+            _delete(conn, town.db, [r["id"] for r in rows])
         conn.execute("UPDATE issues SET notes = ?, updated_at = ?, updated_ts = ? WHERE id = ?",
-                     (text, stamp, ts, root))
-        _delete(conn, town.db, [r["id"] for r in rows])
-        beads.close_in_txn(conn, town.db, root, "squashed: " + (summary.splitlines()[0] if summary else "done"),
-                           str(actor))
-        return beads.fetch(conn, root)
+                     (text, stamp, ts, target))
+        beads.close_in_txn(conn, town.db, target, _reason(summary), str(actor))
+        return beads.fetch(conn, target)
 
 
 def burn(town: Town, actor: Address, root: str, force: bool = False) -> Removed:
-    """Remove a molecule with no record; refused once a step is done unless `force`."""
+    """Remove a molecule with no record: always a wisp; a poured molecule is refused once a step
+    is done unless `force` (mol_squash keeps the record)."""
     with town.db.write() as conn:
-        _, rows = _may_manage(conn, actor, root)
+        _, rows, wisp = _may_manage(conn, actor, root)
         done = [r["step"] for r in rows if r["status"] == "closed"]
-        if done and not force:
+        if done and not force and not wisp:
             raise Conflict(f"molecule {root} has done steps ({', '.join(done)}); mol_squash keeps a record of "
                            "them, or burn with force=true discards them")
         removed = [r["id"] for r in rows] + [root]
         _delete(conn, town.db, removed)
         return Removed(root=root, beads=removed)
+
+
+# --- the wisp sweep ----------------------------------------------------------------------------
+
+
+def expired_wisps(closed: dict[str, float | None], max_age_s: float, now: float) -> list[str]:
+    """The wisps to remove (pure): closed (every step done, or the root closed) more than
+    `max_age_s` ago. An open wisp is its walker's, however old."""
+    return sorted(root for root, at in closed.items() if at is not None and now - at > max_age_s)
+
+
+def sweep_wisps(town: Town, max_age_s: float, now: float | None = None) -> list[str]:
+    """Delete every wisp closed more than `max_age_s` ago, whole, in one transaction; the roots.
+    A wisp row whose root is gone (deleted by hand) goes too. The deacon runs this each round."""
+    now = time.time() if now is None else now
+    with town.db.write() as conn:
+        seen = conn.execute(
+            "SELECT w.root, i.id IS NULL, CASE WHEN i.status = 'closed' THEN COALESCE(w.closed_ts, i.updated_ts) "
+            "ELSE w.closed_ts END FROM wisps w LEFT JOIN issues i ON i.id = w.root").fetchall()
+        conn.executemany("DELETE FROM wisps WHERE root = ?", [(r[0],) for r in seen if r[1]])
+        gone = expired_wisps({r[0]: r[2] for r in seen if not r[1]}, max_age_s, now)
+        for root in gone:
+            _delete(conn, town.db, [r["id"] for r in _step_rows(conn, root)] + [root])
+        return gone

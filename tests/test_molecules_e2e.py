@@ -21,6 +21,7 @@ from mcp import Client
 
 from tests.conftest import git, make_repo
 from tests.test_refinery_e2e import RIG, QueueTown, assert_cleaned_up, bash, e2e, process_queue_until, request
+from vermas import hooks
 from vermas.addresses import parse_address
 from vermas.molecules import formula as f
 from vermas.molecules import molecule as m
@@ -73,9 +74,15 @@ def name(block: dict[str, Any]) -> str:
     return str(block["name"]).rsplit("__", 1)[-1]
 
 
-def walk_against_the_core(town: Town, root: str, worktree: Path) -> list[dict[str, Any]]:
-    """Play one stand-in polecat round: hook_check answers with the molecule from the real store,
-    Bash runs in a real git worktree, mol_step_done is the real core's. Returns the tool calls."""
+def pour_ship(town: Town) -> str:
+    """The three-step formula poured onto a polecat's hook, as sling does; its root."""
+    return m.pour(town, MAYOR, f.cook(f.parse(SHIP, "ship.formula.toml"), {"name": "widget"}), hook=str(NUX)).root
+
+
+def walk_against_the_core(town: Town, worktree: Path) -> list[dict[str, Any]]:
+    """Play one stand-in polecat round against the real core: hook_check and mol_step_done are the
+    core's on a real store, Bash runs in a real git worktree; only polecat_done is answered with a
+    made-up merge request (it needs a polecat's sandbox). Returns the tool calls."""
     policy = polecat_policy()
     messages: list[dict[str, Any]] = [{"role": "user", "content": "GUPP"}]
     calls: list[dict[str, Any]] = []
@@ -89,9 +96,7 @@ def walk_against_the_core(town: Town, root: str, worktree: Path) -> list[dict[st
         calls.append(use)
         error = False
         if name(use) == "hook_check":
-            status = m.status(town, NUX)
-            result: Any = {"bead": {"id": root, "title": "ship", "description": ""}, "unread_mail": 0,
-                           "molecule": status.model_dump(mode="json")}
+            result: Any = hooks.check(town, NUX).model_dump(mode="json")
         elif name(use) == "Bash":
             done = bash(worktree, use["input"]["command"])
             assert done.returncode == 0, done.stderr
@@ -110,9 +115,9 @@ def walk_against_the_core(town: Town, root: str, worktree: Path) -> list[dict[st
 
 
 def test_the_stand_in_polecat_walks_a_molecule_from_what_the_tools_return(town: Town, tmp_path: Path) -> None:
-    root = m.pour(town, MAYOR, f.cook(f.parse(SHIP, "ship.formula.toml"), {"name": "widget"}), hook=str(NUX)).root
+    root = pour_ship(town)
     worktree = make_repo(tmp_path / "wt")
-    calls = walk_against_the_core(town, root, worktree)
+    calls = walk_against_the_core(town, worktree)
     assert [name(c) for c in calls] == ["hook_check", *["Bash", "mol_step_done"] * 3, "polecat_done"]
     assert [c["input"] for c in calls if name(c) == "mol_step_done"] == [
         {"step_id": s, "summary": SUMMARIES[s]} for s in STEPS]
@@ -132,19 +137,18 @@ def test_the_stand_in_polecat_walks_a_molecule_from_what_the_tools_return(town: 
 
 def test_a_molecule_half_walked_in_an_earlier_session_goes_on_from_its_current_step(town: Town,
                                                                                      tmp_path: Path) -> None:
-    root = m.pour(town, MAYOR, f.cook(f.parse(SHIP, "ship.formula.toml"), {"name": "widget"}), hook=str(NUX)).root
+    root = pour_ship(town)
     m.step_done(town, NUX, "implement", "done before the crash")
-    calls = walk_against_the_core(town, root, make_repo(tmp_path / "wt"))
+    calls = walk_against_the_core(town, make_repo(tmp_path / "wt"))
     assert [c["input"]["step_id"] for c in calls if name(c) == "mol_step_done"] == ["test", "commit"]
     assert calls[-1]["input"]["summary"] == f"walked molecule {root}: test, commit done"
 
 
 def test_a_refused_step_escalates_instead_of_reporting_done(town: Town) -> None:
-    root = m.pour(town, MAYOR, f.cook(f.parse(SHIP, "ship.formula.toml"), {"name": "widget"}), hook=str(NUX)).root
+    pour_ship(town)
     policy = polecat_policy()
-    status = m.status(town, NUX).model_dump(mode="json")
     messages: list[dict[str, Any]] = [{"role": "user", "content": "GUPP"}]
-    results = [(json.dumps({"bead": {"id": root, "title": "ship"}, "unread_mail": 0, "molecule": status}), False),
+    results = [(hooks.check(town, NUX).model_dump_json(), False),
                ("ok", False), ("Conflict: step implement (x.1) was closed by someone else meanwhile", True)]
     for text, error in results:
         blocks = policy(request(messages))
@@ -163,9 +167,11 @@ def test_a_refused_step_escalates_instead_of_reporting_done(town: Town) -> None:
 async def sling_formula(town: Town, formula: str, variables: list[str]) -> str:
     """As the mayor does it, over MCP: sling a formula with its vars to the rig; the molecule's root."""
     async with Client(build_server(town, MAYOR, "mayor")) as c:
-        slung = await c.call_tool("sling", {"target": RIG, "formula": formula, "vars": variables})
+        slung = await c.call_tool("sling", {"bead_id": f"formula:{formula}", "target": RIG, "vars": variables})
         assert not slung.is_error, slung.content
-        return str(slung.structured_content["root"])
+        root = slung.structured_content
+        assert root["issue_type"] == "molecule" and root["status"] == "hooked", root
+        return str(root["id"])
 
 
 def step_rows(town: Town, root: str) -> list[dict[str, Any]]:
@@ -194,6 +200,9 @@ def test_a_three_step_formula_slung_to_a_rig_is_walked_merged_and_closed(up: Que
         up.diagnostics()
     closed_at = [str(s["closed_at"]) for s in steps]
     assert closed_at == sorted(closed_at) and len(set(closed_at)) == 3, closed_at
+    # polecat_done(COMPLETED) came after the last step (while steps are open it is refused).
+    assert req.summary == f"walked molecule {root}: implement, test, commit done", up.diagnostics()
+    assert req.created_at > closed_at[-1], (req.created_at, closed_at)
     status = m.status(up.town, MAYOR, root)
     assert [(s.step, s.marker) for s in status.steps] == [(s, Marker.DONE) for s in STEPS]
     assert status.current is None and status.holder is None

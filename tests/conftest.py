@@ -4,6 +4,7 @@ transport, real git repositories."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -96,6 +97,21 @@ def make_repo(path: Path) -> Path:
     git(path, "add", "README.md")
     git(path, "commit", "-q", "-m", "initial")
     return path
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_block(heading: str) -> str:
+    """The first ```sh block under `heading` in README.md, exactly as written (the README's
+    command sequences are tested as a newcomer would paste them)."""
+    text = README.read_text()
+    assert heading in text, f"no {heading!r} in README.md"
+    section = text[text.index(heading):]
+    section = section[:section.find("\n## ", len(heading))]
+    match = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert match, f"no ```sh block under {heading!r} in README.md"
+    return match.group(1)
 
 
 async def call(client: Any, name: str, **args: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import readme_block
 from vermas.testing.standin import find_claude_binary
 from vermas.town import Town
 
@@ -43,9 +44,7 @@ OVERSEER_SECTION = "## Use it from your own Claude Code session"
 
 def readme_overseer_line() -> str:
     """The `claude mcp add` line of the README's overseer section, as a user copies it."""
-    text = (REPO_ROOT / "README.md").read_text()
-    section = text.split(OVERSEER_SECTION, 1)[1].split("\n## ", 1)[0]
-    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    block = readme_block(OVERSEER_SECTION)
     lines = [line for line in block.splitlines() if " mcp add " in line]
     assert len(lines) == 1, block
     return lines[0]

@@ -116,6 +116,11 @@ def test_hook_records_each_event_with_its_tool_and_detail(town: Town) -> None:
     stamps = [e.at for e in events.list_events(town)]
     assert before <= stamps[0] and stamps == sorted(stamps) and stamps[-1] <= time.time()
     assert events.hook_failures(town) == 0
+    with town.db.read() as conn:  # Claude Code's session id on every row: the witness keys SessionEnd by it
+        assert {r[0] for r in conn.execute("SELECT session FROM agent_events")} == {"s-1"}
+    fire(town, "Stop", {"transcript_path": "/dev/null"}, None)  # no session id given: none stored
+    with town.db.read() as conn:
+        assert conn.execute("SELECT session FROM agent_events ORDER BY id DESC LIMIT 1").fetchone()[0] is None
 
 
 def test_odd_input_still_records_the_event(town: Town) -> None:

@@ -128,3 +128,50 @@ def test_builtins_parse_without_warnings(name: str, tmp_path: Path) -> None:
     formula = f.load(name, tmp_path)
     assert formula.warnings == [] and len(formula.steps) >= 3
     assert all(s.acceptance for s in formula.steps)
+
+
+GASTOWN_STYLE = """formula = "report"
+description = "Report on {{target}}"
+[vars.target]
+required = true
+[vars.note]
+description = "optional, no default"
+[vars.convoy]
+default = "hq-c1"
+[[steps]]
+id = "report"
+title = "Report {{target}}{{note}}"
+description = \"\"\"## Summary: {{convoy.title}}
+{{#each failures}}- {{this}}{{/each}}
+{{#if failures}}failed{{else}}all good{{/if}}
+bd show {{convoy}}\"\"\"
+"""
+
+
+def test_handlebars_words_and_fields_of_vars_stay_for_the_agent() -> None:
+    proto = f.cook(f.parse(GASTOWN_STYLE, "report.formula.toml"), {"target": "gt"})
+    step = proto.steps[0]
+    assert step.title == "Report gt"  # a declared var with no value is empty
+    assert "## Summary: {{convoy.title}}" in step.description  # a field of a var: left as written
+    assert "{{#each failures}}- {{this}}{{/each}}" in step.description
+    assert "{{else}}all good{{/if}}" in step.description and "bd show hq-c1" in step.description
+    with pytest.raises(InvalidInput, match=r"step 'report': field 'description': unknown \{\{failures\.count\}\}"):
+        f.cook(f.parse(GASTOWN_STYLE.replace("{{convoy.title}}", "{{failures.count}}"), "r.formula.toml"),
+               {"target": "gt"})
+
+
+def test_composition_is_refused_by_name() -> None:
+    text = 'formula = "shiny-secure"\nextends = ["shiny"]\n[compose]\naspects = ["audit"]\n'
+    with pytest.raises(InvalidInput, match="field 'extends': formula composition .* not supported"):
+        f.parse(text, "shiny-secure.formula.toml")
+
+
+def test_a_broken_file_is_listed_with_its_error_not_hiding_the_others(tmp_path: Path) -> None:
+    folder = tmp_path / ".beads" / "formulas"
+    folder.mkdir(parents=True)
+    (folder / "convoyish.formula.toml").write_text('formula = "convoyish"\ntype = "convoy"\n' + step("a"))
+    (folder / "fine.formula.toml").write_text('formula = "fine"\nphase = "liquid"\n' + step("a"))
+    infos = {i.name: i for i in f.list_formulas(tmp_path)}
+    assert infos["convoyish"].error is not None and "'convoy' is not supported" in infos["convoyish"].error
+    assert infos["fine"].error is None and infos["fine"].steps == 1 and infos["fine"].warnings == 1
+    assert infos["review"].error is None  # the built-ins are still there

@@ -289,3 +289,20 @@ def test_poured_molecule_on_a_rig_exports_to_the_rig_file_and_a_wisp_does_not(ri
     ids = exported_ids(town, "gt")
     assert kept.root in ids and all(s.bead_id in ids for s in kept.steps)
     assert not {i for i in ids if i.startswith(wisp.root)}
+
+
+def test_status_views_show_a_hooked_molecules_walk(town: Town) -> None:
+    from vermas.dashboard import view
+
+    state = m.pour(town, MAYOR, chain(), hook="mayor")
+    ordinary = beads.create(town, MAYOR, "plain work")
+    with town.db.read() as conn:
+        assert m.progress(conn, state.root) == "0/3 steps, at implement"
+        assert m.progress(conn, ordinary.id) is None and m.progress(conn, "hq-none") is None
+    m.step_done(town, MAYOR, "implement", "ok")
+    mayor = next(a for a in view.snapshot(town, panes={}).agents if a.address == "mayor")
+    assert mayor.hooked == state.root and mayor.molecule == "1/3 steps, at test"
+    for step in ("test", "commit"):
+        m.step_done(town, MAYOR, step, "ok")
+    with town.db.read() as conn:
+        assert m.progress(conn, state.root) == "3/3 steps"

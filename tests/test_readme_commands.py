@@ -12,17 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import readme_block
+
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Two commands"
 
 
 def demo_command() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index(HEADING):]
-    section = section[:section.find("\n## ", len(HEADING))]
-    match = re.search(r"```sh\n(.*?)```", section, re.S)
-    assert match, f"no ```sh block under {HEADING!r} in README.md"
-    return match.group(1).strip()
+    return readme_block(HEADING).strip()
 
 
 @pytest.mark.slow

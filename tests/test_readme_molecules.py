@@ -5,31 +5,21 @@ checklist shown with its markers, and the molecule squashed into one digest bead
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import readme_block
 from vermas.town import Town
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 HEADING = "## Molecules: workflows walked step by step"
-
-
-def block() -> str:
-    text = README.read_text()
-    section = text[text.index(HEADING):]
-    section = section[:section.find("\n## ", len(HEADING))]
-    match = re.search(r"```sh\n(.*?)```", section, re.S)
-    assert match, f"no ```sh block under {HEADING!r} in README.md"
-    return match.group(1)
 
 
 def test_readme_molecules_block_as_written(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("VERMAS_TOWN", "BD_ACTOR")}
     env.update(HOME=str(tmp_path), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', os.defpath)}")
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block()], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_block(HEADING)], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "Read the change in parser" in out  # the preview, vars substituted

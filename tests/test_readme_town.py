@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_repo
+from tests.conftest import make_repo, readme_block
 from vermas.sessions import TownSessions
 from vermas.testing.standin import find_claude_binary
 from vermas.town import Town
@@ -34,18 +34,12 @@ pytestmark = [
     pytest.mark.skipif(find_claude_binary() is None,
                        reason="Claude Code CLI not installed (scripts/setup.sh installs it)"),
 ]
-README = Path(__file__).resolve().parents[1] / "README.md"
 HEADING = "## A town in six commands"
 
 
 def readme_commands() -> str:
     """The first ```sh block under the heading, exactly as written."""
-    text = README.read_text()
-    section = text[text.index(HEADING):]
-    section = section[:section.find("\n## ", len(HEADING))]
-    match = re.search(r"```sh\n(.*?)```", section, re.S)
-    assert match, f"no ```sh block under {HEADING!r} in README.md"
-    return match.group(1)
+    return readme_block(HEADING)
 
 
 @pytest.fixture

@@ -205,6 +205,7 @@ def test_verification_pass_fail_and_cannot_run() -> None:
     assert isinstance(fail, SendBack) and fail.state is MRState.REWORK and fail.polecat is None
     assert (fail.message.reason, fail.message.command) == ("verification", "AC-2")
     assert "verification criterion AC-2 failed" in fail.message.text and "README lacks usage" in fail.message.text
+    assert "is green" not in fail.message.text  # worded for a verdict, not for a test run
     assert_wire(fail.message)
     down = decide.on_verify(req(), run(RunStatus.COULD_NOT_RUN, kind=verify, tail="model unavailable"), True, CFG,
                             NOW)

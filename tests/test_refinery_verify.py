@@ -124,6 +124,8 @@ def test_a_pass_from_the_real_inspector_merges(town: Town, sm: Standin, tmp_path
     assert stored is not None and stored.overall == "PASS" and stored.commit == row.merged_sha
     assert stored.actor == "gt/refinery" and stored.level == "shell"
     assert mr.bead_row(w.bead)["status"] == "closed"
+    passed = [e.evidence for e in ledger.events(town, w.mr) if e.evidence.get("check") == "verify"]
+    assert passed and passed[-1]["outcome"] == "passed" and passed[-1]["command"] == "verify level shell"
 
 
 def test_a_failing_criterion_goes_back_with_the_criterion_and_its_evidence(

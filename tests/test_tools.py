@@ -313,6 +313,20 @@ async def test_nudge_without_session_is_queued_as_mail(client_for: Any) -> None:
         assert "1 to 4000" in await fail(witness, "nudge", target="mayor", message="  ")
 
 
+async def test_a_nudge_repeated_while_unread_is_one_message(client_for: Any) -> None:
+    async with client_for("gt/witness") as witness, client_for("gt/polecats/nux") as nux:
+        first = await call(witness, "nudge", target="gt/polecats/nux", message="check your hook")
+        again = await call(witness, "nudge", target="gt/polecats/nux", message="check your hook")
+        assert again["queued_message_id"] == first["queued_message_id"] and "already waits unread" in again["reason"]
+        other = await call(witness, "nudge", target="gt/polecats/nux", message="something else")
+        assert other["queued_message_id"] != first["queued_message_id"]
+        await call(nux, "mail_read", message_id=first["queued_message_id"])
+        later = await call(witness, "nudge", target="gt/polecats/nux", message="check your hook")
+        assert later["queued_message_id"] not in (first["queued_message_id"], other["queued_message_id"])
+        inbox = (await call(nux, "mail_inbox", unread_only=False))["messages"]
+        assert len(inbox) == 3
+
+
 async def test_fixes_from_review(client_for: Any, town: Town) -> None:
     """Comment-only updates bump updated_at; only the holder or a coordinator closes a
     hooked bead; a re-slung polecat's second report is mailed; a spawn never reuses a

@@ -21,8 +21,8 @@ T0 = 10_000.0  # the session's start
 
 
 def e(kind: HookKind, at: float, tool: str | None = None, note: NotificationKind | None = None,
-      seq: int = 0) -> HookEvent:
-    return HookEvent(kind=kind, at=at, tool=tool, notification=note, seq=seq)
+      seq: int = 0, session: str | None = None) -> HookEvent:
+    return HookEvent(kind=kind, at=at, tool=tool, notification=note, seq=seq, session=session)
 
 
 def perm(at: float) -> HookEvent:
@@ -64,6 +64,15 @@ TABLE = [
     ("SessionEnd, pane still alive", ev(UPS, e(K.SESSION_END, T0 + 9)), S.EXITED, T0 + 9, "SessionEnd"),
     # the killed predecessor's SessionEnd hook, stamped just after the restart: not this session's
     ("stale SessionEnd right after the start", ev(SS, e(K.SESSION_END, T0 + 2)), S.IDLE, T0 + 1, "SessionStart"),
+    # with Claude Code's session ids, by id whatever the time: a late predecessor's end is not this session's,
+    ("predecessor's SessionEnd, late, by id", ev(e(K.SESSION_START, T0 + 1, session="new"),
+                                                 e(K.SESSION_END, T0 + 40, session="old")), S.IDLE, T0 + 1,
+     "SessionStart"),
+    # ... and the session's own end counts even right after its start
+    ("own SessionEnd, early, by id", ev(e(K.SESSION_START, T0 + 1, session="new"),
+                                        e(K.SESSION_END, T0 + 2, session="new")), S.EXITED, T0 + 2, "SessionEnd"),
+    ("end with an id, start without: by time", ev(SS, e(K.SESSION_END, T0 + 2, session="old")), S.IDLE, T0 + 1,
+     "SessionStart"),
     ("pane dead, status 0", ev(UPS, pane_alive=False, exit_status=0), S.EXITED, T0 + 2, "status 0"),
     ("pane dead, status 1", ev(UPS, pane_alive=False, exit_status=1), S.DEAD, T0 + 2, "exit status 1"),
     ("pane dead by a signal", ev(UPS, pane_alive=False, exit_status=None), S.DEAD, T0 + 2, "signal"),

@@ -39,7 +39,7 @@ MAX_FAILURE_LOG = 256 * 1024  # FAILURES stops growing here; the count is then "
 MAX_STDIN = 8 * 1024 * 1024  # a Write tool's input can be large; we only need the top-level names
 STDIN_WAIT_S = 2.0
 
-INSERT = "INSERT INTO agent_events(agent, kind, at, tool, detail) VALUES (?, ?, ?, ?, ?)"
+INSERT = "INSERT INTO agent_events(agent, kind, at, tool, detail, session) VALUES (?, ?, ?, ?, ?, ?)"
 PRUNE = ("DELETE FROM agent_events WHERE agent = ?1 AND at < (SELECT at FROM agent_events "
          "WHERE agent = ?1 ORDER BY at DESC LIMIT 1 OFFSET ?2)")
 
@@ -56,10 +56,11 @@ DETAIL_FIELD = {"SessionStart": "source", "SessionEnd": "reason", "Notification"
 
 
 def insert_event(conn: sqlite.Connection, agent: str, kind: str, at: float, tool: str | None,
-                 detail: str) -> None:
+                 detail: str, session: str | None = None) -> None:
     """Append one event (autocommit: one short write) and now and then trim that agent's
-    history to the newest KEEP_PER_AGENT, through the (agent, at) index."""
-    cur = conn.execute(INSERT, (agent, kind, at, tool, detail))
+    history to the newest KEEP_PER_AGENT, through the (agent, at) index. `session`: Claude
+    Code's session_id when the hook input gave one."""
+    cur = conn.execute(INSERT, (agent, kind, at, tool, detail, session))
     if (cur.lastrowid or 0) % PRUNE_EVERY == 0:
         conn.execute(PRUNE, (agent, KEEP_PER_AGENT - 1))
 
@@ -169,7 +170,8 @@ def record(argv: list[str], raw: bytes) -> None:
         return
     try:
         conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable against a crash, no fsync per event
-        insert_event(conn, actor, kind, AT, tool, detail)
+        session = data.get("session_id")
+        insert_event(conn, actor, kind, AT, tool, detail, session[:200] if isinstance(session, str) else None)
         if transcript is not None:
             conn.execute(NOTE_TRANSCRIPT, (transcript[0], actor, transcript[1], AT))
     except Exception as exc:  # noqa: BLE001 - busy past the timeout, no table, disk full, ...

@@ -118,6 +118,21 @@ def send_in_txn(
                    body=body, reply_to=reply_to, thread_id=thread_id or message_id, created_at=stamp)
 
 
+def send_unless_unread(town: Town, actor: Address, to: str, subject: str, body: str = "") -> tuple[Message, bool]:
+    """Send, unless the same message from the same sender still waits unread for `to`: then that
+    one, and False. A reminder repeated while nobody read the first (a nudge queued on every
+    retry) is one message, not a pile; once read, the next one is new. One transaction."""
+    recipient = str(parse_address(to))
+    body = validate.body(body, "body")
+    with town.db.write() as conn:
+        row = conn.execute(
+            f"SELECT {COLUMNS} FROM messages WHERE recipient = ? AND sender = ? AND subject = ? AND body = ? "
+            "AND read_at IS NULL ORDER BY created_ts LIMIT 1", (recipient, str(actor), subject, body)).fetchone()
+        if row is not None:
+            return _message(row), False
+        return send_in_txn(conn, town.db, str(actor), recipient, subject, body), True
+
+
 def _same_send(row: sqlite3.Row, key: str, to: str, subject: str, body: str,
                reply_to: str | None) -> Message:
     """A retried send (same key, same message) gets the first message back; the same key

@@ -61,6 +61,7 @@ class HookEvent(BaseModel, frozen=True):
     seq: int = 0
     tool: str | None = None  # PreToolUse/PostToolUse: the tool's name (Bash, mcp__vermas__...)
     notification: NotificationKind | None = None  # Notification only
+    session: str | None = None  # Claude Code's session_id, when the hook input carried one
 
     @model_validator(mode="after")
     def _notification_has_a_kind(self) -> Self:

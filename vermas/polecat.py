@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -23,6 +22,8 @@ from vermas import beads, git, mail, permissions, protocol, spawnrepair, timeuti
 from vermas.addresses import Address, Role
 from vermas.dispatch import admit
 from vermas.errors import Conflict, InvalidInput, NotFound, VermasError
+from vermas.faults import KILL_AT_ENV as KILL_AT_ENV  # re-exported: the spawn tests set it
+from vermas.faults import checkpoint as _checkpoint
 from vermas.molecules import molecule
 from vermas.hooks import hooked_id
 from vermas.permissions import Action
@@ -168,9 +169,8 @@ NAME_POOL = (
     "nux", "slit", "furiosa", "capable", "toast", "dag", "cheedo", "angharad", "ace", "rictus",
     "morsov", "keeper", "valkyrie", "max", "immortan", "corpus", "organic", "splendid",
 )
-# Fault injection for tests/test_spawn_repair.py: SIGKILL the spawning process right after
-# the named step, as a crash or an impatient Ctrl-\ would.
-KILL_AT_ENV = "VERMAS_TEST_SPAWN_KILL"
+# Fault injection for tests/test_spawn_repair.py: with faults.KILL_AT_ENV set to one of these,
+# the spawning process is SIGKILLed right after that step (vermas/faults.py).
 SPAWN_STEPS = ("allocated", "branch", "registered", "checked-out", "session")
 
 
@@ -194,11 +194,6 @@ class RepairReport(BaseModel):
     why: str
     notes: list[str] = []
     error: str | None = None
-
-
-def _checkpoint(step: str) -> None:
-    if os.environ.get(KILL_AT_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def free_names(pool: tuple[str, ...], taken: set[str], max_polecats: int) -> list[str]:

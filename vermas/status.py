@@ -10,6 +10,7 @@ from pydantic import BaseModel, JsonValue
 
 from vermas import convoy, cost, events, patrol_log, polecat, rig, up
 from vermas.cost import CostReport
+from vermas.molecules import molecule
 from vermas.refinery import ledger
 from vermas.refinery.types import MRState
 from vermas.town import Town
@@ -63,6 +64,7 @@ class AgentRow(BaseModel):
     last_event: events.AgentEvent | None = None  # the newest hook or MCP event (vermas.events)
     death: up.SessionDeath | None = None
     state: AgentState | None = None  # as the patrols classify it (polecats: see `polecats` for the slot)
+    molecule: str | None = None  # the hooked bead is a molecule: its walk, e.g. "1/3 steps, at test"
 
 
 class MergeQueueStatus(BaseModel):
@@ -210,13 +212,16 @@ def runner_status(town: Town, sessions: TownSessions) -> RunnerStatus:
     addresses = up.core_agents(town) + up.polecat_agents(town)
     latest = events.latest(town, [str(a) for a in addresses])
     states = agent_states(town, sessions, list(addresses))
+    with town.db.read() as conn:
+        walks = {agent: molecule.progress(conn, bead) for agent, bead in hooked.items()}
     for address in addresses:
         info = sessions.info(address)
         when = (dt.datetime.fromtimestamp(info.last_activity, dt.timezone.utc).isoformat(timespec="seconds")
                 if info.last_activity else None)
         rows.append(AgentRow(address=str(address), session=info.session_name, alive=info.alive,
                              hooked=hooked.get(str(address)), last_activity=when, death=up.death_of(info),
-                             last_event=latest.get(str(address)), state=states.get(str(address))))
+                             last_event=latest.get(str(address)), state=states.get(str(address)),
+                             molecule=walks.get(str(address))))
     pid = up.runner_pid(town)
     beats = heartbeats(town, time.time())
     runner_beat = next((b for b in beats if b.loop == "runner"), None)

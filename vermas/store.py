@@ -19,7 +19,7 @@ from pathlib import Path
 from vermas.atomic import is_disk_full, storage_full
 from vermas.errors import StorageFull
 
-SCHEMA_VERSION = 6  # 4: agent_events; 5: cost (transcripts, usage, hook log, model calls); 6: wisps
+SCHEMA_VERSION = 6  # 4: agent_events; 5: cost (transcripts, usage, hook log, model calls); 6: wisps, event session
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -267,6 +267,9 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("merge_requests", "untested", "INTEGER NOT NULL DEFAULT 0"),
     ("merge_requests", "cleaned_at", "TEXT"),  # the polecat's worktree and branch handled after merge
     ("merge_requests", "updated_at", "TEXT"),
+    # Claude Code's session_id on each hook event: tells a killed predecessor's late SessionEnd
+    # from the restarted session's own (vermas.witness.classify).
+    ("agent_events", "session", "TEXT"),
 )
 MIGRATED_INDEXES = (
     "CREATE INDEX IF NOT EXISTS mr_queue ON merge_requests(rig, state)",

@@ -88,7 +88,8 @@ def agents_table(rows: list[problems.WatchRow], report: CostReport | None) -> Ta
         a = row.agent
         event = escape(a.last_event.label) if a.last_event else "-"
         spent = cost.agent_cost(report, a.address) if report is not None else None
-        table.add_row(escape(a.address), _problem_cell(row), a.hooked or "-", event, _ago(row.quiet_s),
+        hooked = f"{a.hooked} ({a.molecule})" if a.hooked and a.molecule else a.hooked or "-"
+        table.add_row(escape(a.address), _problem_cell(row), escape(hooked), event, _ago(row.quiet_s),
                       usd(spent.cost_usd) if spent else "-")
     return table
 

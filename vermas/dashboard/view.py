@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from vermas import beads, convoy, cost, patrol_log, timeutil, up
 from vermas.cost import CostReport
+from vermas.molecules import molecule
 from vermas.addresses import Address
 from vermas.patrol_types import Evidence, TmuxEvidence
 from vermas.protocol import PolecatState
@@ -38,6 +39,7 @@ class AgentView(BaseModel):
     since: float | None = None
     evidence: str = ""
     hooked: str | None = None
+    molecule: str | None = None  # the hooked bead is a molecule: "1/3 steps, at test"
     unread: int = 0
     last_events: list[str] = Field(default_factory=list)
 
@@ -149,7 +151,8 @@ def _agent(conn: sqlite3.Connection, address: Address, hooked: Mapping[str, str]
                           state_since=since))
     tail = [f"{e.kind.value}{':' + e.tool if e.tool else ''}" for e in events[-EVENTS_PER_AGENT:]]
     return AgentView(address=name, role=address.role.value, state=c.state.value, since=c.since, evidence=c.reason,
-                     hooked=hooked.get(name), unread=unread.get(name, 0), last_events=tail[::-1])
+                     hooked=hooked.get(name), unread=unread.get(name, 0), last_events=tail[::-1],
+                     molecule=molecule.progress(conn, hooked[name]) if name in hooked else None)
 
 
 def _queues(town: Town, conn: sqlite3.Connection) -> list[QueueView]:

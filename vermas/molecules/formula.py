@@ -72,6 +72,8 @@ class FormulaInfo(BaseModel):
     description: str
     source: str
     steps: int
+    warnings: int = 0  # fields vermas ignores (formula_show names them)
+    error: str | None = None  # the file does not parse: why
 
 
 def _fail(source: str, where: str, message: str) -> InvalidInput:
@@ -117,6 +119,10 @@ def parse(text: str, source: str) -> Formula:
         variables[name] = var
     raw_steps = data.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
+        composed = [k for k in ("extends", "compose") if k in data]
+        if composed:
+            raise _fail(source, "top level", f"field {composed[0]!r}: formula composition (extends, compose) is "
+                        "not supported by vermas; write the steps out as [[steps]]")
         raise _fail(source, "top level", "field 'steps' is missing: a formula needs at least one [[steps]]")
     steps = []
     for n, table in enumerate(raw_steps, 1):
@@ -207,13 +213,26 @@ def parse_vars(items: list[str] | None) -> dict[str, str]:
     return values
 
 
-def substitute(text: str, values: dict[str, str], source: str, where: str) -> str:
+# Handlebars words that bd's and Gas Town's formulas use in step text for the agent to read
+# (`{{#each x}} ... {{else}} ... {{/each}}`): left as written, never taken for vars.
+TEMPLATE_WORDS = frozenset({"else", "this"})
+
+
+def substitute(text: str, values: dict[str, str], source: str, where: str,
+               declared: frozenset[str] = frozenset()) -> str:
+    """`{{var}}` replaced by its value. A declared var with no value (optional, no default)
+    becomes empty; `{{else}}`, `{{this}}` and a field of a declared var (`{{convoy.title}}`)
+    stay as written, for the agent; any other name is an error naming it."""
     def one(match: re.Match[str]) -> str:
         name = match.group(1)
-        if name not in values:
-            known = ", ".join(sorted(values)) or "none"
-            raise _fail(source, where, f"unknown {{{{{name}}}}}; vars with values: {known}")
-        return values[name]
+        if name in values:
+            return values[name]
+        if name in declared:
+            return ""
+        if name in TEMPLATE_WORDS or name.split(".", 1)[0] in declared:
+            return match.group(0)
+        known = ", ".join(sorted(values)) or "none"
+        raise _fail(source, where, f"unknown {{{{{name}}}}}; vars with values: {known}")
 
     return VAR_RE.sub(one, text)
 
@@ -221,13 +240,14 @@ def substitute(text: str, values: dict[str, str], source: str, where: str) -> st
 def cook(formula: Formula, given: dict[str, str] | None = None) -> Proto:
     """The formula resolved with `given` vars: validated, substituted, nothing written."""
     values = resolve_vars(formula, given or {})
+    declared = frozenset(formula.vars)
     steps = []
     for step in formula.steps:
-        update = {f: substitute(getattr(step, f), values, formula.source, f"step {step.id!r}: field {f!r}")
+        update = {f: substitute(getattr(step, f), values, formula.source, f"step {step.id!r}: field {f!r}", declared)
                   for f in TEXT_FIELDS}
         steps.append(step.model_copy(update=update))
     return Proto(formula=formula.formula, description=substitute(formula.description, values, formula.source,
-                 "top level: field 'description'"), version=formula.version, source=formula.source,
+                 "top level: field 'description'", declared), version=formula.version, source=formula.source,
                  vars=values, steps=steps, warnings=formula.warnings)
 
 
@@ -269,9 +289,15 @@ def load(name: str, town_root: Path, rig_clone: Path | None = None) -> Formula:
 
 
 def list_formulas(town_root: Path, rig_clone: Path | None = None) -> list[FormulaInfo]:
+    """Every formula found, in name order; one that does not parse is listed with its error (a
+    broken file in a rig must not hide the others)."""
     infos = []
     for name, (source, text) in sorted(available(town_root, rig_clone).items()):
-        formula = parse(text, source)
+        try:
+            formula = parse(text, source)
+        except InvalidInput as exc:
+            infos.append(FormulaInfo(name=name, description="", source=source, steps=0, error=str(exc)))
+            continue
         infos.append(FormulaInfo(name=name, description=formula.description, source=source,
-                                 steps=len(formula.steps)))
+                                 steps=len(formula.steps), warnings=len(formula.warnings)))
     return infos

@@ -22,7 +22,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
-from vermas import beads, ids, permissions, timeutil, validate
+from vermas import beads, faults, ids, permissions, timeutil, validate
 from vermas.addresses import Address, parse_address
 from vermas.errors import Conflict, InvalidInput, NotFound
 from vermas.beads import hooked_id
@@ -37,6 +37,9 @@ STEP_LABEL = "step:"
 FORMULA_LABEL = "formula:"
 DIGEST_LABEL = "digest"  # a squashed wisp's permanent record
 WISP_INFIX = "wisp"  # a wisp's ids: <prefix>-wisp-<hash>, as bd names its wisps
+# Crash-test checkpoints (vermas/faults.py), both inside the write transaction, before COMMIT:
+POUR_KILL_POINT = "mol-pour"  # the root and every step bead inserted, the `needs` not yet
+STEP_DONE_KILL_POINT = "mol-step-done"  # the step checked and its UPDATE made
 
 
 class Marker(StrEnum):
@@ -158,6 +161,7 @@ def _pour_steps(conn: sqlite3.Connection, db: Database, actor: Address, proto: P
                      description=step.description, priority=step.priority,
                      labels=sorted({STEP_LABEL + step.id, *step.labels}), acceptance_criteria=step.acceptance)
         beads.add_dependency(conn, db, bead_id, root, "parent-child", str(actor))
+    faults.checkpoint(POUR_KILL_POINT)
     for step in proto.steps:
         for need in step.needs:
             beads.add_dependency(conn, db, step_ids[step.id], step_ids[need], "blocks", str(actor))
@@ -260,6 +264,18 @@ def _root_of_step_bead(conn: sqlite3.Connection, step_id: str) -> str | None:
     return str(row[0]) if row else None
 
 
+def progress(conn: sqlite3.Connection, bead_id: str) -> str | None:
+    """A hooked bead's walk in a few words for status views: `2/3 steps, at test` (None: the
+    bead is not a molecule root). Markers are computed as the checklist does."""
+    row = conn.execute("SELECT issue_type FROM issues WHERE id = ?", (bead_id,)).fetchone()
+    if row is None or row[0] != MOLECULE_TYPE:
+        return None
+    state = _status(conn, bead_id)
+    done = sum(1 for s in state.steps if s.marker is Marker.DONE)
+    at = f", at {state.current.step}" if state.current is not None else ""
+    return f"{done}/{len(state.steps)} steps{at}"
+
+
 def open_steps(conn: sqlite3.Connection, root: str) -> list[str]:
     """The formula ids of a molecule's steps not done yet, in order (none: not a molecule)."""
     return [r["step"] for r in _step_rows(conn, root) if r["status"] != "closed"]
@@ -298,6 +314,7 @@ def step_done(town: Town, actor: Address, step_id: str, summary: str = "", root:
             "WHERE id = ? AND status != 'closed'", (stamp, summary or "done", stamp, ts, step.bead_id)).rowcount
         if changed != 1:
             raise Conflict(f"step {step.step} ({step.bead_id}) was closed by someone else meanwhile")
+        faults.checkpoint(STEP_DONE_KILL_POINT)
         town.db.touch("issues")
         after = _status(conn, root_id)
         if after.wisp and all(s.marker is Marker.DONE for s in after.steps):  # the sweep's clock starts

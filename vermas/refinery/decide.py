@@ -293,9 +293,10 @@ def _rework(req: QueuedRequest, outcome: RunOutcome, polecat_alive: bool, cfg: M
     what = (f"verification criterion {outcome.criterion}" if outcome.kind is RunKind.VERIFY and outcome.criterion
             else f"`{outcome.command}`")
     how = "timed out" if outcome.status is RunStatus.TIMED_OUT else f"exited {outcome.exit_status}"
-    if outcome.kind is RunKind.VERIFY:
-        how = "failed"
-    why = f"{what} {how} on {outcome.candidate_sha} (target {outcome.target_sha} is green)"
+    if outcome.kind is RunKind.VERIFY:  # a verdict on the candidate, not a test of the target
+        why = f"{what} failed on {outcome.candidate_sha} (rebased onto {outcome.target_sha})"
+    else:
+        why = f"{what} {how} on {outcome.candidate_sha} (target {outcome.target_sha} is green)"
     if _attempts_exhausted(req, cfg):
         return _exhausted(req, MRState.REWORK, why, outcome.target_sha, f"{history}\n\n{outcome.output_tail}")
     text = f"{why}. Fix it on {req.branch}, commit, and call polecat_done again.\n\n{outcome.output_tail}".rstrip()

@@ -483,7 +483,10 @@ def _verify(s: _Step, merging: Sequence[MergeRequestRow], new: str, tip: str) ->
         gitops.reset_worktree(s.worktree, new)
         out = s.verify(s.town, req, s.worktree, s.config.verify_level, tip)
         action = decide.on_verify(req.queued(), out, s.alive(req), s.cfg, s.clock(), s.history(req))
-        if isinstance(action, decide.Proceed):
+        if isinstance(action, decide.Proceed):  # recorded too: the history shows what let it merge
+            ledger.note(s.town, req.id, s.actor, {"check": "verify", "outcome": out.status.value,
+                                                  "command": out.command, "candidate_sha": out.candidate_sha,
+                                                  "target_sha": out.target_sha, "duration_s": out.duration_s})
             continue
         _apply_check(s, req, action, out)
         for other in merging:

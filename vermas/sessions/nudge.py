@@ -178,9 +178,10 @@ def nudge(
 
     def queue(reason: str) -> NudgeResult:
         subject, body = protocol.format(protocol.Nudge(text=text))
-        msg = mail.send(town, parse_address(sender), str(target), subject, body)
+        msg, new = mail.send_unless_unread(town, parse_address(sender), str(target), subject, body)
         return NudgeResult(target=str(target), submitted=False, queued_message_id=msg.id,
-                           seconds=time.monotonic() - started, reason=reason)
+                           seconds=time.monotonic() - started,
+                           reason=reason if new else f"{reason}; the same nudge already waits unread ({msg.id})")
 
     if not sessions.alive(target):
         return queue("session not running")

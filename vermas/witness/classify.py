@@ -11,10 +11,11 @@ Precedence, strongest evidence first, and why:
    SessionStart alone -> starting while the runner's GUPP nudge is pending, else idle;
    no event yet -> starting.
 Events older than the session's start belong to an earlier session and are ignored, so a
-restarted session is judged on its own evidence. So is a SessionEnd within STALE_END_S of the
-session's start: the killed predecessor's end hook, fired after its SIGHUP and stamped after the
-restart (seen end to end, tests/test_patrol_e2e.py); a session that really ends leaves a dead
-pane or no session, which rank first anyway. `since` is when the current state began:
+restarted session is judged on its own evidence. So is the killed predecessor's end hook, fired
+after its SIGHUP and stamped after the restart (seen end to end, tests/test_patrol_e2e.py): a
+SessionEnd whose Claude Code session id is not that of the current session's SessionStart, or,
+when either id is unknown, one within STALE_END_S of the session's start. A session that really
+ends leaves a dead pane or no session, which rank first anyway. `since` is when the current state began:
 the earliest event of the trailing run of events that all mean this state.
 """
 
@@ -66,9 +67,22 @@ def _state_of(kind: HookKind | str, notification: NotificationKind | None, gupp_
 def current_events(ev: Evidence) -> list[HookEvent]:
     """The current session's events in order (time, then the store's row order)."""
     start = ev.tmux.started_at
-    return sorted((e for e in ev.events if start is None or (
-        e.at >= start and not (e.kind is HookKind.SESSION_END and e.at < start + STALE_END_S))),
-        key=lambda e: (e.at, e.seq))
+    if start is None:
+        return sorted(ev.events, key=lambda e: (e.at, e.seq))
+    fresh = [e for e in ev.events if e.at >= start]
+    begun = [e.session for e in fresh if e.kind is HookKind.SESSION_START and e.session]
+    return sorted((e for e in fresh if not _predecessors_end(e, begun[-1] if begun else None, start)),
+                  key=lambda e: (e.at, e.seq))
+
+
+def _predecessors_end(e: HookEvent, current: str | None, start: float) -> bool:
+    """A SessionEnd that belongs to the process this session replaced: by Claude Code's session
+    id when both are known (another session's end, however late), else by time (STALE_END_S)."""
+    if e.kind is not HookKind.SESSION_END:
+        return False
+    if e.session and current:
+        return e.session != current
+    return e.at < start + STALE_END_S
 
 
 def classify(ev: Evidence) -> Classification:

@@ -66,11 +66,11 @@ def hook_events(conn: sqlite3.Connection, agent: str, limit: int = EVENT_TAIL) -
     """The agent's recent hook events as the classifier's typed ones, and its latest vermas MCP
     tool call (activity). Kinds the classifier does not know, and notifications of another
     type, are left out."""
-    rows = conn.execute("SELECT id, kind, at, tool, detail FROM agent_events WHERE agent = ? "
+    rows = conn.execute("SELECT id, kind, at, tool, detail, session FROM agent_events WHERE agent = ? "
                         "ORDER BY at DESC, id DESC LIMIT ?", (agent, limit)).fetchall()
     out: list[HookEvent] = []
     mcp: float | None = None
-    for seq, kind, at, tool, detail in reversed(rows):
+    for seq, kind, at, tool, detail, session in reversed(rows):
         if kind == EventKind.TOOL:
             mcp = at if mcp is None else max(mcp, at)
             continue
@@ -82,7 +82,8 @@ def hook_events(conn: sqlite3.Connection, agent: str, limit: int = EVENT_TAIL) -
             note = _NOTIFICATIONS.get((detail or "").strip())
             if note is None:
                 continue
-        out.append(HookEvent(kind=hook, at=max(float(at), 0.0), seq=int(seq), tool=tool, notification=note))
+        out.append(HookEvent(kind=hook, at=max(float(at), 0.0), seq=int(seq), tool=tool, notification=note,
+                             session=session))
     return tuple(out), mcp
 
 

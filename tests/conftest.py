@@ -28,6 +28,7 @@ FIXTURE_MARKS = {
     "claude_bin": ("claude",),  # test_standin_model: the real Claude Code CLI
     "private_tmux": ("tmux",),
     "rigged": ("tmux",),  # the patrol tests: a rig town on its own tmux socket
+    "up": ("tmux", "claude", "slow"),  # a town under `vermas-runner up --model standin`, rig on a bare upstream
     "sm": ("claude",),  # tests/inspector_standin.py: the real CLI against the stand-in model
 }
 MODULE_MARKS = {
@@ -157,3 +158,12 @@ def rigged(tmp_path: Path) -> Iterator[Any]:
         yield r
     finally:
         r.close()
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Any]:
+    """A town with rig `gt` on a bare upstream, run by `vermas-runner up --detach --model standin`
+    (tests.test_refinery_e2e.QueueTown); taken down afterwards."""
+    from tests.test_refinery_e2e import up_town  # deferred: only the end-to-end tests need it
+
+    yield from up_town(tmp_path)

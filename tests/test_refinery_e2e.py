@@ -63,7 +63,8 @@ def e2e(test: F) -> F:
 
 def request(messages: list[dict[str, Any]]) -> ModelRequest:
     tools = [{"name": n} for n in ("Bash", "mcp__vermas__hook_check", "mcp__vermas__mail_inbox",
-                                   "mcp__vermas__mail_read", "mcp__vermas__polecat_done")]
+                                   "mcp__vermas__mail_read", "mcp__vermas__mol_step_done",
+                                   "mcp__vermas__polecat_done")]
     body = {"model": "m", "max_tokens": 1000, "system": "You are a vermas polecat", "tools": tools,
             "messages": messages}
     return ModelRequest("POST", "/v1/messages", {"X-Claude-Code-Session-Id": "s1"}, body)
@@ -285,10 +286,10 @@ def runner(root: Path, *args: str, timeout: float = 240) -> subprocess.Completed
                           env=env)
 
 
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[QueueTown]:
+def up_town(tmp_path: Path) -> Iterator[QueueTown]:
     """The same rig, but the town runs as a person runs it: `vermas-runner up --detach --model standin`
-    (its own stand-in model process, its own runner whose patrol drives the merge queue)."""
+    (its own stand-in model process, its own runner whose patrol drives the merge queue). The body
+    of the `up` fixture (tests/conftest.py), shared by the refinery and molecule end-to-end tests."""
     town, _ = Town.init(tmp_path / "town")
     rig = MergeRig(town, tmp_path)
     handle = QueueTown(town, rig, None, runner=True)

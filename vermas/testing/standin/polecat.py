@@ -23,6 +23,12 @@ What the Bash call does, from the bead's description (``standin:`` lines; anythi
 A REWORK_REQUEST for a conflict needs no line: the polecat fetches, rebases its branch onto the
 request's ``target_sha`` and resolves every conflict by keeping both sides (ours, then its own).
 A bead with no ``write`` line gets the demo's note (``notes/<rig>-polecats-<name>.md``), as before.
+
+A molecule on the hook (``hook_check`` answers with ``molecule``, its ``current`` step in full) is
+walked step by step, from what the tools return and nothing else: the current step's work (its
+description's ``write`` lines, else a note ``steps/<step>.md``) in one Bash call and commit, then
+``mol_step_done(step_id, summary)``, whose ``next`` is the step to do now; when it is null, the
+round ends with ``polecat_done(COMPLETED)``. A ``mol_step_done`` refused (an error) escalates.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from typing import Any
 from vermas.testing.standin.policies import PlannedPolicy, Step
 from vermas.testing.standin.request import ModelRequest
 
-POLECAT_TOOLS = ("hook_check", "mail_inbox", "mail_read", "polecat_done")
+POLECAT_TOOLS = ("hook_check", "mail_inbox", "mail_read", "mol_step_done", "polecat_done")
 REWORK_KIND = "REWORK_REQUEST"
 NOTE_COMMAND = (
     'mkdir -p notes && note="notes/$(echo "$BD_ACTOR" | tr / -).md" && '
@@ -47,6 +53,7 @@ NOTE_COMMAND = (
 _DIRECTIVE = re.compile(r"^\s*standin:\s*(write|fix|leave)\s+(\S+)\s*=\s?(.*)$")
 _FLAG = re.compile(r"^\s*standin:\s*(sleep|sleep-once|skip-done|never-done)\s*(\d*)\s*$")
 _HEADER = re.compile(r"^([a-z_]+): (.*)$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @dataclass(frozen=True)
@@ -219,7 +226,10 @@ def polecat_round(req: ModelRequest) -> Generator[Sequence[Step], ModelRequest, 
             fields = headers(str(read.get("body") or "")) if isinstance(read, dict) else {}
             rework = Rework(reason=fields.get("reason", "tests"), target_sha=fields.get("target_sha"),
                             files=fields.get("files"), merge_request=fields.get("merge_request"))
-    if rework is None:
+    molecule = hook.get("molecule") if isinstance(hook, dict) else None
+    if rework is None and isinstance(molecule, dict):
+        yield from walk_molecule(bead_id, molecule)
+    elif rework is None:
         yield from _first_work(script, bead_id, title, round_no)
     elif rework.reason == "conflict":
         yield [_bash(rebase_command(rework.target_sha or "origin/HEAD"),
@@ -253,6 +263,44 @@ def _first_work(script: BeadScript, bead_id: str, title: str,
         yield [f"Round {round_no}: the work is in my worktree; I end my turn here (no polecat_done yet)."]
         return
     yield _done("wrote the bead's files and committed them" if script.writes else "wrote a note and committed it")
+
+
+def step_files(step: dict[str, Any]) -> dict[str, str]:
+    """The files one molecule step writes: its description's ``write`` lines, else a note named
+    after the step (pure)."""
+    script = BeadScript.parse(str(step.get("description") or ""))
+    if script.writes:
+        return script.writes
+    name = _UNSAFE.sub("-", str(step.get("step") or "step"))
+    return {f"steps/{name}.md": f"{step.get('title') or name}"}
+
+
+def step_summary(step: dict[str, Any], files: dict[str, str]) -> str:
+    """What the polecat tells mol_step_done it did (becomes the step's close reason)."""
+    return f"step {step.get('step')}: committed {', '.join(files)}"
+
+
+def walk_molecule(root: str, molecule: dict[str, Any]) -> Generator[Sequence[Step], ModelRequest, None]:
+    """Walk the molecule from its current step: each step's work and commit, then mol_step_done;
+    the next step is the one mol_step_done answers with (null: all done, so polecat_done)."""
+    step = molecule.get("current")
+    walked: list[str] = []
+    while isinstance(step, dict):
+        files = step_files(step)
+        yield [_bash(write_command(files, f"{root}: step {step.get('step')}: {step.get('title')}"),
+                     f"do step {step.get('step')} of {root} and commit")]
+        req = yield [{"tool": "mol_step_done", "input": {"step_id": str(step.get("step")),
+                                                         "summary": step_summary(step, files)}}]
+        answer = req.last_tool_result_json()
+        if req.last_tool_result_is_error() or not isinstance(answer, dict) or "next" not in answer:
+            yield [{"tool": "polecat_done", "input": {
+                "status": "ESCALATED", "summary": f"mol_step_done refused step {step.get('step')}: "
+                                                  f"{req.last_tool_result_text()[:300]}"}},
+                   "Escalated: a step of my molecule was refused."]
+            return
+        walked.append(str(step.get("step")))
+        step = answer["next"]
+    yield _done(f"walked molecule {root}: " + (", ".join(walked) if walked else "no step was open") + " done")
 
 
 def polecat_policy() -> PlannedPolicy:

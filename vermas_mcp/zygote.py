@@ -40,7 +40,7 @@ IDLE_EXIT_SECONDS = 6 * 3600
 
 def _peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]  # struct ucred: pid, uid, gid
+    return int(struct.unpack("3i", creds)[1])  # struct ucred: pid, uid, gid
 
 
 def _child(conn: socket.socket, request: dict[str, Any], fds: list[int], listener: socket.socket) -> None:

@@ -33,6 +33,7 @@ from vermas.town import Town, find_town
 from vermas_runner import demo, twins, views
 
 if TYPE_CHECKING:
+    from vermas.inspector.models import VerificationReport
     from vermas.sessions import TownSessions
     from vermas.tools import ToolSpec
 
@@ -392,15 +393,22 @@ def cmd_tool(spec: "ToolSpec", args: argparse.Namespace) -> None:
             twins.emit(result, args.json)
         return
     result = twins.run_tool(spec, _open_town(args.town), args)
-    if spec.name == "verify_bead" and not args.json:
-        print(render(result))
+    if spec.name == "verify_bead":
+        _verdict(result, args.json)
     elif isinstance(result, (molecule.MoleculeStatus, molecule.StepDone)) and not args.json \
             and not getattr(args, "id_only", False):
         print(views.checklist(result))
     else:
         twins.emit(result, args.json, getattr(args, "id_only", False))
-    if spec.name == "verify_bead":  # grep/diff style, as before: 0 PASS, 1 FAIL (2: error)
-        raise SystemExit(0 if result.overall == "PASS" else 1)
+
+
+def _verdict(report: "VerificationReport", as_json: bool) -> NoReturn:
+    """verify_bead's report, then grep/diff style exit codes, as before: 0 PASS, 1 FAIL (2: error)."""
+    if as_json:
+        twins.emit(report, True)
+    else:
+        print(render(report))
+    raise SystemExit(0 if report.overall == "PASS" else 1)
 
 
 def cmd_polecat_list(args: argparse.Namespace) -> None:

@@ -242,7 +242,7 @@ def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, *
 
     console = Console()
     root = Path(tempfile.mkdtemp(prefix="vermas-demo-"))
-    town, _ = Town.init(root / "town")
+    town, _created = Town.init(root / "town")
     console.print(f"[bold]vermas demo[/]: town at {town.root}")
     repo = sample_repo(root / "sample.git.src")
     server = None

@@ -306,3 +306,29 @@ def test_status_views_show_a_hooked_molecules_walk(town: Town) -> None:
         m.step_done(town, MAYOR, step, "ok")
     with town.db.read() as conn:
         assert m.progress(conn, state.root) == "3/3 steps"
+
+
+def test_wisp_writes_leave_the_export_alone_and_give_their_ids_back(town: Town) -> None:
+    def generation() -> int:
+        with town.db.read() as conn:
+            return town.db.generation(conn, "issues")
+
+    def wisp_count() -> int:
+        with town.db.read() as conn:
+            row = conn.execute("SELECT count FROM prefixes WHERE prefix = 'hq-wisp'").fetchone()
+        return int(row[0]) if row else 0
+
+    before = generation()
+    for _ in range(3):
+        state = m.pour(town, MAYOR, chain(), hook=str(CREW), wisp=True)
+        m.step_done(town, CREW, "implement", "x")
+        assert wisp_count() == 4  # root and 3 steps live: the count is of live wisp beads
+        m.burn(town, MAYOR, state.root)
+    assert generation() == before and wisp_count() == 0  # nothing exported changed: no rewrite due
+    walked = m.pour(town, MAYOR, chain(), hook=str(CREW), wisp=True)
+    for step in ("implement", "test", "commit"):
+        m.step_done(town, CREW, step, "ok")
+    m.squash(town, MAYOR, walked.root, "kept")
+    assert generation() == before + 1  # the squash's digest is exported: one change
+    plain = m.pour(town, MAYOR, chain())
+    assert generation() == before + 2 and plain.root.startswith("hq-")

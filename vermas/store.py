@@ -411,6 +411,17 @@ class Database:
         self._pending.update(kinds)
 
     @contextmanager
+    def unexported(self, kind: str) -> Iterator[None]:
+        """Writes inside this block do not make the `kind` export stale (rows the export never
+        holds, a wisp's); a touch made before it, or after it, still counts."""
+        if self._pending is None:
+            raise RuntimeError("unexported() outside a write transaction")
+        before = kind in self._pending
+        yield
+        if not before and self._pending is not None:
+            self._pending.discard(kind)
+
+    @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A consistent snapshot for multi-statement reads."""
         with self._lock:

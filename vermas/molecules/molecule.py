@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from enum import StrEnum
 
@@ -135,14 +136,15 @@ def pour_in_txn(conn: sqlite3.Connection, db: Database, actor: Address, proto: P
                 hook: str | None = None, wisp: bool = False) -> str:
     """The pour inside the caller's write transaction (a sling pours and spawns in one); the root."""
     title = validate.title(f"{proto.formula}: {proto.description or proto.formula}"[:200])
-    root = ids.new_bead_id(conn, f"{prefix}-{WISP_INFIX}" if wisp else prefix, f"{proto.formula}\x00{actor}")
-    beads.insert(conn, db, bead_id=root, title=title, actor=str(actor), description=_root_text(proto),
-                 issue_type=MOLECULE_TYPE, status="hooked" if hook else "open", assignee=hook,
-                 labels=[FORMULA_LABEL + proto.formula], acceptance_criteria=root_acceptance(proto))
-    _pour_steps(conn, db, actor, proto, root)
-    if wisp:
-        conn.execute("UPDATE issues SET ephemeral = 1 WHERE id = ? OR id GLOB ?", (root, root + ".*"))
-        conn.execute("INSERT INTO wisps(root, created_ts) VALUES (?, ?)", (root, time.time()))
+    with db.unexported("issues") if wisp else nullcontext():  # a wisp never reaches the JSONL
+        root = ids.new_bead_id(conn, f"{prefix}-{WISP_INFIX}" if wisp else prefix, f"{proto.formula}\x00{actor}")
+        beads.insert(conn, db, bead_id=root, title=title, actor=str(actor), description=_root_text(proto),
+                     issue_type=MOLECULE_TYPE, status="hooked" if hook else "open", assignee=hook,
+                     labels=[FORMULA_LABEL + proto.formula], acceptance_criteria=root_acceptance(proto))
+        _pour_steps(conn, db, actor, proto, root)
+        if wisp:
+            conn.execute("UPDATE issues SET ephemeral = 1 WHERE id = ? OR id GLOB ?", (root, root + ".*"))
+            conn.execute("INSERT INTO wisps(root, created_ts) VALUES (?, ?)", (root, time.time()))
     return root
 
 
@@ -315,8 +317,9 @@ def step_done(town: Town, actor: Address, step_id: str, summary: str = "", root:
         if changed != 1:
             raise Conflict(f"step {step.step} ({step.bead_id}) was closed by someone else meanwhile")
         faults.checkpoint(STEP_DONE_KILL_POINT)
-        town.db.touch("issues")
         after = _status(conn, root_id)
+        if not after.wisp:  # a wisp's rows are never exported: its progress leaves the JSONL as it is
+            town.db.touch("issues")
         if after.wisp and all(s.marker is Marker.DONE for s in after.steps):  # the sweep's clock starts
             conn.execute("UPDATE wisps SET closed_ts = ? WHERE root = ?", (ts, root_id))
         return StepDone(next=after.current, molecule=after)
@@ -337,12 +340,18 @@ def _may_manage(conn: sqlite3.Connection, actor: Address, root: str) -> tuple[sq
     return row, _step_rows(conn, root), wisp
 
 
-def _delete(conn: sqlite3.Connection, db: Database, bead_ids: list[str]) -> None:
+def _delete(conn: sqlite3.Connection, db: Database, bead_ids: list[str], wisp: bool = False) -> None:
+    """Every row of these beads. A wisp's deletion leaves the export as it is and gives its ids
+    back to the `<prefix>-wisp` count, so wisp ids stay short however many come and go."""
     for table, column in (("labels", "issue_id"), ("comments", "issue_id"), ("dependencies", "issue_id"),
-                          ("dependencies", "depends_on_id"), ("hook_log", "bead_id"), ("wisps", "root"),
-                          ("issues", "id")):
+                          ("dependencies", "depends_on_id"), ("hook_log", "bead_id"), ("wisps", "root")):
         conn.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(b,) for b in bead_ids])
-    db.touch("issues")
+    gone = conn.executemany("DELETE FROM issues WHERE id = ?", [(b,) for b in bead_ids]).rowcount
+    if not wisp:
+        db.touch("issues")
+    elif bead_ids and gone > 0:
+        conn.execute("UPDATE prefixes SET count = max(count - ?, 0) WHERE prefix = ?",
+                     (gone, ids.prefix_of(bead_ids[0])))
 
 
 def digest(status: MoleculeStatus, summary: str) -> str:
@@ -373,7 +382,7 @@ def squash(town: Town, actor: Address, root: str, summary: str = "") -> beads.Be
             beads.insert(conn, town.db, bead_id=target, title=row["title"], actor=str(actor),
                          description=row["description"], issue_type=MOLECULE_TYPE,
                          labels=[FORMULA_LABEL + state.formula, DIGEST_LABEL])
-            _delete(conn, town.db, [r["id"] for r in rows] + [root])
+            _delete(conn, town.db, [r["id"] for r in rows] + [root], wisp=True)
         else:
             target = root
             _delete(conn, town.db, [r["id"] for r in rows])
@@ -393,7 +402,7 @@ def burn(town: Town, actor: Address, root: str, force: bool = False) -> Removed:
             raise Conflict(f"molecule {root} has done steps ({', '.join(done)}); mol_squash keeps a record of "
                            "them, or burn with force=true discards them")
         removed = [r["id"] for r in rows] + [root]
-        _delete(conn, town.db, removed)
+        _delete(conn, town.db, removed, wisp=wisp)
         return Removed(root=root, beads=removed)
 
 
@@ -417,5 +426,5 @@ def sweep_wisps(town: Town, max_age_s: float, now: float | None = None) -> list[
         conn.executemany("DELETE FROM wisps WHERE root = ?", [(r[0],) for r in seen if r[1]])
         gone = expired_wisps({r[0]: r[2] for r in seen if not r[1]}, max_age_s, now)
         for root in gone:
-            _delete(conn, town.db, [r["id"] for r in _step_rows(conn, root)] + [root])
+            _delete(conn, town.db, [r["id"] for r in _step_rows(conn, root)] + [root], wisp=True)
         return gone

@@ -41,6 +41,7 @@ from vermas.addresses import Address, parse_address
 from vermas.export import export_town
 from vermas.molecules import formula as formulas
 from vermas.molecules import molecule
+from vermas.testing.formulas import install
 from vermas.town import Town
 from common import evaluate, pct  # bench/common.py (this script's folder)
 
@@ -67,26 +68,6 @@ TARGETS: list[tuple[str, float, str, str, str]] = [
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def chain_formula(name: str, steps: int) -> str:
-    """A formula of `steps` steps: each needs the one before, every third also the first."""
-    lines = [f'formula = "{name}"', f'description = "{steps} chained steps for {{{{who}}}}"',
-             "[vars.who]", 'default = "bench"']
-    for i in range(1, steps + 1):
-        needs = ([f"s{i - 1}"] if i > 1 else []) + (["s1"] if i % 3 == 0 and i > 2 else [])
-        lines += ["[[steps]]", f'id = "s{i}"', f'title = "step {i} for {{{{who}}}}"',
-                  f'description = "do step {i} of the chain"', f"needs = {json.dumps(needs)}",
-                  f'acceptance = "step {i} is done"']
-    return "\n".join(lines) + "\n"
-
-
-def install(town: Town, name: str, steps: int) -> formulas.Proto:
-    """Write the formula into the town's .beads/formulas/ (where mol_pour finds it); its proto."""
-    folder = town.root / ".beads" / "formulas"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}{formulas.SUFFIX}").write_text(chain_formula(name, steps))
-    return formulas.cook(formulas.load(name, town.root))
 
 
 def stats(prefix: str, samples_s: list[float]) -> dict[str, float]:

@@ -32,6 +32,7 @@ from vermas.addresses import parse_address
 from vermas.export import export_town
 from vermas.molecules import formula as f
 from vermas.molecules import molecule as m
+from vermas.testing.formulas import install
 from vermas.town import Town
 
 BIN = Path(sys.executable).parent
@@ -39,26 +40,6 @@ RUNNER = str(BIN / "vermas-runner")
 MAYOR = parse_address("mayor")
 NUX = "gt/polecats/nux"
 STEPS = 12
-
-
-def chain(name: str, n: int) -> str:
-    """A formula of n steps, each needing the one before (and step 3k also the first)."""
-    lines = [f'formula = "{name}"', f'description = "{n} chained steps"']
-    for i in range(1, n + 1):
-        needs = [f"s{i - 1}"] if i > 1 else []
-        if i % 3 == 0 and i > 2:
-            needs.append("s1")
-        lines += ["[[steps]]", f'id = "s{i}"', f'title = "step {i}"', f"needs = {json.dumps(needs)}",
-                  f'acceptance = "s{i} accepted"']
-    return "\n".join(lines) + "\n"
-
-
-def install(town: Town, name: str, n: int) -> f.Proto:
-    """The formula written to the town's .beads/formulas/ (for the shell twins), and its proto."""
-    folder = town.root / ".beads" / "formulas"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}{f.SUFFIX}").write_text(chain(name, n))
-    return f.cook(f.load(name, town.root))
 
 
 def runner(town: Town, actor: str, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -207,7 +188,7 @@ def _check_store(town: Town, proto: f.Proto) -> dict[str, str]:
             if state == "closed":  # a digest alone, naming what it squashed and every step's outcome
                 assert steps == [] and root not in wisps, root
                 squashed = re.match(r"squashed (\S+) by w\d+\n", notes)
-                found = dict(re.findall(r"^- (s\d+): step \d+: (by w\d+)$", notes, re.M))
+                found = dict(re.findall(r"^- (s\d+): step \d+ for \w+: (by w\d+)$", notes, re.M))
                 assert squashed and len(found) == len(proto.steps), (root, notes)
                 outcomes.update({f"{squashed[1]}.{sid[1:]}": by for sid, by in found.items()})
                 continue

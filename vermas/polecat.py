@@ -24,8 +24,8 @@ from vermas.dispatch import admit
 from vermas.errors import Conflict, InvalidInput, NotFound, VermasError
 from vermas.faults import KILL_AT_ENV as KILL_AT_ENV  # re-exported: the spawn tests set it
 from vermas.faults import checkpoint as _checkpoint
-from vermas.molecules import molecule
 from vermas.hooks import hooked_id
+from vermas.molecules import molecule
 from vermas.permissions import Action
 from vermas.proc import Flock, flock_held
 from vermas.protocol import DONE_STATE, PolecatState

@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING
 from vermas import beads, permissions, polecat, timeutil, validate
 from vermas.dispatch import TargetKind, admit, classify_target
 from vermas.errors import Conflict, InvalidInput, NotFound
-from vermas.molecules import formula
-from vermas.molecules import molecule
-from vermas.molecules.molecule import MoleculeStatus
 from vermas.hooks import hooked_id
+from vermas.molecules import formula, molecule
+from vermas.molecules.molecule import MoleculeStatus
 from vermas.permissions import Action
 
 if TYPE_CHECKING:  # tmux is imported only where a session is touched
@@ -94,7 +93,7 @@ def sling_formula(town: Town, actor: Address, name: str, variables: dict[str, st
         try:
             info = polecat.spawn(town, actor, None, rig, sessions, kick=kick, pour=pour)
         except Exception:
-            if poured:  # the hooking committed, the bring-up failed and was rolled back
+            if poured:  # poured: either rolled back with the hooking, or hooked and the bring-up failed
                 _burn_unstarted(town, actor, poured[-1])
             raise
         return molecule.status(town, actor, info.bead_id)

@@ -17,7 +17,6 @@ import inspect
 import re
 import types
 import typing
-from pathlib import Path
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -577,11 +576,12 @@ async def verify_bead(c: Call, bead_id: str, worktree: str | None = None,
     return (await _inspector(c).verify(bead_id, worktree, level)).compact()
 
 
-def _formula_places(c: Call, rig: str | None) -> tuple[Path, Path | None]:
-    """The town root and the rig's canonical clone (formula discovery's first place)."""
+def _formula_rig(c: Call, rig: str | None) -> str | None:
+    """The rig whose canonical clone is looked at first: the one named (it must exist), else
+    the actor's when it has one."""
     c.town.require_rig(rig)
     rig = rig or c.actor.rig
-    return molecule.places(c.town, rig if rig in c.town.config.rigs else None)
+    return rig if rig in c.town.config.rigs else None
 
 
 class FormulaList(BaseModel):
@@ -594,7 +594,7 @@ def formula_list(c: Call, rig: str | None = None) -> FormulaList:
 
     rig: look in this rig's canonical clone first (default: the actor's rig)
     """
-    return FormulaList(formulas=formulas.list_formulas(*_formula_places(c, rig)))
+    return FormulaList(formulas=formulas.list_formulas(*molecule.places(c.town, _formula_rig(c, rig))))
 
 
 @tool(Kind.READ)
@@ -605,7 +605,7 @@ def formula_show(c: Call, formula: str, vars: list[str] | None = None, rig: str 
     vars: a formula variable as name=value (repeat the option for several)
     rig: look in this rig's canonical clone first (default: the actor's rig)
     """
-    return formulas.cook(formulas.load(formula, *_formula_places(c, rig)), formulas.parse_vars(vars))
+    return molecule.cook_named(c.town, formula, formulas.parse_vars(vars), _formula_rig(c, rig))
 
 
 @tool(Kind.ADD)
@@ -620,7 +620,7 @@ def mol_pour(c: Call, formula: str, vars: list[str] | None = None, hook: str | N
     rig: rig whose prefix the ids take, and whose formulas are looked at first
     wisp: pour an ephemeral molecule (patrols, scratch checklists): no JSONL rows, swept when closed
     """
-    proto = formulas.cook(formulas.load(formula, *_formula_places(c, rig)), formulas.parse_vars(vars))
+    proto = molecule.cook_named(c.town, formula, formulas.parse_vars(vars), _formula_rig(c, rig))
     return molecule.pour(c.town, c.actor, proto, hook=hook, rig=rig, wisp=wisp)
 
 

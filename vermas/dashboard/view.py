@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from pydantic import BaseModel, Field
 
 from vermas import beads, convoy, cost, patrol_log, timeutil, up
+from vermas.addresses import Address
 from vermas.cost import CostReport
 from vermas.molecules import molecule
-from vermas.addresses import Address
 from vermas.patrol_types import Evidence, TmuxEvidence
 from vermas.protocol import PolecatState
 from vermas.refinery import ledger

@@ -18,15 +18,15 @@ from __future__ import annotations
 import sqlite3
 import time
 from contextlib import nullcontext
-from pathlib import Path
 from enum import StrEnum
+from pathlib import Path
 
 from pydantic import BaseModel
 
 from vermas import beads, faults, ids, permissions, timeutil, validate
 from vermas.addresses import Address, parse_address
-from vermas.errors import Conflict, InvalidInput, NotFound
 from vermas.beads import hooked_id
+from vermas.errors import Conflict, InvalidInput, NotFound
 from vermas.molecules import formula
 from vermas.molecules.formula import Proto
 from vermas.permissions import Action
@@ -112,7 +112,6 @@ def places(town: Town, rig: str | None) -> tuple[Path, Path | None]:
 def cook_named(town: Town, name: str, variables: dict[str, str], rig: str | None) -> Proto:
     """The formula `name`, as found for `rig`, cooked with `variables` (nothing written)."""
     return formula.cook(formula.load(name, *places(town, rig)), variables)
-
 
 
 def pour(town: Town, actor: Address, proto: Proto, hook: str | None = None, rig: str | None = None,
@@ -208,11 +207,11 @@ def _status(conn: sqlite3.Connection, root: str) -> MoleculeStatus:
                        needs=needs[r["step"]], description=r["description"], acceptance=r["acceptance_criteria"],
                        outcome=r["close_reason"] if r["status"] == "closed" else None) for r in rows]
     labels = [r[0] for r in conn.execute("SELECT label FROM labels WHERE issue_id = ?", (root,))]
-    formula = next((lb[len(FORMULA_LABEL):] for lb in labels if lb.startswith(FORMULA_LABEL)), "")
+    name = next((lb[len(FORMULA_LABEL):] for lb in labels if lb.startswith(FORMULA_LABEL)), "")
     current = next((s for s in steps if s.marker is Marker.CURRENT), None)
     holder = row["assignee"] if row["status"] == "hooked" else None
     brief = [s.model_copy(update={"description": "", "acceptance": ""}) for s in steps]
-    return MoleculeStatus(root=root, formula=formula, wisp=is_wisp(conn, root), holder=holder, steps=brief,
+    return MoleculeStatus(root=root, formula=name, wisp=is_wisp(conn, root), holder=holder, steps=brief,
                           current=current)
 
 
@@ -419,12 +418,25 @@ def sweep_wisps(town: Town, max_age_s: float, now: float | None = None) -> list[
     """Delete every wisp closed more than `max_age_s` ago, whole, in one transaction; the roots.
     A wisp row whose root is gone (deleted by hand) goes too. The deacon runs this each round."""
     now = time.time() if now is None else now
+    with town.db.read() as conn:  # each patrol round: a read, and a write only when there is work
+        if not _sweepable(_wisps_seen(conn), max_age_s, now):
+            return []
     with town.db.write() as conn:
-        seen = conn.execute(
-            "SELECT w.root, i.id IS NULL, CASE WHEN i.status = 'closed' THEN COALESCE(w.closed_ts, i.updated_ts) "
-            "ELSE w.closed_ts END FROM wisps w LEFT JOIN issues i ON i.id = w.root").fetchall()
+        seen = _wisps_seen(conn)
         conn.executemany("DELETE FROM wisps WHERE root = ?", [(r[0],) for r in seen if r[1]])
         gone = expired_wisps({r[0]: r[2] for r in seen if not r[1]}, max_age_s, now)
         for root in gone:
             _delete(conn, town.db, [r["id"] for r in _step_rows(conn, root)] + [root], wisp=True)
         return gone
+
+
+def _wisps_seen(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """(root, root row gone, closed at) of every wisp: closed when every step was done, or at the
+    root's last update when the root itself was closed (merged)."""
+    return conn.execute(
+        "SELECT w.root, i.id IS NULL, CASE WHEN i.status = 'closed' THEN COALESCE(w.closed_ts, i.updated_ts) "
+        "ELSE w.closed_ts END FROM wisps w LEFT JOIN issues i ON i.id = w.root").fetchall()
+
+
+def _sweepable(seen: list[sqlite3.Row], max_age_s: float, now: float) -> bool:
+    return any(r[1] for r in seen) or bool(expired_wisps({r[0]: r[2] for r in seen if not r[1]}, max_age_s, now))

@@ -308,27 +308,36 @@ def test_status_views_show_a_hooked_molecules_walk(town: Town) -> None:
         assert m.progress(conn, state.root) == "3/3 steps"
 
 
-def test_wisp_writes_leave_the_export_alone_and_give_their_ids_back(town: Town) -> None:
+def test_wisp_writes_leave_the_export_alone_and_never_reuse_an_id(town: Town) -> None:
     def generation() -> int:
         with town.db.read() as conn:
             return town.db.generation(conn, "issues")
 
-    def wisp_count() -> int:
-        with town.db.read() as conn:
-            row = conn.execute("SELECT count FROM prefixes WHERE prefix = 'hq-wisp'").fetchone()
-        return int(row[0]) if row else 0
-
     before = generation()
+    roots = []
     for _ in range(3):
         state = m.pour(town, MAYOR, chain(), hook=str(CREW), wisp=True)
         m.step_done(town, CREW, "implement", "x")
-        assert wisp_count() == 4  # root and 3 steps live: the count is of live wisp beads
+        roots.append(state.root)
         m.burn(town, MAYOR, state.root)
-    assert generation() == before and wisp_count() == 0  # nothing exported changed: no rewrite due
+    assert generation() == before  # nothing exported changed: no rewrite due
+    # sequential ids: a burned wisp's id is never handed out again, and they stay short
+    assert len(set(roots)) == 3 and roots == ["hq-wisp-1", "hq-wisp-5", "hq-wisp-9"]
     walked = m.pour(town, MAYOR, chain(), hook=str(CREW), wisp=True)
     for step in ("implement", "test", "commit"):
         m.step_done(town, CREW, step, "ok")
     m.squash(town, MAYOR, walked.root, "kept")
     assert generation() == before + 1  # the squash's digest is exported: one change
     plain = m.pour(town, MAYOR, chain())
-    assert generation() == before + 2 and plain.root.startswith("hq-")
+    assert generation() == before + 2 and plain.root.startswith("hq-") and "wisp" not in plain.root
+
+
+def test_sequential_ids_step_over_taken_ones(town: Town) -> None:
+    from vermas import ids
+
+    with town.db.write() as conn:
+        assert ids.new_sequential_id(conn, "hq-wisp") == "hq-wisp-1"
+        beads.insert(conn, town.db, bead_id="hq-wisp-1", title="imported", actor="overseer")
+        beads.insert(conn, town.db, bead_id="hq-wisp-2", title="imported", actor="overseer")
+        conn.execute("UPDATE prefixes SET count = 0 WHERE prefix = 'hq-wisp'")  # as after an import
+        assert ids.new_sequential_id(conn, "hq-wisp") == "hq-wisp-3"

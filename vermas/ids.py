@@ -60,6 +60,19 @@ def new_bead_id(conn: sqlite3.Connection, prefix: str, seed: str) -> str:
     raise RuntimeError("could not allocate a bead id after 40 attempts")
 
 
+def new_sequential_id(conn: sqlite3.Connection, prefix: str) -> str:
+    """`<prefix>-<base36 n>` from the prefix's count, which only grows: ids that are deleted
+    (wisps) are never handed out again, and they stay short however many come and go. An id
+    taken already (an imported one) is stepped over."""
+    row = conn.execute("SELECT count FROM prefixes WHERE prefix = ?", (prefix,)).fetchone()
+    n = (row[0] if row else 0) + 1
+    while True:
+        bead_id = f"{prefix}-{base36(n.to_bytes(8, 'big'))}"
+        if conn.execute("SELECT 1 FROM issues WHERE id = ?", (bead_id,)).fetchone() is None:
+            return bead_id
+        n += 1
+
+
 def is_bead_id(value: str) -> bool:
     return len(value) <= MAX_ID_LEN and BEAD_ID_RE.fullmatch(value) is not None
 

@@ -6,7 +6,8 @@ step's `needs` as `blocks` dependencies. These are ordinary bd-format beads, so 
 export writes them and bd reads them. Every verb is one write transaction: a molecule is
 poured whole or not at all, and a step is closed once (compare-and-set under BEGIN IMMEDIATE).
 
-A wisp is the same shape poured ephemeral: ids `<prefix>-wisp-<hash>`, every bead `ephemeral`,
+A wisp is the same shape poured ephemeral: ids `<prefix>-wisp-<n>` (sequential, so a deleted
+wisp's id is never handed out again), every bead `ephemeral`,
 its root in the `wisps` table, and none of it exported (its progress is kept in the store, not
 in one JSONL row per step). It leaves nothing behind: squash writes one permanent digest bead
 and deletes the wisp, burn deletes it, and the deacon sweeps a closed wisp after
@@ -37,7 +38,7 @@ MOLECULE_TYPE = "molecule"
 STEP_LABEL = "step:"
 FORMULA_LABEL = "formula:"
 DIGEST_LABEL = "digest"  # a squashed wisp's permanent record
-WISP_INFIX = "wisp"  # a wisp's ids: <prefix>-wisp-<hash>, as bd names its wisps
+WISP_INFIX = "wisp"  # a wisp's ids: <prefix>-wisp-<n>, as bd names its wisps
 # Crash-test checkpoints (vermas/faults.py), both inside the write transaction, before COMMIT:
 POUR_KILL_POINT = "mol-pour"  # the root and every step bead inserted, the `needs` not yet
 STEP_DONE_KILL_POINT = "mol-step-done"  # the step checked and its UPDATE made
@@ -136,7 +137,8 @@ def pour_in_txn(conn: sqlite3.Connection, db: Database, actor: Address, proto: P
     """The pour inside the caller's write transaction (a sling pours and spawns in one); the root."""
     title = validate.title(f"{proto.formula}: {proto.description or proto.formula}"[:200])
     with db.unexported("issues") if wisp else nullcontext():  # a wisp never reaches the JSONL
-        root = ids.new_bead_id(conn, f"{prefix}-{WISP_INFIX}" if wisp else prefix, f"{proto.formula}\x00{actor}")
+        root = ids.new_sequential_id(conn, f"{prefix}-{WISP_INFIX}") if wisp \
+            else ids.new_bead_id(conn, prefix, f"{proto.formula}\x00{actor}")
         beads.insert(conn, db, bead_id=root, title=title, actor=str(actor), description=_root_text(proto),
                      issue_type=MOLECULE_TYPE, status="hooked" if hook else "open", assignee=hook,
                      labels=[FORMULA_LABEL + proto.formula], acceptance_criteria=root_acceptance(proto))
@@ -340,17 +342,13 @@ def _may_manage(conn: sqlite3.Connection, actor: Address, root: str) -> tuple[sq
 
 
 def _delete(conn: sqlite3.Connection, db: Database, bead_ids: list[str], wisp: bool = False) -> None:
-    """Every row of these beads. A wisp's deletion leaves the export as it is and gives its ids
-    back to the `<prefix>-wisp` count, so wisp ids stay short however many come and go."""
+    """Every row of these beads; a wisp's deletion leaves the export as it is."""
     for table, column in (("labels", "issue_id"), ("comments", "issue_id"), ("dependencies", "issue_id"),
-                          ("dependencies", "depends_on_id"), ("hook_log", "bead_id"), ("wisps", "root")):
+                          ("dependencies", "depends_on_id"), ("hook_log", "bead_id"), ("wisps", "root"),
+                          ("issues", "id")):
         conn.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(b,) for b in bead_ids])
-    gone = conn.executemany("DELETE FROM issues WHERE id = ?", [(b,) for b in bead_ids]).rowcount
     if not wisp:
         db.touch("issues")
-    elif bead_ids and gone > 0:
-        conn.execute("UPDATE prefixes SET count = max(count - ?, 0) WHERE prefix = ?",
-                     (gone, ids.prefix_of(bead_ids[0])))
 
 
 def digest(status: MoleculeStatus, summary: str) -> str:

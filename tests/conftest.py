@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -100,6 +101,25 @@ def make_repo(path: Path) -> Path:
 
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def stop_detached_town(town_root: Path, env: dict[str, str], tmux_dir: Path, runner: str = "vermas-runner") -> None:
+    """Tear down a town a test booted with `up --detach` in its own TMUX_TMPDIR: `down`, then
+    kill whatever tmux server of its own is left (never another), then the tmux folder."""
+    from vermas.sessions import TownSessions  # deferred: libtmux only for the tests that boot a town
+
+    if town_root.is_dir():
+        subprocess.run([runner, "down", "--town", str(town_root)], env=env, capture_output=True, timeout=120)
+        old = os.environ.get("TMUX_TMPDIR")
+        os.environ["TMUX_TMPDIR"] = str(tmux_dir)
+        try:
+            TownSessions(town_root).kill_server()
+        finally:
+            if old is None:
+                os.environ.pop("TMUX_TMPDIR")
+            else:
+                os.environ["TMUX_TMPDIR"] = old
+    shutil.rmtree(tmux_dir, ignore_errors=True)
 
 
 def readme_block(heading: str) -> str:

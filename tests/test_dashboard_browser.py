@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,10 +24,10 @@ from pathlib import Path
 import pytest
 
 from tests.cdp import Browser, chromium_binary
-from tests.conftest import git, make_repo
+from tests.conftest import git, make_repo, stop_detached_town
 from tests.test_dashboard import post
 from vermas.addresses import parse_address
-from vermas.sessions import TownSessions, socket_name
+from vermas.sessions import socket_name
 from vermas.testing.standin import find_claude_binary
 from vermas.town import Town
 
@@ -114,18 +113,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveTown]:
             except subprocess.TimeoutExpired:
                 dashboard.kill()
                 dashboard.wait(15)
-        if root.is_dir():
-            subprocess.run([RUNNER, "down", "--town", str(root)], env=env, capture_output=True, timeout=120)
-            old = os.environ.get("TMUX_TMPDIR")
-            os.environ["TMUX_TMPDIR"] = str(tmux_dir)
-            try:
-                TownSessions(root).kill_server()
-            finally:
-                if old is None:
-                    os.environ.pop("TMUX_TMPDIR")
-                else:
-                    os.environ["TMUX_TMPDIR"] = old
-        shutil.rmtree(tmux_dir, ignore_errors=True)
+        stop_detached_town(root, env, tmux_dir, RUNNER)
 
 
 AGENTS_JS = "[...document.querySelectorAll('#agents tr[data-agent]')].map(r => r.dataset.agent)"

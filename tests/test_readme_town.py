@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_repo, readme_block
-from vermas.sessions import TownSessions
+from tests.conftest import make_repo, readme_block, stop_detached_town
 from vermas.testing.standin import find_claude_binary
 from vermas.town import Town
 from vermas_runner import demo
@@ -52,19 +50,7 @@ def newcomer(tmp_path: Path) -> Iterator[dict[str, str]]:
     env.update(HOME=str(home), TMUX_TMPDIR=str(tmux_dir),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', os.defpath)}")
     yield env
-    town = home / "town"
-    if town.is_dir():
-        subprocess.run(["vermas-runner", "down", "--town", str(town)], env=env, capture_output=True, timeout=60)
-        old = os.environ.get("TMUX_TMPDIR")
-        os.environ["TMUX_TMPDIR"] = str(tmux_dir)
-        try:
-            TownSessions(town).kill_server()
-        finally:
-            if old is None:
-                os.environ.pop("TMUX_TMPDIR")
-            else:
-                os.environ["TMUX_TMPDIR"] = old
-    shutil.rmtree(tmux_dir, ignore_errors=True)
+    stop_detached_town(home / "town", env, tmux_dir)
 
 
 def test_readme_block_is_five_commands_on_the_standin_switch() -> None:

@@ -29,7 +29,7 @@ class Work:
 
 class MergeRig:
     def __init__(self, town: Town, tmp_path: Path, test_command: str = TEST_COMMAND, batch_size: int = 4,
-                 name: str = "gt", prefix: str = "gt") -> None:
+                 name: str = "gt", prefix: str = "gt", strategy: str = "squash") -> None:
         self.town, self.name = town, name
         self.bare = tmp_path / "upstream.git"
         git(make_repo(tmp_path / "seed"), "clone", "-q", "--bare", ".", str(self.bare))
@@ -38,7 +38,8 @@ class MergeRig:
         rig.add(town, name, str(self.bare), prefix=prefix, max_polecats=8, test_command=test_command)
         config = town.config.rigs[name]
         town.config.rigs[name] = config.model_copy(update={
-            "verify_level": "off", "merge": config.merge.model_copy(update={"batch_size": batch_size})})
+            "verify_level": "off",
+            "merge": config.merge.model_copy(update={"batch_size": batch_size, "strategy": strategy})})
         town.save_config()
         town.reload_config()
         self.clone = rig.canonical_clone(town, name)

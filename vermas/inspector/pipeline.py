@@ -134,6 +134,25 @@ def settings_for(town: Town, bead_id: str, level: str | None = None) -> Inspecto
     )
 
 
+def rig_pass_env(town: Town, rig_name: str) -> tuple[str, ...]:
+    """The rig's `pass_env` (the town's `[inspector]` list unless the rig's `inspector` table
+    sets its own), checked as settings_for checks it: the variables the refinery's merge test
+    runs keep, so a rig whose tests need one is not judged red for lacking it."""
+    rig = town.config.rigs.get(rig_name)
+    names: object = town.config.inspector.pass_env
+    if rig is not None and "pass_env" in rig.inspector:
+        names = rig.inspector["pass_env"]
+    where = f"[rigs.{rig_name}] inspector" if rig is not None and "pass_env" in rig.inspector else "[inspector]"
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InvalidInput(f"invalid pass_env in town.toml {where}: a list of variable names is allowed")
+    bad = [n for n in names if SECRET_NAME_RE.search(n) or not ENV_NAME_RE.fullmatch(n)]
+    if bad:
+        raise InvalidInput(f"invalid pass_env in town.toml {where}: {', '.join(bad)[:200]} (tests may not see "
+                           "secrets: names with KEY, TOKEN, SECRET, PASSWORD, CREDENTIAL or AUTH are refused; "
+                           "names are [A-Za-z_][A-Za-z0-9_]*)")
+    return tuple(names)
+
+
 # ---------------------------------------------------------------------------------------------
 # Work trees
 # ---------------------------------------------------------------------------------------------

@@ -200,6 +200,7 @@ class Presence(StrEnum):
 
     REACHABLE = "reachable"  # an ancestor of the target
     EQUIVALENT = "equivalent"  # its patch is on the target (git cherry '-': rebased)
+    SQUASHED = "squashed"  # inside the bead's squash commit, which is on the target (proven by patch)
     MISSING = "missing"
 
 
@@ -428,6 +429,17 @@ def cleanup(branch: str, commits: Mapping[str, Presence]) -> Cleanup | Keep:
     if missing:
         return Keep(missing=missing, reason=f"{len(missing)} commit(s) of {branch} are not on the target")
     return Cleanup(branch=branch)
+
+
+def squash_message(req: QueuedRequest, title: str, subjects: Sequence[str]) -> str:
+    """The one commit a bead lands as under strategy "squash": its subject names the bead (id
+    and title), its body the polecat, the branch and commit it came from, and the commits it
+    folds (they stay on the branch until the squash is proven on the target)."""
+    name = _line(title) if title.strip() else req.bead
+    body = [f"Bead: {req.bead} ({name})", f"Polecat: {req.polecat or 'unknown'}",
+            f"Branch: {req.branch} at {req.commit}", f"Merge-Request: {req.id}",
+            f"Squashed {len(subjects)} commit(s):", *(f"  {_line(line)}" for line in subjects)]
+    return f"{req.bead}: {name}"[:LINE_MAX] + "\n\n" + "\n".join(body) + "\n"
 
 
 def queue_gate(paused_sha: str | None, target_sha: str, target_run: RunOutcome | None,

@@ -36,8 +36,11 @@ NO_HOOKS = ("-c", "core.hooksPath=/dev/null")
 FALLBACK_IDENTITY = ("-c", "user.name=vermas refinery", "-c", "user.email=refinery@vermas.invalid")
 
 
-def _git(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _git(cwd: Path, *args: str, timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """git without raising: the caller reads the exit status (a refused CAS or push is an answer)."""
+    if stdin is not None:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                              env=git._environment(), input=stdin)
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=git._environment(), stdin=subprocess.DEVNULL)
 
@@ -168,17 +171,23 @@ class Rebased:
         return self.sha is not None
 
 
-def rebase(worktree: Path, onto: str, base: str, commit: str) -> Rebased:
+def rebase(worktree: Path, onto: str, base: str, commit: str, squash_message: str | None = None) -> Rebased:
     """Replay the candidate's commits (`base..commit`, base being the target tip) onto `onto`
     in the refinery worktree, detached: the polecat's branch is not touched. Patches already on
     `onto` are dropped (git's rule), so a re-run never makes a no-op commit. A conflict is
-    aborted and reported with its files."""
+    aborted and reported with its files.
+
+    With `squash_message` (strategy "squash") the replayed commits are then folded into ONE
+    commit on `onto` with that message (authored as the candidate's tip): what lands is one
+    commit per bead, and a red commit followed by its fix never reaches the target."""
     reset_worktree(worktree, onto)
     done = _git(worktree, *NO_HOOKS, *_identity(worktree), "rebase", "--quiet", "--no-autostash", "--onto", onto,
                 base, commit, timeout=600)
     if done.returncode == 0:
         head = git.resolve(worktree, "HEAD")
         if head is not None and git.current_branch(worktree) is None:
+            if squash_message is not None and head != onto:
+                head = _squash(worktree, onto, commit, squash_message)
             return Rebased(onto=onto, sha=head)
     files = tuple(f for f in git.run(worktree, "diff", "--name-only", "--diff-filter=U", check=False).splitlines()
                   if f.strip())
@@ -186,6 +195,26 @@ def rebase(worktree: Path, onto: str, base: str, commit: str) -> Rebased:
     reset_worktree(worktree, onto)
     return Rebased(onto=onto, sha=None, conflict_files=files,
                    error=" ".join((done.stderr + done.stdout).split())[:500])
+
+
+def _squash(worktree: Path, onto: str, commit: str, message: str) -> str:
+    """Fold the detached HEAD's commits above `onto` into one commit with `message`."""
+    author = git.run(worktree, "log", "-1", "--format=%an <%ae>", commit, "--")
+    git.run(worktree, "reset", "--quiet", "--soft", onto)
+    done = _git(worktree, *NO_HOOKS, *_identity(worktree), "commit", "--quiet", "--no-verify", "--allow-empty",
+                f"--author={author}", "-F", "-", stdin=message)
+    if done.returncode != 0:
+        raise git.GitError(f"the squash commit in {worktree} failed: {' '.join(done.stderr.split())[:500]}")
+    head = git.resolve(worktree, "HEAD")
+    if head is None:
+        raise git.GitError(f"the squash commit in {worktree} did not resolve")
+    return head
+
+
+def commit_subjects(clone: Path, base: str, commit: str) -> list[str]:
+    """`<short sha> <subject>` of each commit in base..commit, oldest first (a squash's message lists them)."""
+    out = git.run(clone, "log", "--reverse", "--format=%h %s", f"{base}..{commit}", "--")
+    return [line for line in out.splitlines() if line.strip()]
 
 
 def run_tests(worktree: Path, sha: str, command: str, timeout: float, target_sha: str,
@@ -227,9 +256,36 @@ def commits_between(clone: Path, older: str, newer: str) -> list[str]:
     return [line for line in out.splitlines() if line]
 
 
-def presence(clone: Path, commits: Sequence[str], target: str, since: str) -> dict[str, Presence]:
+def _patch_id(clone: Path, old: str, new: str) -> str | None:
+    """git's patch id of the change old..new (line numbers and whitespace ignored); None when empty."""
+    diff = _git(clone, "diff", "--no-ext-diff", "--no-color", "--binary", old, new, "--", timeout=300)
+    if diff.returncode != 0 or not diff.stdout.strip():
+        return None
+    done = _git(clone, "patch-id", "--stable", stdin=diff.stdout)
+    first = done.stdout.split()
+    return first[0] if done.returncode == 0 and first else None
+
+
+def squash_landed(clone: Path, squash: str, target: str, since: str, head: str) -> bool:
+    """Proof that a squashed merge carries the branch's whole work: the recorded squash commit
+    is on the target (an ancestor) and its own change (squash^..squash) is the same patch as
+    everything the branch did since it left the target (merge-base(since, head)..head). A
+    branch that gained commits after the squash, or whose change landed only in part, fails."""
+    if not (commit_exists(clone, squash) and commit_exists(clone, head) and git.is_ancestor(clone, squash, target)):
+        return False
+    parents = git.run(clone, "rev-list", "--parents", "-n", "1", squash, "--").split()
+    base = git.run(clone, "merge-base", since, head, check=False)
+    if len(parents) != 2 or not base:
+        return False
+    landed = _patch_id(clone, parents[1], squash)
+    return landed is not None and landed == _patch_id(clone, base, head)
+
+
+def presence(clone: Path, commits: Sequence[str], target: str, since: str,
+             squash: str | None = None) -> dict[str, Presence]:
     """Where each polecat commit is, seen from the target: an ancestor, its patch there
-    (`git cherry` '-': it was rebased), or missing."""
+    (`git cherry` '-': it was rebased), inside the bead's squash commit (`squash`, proven by
+    squash_landed), or missing."""
     equivalent = set()
     if commits:
         tip_commit = commits[-1]
@@ -245,6 +301,9 @@ def presence(clone: Path, commits: Sequence[str], target: str, since: str) -> di
             out[sha] = Presence.EQUIVALENT
         else:
             out[sha] = Presence.MISSING
+    missing = [sha for sha, where in out.items() if where is Presence.MISSING]
+    if missing and squash and squash_landed(clone, squash, target, since, commits[-1]):
+        out.update({sha: Presence.SQUASHED for sha in missing})
     return out
 
 

@@ -373,10 +373,17 @@ def _gate(s: _Step, tip: str) -> bool:
 def _test_target(s: _Step, sha: str) -> RunOutcome:
     pause_at("test")
     out = gitops.run_tests(s.worktree, sha, s.config.test_command, s.cfg.test_timeout, target_sha=sha,
-                           hidden=town_private_paths(s.town.root))
+                           hidden=town_private_paths(s.town.root), keep_env=_pass_env(s))
     s.report.test_runs += 1
     ledger.cache_run(s.town, s.rig, out, s.clock())
     return out
+
+
+def _pass_env(s: _Step) -> tuple[str, ...]:
+    """The rig's `pass_env`: the variables its test runs keep (README: the rig's `pass_env`)."""
+    from vermas.inspector.pipeline import rig_pass_env  # deferred like verify_with_inspector's import
+
+    return rig_pass_env(s.town, s.rig)
 
 
 # ---- one batch ----------------------------------------------------------------------------------------
@@ -393,9 +400,10 @@ def _batch(s: _Step, claimed: Sequence[MergeRequestRow], tip: str) -> None:
         if isinstance(source, Escalate):
             _escalate(s, req, source, {"reason": source.comment})
             continue
-        rebased = gitops.rebase(s.worktree, onto, tip, req.commit)
+        message = _squash_message(s, req, tip)
+        rebased = gitops.rebase(s.worktree, onto, tip, req.commit, message)
         if not rebased.clean and onto != tip:
-            alone = gitops.rebase(s.worktree, tip, tip, req.commit)
+            alone = gitops.rebase(s.worktree, tip, tip, req.commit, message)
             if alone.clean:  # it conflicts with a request ahead of it, not with the target: next batch
                 files = ", ".join(rebased.conflict_files)
                 _requeue(s, req, f"conflicts with a request ahead of it in the batch ({files}); next batch")
@@ -413,12 +421,21 @@ def _batch(s: _Step, claimed: Sequence[MergeRequestRow], tip: str) -> None:
         assert rebased.sha is not None
         row = ledger.transition(s.town, req.id, MRState.TESTING, s.actor,
                                 {"target_sha": tip, "onto": onto, "candidate_sha": rebased.sha,
-                                 "checks": "untested" if checks.untested else "tests"},
+                                 "strategy": s.cfg.strategy, "checks": "untested" if checks.untested else "tests"},
                                 owner=s.owner, target_sha=tip, candidate_sha=rebased.sha, untested=checks.untested)
         members.append((row, rebased.sha))
         onto = rebased.sha
     if members:
         _test_stack(s, members, tip, checks)
+
+
+def _squash_message(s: _Step, req: MergeRequestRow, tip: str) -> str | None:
+    """The squash commit's message under strategy "squash" (None: rebase keeps each commit)."""
+    if s.cfg.strategy != "squash":
+        return None
+    with s.town.db.read() as conn:
+        row = conn.execute("SELECT title FROM issues WHERE id = ?", (req.bead,)).fetchone()
+    return decide.squash_message(req.queued(), row[0] if row else "", gitops.commit_subjects(s.clone, tip, req.commit))
 
 
 def _test_stack(s: _Step, members: list[tuple[MergeRequestRow, str]], tip: str, checks: Checks) -> None:
@@ -432,7 +449,8 @@ def _test_stack(s: _Step, members: list[tuple[MergeRequestRow, str]], tip: str, 
             k = action.k
             pause_at("test")
             out = gitops.run_tests(s.worktree, tips[k - 1], s.config.test_command, s.cfg.test_timeout,
-                                   target_sha=tips[k - 2] if k > 1 else tip, hidden=town_private_paths(s.town.root))
+                                   target_sha=tips[k - 2] if k > 1 else tip, hidden=town_private_paths(s.town.root),
+                                   keep_env=_pass_env(s))
             s.report.test_runs += 1
             ledger.cache_run(s.town, s.rig, out, s.clock())
             if out.status is RunStatus.COULD_NOT_RUN:
@@ -689,7 +707,7 @@ def _cleanup(s: _Step, req: MergeRequestRow) -> None:
     branch_tip = gitops.tip(s.clone, req.branch) if gitops.branch_exists(s.clone, req.branch) else None
     head = branch_tip or (req.commit if gitops.commit_exists(s.clone, req.commit) else None)
     commits = gitops.commits_between(s.clone, since, head) if head else []
-    found = gitops.presence(s.clone, commits, target_tip, since)
+    found = gitops.presence(s.clone, commits, target_tip, since, squash=req.candidate_sha)
     action = decide.cleanup(req.branch, found)
     worktree, slot = _polecat_place(s, req)
     if isinstance(action, decide.Cleanup) and worktree is not None and gitops.worktree_dirty(worktree):

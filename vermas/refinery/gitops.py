@@ -96,28 +96,98 @@ def sync_target(clone: Path, branch: str, fetch: bool) -> TargetTip:
         return TargetTip(sha=local, upstream=upstream, fetched=True)
     if git.is_ancestor(clone, local, upstream):
         if not advance(clone, branch, upstream, local):
-            raise Conflict(f"{branch} moved while it was being fast-forwarded to the upstream; try again")
+            blocked = checkout_blocked(clone, branch, local, upstream)
+            raise Conflict(f"{branch} in {clone} could not be fast-forwarded to the upstream's {upstream[:12]}: "
+                           + (blocked or "it moved meanwhile; try again"))
         return TargetTip(sha=upstream, upstream=upstream, fetched=True, moved_from=local)
     raise Conflict(f"{branch} in {clone} ({local[:12]}) and the upstream's ({upstream[:12]}) have diverged; "
                    "nothing is merged until a person reconciles them")
 
 
+def checkout_blocked(clone: Path, branch: str, old: str, new: str) -> str | None:
+    """Why the clone's checkout of `branch` could not follow it from OLD to NEW (a local change
+    in a file the move touches, which must not be overwritten), or None when it can (or the
+    clone has another branch checked out). The index is refreshed first: a file only touched
+    (same content, new mtime) is not a change, and without the refresh git's two-tree
+    read-tree refuses it as "not uptodate" - which left HEAD moved and the files behind."""
+    if git.current_branch(clone) != branch:
+        return None
+    _git(clone, "update-index", "-q", "--refresh")
+    done = _git(clone, "read-tree", "-m", "-u", "-n", old, new)
+    if done.returncode == 0:
+        return None
+    return "the canonical clone's work tree has local changes the move would overwrite: " + \
+        " ".join((done.stderr + done.stdout).split())[:400]
+
+
 def advance(clone: Path, branch: str, new: str, old: str) -> bool:
     """Compare-and-set the target: `update-ref refs/heads/T NEW OLD` applies only while T is
-    still OLD. Where the clone has T checked out, its index and files follow (fast-forward)."""
+    still OLD. Where the clone has T checked out, its index and files follow (git's own two-tree
+    fast-forward), so after every move its files equal its HEAD; a local change the move would
+    overwrite refuses it before the ref moves (checkout_blocked says why)."""
+    if checkout_blocked(clone, branch, old, new) is not None:
+        return False
     done = _git(clone, "update-ref", "-m", f"vermas refinery: {old[:12]} -> {new[:12]}", f"refs/heads/{branch}",
                 new, old)
     if done.returncode != 0:
         return False
     if git.current_branch(clone) == branch:
         # HEAD already names NEW; move index and work tree from OLD to NEW as a fast-forward would.
-        _git(clone, "read-tree", "-m", "-u", old, new)
+        follow = _git(clone, "read-tree", "-m", "-u", old, new)
+        if follow.returncode != 0:  # changed between the check and now: a person's edit wins, said loudly
+            raise Conflict(f"{branch} in {clone} moved to {new[:12]} but its files could not follow: "
+                           + " ".join(follow.stderr.split())[:400])
     return True
 
 
+# A push into a local repository runs receive-pack with this: a non-bare repository with the
+# target checked out (the user's own ~/src/myproj) gets its clean work tree brought to the
+# pushed commit, and refuses the push when the work tree or index has changes (git's
+# receive.denyCurrentBranch=updateInstead: a person's uncommitted change is never overwritten).
+UPDATE_INSTEAD_RECEIVE_PACK = "git -c receive.denyCurrentBranch=updateInstead receive-pack"
+
+
+def local_upstream(clone: Path) -> Path | None:
+    """The upstream as a local path when `origin` is one (not a URL, file:// included, nor
+    scp-like host:path); None otherwise."""
+    url = git.remote_url(clone, REMOTE)
+    if not url or "://" in url or (":" in url.split("/", 1)[0] and not url.startswith("/")):
+        return None
+    path = Path(url).expanduser()
+    return path if path.is_absolute() else (clone / path).resolve()
+
+
+def upstream_checkout(clone: Path, branch: str) -> Path | None:
+    """The upstream's work tree when the upstream is a local NON-bare repository that has
+    `branch` checked out (a push there moves what a person is looking at); None otherwise."""
+    path = local_upstream(clone)
+    if path is None or not path.is_dir():
+        return None
+    bare = _git(path, "rev-parse", "--is-bare-repository")
+    if bare.returncode != 0 or bare.stdout.strip() != "false":
+        return None
+    head = _git(path, "symbolic-ref", "--quiet", "HEAD")
+    if head.stdout.strip() != f"refs/heads/{branch}":
+        return None
+    top = _git(path, "rev-parse", "--show-toplevel")
+    return Path(top.stdout.strip()) if top.returncode == 0 and top.stdout.strip() else None
+
+
+def checkout_changes(worktree: Path, untracked: bool = False) -> str:
+    """`git status --porcelain` of a work tree (tracked changes; untracked files too when asked):
+    empty when it is clean. Read-only: the index is not refreshed in a person's repository."""
+    done = _git(worktree, "--no-optional-locks", "status", "--porcelain",
+                "--untracked-files=" + ("normal" if untracked else "no"))
+    return done.stdout if done.returncode == 0 else f"git status failed: {done.stderr.strip()[:200]}"
+
+
 def push(clone: Path, branch: str, new: str) -> tuple[bool, str]:
-    """Push NEW to the upstream's T, never forcing (the remote refuses a non-fast-forward)."""
-    done = _git(clone, "push", "--quiet", "--porcelain", REMOTE, f"{new}:refs/heads/{branch}", timeout=300)
+    """Push NEW to the upstream's T, never forcing (the remote refuses a non-fast-forward).
+    Into a local repository the push runs with updateInstead (see UPDATE_INSTEAD_RECEIVE_PACK).
+    Returns (pushed, what git said: the refusal's reason when it was refused)."""
+    receive = ("--receive-pack", UPDATE_INSTEAD_RECEIVE_PACK) if local_upstream(clone) is not None else ()
+    done = _git(clone, "push", "--quiet", "--porcelain", *receive, REMOTE, f"{new}:refs/heads/{branch}",
+                timeout=300)
     return done.returncode == 0, " ".join((done.stderr + done.stdout).split())[:500]
 
 

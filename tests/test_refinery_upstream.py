@@ -9,6 +9,8 @@ the canonical clone's files equal its HEAD."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +19,9 @@ from tests.conftest import git
 from tests.refinery_rig import MergeRig
 from vermas import rig
 from vermas.errors import Conflict
-from vermas.refinery import gitops, ledger, worker
-from vermas.refinery.types import MRState
+from vermas.refinery import decide, gitops, ledger, worker
+from vermas.protocol import Escalation, ProtocolKind
+from vermas.refinery.types import HoldKind, MRState
 from vermas.town import Town
 
 OWNER = "runner-1"
@@ -120,3 +123,134 @@ def test_a_local_change_in_the_canonical_clone_is_never_overwritten(town: Town, 
         gitops.sync_target(mr.clone, "main", fetch=True)
     assert git(mr.clone, "rev-parse", "HEAD") == before  # HEAD did not move without its files
     assert (mr.clone / "README.md").read_text() == "someone's edit\n"
+
+
+# ---- a refused push holds the queue once; nothing is tested again until something changed --------
+
+
+def rounds(town: Town, n: int, start: float = 0.0) -> list[worker.StepReport]:
+    """n steps of the queue as a patrol would make them, 30 s apart (no lease left over)."""
+    base = time.time() + start
+    return [worker.process_rig(town, "gt", OWNER, base + 30.0 * i) for i in range(n)]
+
+
+def escalations(mr: MergeRig) -> list[Escalation]:
+    return [m for m in mr.mail_to("mayor", ProtocolKind.ESCALATION) if isinstance(m, Escalation)]
+
+
+def claims(town: Town, mr_id: str) -> int:
+    return [e.to_state for e in ledger.events(town, mr_id)].count(MRState.CLAIMED)
+
+
+def test_a_dirty_checkout_upstream_holds_the_queue_once_and_resumes_when_clean(town: Town, tmp_path: Path) -> None:
+    mr = MergeRig(town, tmp_path, upstream="checkout")
+    myproj = mr.bare
+    (myproj / "README.md").write_text("my uncommitted edit\n")
+    w = mr.work("add a", {"a.txt": "a\n"})
+    reports = rounds(town, 4)
+    assert all(r.error is None for r in reports), [r.error for r in reports]
+    assert sum(r.test_runs for r in reports) == 0 and claims(town, w.mr) == 0  # held before any test
+    hold = ledger.queue_state(town, "gt").hold
+    assert hold is not None and hold.kind is HoldKind.UPSTREAM_DIRTY
+    assert "README.md" in hold.reason and str(myproj) in hold.reason
+    [esc] = escalations(mr)  # one escalation for the whole hold
+    assert "README.md" in esc.text
+    row = ledger.get(town, w.mr)
+    assert row.state is MRState.QUEUED and row.attempts == 0
+    assert (myproj / "README.md").read_text() == "my uncommitted edit\n"  # never overwritten
+    assert "a.txt" not in mr.upstream_files()
+    # the person commits the change: clean, the queue resumes and the merge lands on top
+    mine = person_commits(myproj, "README.md", "my uncommitted edit\n")
+    reports = rounds(town, 2, start=200.0)
+    assert all(r.error is None for r in reports), [r.error for r in reports]
+    assert ledger.get(town, w.mr).state is MRState.MERGED and ledger.queue_state(town, "gt").hold is None
+    assert git(myproj, "merge-base", "--is-ancestor", mine, "main") == ""
+    assert (myproj / "a.txt").read_text() == "a\n" and clean(myproj) and clean(mr.clone)
+    assert len(escalations(mr)) == 1
+
+
+def test_a_checkout_dirtied_during_the_test_run_refuses_the_push_and_holds(town: Town, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    mr = MergeRig(town, tmp_path, upstream="checkout")
+    myproj = mr.bare
+    w = mr.work("add a", {"a.txt": "a\n"})
+    pauses = tmp_path / "pauses"
+    pauses.mkdir()
+    monkeypatch.setenv(worker.PAUSE_ENV, "test")
+    monkeypatch.setenv(worker.PAUSE_DIR_ENV, str(pauses))
+
+    def person() -> None:  # edits README.md while the candidate is being tested
+        deadline = time.monotonic() + 60
+        while not (pauses / "test.reached").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (myproj / "README.md").write_text("typed while the tests ran\n")
+        (pauses / "test.go").write_text("")
+
+    thread = threading.Thread(target=person)
+    thread.start()
+    first = worker.process_rig(town, "gt", OWNER, time.time())
+    thread.join()
+    monkeypatch.delenv(worker.PAUSE_ENV)
+    assert first.error is None and first.test_runs == 1 and first.merged == []
+    hold = ledger.queue_state(town, "gt").hold
+    assert hold is not None and hold.kind is HoldKind.UPSTREAM_DIRTY
+    last = ledger.events(town, w.mr)[-1]
+    assert last.to_state is MRState.QUEUED and "unstaged changes" in last.evidence["push_refused"]  # git's words
+    assert ledger.get(town, w.mr).attempts == 0
+    assert (myproj / "README.md").read_text() == "typed while the tests ran\n"
+    later = rounds(town, 3, start=60.0)
+    assert sum(r.test_runs for r in later) == 0 and claims(town, w.mr) == 1 and len(escalations(mr)) == 1
+    git(myproj, "checkout", "--", "README.md")  # the person drops the edit: clean again
+    rounds(town, 2, start=300.0)
+    assert ledger.get(town, w.mr).state is MRState.MERGED and (myproj / "a.txt").read_text() == "a\n"
+
+
+REFUSE_UNLESS_ALLOWED = """#!/bin/sh
+test -e "$GIT_DIR/allow-pushes" && exit 0
+echo "policy: pushes to main need a review" >&2
+exit 1
+"""
+
+
+def test_a_push_refused_by_the_upstream_is_held_once_not_retried_every_round(town: Town, tmp_path: Path) -> None:
+    """Before: "push refused" was overwritten by "target is no longer <sha>; update-ref refused" and
+    the request cycled claim -> test -> requeue every round, with no escalation."""
+    mr = MergeRig(town, tmp_path)
+    hook = mr.bare / "hooks" / "pre-receive"
+    hook.write_text(REFUSE_UNLESS_ALLOWED)
+    hook.chmod(0o755)
+    w = mr.work("add a", {"a.txt": "a\n"})
+    reports = rounds(town, 6)
+    assert all(r.error is None for r in reports), [r.error for r in reports]
+    assert sum(r.test_runs for r in reports) == 1 and claims(town, w.mr) == 1
+    hold = ledger.queue_state(town, "gt").hold
+    assert hold is not None and hold.kind is HoldKind.PUSH_REFUSED
+    assert "policy: pushes to main need a review" in hold.reason
+    requeued = [e for e in ledger.events(town, w.mr) if e.to_state is MRState.QUEUED and e.from_state]
+    assert len(requeued) == 1 and "policy: pushes to main need a review" in requeued[0].evidence["push_refused"]
+    assert "update-ref refused" not in requeued[0].evidence["reason"]
+    [esc] = escalations(mr)
+    assert "policy: pushes to main need a review" in esc.text
+    assert ledger.get(town, w.mr).attempts == 0 and "a.txt" not in mr.upstream_files()
+    # the upstream's owner allows pushes and a person pushes a commit: the tip changed, the queue goes on
+    (mr.bare / "allow-pushes").write_text("")
+    mr.push_upstream("ext.txt")
+    reports = rounds(town, 2, start=400.0)
+    assert all(r.error is None for r in reports), [r.error for r in reports]
+    assert ledger.get(town, w.mr).state is MRState.MERGED and {"a.txt", "ext.txt"} <= mr.upstream_files()
+    assert ledger.queue_state(town, "gt").hold is None and len(escalations(mr)) == 1
+
+
+def test_on_push_refused_restarts_only_when_the_upstream_moved() -> None:
+    args = dict(rig="gt", target_branch="main", url="/src/myproj", message="! [remote rejected] (hook declined)",
+                tested_on="a" * 40)
+    moved = decide.on_push_refused(**args, upstream_now="b" * 40, checkout=None, dirty="")
+    assert isinstance(moved, decide.Restart) and "moved to bbbbbbbbbbbb" in moved.reason
+    same = decide.on_push_refused(**args, upstream_now="a" * 40, checkout=None, dirty="")
+    assert isinstance(same, decide.HoldQueue) and same.kind is HoldKind.PUSH_REFUSED
+    assert "hook declined" in same.reason and "[rigs.gt.merge]" in same.reason
+    unknown = decide.on_push_refused(**args, upstream_now=None, checkout=None, dirty="")
+    assert isinstance(unknown, decide.HoldQueue) and unknown.kind is HoldKind.PUSH_REFUSED
+    dirty = decide.on_push_refused(**args, upstream_now="b" * 40, checkout="/src/myproj", dirty=" M README.md\n")
+    assert isinstance(dirty, decide.HoldQueue) and dirty.kind is HoldKind.UPSTREAM_DIRTY
+    assert "README.md" in dirty.reason and "/src/myproj" in dirty.reason

@@ -20,7 +20,7 @@ from enum import StrEnum
 
 from vermas.protocol import Escalation, Merged, ReworkRequest
 from vermas.refinery.types import (
-    CANNOT_RUN_TRIES, RETRY_BACKOFF_CAP_S, RETRY_BACKOFF_S, MergeConfig, MRState, QueuedRequest, RunKind,
+    CANNOT_RUN_TRIES, RETRY_BACKOFF_CAP_S, RETRY_BACKOFF_S, HoldKind, MergeConfig, MRState, QueuedRequest, RunKind,
     RunOutcome, RunStatus,
 )
 
@@ -406,6 +406,40 @@ def on_advance(req: QueuedRequest, advance: Advance, cas_applied: bool, upstream
     if upstream_sha is not None and upstream_sha != advance.new:
         return Restart(f"upstream is at {upstream_sha}, not {advance.new}; the push did not land")
     return _finish(req, advance.new, target_branch, advance.untested, recovered=False)
+
+
+@dataclass(frozen=True)
+class HoldQueue:
+    """Hold the rig's queue: what stops it would stop the next try the same way (a refused
+    push, a person's uncommitted change in the upstream's checkout). Nothing is claimed or
+    tested again until the cause's fingerprint changes (worker.HOLD_PROBES)."""
+
+    kind: HoldKind
+    reason: str
+
+
+def upstream_dirty_reason(checkout: str, target_branch: str, status: str) -> str:
+    """Why a queue holds for a person's uncommitted change in the upstream's checkout."""
+    files = [line[3:] for line in status.splitlines() if line.strip()]
+    shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+    return _line(f"the upstream {checkout} has {target_branch} checked out with uncommitted changes ({shown}); "
+                 f"merges wait so they never overwrite them: commit or stash them and the queue resumes")
+
+
+def on_push_refused(rig: str, target_branch: str, url: str, message: str, tested_on: str,
+                    upstream_now: str | None, checkout: str | None, dirty: str) -> Restart | HoldQueue:
+    """A refused push. If the upstream's branch moved since the candidate was tested (a person
+    pushed), start again from fetch: something changed, a new test is due. Anything else (the
+    upstream's checkout has changes, a hook or a permission said no) would be refused the same
+    way again: hold the queue once with git's own words, and test nothing until it changes."""
+    if checkout is not None and dirty.strip():
+        return HoldQueue(HoldKind.UPSTREAM_DIRTY, upstream_dirty_reason(checkout, target_branch, dirty))
+    if upstream_now is not None and upstream_now != tested_on:
+        return Restart(_line(f"push refused: the upstream's {target_branch} moved to {upstream_now[:12]} since "
+                             f"{tested_on[:12]} was tested; starting again from fetch ({message})"))
+    return HoldQueue(HoldKind.PUSH_REFUSED, _line(
+        f"push of {target_branch} to {url} refused: {message}; nothing is tested again until the upstream's "
+        f"{target_branch}, its work tree or [rigs.{rig}.merge] changes"))
 
 
 def on_resume(req: QueuedRequest, target_tip: str, recorded_merged_sha: str | None, merged_sha_on_target: bool,

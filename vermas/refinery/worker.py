@@ -313,6 +313,10 @@ def _run(s: _Step) -> None:
         return
     batch = queue.select_batch([r.queued() for r in ledger.list_requests(s.town, rig=s.rig, states=[MRState.QUEUED])],
                                s.clock(), s.cfg.batch_size)
+    dirty = _upstream_dirty(s) if batch else None
+    if dirty is not None:
+        _hold(s, dirty)
+        return
     claimed = [ledger.get(s.town, r.id) for r in batch if ledger.claim(s.town, r.id, s.owner, s.clock(), s.ttl)]
     if not claimed:
         s.report.idle = True
@@ -538,6 +542,7 @@ def _advance(s: _Step, merging: Sequence[MergeRequestRow], tip: str, new: str, c
         s.report.error = "the rig's queue lease was lost before the advance; nothing was merged"
         return
     upstream: str | None = None
+    refused: str | None = None
     with gitops.locked(s.town.layout.rig_sync_lock(s.rig)):
         applied = True
         if s.pushing:  # the upstream's non-force push is the first compare-and-set
@@ -546,11 +551,14 @@ def _advance(s: _Step, merging: Sequence[MergeRequestRow], tip: str, new: str, c
             if pushed:
                 upstream = gitops.upstream_tip(s.clone, s.target)
             else:
-                s.report.restarted = f"push refused: {message}"
+                refused = message or "git gave no reason"
         if applied:
             local = gitops.advance(s.clone, s.target, new, plan.old)
             # refused but already there: `rig sync` fast-forwarded the clone to the upstream we pushed
             applied = local or gitops.tip(s.clone, s.target) == new
+    if refused is not None:
+        _push_refused(s, merging, plan.old, refused)
+        return
     result = decide.on_advance(first, plan, applied, upstream if s.pushing else None, s.target)
     if isinstance(result, decide.Restart):
         _restart(s, merging, result.reason)
@@ -568,6 +576,62 @@ def _advance(s: _Step, merging: Sequence[MergeRequestRow], tip: str, new: str, c
         s.report.merged.append(req.id)
     for req in merging:
         _cleanup(s, ledger.get(s.town, req.id))
+
+
+def _push_refused(s: _Step, merging: Sequence[MergeRequestRow], tested_on: str, message: str) -> None:
+    """The upstream refused the push. Git's reason is recorded on every request (back to
+    queued, no attempt counted: not their fault); then either a restart (the upstream moved:
+    something changed, test again) or ONE hold of the queue with that reason (decide)."""
+    checkout = gitops.upstream_checkout(s.clone, s.target)
+    action = decide.on_push_refused(s.rig, s.target, git.remote_url(s.clone, gitops.REMOTE), message, tested_on,
+                                    gitops.upstream_tip(s.clone, s.target), str(checkout) if checkout else None,
+                                    gitops.checkout_changes(checkout) if checkout else "")
+    for req in merging:
+        ledger.transition(s.town, req.id, MRState.QUEUED, s.actor,
+                          {"reason": action.reason, "push_refused": message, "tested_sha": req.candidate_sha},
+                          owner=s.owner)
+        s.report.requeued.append(req.id)
+    if isinstance(action, decide.Restart):
+        s.report.restarted = action.reason
+    else:
+        _hold(s, action)
+
+
+def _upstream_dirty(s: _Step) -> decide.HoldQueue | None:
+    """Before claiming: the upstream is a person's checkout of the target with uncommitted
+    changes, so a push would be refused; hold instead of testing for nothing."""
+    checkout = gitops.upstream_checkout(s.clone, s.target) if s.pushing else None
+    changes = gitops.checkout_changes(checkout) if checkout is not None else ""
+    if checkout is None or not changes.strip():
+        return None
+    return decide.HoldQueue(HoldKind.UPSTREAM_DIRTY, decide.upstream_dirty_reason(str(checkout), s.target, changes))
+
+
+def _hold(s: _Step, action: decide.HoldQueue) -> None:
+    """Hold the rig's queue (one escalation per cause: ledger.hold writes nothing when the same
+    hold stands); its key is the cause's fingerprint, which HOLD_PROBES watches."""
+    key = HOLD_PROBES[action.kind](s) or action.kind.value
+    ledger.hold(s.town, s.rig, action.kind, action.reason, key, s.clock(), s.actor)
+    s.report.paused = action.reason
+
+
+def _probe_push(s: _Step) -> str | None:
+    """PUSH_REFUSED's fingerprint: what would make the same push go differently - the upstream
+    (its URL, its target's tip by ls-remote), its checkout's state, and the push setting."""
+    checkout = gitops.upstream_checkout(s.clone, s.target)
+    changes = gitops.checkout_changes(checkout, untracked=True) if checkout is not None else ""
+    digest = hashlib.sha256(changes.encode()).hexdigest()[:16]
+    return "\x00".join(("push", git.remote_url(s.clone, gitops.REMOTE), s.cfg.push, s.target,
+                        gitops.upstream_tip(s.clone, s.target) or "-", str(checkout), digest))
+
+
+def _probe_upstream_dirty(s: _Step) -> str | None:
+    """UPSTREAM_DIRTY's fingerprint: the same while the upstream's checkout of the target has
+    uncommitted changes (one hold, one escalation, however the changes evolve); None once it
+    is clean, no longer checked out, or nothing is pushed."""
+    hold = _upstream_dirty(s)
+    checkout = gitops.upstream_checkout(s.clone, s.target)
+    return None if hold is None else f"upstream-dirty\x00{checkout}\x00{s.target}"
 
 
 def _restart(s: _Step, reqs: Sequence[MergeRequestRow], reason: str) -> None:

@@ -61,6 +61,12 @@ def pytest_configure(config: pytest.Config) -> None:
     leakguard.install()
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from tests import leakguard
+
+    leakguard.uninstall()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         names = set(MODULE_MARKS.get(item.module.__name__.rpartition(".")[2], ()) if item.module else ())

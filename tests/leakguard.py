@@ -7,17 +7,22 @@ this run, whatever it was (a tmux server, a Claude Code session, a detached runn
 model server), even after it re-parented to init. Processes started by other test runs on the
 machine, or by a person, carry another token or none and are never counted nor touched.
 
+The run gets a tmux folder of its own (TMUX_TMPDIR, removed at the end), so a socket file there
+is always this run's.
+
 Per module (so module-scoped fixtures, which may keep a town up across a module's tests, are
 judged once they are torn down): a process of this run that is alive after the module and was not
 alive before it, given a few seconds to exit, fails the module with each process's pid and
-command line; so does a tmux socket file left in the default tmux folder (TMUX_TMPDIR or /tmp,
-`tmux-<uid>/`) that was not there before. The guard reports; it never kills anything.
+command line; so does a tmux socket file left in the run's tmux folder that was not there
+before. The guard reports; it never kills anything.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,8 +38,21 @@ def token() -> str:
 
 
 def install() -> None:
-    """Mark this run (children inherit it). Called from pytest_configure."""
-    os.environ.setdefault(ENV, secrets.token_hex(8))
+    """Mark this run (children inherit it), and give it a tmux folder of its own
+    (TMUX_TMPDIR), so the tests' tmux servers never share the user's folder and every socket
+    in it is this run's. Called from pytest_configure."""
+    if ENV in os.environ:
+        return
+    os.environ[ENV] = secrets.token_hex(8)
+    os.environ["TMUX_TMPDIR"] = tempfile.mkdtemp(prefix="vtr-")  # short: unix socket paths are limited
+    os.environ.pop("TMUX", None)  # a run started inside tmux must not talk to that server
+
+
+def uninstall() -> None:
+    """Remove the run's tmux folder (called from pytest_unconfigure)."""
+    folder = os.environ.get("TMUX_TMPDIR", "")
+    if Path(folder).name.startswith("vtr-"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def processes_of_run(marker: str) -> dict[int, str]:

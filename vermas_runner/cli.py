@@ -437,7 +437,8 @@ def cmd_polecat_nuke(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from vermas_runner.demo import run_demo  # deferred: the demo loads the stand-in model server
 
-    raise SystemExit(run_demo(model=args.model, keep=args.keep, beads_count=args.beads))
+    raise SystemExit(run_demo(model=args.model, keep=args.keep, beads_count=args.beads,
+                              timeout=args.timeout))
 
 
 def _common() -> argparse.ArgumentParser:
@@ -559,10 +560,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="even with unmerged commits (its branch is kept; the rest is removed)")
     p.set_defaults(fn=cmd_polecat_nuke)
 
-    p = sub.add_parser("demo", help="a throwaway town where polecats work beads, shown live")
+    p = sub.add_parser("demo", help="a throwaway town whose polecats' beads end merged on a sample repository's main")
     p.add_argument("--model", choices=("standin", "claude"), default="standin",
                    help="standin: a scripted local model (no account); claude: your Claude Code login")
-    p.add_argument("--beads", type=int, default=3, help="how many beads the demo works (default 3)")
+    p.add_argument("--beads", type=int, default=3, choices=range(1, 9), metavar="1..8",
+                   help="how many beads the demo works (default 3)")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds to wait for every bead to be merged (default 600)")
     p.add_argument("--keep", action="store_true", help="keep the town and sessions afterwards")
     p.set_defaults(fn=cmd_demo)
 

@@ -45,7 +45,7 @@ from vermas.refinery import bisect, decide, gitops, ledger, queue
 from vermas.refinery.decide import Checks, Escalate, Finish, PauseQueue, Retry, SendBack
 from vermas.refinery.ledger import MergeRequestRow
 from vermas.refinery.types import (
-    IN_FLIGHT_STATES, LEASE_TTL_S, MergeConfig, MRState, RunKind, RunOutcome, RunStatus, tail,
+    IN_FLIGHT_STATES, LEASE_TTL_S, HoldKind, MergeConfig, MRState, RunKind, RunOutcome, RunStatus, tail,
 )
 from vermas.town import RigConfig, Town
 
@@ -57,6 +57,10 @@ PAUSE_MAX_S = 600.0
 PAUSE_POINTS = ("test", "advanced", "cleanup")
 
 Alive = Callable[[MergeRequestRow], bool]
+# How each kind of hold fingerprints its cause now (None: could not tell, so the hold stays).
+# A held queue is released the first round its probe answers a different fingerprint.
+HoldProbe = Callable[["_Step"], "str | None"]
+HOLD_PROBES: dict[HoldKind, HoldProbe] = {}
 Verify = Callable[[Town, MergeRequestRow, Path, str, str], RunOutcome]  # (town, req, tree, level, target sha)
 KillSession = Callable[[str], None]  # polecat address
 
@@ -305,6 +309,8 @@ def _run(s: _Step) -> None:
     for req in ledger.list_requests(s.town, rig=s.rig, states=[MRState.MERGED]):
         if req.cleaned_at is None:
             _cleanup(s, req)
+    if not _hold_gate(s):
+        return
     gitops.ensure_worktree(s.clone, s.worktree, s.target)
     target = s.sync()
     s.report.target_sha = target.sha
@@ -315,7 +321,7 @@ def _run(s: _Step) -> None:
                                s.clock(), s.cfg.batch_size)
     dirty = _upstream_dirty(s) if batch else None
     if dirty is not None:
-        _hold(s, dirty)
+        _hold_queue(s, dirty)
         return
     claimed = [ledger.get(s.town, r.id) for r in batch if ledger.claim(s.town, r.id, s.owner, s.clock(), s.ttl)]
     if not claimed:
@@ -349,6 +355,38 @@ def _recover(s: _Step, tip: str) -> None:
             _cleanup(s, ledger.get(s.town, req.id))
         else:
             _requeue(s, req, action.reason)
+
+
+# ---- holds (the town stops merging) -----------------------------------------------------------------------
+
+
+def _hold_gate(s: _Step) -> bool:
+    """False while the queue stays held: its cause, as its kind's probe fingerprints it now, is
+    the one it was held for. Nothing is claimed, rebased or tested meanwhile (no loop)."""
+    state = ledger.queue_state(s.town, s.rig)
+    if state.hold is None:
+        return True
+    probe = HOLD_PROBES.get(state.hold.kind)
+    current = probe(s) if probe is not None else None
+    action = decide.hold_gate(state.hold, current, state.resume_requested)
+    if isinstance(action, decide.StayHeld):
+        s.report.paused = action.reason
+        return False
+    if isinstance(action, decide.Proceed):
+        return True
+    ledger.release_hold(s.town, s.rig, action.reason, s.actor, s.clock())
+    if state.resume_requested and state.paused_sha is None:
+        ledger.unpause(s.town, s.rig)  # the resume was for the hold; a red-target pause keeps its own
+    return True
+
+
+def _hold(s: _Step, reqs: Sequence[MergeRequestRow], kind: HoldKind, reason: str, key: str) -> None:
+    """The town itself stops these requests (not their fault): each goes back to queued with no
+    attempt or failure counted, and the queue is held once for the cause (one escalation)."""
+    for req in reqs:
+        _requeue(s, req, f"queue held: {reason}")
+    ledger.hold(s.town, s.rig, kind, reason, key, s.clock(), s.actor)
+    s.report.paused = f"held ({kind.value}): {reason}"
 
 
 # ---- the queue gate (red target) ------------------------------------------------------------------------
@@ -594,7 +632,7 @@ def _push_refused(s: _Step, merging: Sequence[MergeRequestRow], tested_on: str, 
     if isinstance(action, decide.Restart):
         s.report.restarted = action.reason
     else:
-        _hold(s, action)
+        _hold_queue(s, action)
 
 
 def _upstream_dirty(s: _Step) -> decide.HoldQueue | None:
@@ -607,17 +645,18 @@ def _upstream_dirty(s: _Step) -> decide.HoldQueue | None:
     return decide.HoldQueue(HoldKind.UPSTREAM_DIRTY, decide.upstream_dirty_reason(str(checkout), s.target, changes))
 
 
-def _hold(s: _Step, action: decide.HoldQueue) -> None:
-    """Hold the rig's queue (one escalation per cause: ledger.hold writes nothing when the same
-    hold stands); its key is the cause's fingerprint, which HOLD_PROBES watches."""
+def _hold_queue(s: _Step, action: decide.HoldQueue) -> None:
+    """Hold the rig's queue for a refused push or a dirty upstream checkout (ledger.hold writes
+    nothing, so escalates nothing, when the same hold stands); its key is the cause's
+    fingerprint now, as HOLD_PROBES sees it."""
     key = HOLD_PROBES[action.kind](s) or action.kind.value
     ledger.hold(s.town, s.rig, action.kind, action.reason, key, s.clock(), s.actor)
-    s.report.paused = action.reason
+    s.report.paused = f"held ({action.kind.value}): {action.reason}"
 
 
 def _probe_push(s: _Step) -> str | None:
     """PUSH_REFUSED's fingerprint: what would make the same push go differently - the upstream
-    (its URL, its target's tip by ls-remote), its checkout's state, and the push setting."""
+    (its URL, its target's tip by ls-remote), its checkout's state, and the push settings."""
     checkout = gitops.upstream_checkout(s.clone, s.target)
     changes = gitops.checkout_changes(checkout, untracked=True) if checkout is not None else ""
     digest = hashlib.sha256(changes.encode()).hexdigest()[:16]
@@ -627,11 +666,16 @@ def _probe_push(s: _Step) -> str | None:
 
 def _probe_upstream_dirty(s: _Step) -> str | None:
     """UPSTREAM_DIRTY's fingerprint: the same while the upstream's checkout of the target has
-    uncommitted changes (one hold, one escalation, however the changes evolve); None once it
-    is clean, no longer checked out, or nothing is pushed."""
-    hold = _upstream_dirty(s)
-    checkout = gitops.upstream_checkout(s.clone, s.target)
-    return None if hold is None else f"upstream-dirty\x00{checkout}\x00{s.target}"
+    uncommitted changes (one hold, one escalation, however the changes evolve); another once it
+    is clean, no longer checked out, or nothing is pushed (the hold is then released)."""
+    checkout = gitops.upstream_checkout(s.clone, s.target) if s.pushing else None
+    if checkout is None or not gitops.checkout_changes(checkout).strip():
+        return "upstream-clean"
+    return f"upstream-dirty\x00{checkout}\x00{s.target}"
+
+
+HOLD_PROBES[HoldKind.PUSH_REFUSED] = _probe_push
+HOLD_PROBES[HoldKind.UPSTREAM_DIRTY] = _probe_upstream_dirty
 
 
 def _restart(s: _Step, reqs: Sequence[MergeRequestRow], reason: str) -> None:

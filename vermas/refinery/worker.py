@@ -649,7 +649,8 @@ def _hold_queue(s: _Step, action: decide.HoldQueue) -> None:
     """Hold the rig's queue for a refused push or a dirty upstream checkout (ledger.hold writes
     nothing, so escalates nothing, when the same hold stands); its key is the cause's
     fingerprint now, as HOLD_PROBES sees it."""
-    key = HOLD_PROBES[action.kind](s) or action.kind.value
+    probe = HOLD_PROBES.get(action.kind)
+    key = (probe(s) if probe is not None else None) or action.kind.value
     ledger.hold(s.town, s.rig, action.kind, action.reason, key, s.clock(), s.actor)
     s.report.paused = f"held ({action.kind.value}): {action.reason}"
 

@@ -254,3 +254,21 @@ def test_on_push_refused_restarts_only_when_the_upstream_moved() -> None:
     dirty = decide.on_push_refused(**args, upstream_now="b" * 40, checkout="/src/myproj", dirty=" M README.md\n")
     assert isinstance(dirty, decide.HoldQueue) and dirty.kind is HoldKind.UPSTREAM_DIRTY
     assert "README.md" in dirty.reason and "/src/myproj" in dirty.reason
+
+
+def test_a_merge_never_overwrites_a_local_change_in_the_canonical_clone(town: Town, tmp_path: Path) -> None:
+    mr = MergeRig(town, tmp_path)
+    before = git(mr.clone, "rev-parse", "HEAD")
+    (mr.clone / "README.md").write_text("someone's edit in the clone\n")
+    w = mr.work("edit readme", {"README.md": "merged\n"})
+    first = worker.process_rig(town, "gt", OWNER, time.time())
+    assert first.restarted is not None and "local changes" in first.restarted and "README.md" in first.restarted
+    assert (mr.clone / "README.md").read_text() == "someone's edit in the clone\n"
+    assert git(mr.clone, "rev-parse", "HEAD") == before  # HEAD never ahead of its files
+    # every later round says why, and tests nothing, until the clone is clean again
+    later = worker.process_rig(town, "gt", OWNER, time.time() + 120)
+    assert later.error is not None and "local changes" in later.error and later.test_runs == 0
+    git(mr.clone, "checkout", "--", "README.md")
+    rounds(town, 2, start=300.0)
+    assert ledger.get(town, w.mr).state is MRState.MERGED and git(mr.bare, "show", "main:README.md") == "merged"
+    assert clean(mr.clone) and (mr.clone / "README.md").read_text() == "merged\n"

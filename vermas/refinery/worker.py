@@ -594,6 +594,10 @@ def _advance(s: _Step, merging: Sequence[MergeRequestRow], tip: str, new: str, c
             local = gitops.advance(s.clone, s.target, new, plan.old)
             # refused but already there: `rig sync` fast-forwarded the clone to the upstream we pushed
             applied = local or gitops.tip(s.clone, s.target) == new
+            blocked = None if applied else gitops.checkout_blocked(s.clone, s.target, plan.old, new)
+            if blocked is not None:  # the clone's own files would be overwritten: say so, not "moved"
+                _restart(s, merging, f"{s.target} in {s.clone} was not moved to {new[:12]}: {blocked}")
+                return
     if refused is not None:
         _push_refused(s, merging, plan.old, refused)
         return

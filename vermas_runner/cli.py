@@ -520,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the town's sessions: agents, hooks, mail, polecats, convoys (town-status: the ledger)")
     p.add_argument("--watch", action="store_true", help="keep redrawing from the store until Ctrl-C")
     p.add_argument("--problems", action="store_true",
-                   help="only agents that are dead, waiting on a prompt, stuck or escalated")
+                   help="only what needs a person: agents dead, waiting, stuck or escalated; failed or escalated "
+                        "merge requests; paused or held queues; every open escalation")
     p.add_argument("--interval", type=float, default=views.DEFAULT_INTERVAL_S,
                    help=f"seconds between redraws with --watch (default {views.DEFAULT_INTERVAL_S:g})")
     p.set_defaults(fn=cmd_status)

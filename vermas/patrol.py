@@ -245,22 +245,31 @@ def run_forever(town: Town, sessions: TownSessions, interval: float | None = Non
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    run_until(town, sessions, stop, interval)
+
+
+def run_until(town: Town, sessions: TownSessions, stop: threading.Event, interval: float | None = None,
+              out: Callable[[str], None] | None = None) -> None:
+    """The runner's loop until `stop` is set (the runner sets it on a signal; the demo runs the
+    same loop on a thread and sets it when its work is merged). `out` gets the loop's own lines."""
+    say = out or (lambda line: print(line, flush=True))
     problem: str | None = None
-    workers = MergeWorkers(town, sessions)
-    rounds = Rounds()
-    print(f"patrol: merge queues worked as {workers.owner}", flush=True)
+    workers = MergeWorkers(town, sessions, out=say)
+    rounds = Rounds(say)
+    say(f"patrol: merge queues worked as {workers.owner}")
     try:
         while not stop.is_set():
             error = town.refresh_config()
             notice = config_notice(problem, str(error) if error else None)
             if notice:
-                print(f"patrol: {notice}", flush=True)
+                say(f"patrol: {notice}")
             problem = str(error) if error else None
             beat_runner(town)
-            rounds.step(lambda: one_round(town, sessions, workers), town.config.patrol.heartbeat_stale_after)
+            rounds.step(lambda: one_round(town, sessions, workers, say), town.config.patrol.heartbeat_stale_after)
             stop.wait(interval if interval is not None else town.config.patrol.interval)
     finally:
         workers.stop()
+        rounds.join()
 
 
 RUNNER_LOOP = "runner"  # the runner's own heartbeat: written by its main loop, even while a round hangs
@@ -274,15 +283,17 @@ def beat_runner(town: Town) -> None:
         log.warning("patrol: could not write the runner heartbeat:\n%s", traceback.format_exc())
 
 
-def one_round(town: Town, sessions: TownSessions, workers: MergeWorkers | None) -> None:
+def one_round(town: Town, sessions: TownSessions, workers: MergeWorkers | None,
+              out: Callable[[str], None] | None = None) -> None:
     """The runner's patrol (exports, kicks, repairs, merges) then the witness and deacon rounds.
     A raise is logged with its traceback; the next round goes on."""
+    say = out or (lambda line: print(line, flush=True))
     try:
         patrol_once(town, sessions, workers)
     except Exception:  # noqa: BLE001 - one round's bug must not end the runner
-        print(f"patrol: round raised (the next round tries again):\n{traceback.format_exc()}", flush=True)
+        say(f"patrol: round raised (the next round tries again):\n{traceback.format_exc()}")
     for event in deacon_patrol.patrols(town, sessions):  # the witness of every rig, then the deacon
-        log_event(event)
+        say(event_line(event))
 
 
 class Rounds:
@@ -299,6 +310,11 @@ class Rounds:
 
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def join(self, timeout: float = 30.0) -> None:
+        """Wait for the round in progress (a clean stop must not leave a round writing)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def step(self, work: Callable[[], None], hang_after: float) -> bool:
         """Start a round unless one still runs (then report it if hung). True if started."""
@@ -329,8 +345,12 @@ class Rounds:
                  f"no new round until it returns:\n{stack}")
 
 
-def log_event(event: PatrolEvent) -> None:
+def event_line(event: PatrolEvent) -> str:
     """One runner-log line per recorded patrol action (the store keeps it with its evidence)."""
     who = f" {event.agent}" if event.agent else ""
     outcome = "" if event.ok else " (failed)"
-    print(f"patrol: {event.patrol}: {event.action}{who}{outcome}: {event.reason}", flush=True)
+    return f"patrol: {event.patrol}: {event.action}{who}{outcome}: {event.reason}"
+
+
+def log_event(event: PatrolEvent) -> None:
+    print(event_line(event), flush=True)

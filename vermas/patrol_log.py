@@ -132,11 +132,19 @@ def standing(conn: sqlite3.Connection) -> dict[str, StandingEscalation]:
     return out
 
 
-def raise_in_txn(conn: sqlite3.Connection, db: Database, patrol: str, sender: str, key: str, to: str,
-                 message: Escalation, reason: str, at: float, agent: str | None = None) -> PatrolEvent | None:
-    """ESCALATION mail to `to` and its standing row inside the caller's transaction (so the
-    refinery's escalation commits with the request's state change); None (nothing sent) when an
-    escalation under `key` stands already. A resolved key raised again is a new escalation."""
+def raise_escalation(town: Town, patrol: str, sender: str, key: str, to: str, message: Escalation, reason: str,
+                     at: float, agent: str | None = None) -> PatrolEvent | None:
+    """ESCALATION mail to `to` and its standing row, in one transaction; None (nothing sent)
+    when an escalation under `key` stands already."""
+    with town.db.write() as conn:
+        return raise_escalation_in_txn(conn, town.db, patrol, sender, key, to, message, reason, at, agent)
+
+
+def raise_escalation_in_txn(conn: sqlite3.Connection, db: Database, patrol: str, sender: str, key: str, to: str,
+                            message: Escalation, reason: str, at: float,
+                            agent: str | None = None) -> PatrolEvent | None:
+    """`raise_escalation` inside the caller's write transaction, for an escalation that must
+    commit with the state change that caused it (the refinery's transitions and holds)."""
     row = conn.execute("SELECT resolved_at FROM escalations WHERE key = ?", (key,)).fetchone()
     if row is not None and row[0] is None:
         return None
@@ -154,15 +162,13 @@ def raise_in_txn(conn: sqlite3.Connection, db: Database, patrol: str, sender: st
                   {"to": to, "message": sent.id, "subject": subject, "text": message.text})
 
 
-def raise_escalation(town: Town, patrol: str, sender: str, key: str, to: str, message: Escalation, reason: str,
-                     at: float, agent: str | None = None) -> PatrolEvent | None:
-    """raise_in_txn in its own transaction."""
+def resolve(town: Town, patrol: str, key: str, reason: str, at: float) -> PatrolEvent | None:
     with town.db.write() as conn:
-        return raise_in_txn(conn, town.db, patrol, sender, key, to, message, reason, at, agent)
+        return resolve_in_txn(conn, patrol, key, reason, at)
 
 
 def resolve_in_txn(conn: sqlite3.Connection, patrol: str, key: str, reason: str, at: float) -> PatrolEvent | None:
-    """The escalation under `key` no longer stands (its cause went away); None when none stood."""
+    """Resolve the escalation standing under `key` (None when none stands), in the caller's transaction."""
     changed = conn.execute("UPDATE escalations SET resolved_at = ? WHERE key = ? AND resolved_at IS NULL",
                            (at, key)).rowcount
     if not changed:
@@ -179,11 +185,6 @@ def resolve_prefixed_in_txn(conn: sqlite3.Connection, patrol: str, prefix: str, 
     keys = [r[0] for r in conn.execute("SELECT key FROM escalations WHERE resolved_at IS NULL AND "
                                        "substr(key, 1, ?) = ?", (len(prefix), prefix))]
     return [e for k in keys if (e := resolve_in_txn(conn, patrol, k, reason, at)) is not None]
-
-
-def resolve(town: Town, patrol: str, key: str, reason: str, at: float) -> PatrolEvent | None:
-    with town.db.write() as conn:
-        return resolve_in_txn(conn, patrol, key, reason, at)
 
 
 def reescalate(town: Town, patrol: str, sender: str, key: str, to: str, message: Escalation, reason: str,

@@ -267,14 +267,21 @@ def find_problems(agents: Sequence[WatchRow], requests: Sequence[RequestFacts], 
 
 
 def open_escalations(conn: sqlite3.Connection) -> dict[str, int]:
-    """Open (unresolved) escalations per agent they are about."""
-    return {r[0]: r[1] for r in conn.execute(
-        "SELECT agent, COUNT(*) FROM escalations WHERE resolved_at IS NULL AND agent IS NOT NULL GROUP BY agent")}
+    """Open (unresolved) escalations per agent they are about (one about a merge request or a
+    queue rides on that row, even when it names the refinery as its agent)."""
+    out: dict[str, int] = {}
+    for e in patrol_log.standing(conn).values():
+        kind, subject = escalation_about(e)
+        if kind is ProblemKind.AGENT:
+            out[subject] = out.get(subject, 0) + 1
+    return out
 
 
 def queue_facts(queues: Sequence[MergeQueueStatus]) -> list[QueueFacts]:
     return [QueueFacts(rig=q.rig, paused_sha=q.paused_sha, paused_reason=q.paused_reason,
-                       resume_requested=q.resume_requested) for q in queues]
+                       resume_requested=q.resume_requested, held=q.hold.kind.value if q.hold else None,
+                       held_reason=q.hold.reason if q.hold else None, held_since=q.hold.since if q.hold else None)
+            for q in queues]
 
 
 def request_facts(town: Town, named: Sequence[str] = ()) -> list[RequestFacts]:

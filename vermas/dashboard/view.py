@@ -14,11 +14,12 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, Field
 
-from vermas import beads, convoy, cost, patrol_log, problems, timeutil, up
+from vermas import beads, convoy, cost, patrol_log, timeutil, up
 from vermas.addresses import Address
 from vermas.cost import CostReport
 from vermas.molecules import molecule
 from vermas.patrol_types import Evidence, TmuxEvidence
+from vermas.problems import ProblemRow, town_problems
 from vermas.protocol import PolecatState
 from vermas.refinery import ledger
 from vermas.refinery.types import MRState
@@ -105,7 +106,7 @@ class Snapshot(BaseModel):
     # the escalations panel: failed or escalated merge requests, paused or held queues, and every
     # open escalation (riding on its request's or queue's row, or a row of its own); agents' own
     # problems are in the agents panel (vermas.problems decides all of it)
-    problems: list[problems.ProblemRow] = Field(default_factory=list)
+    problems: list[ProblemRow] = Field(default_factory=list)
     feed: list[FeedItem]
     cost: CostReport | None = None  # None: nothing recorded yet (the page shows no panel)
 
@@ -214,7 +215,7 @@ def snapshot(town: Town, panes: Mapping[str, TmuxEvidence] | None = None) -> Sna
     escalations = [EscalationView(key=e.key, to=e.to, subject=e.subject, raised_at=e.raised_at,
                                   acked=e.acked_at is not None, agent=e.agent, bead=e.bead)
                    for e in sorted(standing.values(), key=lambda e: e.raised_at)]
-    found = problems.town_problems(town, [], [q.status for q in queues])
+    found = town_problems(town, [], [q.status for q in queues])
     return Snapshot(town=town.config.name, taken_at=time.time(), agents=agents, queues=queues,
                     convoys=convoy.list_convoys(town), beads_by_status=by_status, ready=ready, unread_mail=unread,
                     escalations=escalations, problems=found, feed=feed, cost=cost_section(town))

@@ -26,12 +26,12 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from vermas import beads, ids, patrol_log, timeutil
+from vermas import beads, ids, patrol_log, protocol, timeutil
 from vermas.errors import Conflict, InvalidInput, NotFound
 from vermas.refinery import queue
 from vermas.refinery.types import (
-    FINAL_STATES, IN_FLIGHT_STATES, LEASE_TTL_S, PRIORITY_MAX, PRIORITY_MIN, Lease, MRState, QueuedRequest,
-    RunOutcome, check_transition,
+    FINAL_STATES, IN_FLIGHT_STATES, LEASE_TTL_S, PRIORITY_MAX, PRIORITY_MIN, HoldKind, Lease, MRState,
+    QueueHold, QueuedRequest, RunOutcome, check_transition,
 )
 from vermas.store import Database
 from vermas.town import Town
@@ -64,11 +64,6 @@ def mr_escalation_key(mr_id: str, state: MRState) -> str:
 def target_red_key(rig: str, sha: str) -> str:
     """A rig's queue paused for a red target at `sha`; it stands until the queue resumes."""
     return f"{TARGET_RED_PREFIX}{rig}:{sha}"
-
-
-def hold_key(rig: str) -> str:
-    """A rig's queue held because the town prevents merging; it stands until the hold lifts."""
-    return f"{HOLD_PREFIX}{rig}"
 
 
 class MergeRequestRow(BaseModel):
@@ -142,6 +137,7 @@ class RigQueue(BaseModel):
     paused_sha: str | None = None
     paused_reason: str | None = None
     resume_requested: bool = False
+    hold: QueueHold | None = None  # the town stops merging (HoldKind); see `hold`
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -214,7 +210,8 @@ def rigs_with_work(town: Town) -> frozenset[str]:
         rows = conn.execute(
             f"SELECT DISTINCT rig FROM merge_requests WHERE state IN ({','.join('?' * len(waiting))}) "
             "OR (state = ? AND cleaned_at IS NULL) "
-            "UNION SELECT rig FROM mq_rigs WHERE paused_sha IS NOT NULL OR resume_requested = 1",
+            "UNION SELECT rig FROM mq_rigs WHERE paused_sha IS NOT NULL OR resume_requested = 1 "
+            "OR hold_kind IS NOT NULL",
             [*waiting, MRState.MERGED.value]).fetchall()
     return frozenset(r[0] for r in rows)
 
@@ -383,12 +380,16 @@ def enqueue(town: Town, *, rig: str, bead: str, polecat: str, branch: str, commi
 
 
 def _rig_row(conn: sqlite3.Connection, rig: str) -> RigQueue:
-    r = conn.execute("SELECT lease_owner, lease_expires, paused_sha, paused_reason, resume_requested "
-                     "FROM mq_rigs WHERE rig = ?", (rig,)).fetchone()
+    r = conn.execute("SELECT lease_owner, lease_expires, paused_sha, paused_reason, resume_requested, "
+                     "hold_kind, hold_reason, hold_key, hold_since FROM mq_rigs WHERE rig = ?", (rig,)).fetchone()
     if r is None:
         return RigQueue(rig=rig)
     lease = Lease(owner=r[0], expires_at=float(r[1])) if r[0] is not None and r[1] is not None else None
-    return RigQueue(rig=rig, lease=lease, paused_sha=r[2], paused_reason=r[3], resume_requested=bool(r[4]))
+    held = None
+    if r[5] is not None:
+        held = QueueHold(kind=HoldKind(r[5]), reason=r[6] or r[5], key=r[7] or "", since=float(r[8] or 0.0))
+    return RigQueue(rig=rig, lease=lease, paused_sha=r[2], paused_reason=r[3], resume_requested=bool(r[4]),
+                    hold=held)
 
 
 def queue_state(town: Town, rig: str) -> RigQueue:
@@ -503,6 +504,53 @@ def request_resume(town: Town, rig: str) -> RigQueue:
         conn.execute("INSERT OR IGNORE INTO mq_rigs(rig) VALUES (?)", (rig,))
         conn.execute("UPDATE mq_rigs SET resume_requested = 1 WHERE rig = ?", (rig,))
         return _rig_row(conn, rig)
+
+
+# ---- holds: the town stops merging (HoldKind) -------------------------------------------------------
+
+
+def hold_key(rig: str) -> str:
+    """The escalation a rig's hold stands under (one per rig: a new cause replaces the old)."""
+    return f"mq-hold:{rig}"
+
+
+def hold(town: Town, rig: str, kind: HoldKind, reason: str, key: str, now: float, actor: str) -> bool:
+    """Hold `rig`'s queue for a cause of the town's, and record ONE escalation (the escalations
+    table and an ESCALATION mail to the mayor) in the same transaction. False, writing nothing,
+    when the same hold (kind and cause fingerprint) already stands: a cause escalates once."""
+    from vermas import patrol_log  # deferred: the patrol log imports the mail/protocol stack
+
+    reason = " ".join(reason.split())[:500] or kind.value
+    with town.db.write() as conn:
+        current = _rig_row(conn, rig).hold
+        if current is not None and current.kind is kind and current.key == key:
+            return False
+        conn.execute("INSERT OR IGNORE INTO mq_rigs(rig) VALUES (?)", (rig,))
+        conn.execute("UPDATE mq_rigs SET hold_kind = ?, hold_reason = ?, hold_key = ?, hold_since = ? WHERE rig = ?",
+                     (kind.value, reason, key, now, rig))
+        if current is not None:  # a different cause: the old escalation is answered by the new one
+            patrol_log.resolve_in_txn(conn, f"refinery:{rig}", hold_key(rig), f"replaced by: {reason}", now)
+        message = protocol.Escalation(text=f"The merge queue of rig {rig} is held: {reason}\n"
+                                           "Nothing merges until the cause is fixed; the queue resumes by itself "
+                                           "once it is (or `vermas-runner mq resume` after a fix).",
+                                      reason=kind.value, rig=rig, key=hold_key(rig))
+        patrol_log.raise_escalation_in_txn(conn, town.db, f"refinery:{rig}", actor, hold_key(rig), "mayor", message,
+                                           f"queue held: {reason}", now, agent=actor)
+        return True
+
+
+def release_hold(town: Town, rig: str, reason: str, actor: str, now: float) -> bool:
+    """Release `rig`'s hold (its cause is gone, or a person resumed it) and resolve its
+    escalation; False when no hold stood."""
+    from vermas import patrol_log  # deferred: see hold
+
+    with town.db.write() as conn:
+        changed = conn.execute("UPDATE mq_rigs SET hold_kind = NULL, hold_reason = NULL, hold_key = NULL, "
+                               "hold_since = NULL WHERE rig = ? AND hold_kind IS NOT NULL", (rig,)).rowcount
+        if not changed:
+            return False
+        patrol_log.resolve_in_txn(conn, f"refinery:{rig}", hold_key(rig), f"{reason} ({actor})", now)
+        return True
 
 
 def cache_run(town: Town, rig: str, outcome: RunOutcome, now: float) -> None:

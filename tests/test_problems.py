@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,7 +18,9 @@ from typing import Any
 
 import pytest
 
+from tests.cdp import Browser, chromium_binary
 from tests.conftest import git
+from tests.test_dashboard_browser import start_dashboard
 from tests.refinery_rig import MergeRig
 from vermas import patrol_log
 from vermas.dashboard import view
@@ -97,10 +100,12 @@ def test_every_open_escalation_rides_on_one_row_or_has_its_own() -> None:
     mr_key, red, hold = (ledger.mr_escalation_key("gt-mr1", MRState.FAILED), ledger.target_red_key("gt", "c" * 40),
                          ledger.hold_key("gt"))
     standing = [esc(mr_key), esc(red), esc(hold, "gt/refinery", acked=9.0), esc("w:mayor", "mayor"),
-                esc("w:gone", "gt/polecats/gone"), esc("deacon:x"), esc(ledger.mr_escalation_key("gt-gone", MRState.REJECTED))]
+                esc("w:gone", "gt/polecats/gone"), esc("deacon:x"),
+                esc(ledger.mr_escalation_key("gt-gone", MRState.REJECTED))]
     rows = find_problems(
         [agent_row("mayor", [Problem.DEAD, Problem.ESCALATED])],
-        [req(MRState.FAILED), req(MRState.REWORK, attempts=1, mr_id="gt-mr2"), req(MRState.CONFLICT, MAX, mr_id="gt-mr3")],
+        [req(MRState.FAILED), req(MRState.REWORK, attempts=1, mr_id="gt-mr2"),
+         req(MRState.CONFLICT, MAX, mr_id="gt-mr3")],
         [QueueFacts(rig="gt", paused_sha="c" * 40, paused_reason="main fails", held="push_refused",
                     held_reason="push refused: no"), QueueFacts(rig="ok")],
         standing, {"gt": MAX}, 99)
@@ -120,7 +125,8 @@ def test_every_open_escalation_rides_on_one_row_or_has_its_own() -> None:
     every = [e.key for r in rows for e in r.escalations]
     assert sorted(every) == sorted(e.key for e in standing)  # each exactly once
     queue = rows[3]
-    assert "paused at cccccccccccc: main fails" in queue.reason and "held (push_refused): push refused: no" in queue.reason
+    assert "paused at cccccccccccc: main fails" in queue.reason
+    assert "held (push_refused): push refused: no" in queue.reason
     assert [e.acked for e in queue.escalations] == [True, False]
     assert "waits for mq retry gt-mr1" in rows[1].reason and rows[1].state == "failed"
 
@@ -232,7 +238,8 @@ def test_a_troubled_queue_shows_everywhere_and_clears_as_each_cause_goes(town: T
         ("escalation", "deacon:test"): (["escalated"], ["deacon:test"]),
     }
     by = {r["subject"]: r for r in rows}
-    assert "could not run" in by[unverifiable.mr]["reason"] and f"mq retry {unverifiable.mr}" in by[unverifiable.mr]["reason"]
+    failed_reason = by[unverifiable.mr]["reason"]
+    assert "could not run" in failed_reason and f"mq retry {unverifiable.mr}" in failed_reason
     assert "held (upstream_dirty): work tree dirty: README.md" in by["gt"]["reason"]
     assert f"paused at {t.red[:12]}" in by["gt"]["reason"]
 
@@ -289,3 +296,33 @@ def test_an_escalation_raised_again_after_it_was_resolved_is_a_new_one(town: Tow
         drain(town, at, verify)
         at += RETRY_BACKOFF_CAP_S + 1
     assert standing(town) == {key} and len(rig.mail_to("mayor", ProtocolKind.ESCALATION)) == 2
+
+
+PANEL_JS = ("[...document.querySelectorAll('#escalations tr[data-kind]')]"
+            ".map(r => [r.dataset.kind, r.dataset.subject, r.cells[0].textContent])")
+
+
+@pytest.mark.slow
+@pytest.mark.chromium
+@pytest.mark.skipif(chromium_binary() is None, reason="chromium not installed (scripts/setup.sh installs it)")
+def test_the_dashboard_page_shows_the_problems_in_its_escalations_panel(town: Town, troubled: Troubled,
+                                                                         tmp_path: Path) -> None:
+    """The real page in headless Chromium, served by `vermas-runner dashboard`, rows its panel
+    from the snapshot: each row kind, subject and problems, ack and retry buttons included."""
+    proc, url = start_dashboard(town.root, {k: v for k, v in os.environ.items() if k != "VERMAS_TOWN"})
+    try:
+        with Browser(tmp_path / "chromium-profile") as browser:
+            browser.navigate(url)
+            rows = browser.wait_for(f"(r => r.length === 3 && r)({PANEL_JS})", 60, "three problem rows")
+            assert browser.evaluate("document.body.dataset.updated")  # the whole render ran, past the panel
+            assert sorted(map(tuple, rows)) == sorted([
+                ("merge_request", troubled.conflict.mr, "escalated"),
+                ("merge_request", troubled.unverifiable.mr, "failed escalated"),
+                ("queue", "gt", "paused held escalated")])
+            buttons = browser.evaluate("[...document.querySelectorAll('#escalations button')].map(b => b.textContent)")
+            assert buttons.count("ack") == 4 and buttons.count("retry") == 2  # one per escalation, per request
+            ledger.reject(town, troubled.conflict.mr, "overseer", "a person judged it")
+            browser.wait_for(f"{PANEL_JS}.length === 2", 60, "the rejected request's row gone")
+    finally:
+        proc.terminate()
+        proc.wait(30)

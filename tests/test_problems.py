@@ -326,3 +326,19 @@ def test_the_dashboard_page_shows_the_problems_in_its_escalations_panel(town: To
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_request_rejected_for_a_gone_branch_stands_escalated_until_its_bead_has_new_work(
+        town: Town, tmp_path: Path) -> None:
+    rig = MergeRig(town, tmp_path)
+    w = rig.work("add a", {"a.txt": "a\n"})
+    git(rig.clone, "worktree", "remove", "--force", str(w.worktree))
+    git(rig.clone, "branch", "-D", w.branch)
+    worker.drain(town, "gt", OWNER)
+    key = ledger.mr_escalation_key(w.mr, MRState.REJECTED)
+    assert ledger.get(town, w.mr).state is MRState.REJECTED and standing(town) == {key}
+    [row] = [r for r in view.snapshot(town, panes={}).problems if r.kind is ProblemKind.MERGE_REQUEST]
+    assert (row.subject, row.problems, row.state) == (w.mr, [Problem.ESCALATED], "rejected")
+    again = ledger.enqueue(town, rig="gt", bead=w.bead, polecat=str(w.address), branch="polecat/again",
+                           commit=rig.upstream_main())  # the bead re-slung and done again: its new request
+    assert again.created and standing(town) == set() and view.snapshot(town, panes={}).problems == []

@@ -30,6 +30,7 @@ from enum import StrEnum
 from pydantic import BaseModel
 
 from vermas import patrol_log, timeutil
+from vermas.errors import NotFound
 from vermas.events import EventKind
 from vermas.patrol_types import StandingEscalation
 from vermas.protocol import PolecatState
@@ -291,7 +292,7 @@ def request_facts(town: Town, named: Sequence[str] = ()) -> list[RequestFacts]:
         if mr_id not in rows:
             try:
                 rows[mr_id] = ledger.get(town, mr_id)
-            except Exception:  # noqa: BLE001 - an escalation naming a request that is gone stays its own row
+            except NotFound:  # an escalation naming a request that is gone stays a row of its own
                 continue
     out = []
     for r in sorted(rows.values(), key=lambda r: (r.queued_at, r.id)):

@@ -160,7 +160,8 @@ def test_a_long_test_run_blocks_neither_other_rigs_nor_exports_and_a_raising_rig
     fast = gt.work("fast one", {"f.txt": "f\n"})
     broken = bx.work("never", {"b.txt": "b\n"})
     shutil.rmtree(bx.clone)
-    runner = Runner(town, tmp_path / "runner.log", f"vermas-test-mq-none-{uuid.uuid4().hex[:8]}")
+    socket_name = f"vermas-test-mq-none-{uuid.uuid4().hex[:8]}"
+    runner = Runner(town, tmp_path / "runner.log", socket_name)
     try:
         wait_until(lambda: ledger.get(town, slow_work.mr).state is MRState.TESTING, runner.log, "slow testing")
         bead = beads.create(town, MAYOR, title="exported while a test runs").id
@@ -172,6 +173,8 @@ def test_a_long_test_run_blocks_neither_other_rigs_nor_exports_and_a_raising_rig
         assert runner.proc.poll() is None
     finally:
         seen = runner.stop()
+        # the deacon started the town's sessions (the mayor) on this socket: they are ours to stop
+        TownSessions(town.root, socket=socket_name).kill_server()
     assert seen.count("mq bx: step raised") == 1, seen  # logged once, not every round
     assert "Traceback (most recent call last)" in seen and "FileNotFoundError" in seen
     assert ledger.get(town, broken.mr).state is MRState.QUEUED  # nothing lost: it waits for a fix

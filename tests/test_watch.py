@@ -6,8 +6,10 @@ change, filters to the agents with problems, and Ctrl-C ends it with status 0.""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -75,7 +77,10 @@ class Viewer:
     """A tmux server of this test's own with one pane running a command."""
 
     def __init__(self, argv: list[str], cwd: Path) -> None:
-        self.socket = f"vermas-test-watch-{uuid.uuid4().hex[:10]}"
+        # a socket in a folder of this test's own (short: a unix socket path is limited), so
+        # nothing is left in the user's tmux folder after kill()
+        self.folder = Path(tempfile.mkdtemp(prefix="vtw-"))
+        self.socket = str(self.folder / "s")
         # tmux does not always record a dead pane's status, so a shell notes it (its trap lets
         # Ctrl-C reach the command alone, which then exits on its own)
         self.status_file = cwd / f".watch-exit-{uuid.uuid4().hex[:6]}"
@@ -87,7 +92,7 @@ class Viewer:
                    ";", "set-option", "-w", "-t", "view:", "remain-on-exit", "on"])  # keep its last screen
 
     def tmux(self, args: list[str]) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30).stdout
+        return subprocess.run(["tmux", "-S", self.socket, *args], capture_output=True, text=True, timeout=30).stdout
 
     def screen(self) -> str:
         return self.tmux(["capture-pane", "-p", "-S", "-50", "-t", "view"])
@@ -106,7 +111,8 @@ class Viewer:
         return self.status_file.read_text().strip() if self.status_file.exists() else ""
 
     def kill(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=30)
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=30)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -374,7 +374,8 @@ def _follow(town: Town, followed: list[DemoBead], convoy_id: str, console: Any, 
                 b = by_id.get(bead_id)
                 if b is not None and not b.done:
                     b.done = True
-                    console.print(f"[green]POLECAT_DONE[/] {b.polecat} on {b.id}")
+                    console.print(f"[green]POLECAT_DONE[/] {b.polecat} on {b.id} "
+                                  f"({time.monotonic() - b.slung:.1f} s after sling)")
             for b in followed:
                 if b.merged_sha is None:
                     merged = [r for r in ledger.list_requests(town, bead=b.id, states=[MRState.MERGED])]

@@ -176,6 +176,17 @@ def resolve_in_txn(conn: sqlite3.Connection, patrol: str, key: str, reason: str,
     return insert(conn, patrol, "resolve_escalation", reason, at, key=key)
 
 
+def resolve_prefixed_in_txn(conn: sqlite3.Connection, patrol: str, prefix: str, reason: str,
+                            at: float) -> list[PatrolEvent]:
+    """Resolve every standing escalation whose key starts with `prefix` (one cause per key,
+    e.g. every red-target escalation of a rig when its queue resumes)."""
+    if not prefix:
+        raise ValueError("an empty prefix would resolve every escalation")
+    keys = [r[0] for r in conn.execute("SELECT key FROM escalations WHERE resolved_at IS NULL AND "
+                                       "substr(key, 1, ?) = ?", (len(prefix), prefix))]
+    return [e for k in keys if (e := resolve_in_txn(conn, patrol, k, reason, at)) is not None]
+
+
 def reescalate(town: Town, patrol: str, sender: str, key: str, to: str, message: Escalation, reason: str,
                at: float) -> PatrolEvent | None:
     """Tell `to` (the overseer) about an unacknowledged escalation, once: the time is recorded

@@ -262,14 +262,16 @@ def cmd_status(args: argparse.Namespace) -> None:
         console.print(f"rig [bold]{r.name}[/] (prefix {r.prefix}, branch {r.default_branch}): "
                       f"{r.polecats}/{r.max_polecats} polecats")
     if status.merge_queues:
-        queues = Table("merge queue", "requests", "paused", "lease", "tests")
+        queues = Table("merge queue", "requests", "paused / held", "lease", "tests")
         for q in status.merge_queues:
             requests = ", ".join(f"{state} {n}" for state, n in q.counts.items() if n) or "empty"
             paused = (f"[red]paused at {q.paused_sha[:12]}[/]: {escape(q.paused_reason or '')}"
-                      + (" (resume requested)" if q.resume_requested else "")) if q.paused_sha else "-"
+                      + (" (resume requested)" if q.resume_requested else "")) if q.paused_sha else ""
+            if q.hold is not None:
+                paused += ("; " if paused else "") + f"[red]held ({q.hold.kind.value})[/]: {escape(q.hold.reason)}"
             lease = (f"{q.lease_owner}" + (" (expired)" if q.lease_expired else "")) if q.lease_owner else "-"
             tests = f"[bold red]{q.tests}[/]" if q.untested else escape(q.tests)
-            queues.add_row(q.rig, requests, paused, lease, tests)
+            queues.add_row(q.rig, requests, paused or "-", lease, tests)
         console.print(queues)
     if status.polecats:
         polecats = Table("polecat", "state", "bead", "branch")
@@ -521,7 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the town's sessions: agents, hooks, mail, polecats, convoys (town-status: the ledger)")
     p.add_argument("--watch", action="store_true", help="keep redrawing from the store until Ctrl-C")
     p.add_argument("--problems", action="store_true",
-                   help="only agents that are dead, waiting on a prompt, stuck or escalated")
+                   help="only what needs a person: agents dead, waiting, stuck or escalated; failed or escalated "
+                        "merge requests; paused or held queues; every open escalation")
     p.add_argument("--interval", type=float, default=views.DEFAULT_INTERVAL_S,
                    help=f"seconds between redraws with --watch (default {views.DEFAULT_INTERVAL_S:g})")
     p.set_defaults(fn=cmd_status)

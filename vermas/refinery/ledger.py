@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from vermas import beads, ids, protocol, timeutil
+from vermas import beads, ids, patrol_log, protocol, timeutil
 from vermas.errors import Conflict, InvalidInput, NotFound
 from vermas.refinery import queue
 from vermas.refinery.types import (
@@ -42,6 +43,27 @@ COLUMNS = ("id, bead_id, rig, polecat, branch, commit_sha, base, state, summary,
 # Fields a transition may set besides the state (never id, bead, rig, branch, commit).
 SETTABLE = frozenset({"attempts", "failures", "not_before", "target_sha", "candidate_sha", "merged_sha",
                       "untested", "cleaned_at"})
+
+
+# ---- escalation keys: one standing escalation per cause (the `escalations` table, vermas.patrol_log) ----
+MR_ESCALATION_PREFIX = "mq:"
+TARGET_RED_PREFIX = "mq-target-red:"
+HOLD_PREFIX = "mq-hold:"
+
+
+def refinery_patrol(rig: str) -> str:
+    """The name the refinery's escalations and resolutions are logged under in patrol_events."""
+    return f"refinery:{rig}"
+
+
+def mr_escalation_key(mr_id: str, state: MRState) -> str:
+    """A request escalated in `state`; it stands until the request leaves that state."""
+    return f"{MR_ESCALATION_PREFIX}{mr_id}:{MRState(state).value}"
+
+
+def target_red_key(rig: str, sha: str) -> str:
+    """A rig's queue paused for a red target at `sha`; it stands until the queue resumes."""
+    return f"{TARGET_RED_PREFIX}{rig}:{sha}"
 
 
 class MergeRequestRow(BaseModel):
@@ -266,6 +288,9 @@ def transition_in_txn(conn: sqlite3.Connection, mr_id: str, new: MRState, actor:
         sets["untested"] = int(bool(sets["untested"]))
     conn.execute(f"UPDATE merge_requests SET {', '.join(f'{k} = ?' for k in sets)} WHERE id = ?",
                  (*sets.values(), mr_id))
+    if new is not row.state:  # an escalation about the state it leaves no longer stands
+        patrol_log.resolve_in_txn(conn, refinery_patrol(row.rig), mr_escalation_key(mr_id, row.state),
+                                  f"{mr_id} left {row.state.value} for {new.value} ({actor})", time.time())
     return fetch_in_txn(conn, mr_id)
 
 
@@ -333,6 +358,10 @@ def enqueue_in_txn(conn: sqlite3.Connection, db: Database, *, mr_prefix: str, ri
     for old in decision.replaces:
         transition_in_txn(conn, old, MRState.REJECTED, actor, {"reason": f"superseded by {mr_id}",
                                                                "superseded_by": mr_id})
+    for earlier in mine:  # a bead rejected loudly (its source gone) has new work now
+        if earlier.state is MRState.REJECTED:
+            patrol_log.resolve_in_txn(conn, refinery_patrol(rig), mr_escalation_key(earlier.id, MRState.REJECTED),
+                                      f"{bead} has a new merge request {mr_id}", time.time())
     return Enqueued(id=mr_id, created=True, replaced=list(decision.replaces),
                     stale_in_flight=list(decision.stale_in_flight))
 
@@ -460,9 +489,13 @@ def pause_in_txn(conn: sqlite3.Connection, rig: str, sha: str, reason: str) -> N
 
 
 def unpause(town: Town, rig: str) -> None:
+    """The queue resumes (a green target, or the overseer's `mq resume`): its red-target
+    escalations are resolved in the same transaction."""
     with town.db.write() as conn:
         conn.execute("UPDATE mq_rigs SET paused_sha = NULL, paused_reason = NULL, resume_requested = 0 "
                      "WHERE rig = ?", (rig,))
+        patrol_log.resolve_prefixed_in_txn(conn, refinery_patrol(rig), f"{TARGET_RED_PREFIX}{rig}:",
+                                           f"the {rig} merge queue resumed", time.time())
 
 
 def request_resume(town: Town, rig: str) -> RigQueue:

@@ -35,7 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from vermas import beads, git, ids, mail, polecat, protocol, timeutil
+from vermas import beads, git, ids, mail, patrol_log, polecat, protocol, timeutil
 from vermas.addresses import Role, parse_address
 from vermas.errors import InvalidInput, NotFound, VermasError
 from vermas.inspector.models import CriterionOutcome, VerificationReport
@@ -762,7 +762,10 @@ def _escalate(s: _Step, req: MergeRequestRow, action: Escalate, evidence: dict[s
             beads.add_comment(conn, req.bead, s.actor, f"merge request {req.id}: {action.comment}",
                               timeutil.now()[0])
             s.town.db.touch("issues")
-        _mail(conn, s, action.to, action.message, f"mq-escalate:{req.id}:{action.state.value}")
+        # recorded with its mail: one standing escalation per (request, state), resolved when it leaves the state
+        patrol_log.raise_escalation_in_txn(conn, s.town.db, ledger.refinery_patrol(s.rig), s.actor,
+                                           ledger.mr_escalation_key(req.id, action.state), action.to,
+                                           action.message, action.comment, s.clock())
     s.report.escalated.append(req.id)
     {MRState.REJECTED: s.report.rejected, MRState.FAILED: s.report.failed, MRState.REWORK: s.report.reworked,
      MRState.CONFLICT: s.report.conflicts}.get(action.state, []).append(req.id)
@@ -800,8 +803,11 @@ def _pause(s: _Step, req: MergeRequestRow, action: PauseQueue, out: RunOutcome) 
                          description=action.bug.description, issue_type="bug", priority=0)
             ledger.record_bug_in_txn(conn, action.bug.key, s.rig, bug_id)
             s.town.db.touch("issues")
-        if action.escalation is not None:
-            _mail(conn, s, decide.MAYOR, action.escalation, f"mq-target-red:{s.rig}:{action.sha}")
+        if action.escalation is not None:  # stands until the queue resumes (ledger.unpause resolves it)
+            patrol_log.raise_escalation_in_txn(conn, s.town.db, ledger.refinery_patrol(s.rig), s.actor,
+                                               ledger.target_red_key(s.rig, action.sha), decide.MAYOR,
+                                               action.escalation,
+                                               f"{s.target} fails its tests at {action.sha}; queue paused", s.clock())
     s.report.requeued.append(req.id)
     s.report.paused = f"{s.target} fails its tests at {action.sha}"
 

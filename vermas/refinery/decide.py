@@ -470,7 +470,8 @@ def on_resume(req: QueuedRequest, target_tip: str, recorded_merged_sha: str | No
 
 def cleanup(branch: str, commits: Mapping[str, Presence]) -> Cleanup | Keep:
     """The polecat's worktree and branch go only when every one of its commits is on the target
-    (an ancestor, or its patch after the rebase)."""
+    (an ancestor, its patch after the rebase, or folded into the bead's squash commit, which
+    gitops.squash_landed proved is on the target and carries the branch's whole change)."""
     missing = tuple(sha for sha, where in commits.items() if where is Presence.MISSING)
     if not commits:
         return Keep(missing=(), reason=f"no commits listed for {branch}; nothing proves it is merged")

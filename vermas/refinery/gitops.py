@@ -10,7 +10,9 @@ Where things happen:
   no branch is created or moved, the polecat's branch is untouched) and tested.
 - the upstream (`origin`), when the rig has one: fetched before each batch; a merge is pushed
   without force (the remote refuses a non-fast-forward: its own compare-and-set) and confirmed
-  with ls-remote before anyone is told.
+  with ls-remote before anyone is told. A local upstream may be a person's own non-bare
+  repository with the target checked out: the push then runs receive-pack with
+  receive.denyCurrentBranch=updateInstead, so a clean checkout follows and a dirty one refuses.
 
 Every user-supplied value (paths, branch names, shas) goes after `--` or as a refspec we built;
 repository hooks are disabled for the rebase (a polecat can write the shared .git/hooks).

@@ -9,11 +9,13 @@ planner and decisions (queue.py, bisect.py, decide.py), act (ledger, gitops, mai
      has finishes its bookkeeping (never merged again), the others go back to queued;
   4. the queue gate (a queue paused for a red target resumes only on a green target sha);
   5. one batch: claim, check the sources, rebase each onto the previous in the refinery
-     worktree, test at the tip and bisect when red (bisect.py), verify, then advance the target
-     (push, confirmed with ls-remote, and update-ref, both compare-and-set) and only then, per
-     request, in one transaction: merged with its sha, the bead closed ("merged in <sha>", which
-     lands its convoys), MERGED mail to the witness and the polecat; then the polecat's worktree
-     and branch are removed (only when all its commits are on the target) and its slot freed.
+     worktree (strategy "squash": each folded into one commit naming its bead), test at the tip
+     and bisect when red (bisect.py), verify, then advance the target (push, confirmed with
+     ls-remote, and update-ref, both compare-and-set; a refused push holds the queue once with
+     git's reason, see HOLD_PROBES) and only then, per request, in one transaction: merged with
+     its sha, the bead closed ("merged in <sha>", which lands its convoys), MERGED mail to the
+     witness and the polecat; then the polecat's worktree and branch are removed (only when all
+     its commits are on the target, or its proven squash is) and its slot freed.
 
 Crash safety comes from the order: the recorded state never claims more than git shows, and
 every step after the advance is idempotent (mail has idempotency keys, cleanup re-checks git).

@@ -272,3 +272,20 @@ def test_a_merge_never_overwrites_a_local_change_in_the_canonical_clone(town: To
     rounds(town, 2, start=300.0)
     assert ledger.get(town, w.mr).state is MRState.MERGED and git(mr.bare, "show", "main:README.md") == "merged"
     assert clean(mr.clone) and (mr.clone / "README.md").read_text() == "merged\n"
+
+
+def test_an_untracked_file_in_the_way_in_the_checkout_is_kept_and_holds_until_it_goes(town: Town,
+                                                                                     tmp_path: Path) -> None:
+    mr = MergeRig(town, tmp_path, upstream="checkout")
+    myproj = mr.bare
+    (myproj / "a.txt").write_text("a person's own untracked a.txt\n")
+    w = mr.work("add a", {"a.txt": "a\n"})
+    reports = rounds(town, 4)
+    assert all(r.error is None for r in reports) and sum(r.test_runs for r in reports) == 1
+    hold = ledger.queue_state(town, "gt").hold
+    assert hold is not None and hold.kind is HoldKind.PUSH_REFUSED and "would be overwritten" in hold.reason
+    assert (myproj / "a.txt").read_text() == "a person's own untracked a.txt\n" and len(escalations(mr)) == 1
+    (myproj / "a.txt").unlink()  # the person moves it away: the checkout's state changed
+    rounds(town, 2, start=300.0)
+    assert ledger.get(town, w.mr).state is MRState.MERGED and (myproj / "a.txt").read_text() == "a\n"
+    assert clean(myproj) and ledger.queue_state(town, "gt").hold is None

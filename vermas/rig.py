@@ -22,10 +22,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from vermas import git
+from vermas import beadsync, git
 from vermas.addresses import RIG_RE, TOWN_ROLES
 from vermas.errors import Conflict, InvalidInput, NotFound
-from vermas.town import MAX_POLECATS_LIMIT, RigConfig, Town, describe_errors, validate_prefix  # noqa: F401
+from vermas.town import (  # noqa: F401
+    MAX_POLECATS_LIMIT, PREFIX_RE, RigConfig, Town, describe_errors, validate_prefix)
 
 
 # A rig without a test command merges, but never silently: `rig add` warns, `rig list` and
@@ -49,6 +50,7 @@ class RigInfo(BaseModel):
     test_command: str
     polecats: int
     untested: bool = False  # no test_command: merges are marked untested
+    beads: beadsync.BeadsImport | None = None  # `rig add`: the beads its .beads/issues.jsonl brought
 
     @property
     def test_label(self) -> str:
@@ -78,7 +80,8 @@ def add(
             "[a-z0-9_-], not mayor/deacon/overseer"
         )
     git.check_argument(git_url, "git_url")
-    prefix = validate_prefix(prefix or default_prefix(name))
+    explicit = validate_prefix(prefix) if prefix is not None else None
+    prefix = explicit or validate_prefix(default_prefix(name))
     try:  # the config model's bounds, checked before anything is cloned or written
         config = RigConfig(name=name, git_url=git_url, prefix=prefix, max_polecats=max_polecats,
                            test_command=test_command)
@@ -87,9 +90,8 @@ def add(
     town.reload_config()
     if name in town.config.rigs:
         raise Conflict(f"rig {name!r} exists already (rig list shows rigs)")
-    taken = {r.prefix for r in town.config.rigs.values()} | {town.config.prefix}
-    if prefix in taken:
-        raise Conflict(f"prefix {prefix!r} is used already; choose another with --prefix")
+    if explicit is not None:
+        _check_prefix_free(town, explicit)
     if town.layout.rig_dir(name).exists():
         raise Conflict(f"{town.layout.rig_dir(name)} exists already; remove it or choose another rig name")
     clone = canonical_clone(town, name)
@@ -97,6 +99,9 @@ def add(
     try:
         git.clone(town.root, git_url, clone)
         branch = git.run(clone, "symbolic-ref", "--short", "HEAD")
+        tracked = beadsync.file_at(clone, "HEAD")
+        prefix = choose_prefix(name, explicit, beadsync.file_prefix(tracked) if tracked is not None else None)
+        _check_prefix_free(town, prefix)
         git.run(clone, "worktree", "add", "--quiet", "--detach", "--", str(refinery_worktree(town, name)),
                 branch)
         for folder in town.layout.rig_folders(name):
@@ -104,7 +109,7 @@ def add(
     except Exception:
         shutil.rmtree(town.layout.rig_dir(name), ignore_errors=True)
         raise
-    town.config.rigs[name] = config.model_copy(update={"default_branch": branch})
+    town.config.rigs[name] = config.model_copy(update={"default_branch": branch, "prefix": prefix})
     town.save_config()
     with town.db.write() as conn:
         conn.execute(
@@ -112,7 +117,28 @@ def add(
             (prefix + "-", town.layout.clone_route(name), name),
         )
         town.db.touch("routes", "issues")
-    return info(town, name)
+    beadsync.forget(town, name)  # a rig of this name removed earlier left nothing to go by
+    imported = beadsync.import_at(town, name, clone, git.run(clone, "rev-parse", "HEAD"), None)
+    return info(town, name).model_copy(update={"beads": imported})
+
+
+def _check_prefix_free(town: Town, prefix: str) -> None:
+    taken = {r.prefix for r in town.config.rigs.values()} | {town.config.prefix}
+    if prefix in taken:
+        raise Conflict(f"prefix {prefix!r} is used already; choose another with --prefix")
+
+
+def choose_prefix(name: str, explicit: str | None, in_file: str | None) -> str:
+    """The rig's prefix (pure). A repository whose tracked `.beads/issues.jsonl` holds beads
+    already names its prefix: bd routes ids by prefix, so the rig takes it (or --prefix must
+    be it); a prefix vermas cannot use (e.g. with a '-') leaves the choice as it was, and
+    those beads are then refused at import, each with its reason."""
+    usable = in_file if in_file is not None and PREFIX_RE.fullmatch(in_file) else None
+    if explicit is not None and usable is not None and usable != explicit:
+        raise InvalidInput(
+            f"rig {name}: the repository's .beads/issues.jsonl holds beads with prefix {usable!r}, and a rig's "
+            f"beads are routed by their prefix; allowed: --prefix {usable} (or leave --prefix out)")
+    return explicit or usable or default_prefix(name)
 
 
 def info(town: Town, name: str) -> RigInfo:
@@ -152,6 +178,9 @@ class SyncResult(BaseModel):
     upstream: str
     new_commits: int  # commits the branch gained
     local_commits: int  # commits on the branch that the upstream does not have
+    # The rig's tracked .beads/issues.jsonl: a leftover local rewrite landed in the store before the
+    # fast-forward, then what the branch brought since the last import (vermas.beadsync).
+    beads: list[beadsync.BeadsImport] = []
 
 
 def decide_sync(local: str, upstream: str, upstream_in_local: bool, local_in_upstream: bool) -> SyncState:
@@ -223,13 +252,17 @@ def sync(town: Town, name: str) -> SyncResult:
                 f"commit(s) not upstream, {git.count(clone, before, upstream)} upstream not local); "
                 f"{branch} stays at {before[:12]}: push or rebase the local commits in {clone}"
             )
+        imports: list[beadsync.BeadsImport | None] = []
         if state is SyncState.FAST_FORWARDED:
+            if git.current_branch(clone) == branch:
+                imports.append(beadsync.clear_the_way(town, name, clone, upstream))
             try:
                 _fast_forward(clone, branch, upstream)
             except git.GitError as exc:
                 raise git.GitError(f"rig {name}: fetched, but could not fast-forward {branch} to "
                                    f"{upstream[:12]}: {exc}") from None
         after = git.resolve(clone, f"refs/heads/{branch}") or before
+        imports.append(beadsync.catch_up(town, name, clone, branch))
     return SyncResult(rig=name, remote=remote, branch=branch, state=state, before=before, after=after,
                       upstream=upstream, new_commits=git.count(clone, before, after),
-                      local_commits=local_commits)
+                      local_commits=local_commits, beads=[i for i in imports if i is not None])

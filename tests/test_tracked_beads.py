@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import call, git
 from tests.refinery_rig import MAYOR, MergeRig
 from vermas import beads, beadsync, export, rig
-from vermas.errors import InvalidInput
+from vermas.errors import Conflict, InvalidInput
 from vermas.refinery import worker
 from vermas.town import Town
 
@@ -72,6 +72,10 @@ def test_changed_lines_blanks_what_was_there_and_keeps_line_numbers() -> None:
     assert beadsync.changed_lines(None, new)[0] == '{"id":"gt-a1"}'
 
 
+def test_changed_lines_after_a_damaged_version_takes_every_line() -> None:
+    assert beadsync.changed_lines(b'{"id":"gt-a1"}\n{"id": "gt-b2",\n', b'{"id":"gt-a1"}\n') == ['{"id":"gt-a1"}', ""]
+
+
 def test_choose_prefix() -> None:
     assert rig.choose_prefix("myproj", None, "bd") == "bd"  # the file's prefix, so its beads route here
     assert rig.choose_prefix("myproj", None, None) == "myproj"
@@ -107,6 +111,13 @@ def test_rig_add_with_another_prefix_is_refused_and_writes_nothing(town: Town, t
     assert not town.layout.rig_dir("myproj").exists()
     with town.db.read() as conn:
         assert conn.execute("SELECT COUNT(*) FROM issues").fetchone()[0] == 0
+
+
+def test_rig_add_whose_beads_prefix_is_taken_is_refused(town: Town, tmp_path: Path) -> None:
+    MergeRig(town, tmp_path / "one", name="other", prefix="gt")
+    with pytest.raises(Conflict, match="prefix 'gt' is used already; the repository's .beads/issues.jsonl"):
+        MergeRig(town, tmp_path / "two", name="myproj", prefix=None, seed_files={BEADS: text(SEED)})
+    assert not town.layout.rig_dir("myproj").exists()
 
 
 # ---- the wedge --------------------------------------------------------------------------------
@@ -199,6 +210,9 @@ def test_a_damaged_file_is_refused_whole_and_the_sync_goes_on(tracked: MergeRig,
     [result] = synced.beads
     assert result.created == 0 and len(result.refused) == 1 and "damaged" in result.refused[0]
     assert git(tracked.clone, "status", "--porcelain", "--", BEADS) == ""
+    tracked.push_upstream(BEADS, text([*SEED, bd_line("gt-j1", "ok", "2026-03-01T00:00:00Z")]))  # repaired
+    [result] = rig.sync(town, "gt").beads
+    assert result.created == 1 and title_of(town, "gt-j1") == "ok"  # its unchanged line is news: never imported
 
 
 # ---- clones an older vermas wrote into, and repositories that do not track the file -----------

@@ -39,7 +39,7 @@ from pydantic import BaseModel
 
 from vermas import bdimport, git, ids
 from vermas.errors import InvalidInput
-from vermas.export import RIG_FILE
+from vermas.export import RIG_FILE, exclude_untracked_export
 from vermas.town import Town
 
 META_KEY = "beads-import:{rig}"  # meta row: the commit whose file was imported last
@@ -75,7 +75,16 @@ def changed_lines(old: bytes | None, new: bytes) -> list[str]:
         seen = set(bdimport.split_lines(old))
     except InvalidInput:  # the old version was damaged: everything of the new one is news
         return lines
+    if any(line.strip() and not _is_json_object(line) for line in seen):
+        return lines  # refused whole then, so none of its lines was imported: all are news
     return ["" if line in seen else line for line in lines]
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 # ---- git ------------------------------------------------------------------------------------
@@ -162,6 +171,7 @@ def import_at(town: Town, rig: str, clone: Path, commit: str, since: str | None)
         _record(town, rig, commit)
         return None
     old = file_at(clone, since) if since is not None and git.resolve(clone, since) is not None else None
+    result: BeadsImport | None
     try:
         lines = changed_lines(old, new)
     except InvalidInput as exc:
@@ -189,11 +199,13 @@ def clear_the_way(town: Town, rig: str, clone: Path, target: str) -> BeadsImport
     vermas' export, or an untracked one that `target` starts tracking) is imported (newer
     `updated_at` wins, so the store loses nothing it had) and then handed back to git: restored
     to HEAD's version, or removed. Without this the fast-forward is refused ("would be
-    overwritten"). None when the path was already clear."""
+    overwritten"). None when the path was already clear. Safe at any state of the branch."""
     path = clone / RIG_FILE
     if not path.is_file() or git.current_branch(clone) is None:
         return None
     head = file_at(clone, "HEAD")
+    if head is None:  # untracked: vermas's export, listed in .git/info/exclude (a clone of an older
+        exclude_untracked_export(clone)  # vermas may lack it), so git may replace it itself
     try:
         local = path.read_bytes()
     except OSError:

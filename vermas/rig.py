@@ -91,7 +91,7 @@ def add(
     if name in town.config.rigs:
         raise Conflict(f"rig {name!r} exists already (rig list shows rigs)")
     if explicit is not None:
-        _check_prefix_free(town, explicit)
+        _check_prefix_free(town, explicit, "choose another with --prefix")
     if town.layout.rig_dir(name).exists():
         raise Conflict(f"{town.layout.rig_dir(name)} exists already; remove it or choose another rig name")
     clone = canonical_clone(town, name)
@@ -101,7 +101,8 @@ def add(
         branch = git.run(clone, "symbolic-ref", "--short", "HEAD")
         tracked = beadsync.file_at(clone, "HEAD")
         prefix = choose_prefix(name, explicit, beadsync.file_prefix(tracked) if tracked is not None else None)
-        _check_prefix_free(town, prefix)
+        _check_prefix_free(town, prefix, "the repository's .beads/issues.jsonl beads use it" if explicit is None
+                           and prefix != default_prefix(name) else "choose another with --prefix")
         git.run(clone, "worktree", "add", "--quiet", "--detach", "--", str(refinery_worktree(town, name)),
                 branch)
         for folder in town.layout.rig_folders(name):
@@ -122,10 +123,10 @@ def add(
     return info(town, name).model_copy(update={"beads": imported})
 
 
-def _check_prefix_free(town: Town, prefix: str) -> None:
+def _check_prefix_free(town: Town, prefix: str, hint: str) -> None:
     taken = {r.prefix for r in town.config.rigs.values()} | {town.config.prefix}
     if prefix in taken:
-        raise Conflict(f"prefix {prefix!r} is used already; choose another with --prefix")
+        raise Conflict(f"prefix {prefix!r} is used already; {hint}")
 
 
 def choose_prefix(name: str, explicit: str | None, in_file: str | None) -> str:
@@ -253,9 +254,9 @@ def sync(town: Town, name: str) -> SyncResult:
                 f"{branch} stays at {before[:12]}: push or rebase the local commits in {clone}"
             )
         imports: list[beadsync.BeadsImport | None] = []
+        if git.current_branch(clone) == branch:  # the tracked bd file: see vermas.beadsync
+            imports.append(beadsync.clear_the_way(town, name, clone, upstream))
         if state is SyncState.FAST_FORWARDED:
-            if git.current_branch(clone) == branch:
-                imports.append(beadsync.clear_the_way(town, name, clone, upstream))
             try:
                 _fast_forward(clone, branch, upstream)
             except git.GitError as exc:

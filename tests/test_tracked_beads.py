@@ -134,6 +134,8 @@ async def test_person_bd_commit_then_sling_merge_and_sync_keep_working(
     work = tracked.work("change a.txt", {"a.txt": "polecat\n"})  # the spawn syncs first: this was the wedge
     export.export_town(town)
     assert git(clone, "status", "--porcelain", "--", BEADS) == ""  # the export leaves the tracked file alone
+    # vermas writes no bd file into a polecat's worktree, so even `git add -A` there cannot carry one
+    assert git(work.worktree, "status", "--porcelain", "--untracked-files=all") == ""
     assert BEADS not in git(clone, "diff-tree", "--no-commit-id", "--name-only", "-r", work.commit).split()
     async with client_for("mayor") as mayor:
         shown = await call(mayor, "bead_show", bead_id="gt-c3")

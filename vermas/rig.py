@@ -1,13 +1,15 @@
 """Rigs: projects in a town, in Gas Town's layout.
 
-    <town>/<rig>/mayor/rig        canonical clone (its .beads/issues.jsonl carries the rig's beads)
+    <town>/<rig>/mayor/rig        canonical clone (its .beads/issues.jsonl: vermas.beadsync)
     <town>/<rig>/refinery/rig     the refinery's worktree, where merges are made and tested
     <town>/<rig>/polecats/<name>  one git worktree per polecat
     <town>/<rig>/crew/<name>      long-lived human-directed workspaces
 
 `rig sync` fetches the upstream (`origin`) into the canonical clone and fast-forwards the
 rig's default branch to it; every new polecat worktree is cut from the branch just synced,
-so a commit pushed upstream after `rig add` reaches the next polecat.
+so a commit pushed upstream after `rig add` reaches the next polecat. A repository that tracks
+`.beads/issues.jsonl` (bd's file) never wedges the sync: vermas leaves that file to git and
+imports what arrives in it (`rig add` and every sync; vermas.beadsync says how and why).
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ def cmd_rig_add(args: argparse.Namespace) -> None:
     print(f"added rig {info.name} (prefix {info.prefix}, branch {info.default_branch}) at {info.path}")
     if info.beads is not None:
         print(f"imported {info.beads.created} bead(s) from its .beads/issues.jsonl"
-              + (f"; {len(info.beads.refused)} refused (reasons above)" if info.beads.refused else ""))
+              + (f"; {len(info.beads.refused)} refused (each reason on stderr)" if info.beads.refused else ""))
     if info.untested:
         print(rig.untested_warning(info.name), file=sys.stderr, flush=True)
 

@@ -29,20 +29,13 @@ class Work:
 
 class MergeRig:
     def __init__(self, town: Town, tmp_path: Path, test_command: str = TEST_COMMAND, batch_size: int = 4,
-                 name: str = "gt", prefix: str | None = "gt", seed_files: dict[str, str] | None = None) -> None:
+                 name: str = "gt", prefix: str = "gt") -> None:
         self.town, self.name = town, name
         self.bare = tmp_path / "upstream.git"
-        seed = make_repo(tmp_path / "seed")
-        if seed_files:  # committed upstream before `rig add` (e.g. a bd user's .beads/issues.jsonl)
-            for path, text in seed_files.items():
-                (seed / path).parent.mkdir(parents=True, exist_ok=True)
-                (seed / path).write_text(text)
-                git(seed, "add", path)
-            git(seed, "commit", "-q", "-m", "seed files")
-        git(seed, "clone", "-q", "--bare", ".", str(self.bare))
+        git(make_repo(tmp_path / "seed"), "clone", "-q", "--bare", ".", str(self.bare))
         self.pusher = tmp_path / "pusher"
         git(tmp_path, "clone", "-q", str(self.bare), str(self.pusher))
-        self.added = rig.add(town, name, str(self.bare), prefix=prefix, max_polecats=8, test_command=test_command)
+        rig.add(town, name, str(self.bare), prefix=prefix, max_polecats=8, test_command=test_command)
         config = town.config.rigs[name]
         town.config.rigs[name] = config.model_copy(update={
             "verify_level": "off", "merge": config.merge.model_copy(update={"batch_size": batch_size})})

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import call, git
-from tests.refinery_rig import MAYOR, MergeRig
+from tests.conftest import call, git, make_repo
+from tests.refinery_rig import MAYOR, TEST_COMMAND, MergeRig
 from vermas import beads, beadsync, export, rig
 from vermas.errors import Conflict, InvalidInput
 from vermas.refinery import worker
@@ -23,6 +23,31 @@ from vermas.town import Town
 
 OWNER = "runner:test:1"
 BEADS = ".beads/issues.jsonl"
+
+
+class TrackedRig(MergeRig):
+    """MergeRig's rig, whose upstream holds `seed_files` (a bd user's .beads/issues.jsonl)
+    committed before `rig add`; `added` is what `rig add` returned."""
+
+    def __init__(self, town: Town, tmp_path: Path, seed_files: dict[str, str] | None = None, name: str = "gt",
+                 prefix: str | None = "gt") -> None:
+        self.town, self.name = town, name
+        seed = make_repo(tmp_path / "seed")
+        for path, content in (seed_files or {}).items():
+            (seed / path).parent.mkdir(parents=True, exist_ok=True)
+            (seed / path).write_text(content)
+            git(seed, "add", path)
+            git(seed, "commit", "-q", "-m", f"add {path}")
+        self.bare = tmp_path / "upstream.git"
+        git(seed, "clone", "-q", "--bare", ".", str(self.bare))
+        self.pusher = tmp_path / "pusher"
+        git(tmp_path, "clone", "-q", str(self.bare), str(self.pusher))
+        self.added = rig.add(town, name, str(self.bare), prefix=prefix, max_polecats=8, test_command=TEST_COMMAND)
+        config = town.config.rigs[name]
+        town.config.rigs[name] = config.model_copy(update={"verify_level": "off"})
+        town.save_config()
+        town.reload_config()
+        self.clone = rig.canonical_clone(town, name)
 
 
 def bd_line(bead_id: str, title: str, updated_at: str, status: str = "open", **extra: Any) -> str:
@@ -42,9 +67,9 @@ def text(lines: list[str]) -> str:
 
 
 @pytest.fixture
-def tracked(town: Town, tmp_path: Path) -> MergeRig:
+def tracked(town: Town, tmp_path: Path) -> TrackedRig:
     """A rig whose upstream tracks its bd file; the runner's export has run since `rig add`."""
-    mr = MergeRig(town, tmp_path, seed_files={BEADS: text(SEED)})
+    mr = TrackedRig(town, tmp_path, seed_files={BEADS: text(SEED)})
     export.export_town(town)
     return mr
 
@@ -95,7 +120,7 @@ def test_file_prefix_counts_route_prefixes() -> None:
 
 
 def test_rig_add_imports_the_repositorys_beads_under_their_prefix(town: Town, tmp_path: Path) -> None:
-    mr = MergeRig(town, tmp_path, name="myproj", prefix=None, seed_files={BEADS: text(SEED)})
+    mr = TrackedRig(town, tmp_path, name="myproj", prefix=None, seed_files={BEADS: text(SEED)})
     assert town.config.rigs["myproj"].prefix == "gt"  # not "myproj": the beads' ids route by gt-
     assert mr.added.beads is not None and mr.added.beads.created == 4 and mr.added.beads.refused == []
     assert title_of(town, "gt-b2") == "second"
@@ -105,7 +130,7 @@ def test_rig_add_imports_the_repositorys_beads_under_their_prefix(town: Town, tm
 
 def test_rig_add_with_another_prefix_is_refused_and_writes_nothing(town: Town, tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="holds beads with prefix 'gt'.*--prefix gt"):
-        MergeRig(town, tmp_path, name="myproj", prefix="mp", seed_files={BEADS: text(SEED)})
+        TrackedRig(town, tmp_path, name="myproj", prefix="mp", seed_files={BEADS: text(SEED)})
     town.reload_config()
     assert "myproj" not in town.config.rigs
     assert not town.layout.rig_dir("myproj").exists()
@@ -114,9 +139,9 @@ def test_rig_add_with_another_prefix_is_refused_and_writes_nothing(town: Town, t
 
 
 def test_rig_add_whose_beads_prefix_is_taken_is_refused(town: Town, tmp_path: Path) -> None:
-    MergeRig(town, tmp_path / "one", name="other", prefix="gt")
+    TrackedRig(town, tmp_path / "one", name="other", prefix="gt")
     with pytest.raises(Conflict, match="prefix 'gt' is used already; the repository's .beads/issues.jsonl"):
-        MergeRig(town, tmp_path / "two", name="myproj", prefix=None, seed_files={BEADS: text(SEED)})
+        TrackedRig(town, tmp_path / "two", name="myproj", prefix=None, seed_files={BEADS: text(SEED)})
     assert not town.layout.rig_dir("myproj").exists()
 
 
@@ -124,7 +149,7 @@ def test_rig_add_whose_beads_prefix_is_taken_is_refused(town: Town, tmp_path: Pa
 
 
 async def test_person_bd_commit_then_sling_merge_and_sync_keep_working(
-        tracked: MergeRig, town: Town, client_for: Any) -> None:
+        tracked: TrackedRig, town: Town, client_for: Any) -> None:
     clone = tracked.clone
     person = [bd_line("gt-a1", "first, edited by a person", "2026-03-01T00:00:00Z"), *SEED[1:3],
               bd_line("gt-c3", "a person's new bead", "2026-03-01T00:00:00Z"), SEED[3]]
@@ -159,7 +184,7 @@ async def test_person_bd_commit_then_sling_merge_and_sync_keep_working(
     assert second.commit
 
 
-def test_merged_polecat_commit_carrying_the_file_keeps_the_persons_line(tracked: MergeRig, town: Town) -> None:
+def test_merged_polecat_commit_carrying_the_file_keeps_the_persons_line(tracked: TrackedRig, town: Town) -> None:
     """A polecat that ran bd itself commits the file; the refinery replays it onto a main that
     has a person's new line since: both land, and the next sync imports the polecat's edit."""
     work = tracked.work("close gt-a1 the bd way", {
@@ -180,7 +205,7 @@ def test_merged_polecat_commit_carrying_the_file_keeps_the_persons_line(tracked:
 # ---- bd's rule, and refusals ------------------------------------------------------------------
 
 
-def test_newer_updated_at_wins_both_ways(tracked: MergeRig, town: Town) -> None:
+def test_newer_updated_at_wins_both_ways(tracked: TrackedRig, town: Town) -> None:
     beads.update(town, MAYOR, "gt-a1", title="first, edited in the town")  # the store's edit is newest
     person_commit(tracked, [bd_line("gt-a1", "first, an older edit", "2026-02-01T00:00:00Z"),
                             bd_line("gt-b2", "second, a newer edit", "2099-01-01T00:00:00Z"), *SEED[2:]])
@@ -190,7 +215,7 @@ def test_newer_updated_at_wins_both_ways(tracked: MergeRig, town: Town) -> None:
     assert title_of(town, "gt-b2") == "second, a newer edit"  # upstream newer: wins
 
 
-def test_an_invalid_record_is_refused_once_with_its_reason(tracked: MergeRig, town: Town) -> None:
+def test_an_invalid_record_is_refused_once_with_its_reason(tracked: TrackedRig, town: Town) -> None:
     person_commit(tracked, [*SEED, bd_line("gt-h8", "bad status", "2026-03-01T00:00:00Z", status="bogus"),
                             bd_line("hq-x9", "not this rig's", "2026-03-01T00:00:00Z"),
                             bd_line("gt-i9", "fine", "2026-03-01T00:00:00Z")])
@@ -205,7 +230,7 @@ def test_an_invalid_record_is_refused_once_with_its_reason(tracked: MergeRig, to
     assert rig.sync(town, "gt").beads == []  # reported once, not on every sync
 
 
-def test_a_damaged_file_is_refused_whole_and_the_sync_goes_on(tracked: MergeRig, town: Town) -> None:
+def test_a_damaged_file_is_refused_whole_and_the_sync_goes_on(tracked: TrackedRig, town: Town) -> None:
     tracked.push_upstream(BEADS, text([*SEED, bd_line("gt-j1", "ok", "2026-03-01T00:00:00Z"), '{"id": "gt-k2",']))
     synced = rig.sync(town, "gt")
     assert synced.state is rig.SyncState.FAST_FORWARDED
@@ -220,7 +245,7 @@ def test_a_damaged_file_is_refused_whole_and_the_sync_goes_on(tracked: MergeRig,
 # ---- clones an older vermas wrote into, and repositories that do not track the file -----------
 
 
-def test_a_leftover_rewrite_of_the_tracked_file_is_imported_then_given_back(tracked: MergeRig, town: Town) -> None:
+def test_a_leftover_rewrite_of_the_tracked_file_is_imported_then_given_back(tracked: TrackedRig, town: Town) -> None:
     local = tracked.clone / BEADS  # what an older vermas (or a hand edit) left in the work tree
     local.write_text(text([*SEED, bd_line("gt-l1", "only in the work tree", "2026-03-01T00:00:00Z")]))
     person_commit(tracked, [*SEED, bd_line("gt-m2", "upstream", "2026-03-01T00:00:00Z")])
@@ -233,7 +258,7 @@ def test_a_leftover_rewrite_of_the_tracked_file_is_imported_then_given_back(trac
 
 def test_untracked_export_keeps_working_and_gives_way_when_upstream_starts_tracking(
         town: Town, tmp_path: Path) -> None:
-    mr = MergeRig(town, tmp_path)
+    mr = TrackedRig(town, tmp_path)
     assert mr.added.beads is None
     bead = beads.create(town, MAYOR, "a rig bead", rig="gt").id
     export.export_town(town)

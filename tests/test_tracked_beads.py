@@ -16,9 +16,10 @@ import pytest
 
 from tests.conftest import call, git, make_repo
 from tests.refinery_rig import MAYOR, TEST_COMMAND, MergeRig
-from vermas import beads, beadsync, export, rig
+from vermas import beads, beadsync, export, rig, sling
 from vermas.errors import Conflict, InvalidInput
 from vermas.refinery import worker
+from vermas.sessions import TownSessions
 from vermas.town import Town
 
 OWNER = "runner:test:1"
@@ -182,6 +183,25 @@ async def test_person_bd_commit_then_sling_merge_and_sync_keep_working(
     assert git(clone, "status", "--porcelain", "--", BEADS) == ""
     second = tracked.work("change b.txt", {"b.txt": "again\n"})  # and the next sling too
     assert second.commit
+
+
+@pytest.mark.tmux
+def test_real_sling_after_a_persons_bd_commit(tracked: TrackedRig, town: Town) -> None:
+    """`sling` itself (sessions in the town's own tmux, a stand-in agent: bash sleeping): today
+    it fails with "no polecat spawned: ... would be overwritten: .beads/issues.jsonl"."""
+    town.config.agent.command, town.config.agent.args = "bash", ["-c", "sleep 600", "--"]
+    town.save_config()
+    tmux = TownSessions(town.root)
+    try:
+        pushed = person_commit(tracked, sorted([*SEED, bd_line("gt-c3", "a person's new bead", "2026-03-01T00:00:00Z")]))
+        first = beads.create(town, MAYOR, "work made in the town", rig="gt")
+        slung = sling.sling(town, MAYOR, first.id, "gt", sessions=tmux, kick="none")
+        worktree = town.root / "gt" / "polecats" / str(slung.assignee).rsplit("/", 1)[1]
+        assert git(worktree, "rev-parse", "HEAD") == pushed
+        again = sling.sling(town, MAYOR, "gt-c3", "gt", sessions=tmux, kick="none")  # the person's bead
+        assert again.status == "hooked" and again.assignee != slung.assignee
+    finally:
+        tmux.kill_server()
 
 
 def test_merged_polecat_commit_carrying_the_file_keeps_the_persons_line(tracked: TrackedRig, town: Town) -> None:

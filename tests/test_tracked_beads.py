@@ -193,7 +193,8 @@ def test_real_sling_after_a_persons_bd_commit(tracked: TrackedRig, town: Town) -
     town.save_config()
     tmux = TownSessions(town.root)
     try:
-        pushed = person_commit(tracked, sorted([*SEED, bd_line("gt-c3", "a person's new bead", "2026-03-01T00:00:00Z")]))
+        new_bead = bd_line("gt-c3", "a person's new bead", "2026-03-01T00:00:00Z")
+        pushed = person_commit(tracked, sorted([*SEED, new_bead]))
         first = beads.create(town, MAYOR, "work made in the town", rig="gt")
         slung = sling.sling(town, MAYOR, first.id, "gt", sessions=tmux, kick="none")
         worktree = town.root / "gt" / "polecats" / str(slung.assignee).rsplit("/", 1)[1]

@@ -82,7 +82,7 @@ def add(
             "[a-z0-9_-], not mayor/deacon/overseer"
         )
     git.check_argument(git_url, "git_url")
-    explicit = validate_prefix(prefix) if prefix is not None else None
+    explicit = validate_prefix(prefix) if prefix else None  # None or "": the default (or the file's)
     prefix = explicit or validate_prefix(default_prefix(name))
     try:  # the config model's bounds, checked before anything is cloned or written
         config = RigConfig(name=name, git_url=git_url, prefix=prefix, max_polecats=max_polecats,
@@ -134,7 +134,7 @@ def _check_prefix_free(town: Town, prefix: str, hint: str) -> None:
 def choose_prefix(name: str, explicit: str | None, in_file: str | None) -> str:
     """The rig's prefix (pure). A repository whose tracked `.beads/issues.jsonl` holds beads
     already names its prefix: bd routes ids by prefix, so the rig takes it (or --prefix must
-    be it); a prefix vermas cannot use (e.g. with a '-') leaves the choice as it was, and
+    be it); a prefix vermas cannot use (e.g. upper case, or too long) leaves the choice as it was, and
     those beads are then refused at import, each with its reason."""
     usable = in_file if in_file is not None and PREFIX_RE.fullmatch(in_file) else None
     if explicit is not None and usable is not None and usable != explicit:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import call, git, make_repo
 from tests.refinery_rig import MAYOR, TEST_COMMAND, MergeRig
-from vermas import beads, beadsync, export, rig, sling
+from vermas import beads, beadsync, export, patrol, rig, sling
 from vermas.errors import Conflict, InvalidInput
 from vermas.refinery import worker
 from vermas.sessions import TownSessions
@@ -218,9 +218,23 @@ def test_merged_polecat_commit_carrying_the_file_keeps_the_persons_line(tracked:
     lines = main_file(tracked).splitlines()
     assert bd_line("gt-g7", "a person's late bead", "2026-03-01T00:00:00Z") in lines
     assert any('"id":"gt-a1"' in line and '"status":"closed"' in line for line in lines)
-    rig.sync(town, "gt")
-    assert beads.show(town, "gt-a1").status == "closed"
-    assert title_of(town, "gt-g7") == "a person's late bead"
+    # The refinery fetched and merged on its own (no `rig sync`): the runner's patrol imports it.
+    sessions = TownSessions(town.root)
+    try:
+        seen = patrol.observe(town, sessions)
+        assert seen.beads_behind == ("gt",)
+        patrol.act(town, sessions, patrol.decide(seen))
+        assert beads.show(town, "gt-a1").status == "closed"
+        assert title_of(town, "gt-g7") == "a person's late bead"
+        assert patrol.observe(town, sessions).beads_behind == ()
+    finally:
+        sessions.kill_server()
+    assert rig.sync(town, "gt").beads == []  # imported once
+
+
+def test_patrol_decides_a_beads_import_per_rig_behind() -> None:
+    seen = patrol.Observed(stale_exports=(), beads_behind=("gt", "web"))
+    assert patrol.decide(seen) == [patrol.Action("beads", "gt"), patrol.Action("beads", "web")]
 
 
 # ---- bd's rule, and refusals ------------------------------------------------------------------

@@ -124,6 +124,14 @@ def _say(rig: str, result: BeadsImport) -> None:
         print(f"vermas: rig {rig}: bead not imported: {reason}", file=sys.stderr, flush=True)
 
 
+def behind(town: Town, tips: dict[str, str | None]) -> list[str]:
+    """The rigs (of `tips`: rig -> its branch's commit) whose branch moved since its last import."""
+    with town.db.read() as conn:
+        done = {str(k).split(":", 1)[1]: str(v) for k, v in
+                conn.execute("SELECT key, value FROM meta WHERE key GLOB 'beads-import:*'")}
+    return [rig for rig, tip in tips.items() if tip is not None and done.get(rig) != tip]
+
+
 def last_imported(town: Town, rig: str) -> str | None:
     with town.db.read() as conn:
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (META_KEY.format(rig=rig),)).fetchone()

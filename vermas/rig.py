@@ -210,6 +210,28 @@ def _sync_lock(town: Town, name: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def import_tracked_beads(town: Town, name: str) -> beadsync.BeadsImport | None:
+    """Import what reached the rig's branch in a tracked `.beads/issues.jsonl` without a sync
+    (the refinery fetches and merges on its own): the patrol calls this when the branch moved
+    since the last import, so a person's bead or a merged bd edit reaches the store without
+    waiting for the next sling. Skipped (None) while a sync holds the rig's lock: that sync
+    imports it itself."""
+    config = town.config.rigs.get(name)
+    if config is None or not canonical_clone(town, name).is_dir():
+        return None
+    path = town.layout.rig_sync_lock(name)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        try:
+            return beadsync.catch_up(town, name, canonical_clone(town, name), config.default_branch)
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _fast_forward(clone: Path, branch: str, target: str) -> None:
     """Move `branch` to `target` (a descendant). Where the canonical clone has it checked out,
     a --ff-only merge keeps its work tree in step; elsewhere `branch -f`, which git refuses for

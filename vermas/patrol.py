@@ -23,8 +23,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vermas import beadsync, export, git, patrol_log, polecat
-from vermas import rig as rig_mod
+from vermas import export, patrol_log, polecat
 from vermas.addresses import Address, Role, parse_address
 from vermas.deacon import patrol as deacon_patrol
 from vermas.errors import InvalidInput
@@ -34,6 +33,8 @@ from vermas.refinery import ledger, worker
 from vermas.refinery.ledger import MergeRequestRow
 from vermas.sessions import TownSessions
 from vermas.town import Town
+from vermas import beadsync, git
+from vermas import rig as rig_mod
 
 STOP_GRACE_S = 10.0  # on SIGTERM, how long running merge steps may finish before the runner exits
 log = logging.getLogger("vermas.patrol")

@@ -101,6 +101,9 @@ def cmd_rig_add(args: argparse.Namespace) -> None:
     info = rig.add(town, args.name, args.git_url, prefix=args.prefix, max_polecats=args.max_polecats,
                    test_command=args.test_command or "")
     print(f"added rig {info.name} (prefix {info.prefix}, branch {info.default_branch}) at {info.path}")
+    if info.beads is not None:
+        print(f"imported {info.beads.created} bead(s) from its .beads/issues.jsonl"
+              + (f"; {len(info.beads.refused)} refused (each reason on stderr)" if info.beads.refused else ""))
     if info.untested:
         print(rig.untested_warning(info.name), file=sys.stderr, flush=True)
 

@@ -19,13 +19,14 @@ Pure rules (dedup, order, transitions) live in queue.py and types.py; this modul
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from vermas import beads, ids, timeutil
+from vermas import beads, ids, proc, timeutil
 from vermas.errors import Conflict, InvalidInput, NotFound
 from vermas.refinery import queue
 from vermas.refinery.types import (
@@ -362,14 +363,47 @@ def queue_state(town: Town, rig: str) -> RigQueue:
         return _rig_row(conn, rig)
 
 
-def acquire(town: Town, rig: str, owner: str, now: float, ttl: float = LEASE_TTL_S) -> Lease | None:
-    """Take the rig's queue lease when it is free or expired, or extend it when it is ours.
-    Compare-and-set: the UPDATE applies only while the row still shows no live other owner.
-    Returns the lease when `owner` holds it after the call, else None."""
+OwnerGone = Callable[[str], bool]
+
+
+def local_owner_gone(owner: str) -> bool:
+    """Is this lease owner a runner process of this host that is no longer running (its pid
+    free, or reused by a process that started later)? See queue.owner_dead."""
+    parsed = queue.parse_owner(owner)
+    if parsed is None:
+        return False
+    return queue.owner_dead(parsed, socket.gethostname(), proc.start_time(parsed.pid))
+
+
+def _take_from_dead(conn: sqlite3.Connection, rig: str, owner: str, now: float, ttl: float,
+                    gone: OwnerGone) -> bool:
+    """The rig lease of a live-looking owner whose process is gone (this host's runner, killed)
+    becomes ours at once instead of after its expiry; its in-flight requests' leases are freed,
+    so `adopt` resumes them in this step. Compare-and-set against the owner observed."""
+    seen = _rig_row(conn, rig).lease
+    if seen is None or seen.owner == owner or seen.expires_at <= now or not gone(seen.owner):
+        return False
+    cur = conn.execute("UPDATE mq_rigs SET lease_owner = ?, lease_expires = ? WHERE rig = ? AND lease_owner = ? "
+                       "AND lease_expires = ?", (owner, now + ttl, rig, seen.owner, seen.expires_at))
+    if cur.rowcount != 1:
+        return False
+    conn.execute("UPDATE merge_requests SET lease_expires = NULL WHERE rig = ? AND lease_owner = ?",
+                 (rig, seen.owner))
+    return True
+
+
+def acquire(town: Town, rig: str, owner: str, now: float, ttl: float = LEASE_TTL_S,
+            gone: OwnerGone = local_owner_gone) -> Lease | None:
+    """Take the rig's queue lease when it is free or expired, or extend it when it is ours, or
+    take it over at once when its owner is a dead process of this host (`gone`; a killed
+    runner's rig does not wait out the lease). Compare-and-set: the UPDATE applies only while
+    the row still shows what was observed. Returns the lease when `owner` holds it, else None."""
     if not owner:
         raise InvalidInput("a lease owner must be non-empty")
     with town.db.write() as conn:
         conn.execute("INSERT OR IGNORE INTO mq_rigs(rig) VALUES (?)", (rig,))
+        if _take_from_dead(conn, rig, owner, now, ttl, gone):
+            return Lease(owner=owner, expires_at=now + ttl)
         cur = conn.execute(
             "UPDATE mq_rigs SET lease_owner = ?, lease_expires = ? WHERE rig = ? AND "
             "(lease_owner IS NULL OR lease_owner = ? OR lease_expires IS NULL OR lease_expires <= ?)",
@@ -440,7 +474,8 @@ def adopt(town: Town, mr_id: str, owner: str, now: float, ttl: float = LEASE_TTL
             return False
         if row.lease_owner != owner:
             _event(conn, mr_id, owner, row.state, row.state, {"adopted_from": row.lease_owner,
-                                                              "reason": "previous owner's lease expired"})
+                                                              "reason": "previous owner's lease expired or its "
+                                                                        "process is gone"})
         return True
 
 

@@ -141,6 +141,48 @@ def holds(lease: Lease | None, me: str, now: float) -> bool:
     return lease is not None and lease.owner == me and not expired(lease, now)
 
 
+RUNNER_PREFIX = "runner"
+
+
+@dataclass(frozen=True)
+class RunnerId:
+    """Who a `runner:<host>:<pid>[:<start>]` lease owner is: a process of `host`, told apart
+    from a later process with the same pid by its start time (clock ticks since boot)."""
+
+    host: str
+    pid: int
+    start: int | None = None
+
+
+def runner_owner_name(host: str, pid: int, start: int | None) -> str:
+    """The lease owner a runner process writes (parse_owner reads it back)."""
+    return f"{RUNNER_PREFIX}:{host}:{pid}" + (f":{start}" if start is not None else "")
+
+
+def parse_owner(owner: str) -> RunnerId | None:
+    """The runner process an owner string names, or None for any other owner (a test's or
+    an `mq run`'s name: nothing is known about its process, so only expiry frees it)."""
+    parts = owner.split(":")
+    if len(parts) not in (3, 4) or parts[0] != RUNNER_PREFIX or not parts[1] or not parts[2].isdigit():
+        return None
+    if len(parts) == 4 and not parts[3].isdigit():
+        return None
+    return RunnerId(host=parts[1], pid=int(parts[2]), start=int(parts[3]) if len(parts) == 4 else None)
+
+
+def owner_dead(owner: RunnerId | None, this_host: str, observed_start: int | None) -> bool:
+    """Is the process that holds a lease certainly gone? Only a runner of THIS host can be
+    checked: `observed_start` is the start time of the process now at its pid (None: no such
+    process). A different start time is a reused pid, so the owner is dead. An owner written
+    without a start time counts as dead only when its pid is free. Anything unknown (another
+    host, another kind of owner) is alive: its lease is left to expire."""
+    if owner is None or owner.host != this_host:
+        return False
+    if observed_start is None:
+        return True
+    return owner.start is not None and owner.start != observed_start
+
+
 def compare_and_set(current: Lease | None, observed: Lease | None, new: Lease) -> tuple[Lease | None, bool]:
     """The store's rule: the write applies only when the row still equals what the writer
     observed. Returns (the row after, whether the write applied)."""

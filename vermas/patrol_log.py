@@ -135,22 +135,31 @@ def raise_escalation(town: Town, patrol: str, sender: str, key: str, to: str, me
                      at: float, agent: str | None = None) -> PatrolEvent | None:
     """ESCALATION mail to `to` and its standing row, in one transaction; None (nothing sent)
     when an escalation under `key` stands already."""
-    subject, body = protocol.format(message)
     with town.db.write() as conn:
-        row = conn.execute("SELECT resolved_at FROM escalations WHERE key = ?", (key,)).fetchone()
-        if row is not None and row[0] is None:
-            return None
-        sent = mail.send_in_txn(conn, town.db, sender, to, subject, body,
-                                idempotency_key=f"escalation:{key}:{at:.3f}"[:mail.MAX_KEY_CHARS])
-        conn.execute(
-            "INSERT INTO escalations(key, recipient, raised_at, message_id, subject, bead, agent, reason) "
-            "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET recipient = excluded.recipient, "
-            "raised_at = excluded.raised_at, message_id = excluded.message_id, subject = excluded.subject, "
-            "bead = excluded.bead, agent = excluded.agent, reason = excluded.reason, reescalated_at = NULL, "
-            "resolved_at = NULL",
-            (key, to, at, sent.id, subject, message.bead, agent or message.agent, message.reason))
-        return insert(conn, patrol, "escalate", reason, at, agent or message.agent, message.bead, key,
-                      {"to": to, "message": sent.id, "subject": subject, "text": message.text})
+        return raise_in_txn(conn, town, patrol, sender, key, to, message, reason, at, agent)
+
+
+def raise_in_txn(conn: sqlite3.Connection, town: Town, patrol: str, sender: str, key: str, to: str,
+                 message: Escalation, reason: str, at: float, agent: str | None = None,
+                 idempotency_key: str | None = None) -> PatrolEvent | None:
+    """raise_escalation inside the caller's transaction (the refinery's escalation commits with
+    the merge request's transition): the mail, the `escalations` row `status --problems` and
+    the dashboard read, and the patrol event. None (nothing sent) while `key` stands."""
+    subject, body = protocol.format(message)
+    row = conn.execute("SELECT resolved_at FROM escalations WHERE key = ?", (key,)).fetchone()
+    if row is not None and row[0] is None:
+        return None
+    sent = mail.send_in_txn(conn, town.db, sender, to, subject, body,
+                            idempotency_key=(idempotency_key or f"escalation:{key}:{at:.3f}")[:mail.MAX_KEY_CHARS])
+    conn.execute(
+        "INSERT INTO escalations(key, recipient, raised_at, message_id, subject, bead, agent, reason) "
+        "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET recipient = excluded.recipient, "
+        "raised_at = excluded.raised_at, message_id = excluded.message_id, subject = excluded.subject, "
+        "bead = excluded.bead, agent = excluded.agent, reason = excluded.reason, reescalated_at = NULL, "
+        "resolved_at = NULL",
+        (key, to, at, sent.id, subject, message.bead, agent or message.agent, message.reason))
+    return insert(conn, patrol, "escalate", reason, at, agent or message.agent, message.bead, key,
+                  {"to": to, "message": sent.id, "subject": subject, "text": message.text})
 
 
 def resolve(town: Town, patrol: str, key: str, reason: str, at: float) -> PatrolEvent | None:

@@ -104,6 +104,7 @@ class Enqueued(BaseModel):
 
     id: str
     created: bool
+    state: MRState = MRState.QUEUED  # the request's state now (a duplicate's may be failed or in flight)
     replaced: list[str] = Field(default_factory=list)  # older open requests of the bead, now rejected
     stale_in_flight: list[str] = Field(default_factory=list)  # being processed; the worker will not merge them
 
@@ -212,6 +213,46 @@ def show(town: Town, mr_id: str) -> MRDetail:
         return MRDetail(request=fetch_in_txn(conn, mr_id), events=_events(conn, mr_id))
 
 
+def last_reason(conn: sqlite3.Connection, mr_id: str) -> str:
+    """The reason recorded with a request's latest state change (its first line): why it is
+    where it is (what a refused re-send and the polecat's hook show)."""
+    row = conn.execute("SELECT evidence FROM mr_events WHERE mr_id = ? AND (from_state IS NULL OR "
+                       "from_state != to_state) ORDER BY seq DESC LIMIT 1", (mr_id,)).fetchone()
+    reason = str(json.loads(row[0] or "{}").get("reason", "")) if row else ""
+    return reason.strip().split("\n", 1)[0]
+
+
+class SentBack(BaseModel):
+    """A bead's newest merge request, sent back by the refinery and waiting for its polecat's
+    fix: what the polecat's hook shows (the REWORK_REQUEST mail says the same)."""
+
+    merge_request: str
+    state: MRState
+    commit: str
+    evidence: str  # why, with the failing run's output tail (or the conflicting files)
+
+
+SENT_BACK_EVIDENCE_CHARS = 4000
+
+
+def sent_back_in_txn(conn: sqlite3.Connection, bead: str) -> SentBack | None:
+    """The bead's newest request when it is rework or conflict (None otherwise)."""
+    row = conn.execute("SELECT id, state, commit_sha FROM merge_requests WHERE bead_id = ? "
+                       "ORDER BY queued_ts DESC, id DESC LIMIT 1", (bead,)).fetchone()
+    if row is None or row[1] not in SEND_BACK_STATES:
+        return None
+    ev = conn.execute("SELECT evidence FROM mr_events WHERE mr_id = ? AND to_state = ? ORDER BY seq DESC LIMIT 1",
+                      (row[0], row[1])).fetchone()
+    found = json.loads(ev[0] or "{}") if ev else {}
+    text = str(found.get("reason") or "")
+    tail = str(found.get("output_tail") or "")
+    if tail and tail.strip() not in text:
+        text = f"{text}\n\n{tail}".strip()
+    if len(text) > SENT_BACK_EVIDENCE_CHARS:
+        text = "...\n" + text[-(SENT_BACK_EVIDENCE_CHARS - 4):]
+    return SentBack(merge_request=row[0], state=MRState(row[1]), commit=row[2] or "", evidence=text)
+
+
 def history_lines(town: Town, bead: str) -> list[str]:
     """One line per earlier send-back of a bead's work (the history an ESCALATION carries)."""
     with town.db.read() as conn:
@@ -310,7 +351,11 @@ def enqueue_in_txn(conn: sqlite3.Connection, db: Database, *, mr_prefix: str, ri
         f"SELECT {COLUMNS} FROM merge_requests WHERE bead_id = ?", (bead,)).fetchall()]
     decision = queue.admit(mine, bead, commit)
     if isinstance(decision, queue.Duplicate):
-        return Enqueued(id=decision.existing, created=False)
+        refused = queue.resend_refusal(decision.existing, decision.state, commit, branch,
+                                       last_reason(conn, decision.existing))
+        if refused is not None:
+            raise Conflict(refused)
+        return Enqueued(id=decision.existing, created=False, state=decision.state)
     stamp, ts = timeutil.now()
     mr_id = ids.new_bead_id(conn, mr_prefix, f"mr\x00{bead}\x00{commit}")
     description = (f"branch: {branch}\ncommit: {commit}\ntarget: {base}\nsource_issue: {bead}\n"

@@ -104,6 +104,25 @@ def admit(existing: Sequence[QueuedRequest], bead: str, commit: str) -> Duplicat
     )
 
 
+SENT_BACK_STATES = frozenset({MRState.REWORK, MRState.CONFLICT})
+
+
+def resend_refusal(existing: str, state: MRState, commit: str, branch: str, why: str) -> str | None:
+    """Why a polecat_done for a commit that already has request `existing` in `state` must be
+    refused (None: answering with that request is the truth). The refinery sent it back (rework,
+    conflict) or it was rejected: queueing it again would test the same commit to the same end,
+    and answering "queued" would leave the bead with nothing queued. One line: why, what to do."""
+    why = " ".join(why.split())[:200] or "no reason recorded"
+    short = commit[:12]
+    if state in SENT_BACK_STATES:
+        return (f"commit {short} was already sent back: merge request {existing} is {state} ({why}); fix it on "
+                f"{branch}, commit (a new commit), then call polecat_done again, or use ESCALATED if you cannot")
+    if state is MRState.REJECTED:
+        return (f"commit {short} was already rejected: merge request {existing} ({why}); commit new work on "
+                f"{branch} and call polecat_done again, or use ESCALATED")
+    return None
+
+
 def superseded(req: QueuedRequest, existing: Iterable[QueuedRequest]) -> bool:
     """A newer request (another commit) for the same bead exists and is not final: merging
     `req` would land stale work."""

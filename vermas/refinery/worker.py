@@ -35,7 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from vermas import beads, git, ids, mail, polecat, protocol, timeutil
+from vermas import beads, git, ids, mail, patrol_log, polecat, protocol, timeutil
 from vermas.addresses import Role, parse_address
 from vermas.errors import InvalidInput, NotFound, VermasError
 from vermas.inspector.models import CriterionOutcome, VerificationReport
@@ -631,10 +631,24 @@ def _escalate(s: _Step, req: MergeRequestRow, action: Escalate, evidence: dict[s
             beads.add_comment(conn, req.bead, s.actor, f"merge request {req.id}: {action.comment}",
                               timeutil.now()[0])
             s.town.db.touch("issues")
-        _mail(conn, s, action.to, action.message, f"mq-escalate:{req.id}:{action.state.value}")
+        _raise(conn, s, req, action)
     s.report.escalated.append(req.id)
     {MRState.REJECTED: s.report.rejected, MRState.FAILED: s.report.failed, MRState.REWORK: s.report.reworked,
      MRState.CONFLICT: s.report.conflicts}.get(action.state, []).append(req.id)
+
+
+def escalation_key(req: MergeRequestRow, action: Escalate) -> str:
+    """One escalation per request and cause (`mq retry` and a new failure do not repeat it)."""
+    return f"mq-{action.message.reason or action.state.value}:{req.id}"
+
+
+def _raise(conn: Any, s: _Step, req: MergeRequestRow, action: Escalate) -> None:
+    """The ESCALATION mail and its standing `escalations` row (what `status --problems` and the
+    dashboard show), once per key, in the caller's transaction."""
+    patrol_log.raise_in_txn(conn, s.town, f"refinery:{s.rig}", s.actor, escalation_key(req, action), action.to,
+                            action.message, action.comment.splitlines()[0][:300] if action.comment else "escalated",
+                            time.time(), agent=req.polecat or None,
+                            idempotency_key=f"mq-escalate:{req.id}:{action.state.value}")
 
 
 def _apply_check(s: _Step, req: MergeRequestRow, action: object, out: RunOutcome) -> None:

@@ -197,7 +197,10 @@ class WitnessActor:
 
         def deliver() -> None:
             try:
-                nudge.nudge(self.town, self.sessions, address, launch.GUPP_NUDGE, sender=self.sender)
+                result = nudge.nudge(self.town, self.sessions, address, launch.GUPP_NUDGE, sender=self.sender)
+                if result.submitted:  # the confirmation a `started` slot waits for (as polecat.gupp records it)
+                    polecat.set_state(self.town, str(address.rig), str(address.name), PolecatState.WORKING,
+                                      only_from=PolecatState.STARTED)
             except Exception as exc:  # noqa: BLE001 - a thread's failure is logged, never raised
                 log.warning("%s: GUPP nudge of %s failed: %s", self.patrol, address, exc)
             finally:

@@ -10,18 +10,23 @@ worktree commits, the real refinery worker and test command)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import git
 from tests.refinery_rig import MergeRig, Work
+from tests.test_refinery_e2e import QueueTown, e2e, process_queue_until, sling_all
 from vermas import hooks, mail, polecat, prime, problems, protocol
+from vermas.addresses import parse_address
 from vermas.errors import Conflict
 from vermas.protocol import PolecatState, ReworkRequest
 from vermas.refinery import ledger, queue, worker
 from vermas.refinery.types import MRState
+from vermas.testing.standin import StandinModelServer
 from vermas.town import Town
+from vermas_runner import demo
 
 
 @pytest.mark.parametrize("state", list(MRState))
@@ -141,3 +146,53 @@ def test_every_attempt_counts_and_the_last_is_exactly_one_recorded_escalation(to
     assert len(escalations(town)) == 1 and len(rig.mail_to("mayor", protocol.ProtocolKind.ESCALATION)) == 1
     with town.db.read() as conn:
         assert mail.unread_count(conn, "mayor") == unread
+
+
+# ---- a real Claude Code polecat on the stand-in model ---------------------------------------------------
+
+SAME_FIX = ("Add the feature",
+            "Add feature.txt.\nstandin: write feature.txt = BROKEN\nstandin: fix feature.txt = BROKEN")
+
+
+@pytest.fixture
+def standin(tmp_path: Path) -> Iterator[QueueTown]:
+    """tests/test_refinery_e2e.py's town on the stand-in model (Claude Code polecats, its queue driver)."""
+    town, _ = Town.init(tmp_path / "town")
+    with StandinModelServer(demo.standin_policy()) as server:
+        demo.use_standin(town, server.base_url, tmp_path / "claude-home")
+        handle = QueueTown(town, MergeRig(town, tmp_path), server)
+        try:
+            yield handle
+        finally:
+            handle.stop()
+            handle.sessions.kill_server()
+            town.close()
+
+
+def refusals(qt: QueueTown) -> list[str]:
+    """What the polecat's model was answered when it called polecat_done and was refused."""
+    assert qt.server is not None
+    seen: dict[str, str] = {}
+    for req in qt.server.main_requests():
+        for call in req.tool_calls():
+            if call.name.endswith("polecat_done") and call.is_error:
+                seen[call.id] = call.text
+    return list(seen.values())
+
+
+@e2e
+def test_a_claude_polecat_resending_the_sent_back_commit_is_told_why_and_what_to_do(standin: QueueTown) -> None:
+    """Its "fix" changes nothing (the same content: no new commit), so its polecat_done names the
+    commit the refinery sent back. The model gets the refusal as the tool's error; nothing is queued
+    as if it were new, the bead stays on its hook with the evidence."""
+    qt = standin
+    [bead] = sling_all(qt, SAME_FIX)
+    process_queue_until(qt, lambda: bool(refusals(qt)), "the resent commit's polecat_done to be refused")
+    qt.stop()
+    [req] = qt.requests(bead)
+    said = refusals(qt)[0]
+    assert f"was already sent back: merge request {req.id} is rework" in said and "fix it on" in said, said
+    assert req.state is MRState.REWORK and req.attempts == 1, qt.diagnostics()
+    assert qt.bead_status(bead) == "hooked"
+    status = hooks.check(qt.town, parse_address(req.polecat))
+    assert status.sent_back is not None and status.sent_back.merge_request == req.id

@@ -136,7 +136,8 @@ def test_the_runner_merges_a_polecats_work_and_stops_its_session(town: Town, tmp
         assert not w.worktree.exists() and not mr.branch_exists(w.branch) and mr.slots() == []
         assert not private_tmux.alive(w.address)  # its session was stopped after the merge
         lease = ledger.queue_state(town, "gt").lease
-        assert lease is not None and lease.owner == f"runner:{socket.gethostname()}:{runner.proc.pid}"
+        started = proc.start_time(runner.proc.pid)
+        assert lease is not None and lease.owner == f"runner:{socket.gethostname()}:{runner.proc.pid}:{started}"
     finally:
         seen = runner.stop()
     assert runner.proc.returncode == 0 and "STOPPED" in seen

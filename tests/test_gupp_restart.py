@@ -93,3 +93,38 @@ def test_a_restarted_session_whose_nudger_died_is_nudged_by_the_next_runners_wit
     finally:
         sessions.kill_server()
         town.close()
+
+
+def test_a_start_nudge_that_keeps_failing_elsewhere_still_ends_in_one_escalation(tmp_path: Path) -> None:
+    """The runner's kick holds the GUPP lock on every round and never gets the nudge in: each
+    witness re-nudge counts as an attempt (not skipped), so after gupp_max_nudges of them and the
+    last wait it is escalated, once, instead of waiting forever behind the lock."""
+    town, _ = Town.init(tmp_path / "town")
+    rig.add(town, "gt", str(make_repo(tmp_path / "src")), prefix="gt", max_polecats=2)
+    town.config.agent.command, town.config.agent.args = "sh", ["-c", "sleep 600", "agent"]
+    town.config.patrol = town.config.patrol.model_copy(update={"gupp_first": 10.0})
+    town.save_config()
+    cfg = town.config.patrol
+    sessions = TownSessions(town.root)
+    lock = polecat.gupp_lock(town, "gt", "nux")
+    try:
+        bead = beads.create(town, MAYOR, "do it", rig="gt").id
+        polecat.spawn(town, MAYOR, bead, "gt", sessions=sessions, kick="none")
+        events.record(town, str(NUX), EventKind.SESSION_START, detail="startup")
+        start = time.time()
+        assert lock.acquire(wait=False)  # a runner's kick, delivering (and failing) all along
+        now, seen = start, []
+        for attempt in range(cfg.gupp_max_nudges):
+            now += cfg.gupp_wait(attempt) + 1
+            seen = witness_patrol.round(town, sessions, now=now)
+            assert [(e.action, e.ok) for e in seen] == [("gupp_nudge", True)], seen
+            assert seen[0].evidence["attempt"] == attempt + 1 and "delivered_by" in seen[0].evidence
+        assert witness_patrol.round(town, sessions, now=now + cfg.gupp_wait(cfg.gupp_max_nudges)) == []
+        escalated = witness_patrol.round(town, sessions, now=now + cfg.gupp_wait(cfg.gupp_max_nudges) + 1)
+        assert [(e.action, e.key) for e in escalated] == [("escalate", f"gupp-undelivered:{NUX}:{bead}")]
+        assert witness_patrol.round(town, sessions, now=now + 600) == []  # once: it stands
+        assert polecat.find(town, "gt", "nux").state is PolecatState.STARTED
+    finally:
+        lock.release()
+        sessions.kill_server()
+        town.close()

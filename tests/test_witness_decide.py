@@ -170,6 +170,7 @@ def test_idle_with_hooked_work_is_nudged_with_backoff_then_restarted(history: Ri
     actions = run(idle(), now=now, history=history)
     assert kinds(actions) == expected
     if expected == [GuppNudge]:
+        assert not actions[0].start  # an idle session's nudge: skipped while someone else nudges it
         assert actions[0].attempt == 1 + sum(1 for t in history.nudges[BEAD] if t >= T0)
 
 
@@ -212,7 +213,7 @@ def test_an_unconfirmed_start_nudge_is_nudged_again_with_backoff_then_escalated(
     actions = run(ev(SS, state=PolecatState.STARTED), now=now, history=history)
     assert kinds(actions) == expected
     if expected == [GuppNudge]:
-        assert actions[0].bead == BEAD and "never confirmed" in actions[0].reason
+        assert actions[0].bead == BEAD and "never confirmed" in actions[0].reason and actions[0].start
         assert actions[0].attempt == 1 + sum(1 for t in history.nudges[BEAD] if t >= T0)
     if expected == [Escalate]:
         assert actions[0].key == f"gupp-undelivered:{NUX}:{BEAD}" and "after 3 nudges" in actions[0].reason

@@ -193,6 +193,8 @@ class WitnessActor:
         assert address.rig is not None and address.name is not None
         lock = polecat.gupp_lock(self.town, address.rig, address.name)
         if not lock.acquire(wait=False):  # the runner's kick (or a caller) is nudging right now
+            if a.start:
+                return {"attempt": a.attempt, "delivered_by": "whoever holds its GUPP lock (a runner's kick)"}
             raise _Done("its GUPP lock is held: someone is delivering a nudge")
 
         def deliver() -> None:

@@ -242,7 +242,7 @@ def _unconfirmed_start(plan: _Plan, ev: Evidence, c: Classification, bead: str |
             plan.present.add(key)  # still unconfirmed: an escalation raised for it stands
         return
     if len(nudges) < cfg.gupp_max_nudges:
-        plan.add(GuppNudge(agent=ev.agent, bead=bead, attempt=len(nudges) + 1,
+        plan.add(GuppNudge(agent=ev.agent, bead=bead, attempt=len(nudges) + 1, start=True,
                            reason=f"SessionStart {waited:.0f}s ago and its GUPP nudge never confirmed; nudge "
                                   f"{len(nudges) + 1} of {cfg.gupp_max_nudges} (> {wait:g}s since the last)"))
         return

@@ -23,13 +23,13 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vermas import export, patrol_log, polecat
+from vermas import export, patrol_log, polecat, proc
 from vermas.addresses import Address, Role, parse_address
 from vermas.deacon import patrol as deacon_patrol
 from vermas.errors import InvalidInput
 from vermas.patrol_log import PatrolEvent
 from vermas.protocol import PolecatState
-from vermas.refinery import ledger, worker
+from vermas.refinery import ledger, queue, worker
 from vermas.refinery.ledger import MergeRequestRow
 from vermas.sessions import TownSessions
 from vermas.town import Town
@@ -85,9 +85,11 @@ def decide(seen: Observed) -> list[Action]:
 
 
 def runner_owner() -> str:
-    """The lease owner of this runner process: unique per host and pid, so two runners (or a
-    restarted one) never pass for each other; a dead one's lease just expires."""
-    return f"runner:{socket.gethostname()}:{os.getpid()}"
+    """The lease owner of this runner process: `runner:<host>:<pid>:<start time>`, unique per
+    process, so two runners (or a restarted one) never pass for each other; a dead one's lease
+    is taken over at once by a runner of the same host (ledger.acquire), else it expires."""
+    pid = os.getpid()
+    return queue.runner_owner_name(socket.gethostname(), pid, proc.start_time(pid))
 
 
 def step_line(report: worker.StepReport) -> str | None:

@@ -43,11 +43,35 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
+# Towns this command opened, each with the export kinds its own commits made stale.
+_WRITES: list[tuple[Town, set[str]]] = []
+
+
 def _open_town(arg: str | None) -> Town:
     town_dir = arg or os.environ.get("VERMAS_TOWN") or find_town()
     if not town_dir:
         _fail("no town: pass --town DIR or set VERMAS_TOWN (create one with: vermas-runner init DIR)")
-    return Town.open(town_dir)
+    town = Town.open(town_dir)
+    changed: set[str] = set()
+    town.db.add_listener(changed.update)  # told after each commit that touched an exported table
+    _WRITES.append((town, changed))
+    return town
+
+
+def export_writes() -> None:
+    """Bring the exports this command made stale up to date before it exits, as an MCP server
+    and the runner's patrol do: a shell write shows in `.beads/*.jsonl` at once. A command that
+    wrote nothing exported pays nothing. A failed export warns; the write itself stands (the
+    next export, `vermas-runner export` or a patrol, catches it up)."""
+    while _WRITES:
+        town, changed = _WRITES.pop()
+        if not changed:
+            continue
+        try:
+            export_town(town, sorted(changed))
+        except (VermasError, OSError) as exc:
+            print(f"vermas-runner: warning: the write is stored but {town.beads_dir}/*.jsonl were not "
+                  f"updated ({type(exc).__name__}: {exc}); run: vermas-runner export", file=sys.stderr)
 
 
 def cmd_init(args: argparse.Namespace) -> None:
@@ -610,6 +634,8 @@ def main(argv: list[str] | None = None) -> None:
         args.fn(args)
     except VermasError as exc:
         _fail(str(exc), code=2)
+    finally:
+        export_writes()
 
 
 if __name__ == "__main__":

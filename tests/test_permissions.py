@@ -50,6 +50,16 @@ TABLE: list[tuple[Action, Target, set[str]]] = [
     (Action.MOL_POUR, OPEN_BY_MAYOR, set(ACTORS) - {"holder", "polecat"}),
     (Action.MOL_STEP, HOOKED, {"holder"}),
     (Action.MOL_MANAGE, HOOKED, {"mayor", "deacon", "overseer", "holder"}),
+    # Nudges (issue 20 item 2): every actor x every actor's address, down the chain of command.
+    (Action.NUDGE, Target(recipient="mayor"), {"overseer", "mayor", "deacon"}),
+    (Action.NUDGE, Target(recipient="deacon"), {"overseer", "mayor", "deacon"}),
+    (Action.NUDGE, Target(recipient="overseer"), {"overseer"}),
+    (Action.NUDGE, Target(recipient="gt/witness"), set(ACTORS) - {"witness", "other_witness"}),
+    (Action.NUDGE, Target(recipient="zz/witness"), {"overseer", "mayor", "deacon"}),
+    (Action.NUDGE, Target(recipient="gt/refinery"), {"overseer", "mayor", "deacon", "witness"}),
+    (Action.NUDGE, Target(recipient="gt/crew/ann"), {"overseer", "mayor", "deacon", "witness"}),
+    (Action.NUDGE, Target(recipient="gt/polecats/nux"), {"overseer", "mayor", "deacon", "witness"}),
+    (Action.NUDGE, Target(recipient="gt/polecats/slit"), {"overseer", "mayor", "deacon", "witness"}),
 ]
 CASES = [(a, t, who, who in allowed) for a, t, allowed in TABLE for who in ACTORS]
 
@@ -65,6 +75,22 @@ def test_permission_table(action: Action, target: Target, who: str, allowed: boo
     assert decision.allowed is allowed, decision.reason
     if not allowed:
         assert "may" in decision.reason or "polecat" in decision.reason  # says who may, or why not
+
+
+def test_the_nudge_table_covers_every_pair_of_actors() -> None:
+    """Every actor of ACTORS is a nudge target in TABLE (the pairs are exhaustive), and every
+    role has a row in the rule's data."""
+    from vermas.addresses import Role
+    from vermas.permissions import NUDGE_REACH
+
+    targets = {t.recipient for a, t, _ in TABLE if a is Action.NUDGE}
+    assert targets == set(ACTORS.values())
+    assert set(NUDGE_REACH) == set(Role)
+
+
+def test_a_refused_nudge_says_whom_the_role_may_nudge() -> None:
+    reason = decide(parse_address("gt/polecats/slit"), Action.NUDGE, Target(recipient="mayor")).reason
+    assert "may not nudge mayor" in reason and "only its own rig's witness" in reason and "mail_send" in reason
 
 
 def test_mailbox_rule_and_docstring_agree() -> None:

@@ -204,7 +204,8 @@ def test_a_foreign_host_header_is_refused_even_with_the_key(served: tuple[Town, 
                  ""):
         code, _, text = raw(base, "GET", f"/?key={key}", {"Host": host})
         assert code == 403 and "is not this dashboard" in text and f"127.0.0.1:{port}" in text, (host, code, text)
-        code, _, text = raw(base, "POST", f"/action/sling?key={key}", {"Host": host, "Content-Type": "application/json"},
+        code, _, text = raw(base, "POST", f"/action/sling?key={key}",
+                            {"Host": host, "Content-Type": "application/json"},
                             json.dumps({"bead_id": bead.id, "target": "mayor"}).encode())
         assert code == 403, (host, code, text)
     assert beads.show(town, bead.id).status == "open"
@@ -241,7 +242,7 @@ def test_every_response_says_no_referrer_no_frames_and_no_inline_script(served: 
     seen = {path: raw(base, "GET", path, host) for path in
             (f"/?key={key}", f"/page.js?key={key}", f"/snapshot.json?key={key}", "/?key=wrong", "/page.js")}
     seen["refused host"] = raw(base, "GET", f"/?key={key}", {"Host": "evil.example"})
-    for path, (code, headers, _) in seen.items():
+    for path, (_, headers, _) in seen.items():
         assert headers.get("referrer-policy") == "no-referrer", path
         assert headers.get("x-frame-options") == "DENY", path
         csp = headers.get("content-security-policy", "")

@@ -256,3 +256,41 @@ def test_every_response_says_no_referrer_no_frames_and_no_inline_script(served: 
     assert code == 200
     assert re.findall(r"<script[^>]*>", page) == [f'<script src="page.js?key={key}">']  # no inline script
     assert not re.search(r"\son[a-z]+\s*=", page + script), "an inline event handler"  # CSP would block it
+
+
+def test_a_dashboard_action_reaches_the_export_while_it_runs(town: Town) -> None:
+    """Issue 20 item 10: the real `vermas-runner dashboard` exports what its buttons write while
+    it runs, as an MCP server does, not only when it exits."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    runner = str(Path(sys.executable).with_name("vermas-runner"))
+    bead = beads.create(town, parse_address("mayor"), "Sling me from the page")
+    env = {k: v for k, v in os.environ.items() if k not in ("VERMAS_TOWN", "BD_ACTOR")}
+    proc = subprocess.Popen([runner, "dashboard", "--town", str(town.root), "--port", "0"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"dashboard: (http://127\.0\.0\.1:\d+)/\?key=(\S+)", line)
+        assert match, line
+        code, body = post(f"{match.group(1)}/action/sling", {"bead_id": bead.id, "target": "mayor"}, match.group(2))
+        assert code == 200 and body["ok"], body
+        export = town.layout.export_file("issues")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            rows = {r["id"]: r for r in map(json.loads, export.read_text().splitlines())}
+            if rows.get(bead.id, {}).get("status") == "hooked":
+                break
+            time.sleep(0.2)
+        assert rows[bead.id]["status"] == "hooked" and rows[bead.id]["assignee"] == "mayor"
+        assert proc.poll() is None  # exported while running, not at exit
+    finally:
+        proc.terminate()  # by its PID
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(15)

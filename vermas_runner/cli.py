@@ -21,7 +21,7 @@ from vermas.agents import console_script
 from vermas.bdimport import import_file
 from vermas.cost import CostBy
 from vermas.errors import VermasError
-from vermas.export import export_town
+from vermas.export import ExportScheduler, export_town
 from vermas.inspector.cli import render
 from vermas.molecules import molecule
 from vermas.prime import prime
@@ -483,10 +483,13 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
     def ready(port: int) -> None:
         print(f"dashboard: http://127.0.0.1:{port}/?key={key}", flush=True)
 
+    exporter = ExportScheduler(town)  # its buttons write (sling, retry, ack): exported as they happen
     try:
         web.serve(town, args.port, ready)
     except OSError as exc:
         _fail(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}")
+    finally:
+        exporter.close()
 
 
 def build_parser() -> argparse.ArgumentParser:

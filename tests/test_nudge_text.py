@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -315,7 +316,8 @@ def test_the_overseers_slash_clear_never_reaches_claude_code(
     home.mkdir()
     work.mkdir()
     subprocess.run(["git", "init", "-q", str(work)], check=True)
-    record = {"hooks": [{"type": "command", "command": f"cat >> {hook_log}; echo >> {hook_log}"}]}
+    log = shlex.quote(str(hook_log))
+    record = {"hooks": [{"type": "command", "command": f"cat >> {log}; echo >> {log}"}]}
     write_claude_home(home, DUMMY_API_KEY, trusted_dirs=[work],
                       settings={"hooks": {"SessionStart": [record], "SessionEnd": [record]}})
     with StandinModelServer(ScriptedPolicy(["noted."] * 3)) as server:

@@ -141,8 +141,8 @@ def raise_escalation(town: Town, patrol: str, sender: str, key: str, to: str, me
 
 
 def raise_escalation_in_txn(conn: sqlite3.Connection, db: Database, patrol: str, sender: str, key: str, to: str,
-                            message: Escalation, reason: str, at: float,
-                            agent: str | None = None) -> PatrolEvent | None:
+                            message: Escalation, reason: str, at: float, agent: str | None = None,
+                            idempotency_key: str | None = None) -> PatrolEvent | None:
     """`raise_escalation` inside the caller's write transaction, for an escalation that must
     commit with the state change that caused it (the refinery's transitions and holds)."""
     row = conn.execute("SELECT resolved_at FROM escalations WHERE key = ?", (key,)).fetchone()
@@ -150,7 +150,7 @@ def raise_escalation_in_txn(conn: sqlite3.Connection, db: Database, patrol: str,
         return None
     subject, body = protocol.format(message)
     sent = mail.send_in_txn(conn, db, sender, to, subject, body,
-                            idempotency_key=f"escalation:{key}:{at:.3f}"[:mail.MAX_KEY_CHARS])
+                            idempotency_key=(idempotency_key or f"escalation:{key}:{at:.3f}")[:mail.MAX_KEY_CHARS])
     conn.execute(
         "INSERT INTO escalations(key, recipient, raised_at, message_id, subject, bead, agent, reason) "
         "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET recipient = excluded.recipient, "

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Strict
 
-from vermas import beads, convoy, hooks, mail, polecat, validate
+from vermas import beads, convoy, hooks, mail, permissions, polecat, validate
 from vermas import rig as rigs
 from vermas import sling as slinging
 from vermas.refinery import ledger
@@ -33,6 +33,7 @@ from vermas.addresses import Address, Role, parse_address
 from vermas.errors import Forbidden
 from vermas.molecules import formula as formulas
 from vermas.molecules import molecule
+from vermas.permissions import Action, Target
 from vermas.sessions import nudge as nudging
 from vermas.town import Town
 from vermas.twins import shell_words
@@ -513,6 +514,7 @@ def nudge(c: Call, target: str, message: str) -> nudging.NudgeResult:
     """
     address = parse_address(target)
     message = validate.nudge_text(message)
+    permissions.require(c.actor, Action.NUDGE, Target(recipient=str(address)))
     from vermas.sessions import TownSessions  # deferred: tmux (libtmux) only when a nudge is sent
 
     return nudging.nudge(c.town, TownSessions(c.town.root), address, message, sender=str(c.actor),

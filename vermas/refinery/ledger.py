@@ -19,14 +19,15 @@ Pure rules (dedup, order, transitions) live in queue.py and types.py; this modul
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from vermas import beads, ids, patrol_log, protocol, timeutil
+from vermas import beads, ids, patrol_log, proc, protocol, timeutil
 from vermas.errors import Conflict, InvalidInput, NotFound
 from vermas.refinery import queue
 from vermas.refinery.types import (
@@ -125,6 +126,7 @@ class Enqueued(BaseModel):
 
     id: str
     created: bool
+    state: MRState = MRState.QUEUED  # the request's state now (a duplicate's may be failed or in flight)
     replaced: list[str] = Field(default_factory=list)  # older open requests of the bead, now rejected
     stale_in_flight: list[str] = Field(default_factory=list)  # being processed; the worker will not merge them
 
@@ -235,6 +237,46 @@ def show(town: Town, mr_id: str) -> MRDetail:
         return MRDetail(request=fetch_in_txn(conn, mr_id), events=_events(conn, mr_id))
 
 
+def last_reason(conn: sqlite3.Connection, mr_id: str) -> str:
+    """The reason recorded with a request's latest state change (its first line): why it is
+    where it is (what a refused re-send and the polecat's hook show)."""
+    row = conn.execute("SELECT evidence FROM mr_events WHERE mr_id = ? AND (from_state IS NULL OR "
+                       "from_state != to_state) ORDER BY seq DESC LIMIT 1", (mr_id,)).fetchone()
+    reason = str(json.loads(row[0] or "{}").get("reason", "")) if row else ""
+    return reason.strip().split("\n", 1)[0]
+
+
+class SentBack(BaseModel):
+    """A bead's newest merge request, sent back by the refinery and waiting for its polecat's
+    fix: what the polecat's hook shows (the REWORK_REQUEST mail says the same)."""
+
+    merge_request: str
+    state: MRState
+    commit: str
+    evidence: str  # why, with the failing run's output tail (or the conflicting files)
+
+
+SENT_BACK_EVIDENCE_CHARS = 4000
+
+
+def sent_back_in_txn(conn: sqlite3.Connection, bead: str) -> SentBack | None:
+    """The bead's newest request when it is rework or conflict (None otherwise)."""
+    row = conn.execute("SELECT id, state, commit_sha FROM merge_requests WHERE bead_id = ? "
+                       "ORDER BY queued_ts DESC, id DESC LIMIT 1", (bead,)).fetchone()
+    if row is None or row[1] not in SEND_BACK_STATES:
+        return None
+    ev = conn.execute("SELECT evidence FROM mr_events WHERE mr_id = ? AND to_state = ? ORDER BY seq DESC LIMIT 1",
+                      (row[0], row[1])).fetchone()
+    found = json.loads(ev[0] or "{}") if ev else {}
+    text = str(found.get("reason") or "")
+    tail = str(found.get("output_tail") or "")
+    if tail and tail.strip() not in text:
+        text = f"{text}\n\n{tail}".strip()
+    if len(text) > SENT_BACK_EVIDENCE_CHARS:
+        text = "...\n" + text[-(SENT_BACK_EVIDENCE_CHARS - 4):]
+    return SentBack(merge_request=row[0], state=MRState(row[1]), commit=row[2] or "", evidence=text)
+
+
 def history_lines(town: Town, bead: str) -> list[str]:
     """One line per earlier send-back of a bead's work (the history an ESCALATION carries)."""
     with town.db.read() as conn:
@@ -336,7 +378,11 @@ def enqueue_in_txn(conn: sqlite3.Connection, db: Database, *, mr_prefix: str, ri
         f"SELECT {COLUMNS} FROM merge_requests WHERE bead_id = ?", (bead,)).fetchall()]
     decision = queue.admit(mine, bead, commit)
     if isinstance(decision, queue.Duplicate):
-        return Enqueued(id=decision.existing, created=False)
+        refused = queue.resend_refusal(decision.existing, decision.state, commit, branch,
+                                       last_reason(conn, decision.existing))
+        if refused is not None:
+            raise Conflict(refused)
+        return Enqueued(id=decision.existing, created=False, state=decision.state)
     stamp, ts = timeutil.now()
     mr_id = ids.new_bead_id(conn, mr_prefix, f"mr\x00{bead}\x00{commit}")
     description = (f"branch: {branch}\ncommit: {commit}\ntarget: {base}\nsource_issue: {bead}\n"
@@ -397,14 +443,47 @@ def queue_state(town: Town, rig: str) -> RigQueue:
         return _rig_row(conn, rig)
 
 
-def acquire(town: Town, rig: str, owner: str, now: float, ttl: float = LEASE_TTL_S) -> Lease | None:
-    """Take the rig's queue lease when it is free or expired, or extend it when it is ours.
-    Compare-and-set: the UPDATE applies only while the row still shows no live other owner.
-    Returns the lease when `owner` holds it after the call, else None."""
+OwnerGone = Callable[[str], bool]
+
+
+def local_owner_gone(owner: str) -> bool:
+    """Is this lease owner a runner process of this host that is no longer running (its pid
+    free, or reused by a process that started later)? See queue.owner_dead."""
+    parsed = queue.parse_owner(owner)
+    if parsed is None:
+        return False
+    return queue.owner_dead(parsed, socket.gethostname(), proc.start_time(parsed.pid))
+
+
+def _take_from_dead(conn: sqlite3.Connection, rig: str, owner: str, now: float, ttl: float,
+                    gone: OwnerGone) -> bool:
+    """The rig lease of a live-looking owner whose process is gone (this host's runner, killed)
+    becomes ours at once instead of after its expiry; its in-flight requests' leases are freed,
+    so `adopt` resumes them in this step. Compare-and-set against the owner observed."""
+    seen = _rig_row(conn, rig).lease
+    if seen is None or seen.owner == owner or seen.expires_at <= now or not gone(seen.owner):
+        return False
+    cur = conn.execute("UPDATE mq_rigs SET lease_owner = ?, lease_expires = ? WHERE rig = ? AND lease_owner = ? "
+                       "AND lease_expires = ?", (owner, now + ttl, rig, seen.owner, seen.expires_at))
+    if cur.rowcount != 1:
+        return False
+    conn.execute("UPDATE merge_requests SET lease_expires = NULL WHERE rig = ? AND lease_owner = ?",
+                 (rig, seen.owner))
+    return True
+
+
+def acquire(town: Town, rig: str, owner: str, now: float, ttl: float = LEASE_TTL_S,
+            gone: OwnerGone = local_owner_gone) -> Lease | None:
+    """Take the rig's queue lease when it is free or expired, or extend it when it is ours, or
+    take it over at once when its owner is a dead process of this host (`gone`; a killed
+    runner's rig does not wait out the lease). Compare-and-set: the UPDATE applies only while
+    the row still shows what was observed. Returns the lease when `owner` holds it, else None."""
     if not owner:
         raise InvalidInput("a lease owner must be non-empty")
     with town.db.write() as conn:
         conn.execute("INSERT OR IGNORE INTO mq_rigs(rig) VALUES (?)", (rig,))
+        if _take_from_dead(conn, rig, owner, now, ttl, gone):
+            return Lease(owner=owner, expires_at=now + ttl)
         cur = conn.execute(
             "UPDATE mq_rigs SET lease_owner = ?, lease_expires = ? WHERE rig = ? AND "
             "(lease_owner IS NULL OR lease_owner = ? OR lease_expires IS NULL OR lease_expires <= ?)",
@@ -475,7 +554,8 @@ def adopt(town: Town, mr_id: str, owner: str, now: float, ttl: float = LEASE_TTL
             return False
         if row.lease_owner != owner:
             _event(conn, mr_id, owner, row.state, row.state, {"adopted_from": row.lease_owner,
-                                                              "reason": "previous owner's lease expired"})
+                                                              "reason": "previous owner's lease expired or its "
+                                                                        "process is gone"})
         return True
 
 

@@ -767,7 +767,7 @@ def _escalate(s: _Step, req: MergeRequestRow, action: Escalate, evidence: dict[s
         # recorded with its mail: one standing escalation per (request, state), resolved when it leaves the state
         patrol_log.raise_escalation_in_txn(conn, s.town.db, ledger.refinery_patrol(s.rig), s.actor,
                                            ledger.mr_escalation_key(req.id, action.state), action.to,
-                                           action.message, action.comment, s.clock())
+                                           action.message, action.comment, s.clock(), agent=req.polecat or None)
     s.report.escalated.append(req.id)
     {MRState.REJECTED: s.report.rejected, MRState.FAILED: s.report.failed, MRState.REWORK: s.report.reworked,
      MRState.CONFLICT: s.report.conflicts}.get(action.state, []).append(req.id)

@@ -1,4 +1,5 @@
-"""The user's own repository as the rig's upstream (issue 19, item 4), on real git.
+"""The user's own repository as the rig's upstream (issue 19, item 4), on real git (and once end
+to end under `vermas-runner up --model standin`, real Claude Code sessions in tmux).
 
 README tells people to `rig add ~/src/myproj`: a NON-bare repository with main checked out,
 where a plain `git push` to main is refused. Merges land there too: a clean work tree is
@@ -11,12 +12,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import git
 from tests.refinery_rig import MergeRig
+from tests.test_refinery_e2e import FAILING, QueueTown, e2e, process_queue_until, sling_all, up_town
 from vermas import rig
 from vermas.errors import Conflict
 from vermas.refinery import decide, gitops, ledger, worker
@@ -289,3 +292,30 @@ def test_an_untracked_file_in_the_way_in_the_checkout_is_kept_and_holds_until_it
     rounds(town, 2, start=300.0)
     assert ledger.get(town, w.mr).state is MRState.MERGED and (myproj / "a.txt").read_text() == "a\n"
     assert clean(myproj) and ledger.queue_state(town, "gt").hold is None
+
+
+# ---- end to end: `up`, real Claude Code sessions on the stand-in, a person's own repository --------------
+
+
+@pytest.fixture
+def up_myproj(tmp_path: Path) -> Iterator[QueueTown]:
+    """`vermas-runner up --detach --model standin` with rig gt on a person's NON-bare repository."""
+    yield from up_town(tmp_path, upstream="checkout")
+
+
+@e2e
+def test_under_up_a_reworked_bead_lands_as_one_green_commit_in_a_persons_checkout(up_myproj: QueueTown) -> None:
+    qt = up_myproj
+    myproj = qt.rig.bare
+    [bead] = sling_all(qt, FAILING)  # red first (BROKEN), fixed after the REWORK_REQUEST
+    process_queue_until(qt, lambda: qt.bead_status(bead) == "closed", "the reworked bead to be merged")
+    first, second = qt.requests(bead)
+    assert first.state is MRState.REJECTED and second.state is MRState.MERGED, qt.diagnostics()
+    assert [e.to_state for e in ledger.events(qt.town, first.id)].count(MRState.REWORK) == 1
+    # one commit for the bead on the person's main, checked out, files and index at it
+    assert git(myproj, "log", "--format=%s", "main").splitlines() == [f"{bead}: Add the feature", "initial"]
+    assert git(myproj, "rev-parse", "HEAD") == second.merged_sha
+    assert (myproj / "feature.txt").read_text() == "working\n" and clean(myproj)
+    assert clean(qt.rig.clone) and git(qt.rig.clone, "rev-parse", "HEAD") == second.merged_sha
+    process_queue_until(qt, lambda: qt.rig.slots() == [], "the slot to be freed after the merge")
+    assert not qt.rig.branch_exists(second.branch)  # the squash proven on main: branch deleted

@@ -208,6 +208,38 @@ def test_a_checkout_dirtied_during_the_test_run_refuses_the_push_and_holds(town:
     assert ledger.get(town, w.mr).state is MRState.MERGED and (myproj / "a.txt").read_text() == "a\n"
 
 
+def test_a_person_committing_during_the_test_run_restarts_the_batch_without_a_hold(
+        town: Town, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mr = MergeRig(town, tmp_path, upstream="checkout")
+    myproj = mr.bare
+    w = mr.work("add a", {"a.txt": "a\n"})
+    pauses = tmp_path / "pauses"
+    pauses.mkdir()
+    monkeypatch.setenv(worker.PAUSE_ENV, "test")
+    monkeypatch.setenv(worker.PAUSE_DIR_ENV, str(pauses))
+    mine: list[str] = []
+
+    def person() -> None:  # commits in their repository while the candidate is being tested
+        deadline = time.monotonic() + 60
+        while not (pauses / "test.reached").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        mine.append(person_commits(myproj, "mine.txt", "mine\n"))
+        (pauses / "test.go").write_text("")
+
+    thread = threading.Thread(target=person)
+    thread.start()
+    first = worker.process_rig(town, "gt", OWNER, time.time())
+    thread.join()
+    monkeypatch.delenv(worker.PAUSE_ENV)
+    assert first.error is None and first.merged == [] and first.restarted is not None
+    assert "moved" in first.restarted and ledger.queue_state(town, "gt").hold is None and not escalations(mr)
+    assert ledger.get(town, w.mr).state is MRState.QUEUED and ledger.get(town, w.mr).attempts == 0
+    rounds(town, 2, start=60.0)
+    assert ledger.get(town, w.mr).state is MRState.MERGED
+    assert git(myproj, "merge-base", "--is-ancestor", mine[0], "main") == "" and (myproj / "a.txt").exists()
+    assert clean(myproj) and clean(mr.clone)
+
+
 REFUSE_UNLESS_ALLOWED = """#!/bin/sh
 test -e "$GIT_DIR/allow-pushes" && exit 0
 echo "policy: pushes to main need a review" >&2

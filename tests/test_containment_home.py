@@ -83,10 +83,23 @@ def run(cwd: Path, command: str, town: Town | None = None, **kw: Any):  # type: 
 # ---- the home ------------------------------------------------------------------------------------
 
 
+UNMOUNT = """import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for flags in (0, 2):  # plain, MNT_DETACH
+    print("umount2", flags, libc.umount2(sys.argv[1].encode(), flags), ctypes.get_errno())
+"""
+
+
 def test_secrets_in_home_cannot_be_read(town: Town, home: Path, namespace_only: None) -> None:
-    ev = run(worktree(town), f"cat {home}/.claude.json {home}/.gitconfig {home}/.ssh/id_ed25519; "
-                             f"grep -rs {SECRET} {home}; echo LS:; ls -A {home}; echo :LS", town)
+    """Not by path, not after trying to unmount or remount the cover, not through /proc/1/root."""
+    wt = worktree(town)
+    (wt / "unmount.py").write_text(UNMOUNT)
+    ev = run(wt, f"{sys.executable} unmount.py {home}; mount -o remount,rw {home}; "
+                 f"cat /proc/1/root{home}/.claude.json; "
+                 f"cat {home}/.claude.json {home}/.gitconfig {home}/.ssh/id_ed25519; "
+                 f"grep -rs {SECRET} {home}; echo LS:; ls -A {home}; echo :LS", town)
     assert ev.error is None and ":LS" in ev.output, ev.output
+    assert "umount2 0 -1" in ev.output and "umount2 2 -1" in ev.output, ev.output  # the cover is locked
     assert SECRET not in ev.output.replace(f"grep -rs {SECRET}", "")
     assert "LS:\n:LS" in ev.output  # the home is an empty cover
 

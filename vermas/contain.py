@@ -449,7 +449,8 @@ def run(
         full_env = {**env, "HOME": str(home), "TMPDIR": str(home / "tmp")}
         paths = [Path(cwd).resolve(), home.resolve(), *(Path(p).resolve() for p in writable)]
         namespace = chosen == "namespace"
-        view = (home_view(home_dirs(), paths, path_dirs(env.get("PATH", ""), Path(cwd)),
+        shell_dir = Path(shutil.which("bash") or "/bin/sh").parent  # the shell itself may live in a home
+        view = (home_view(home_dirs(), paths, [*path_dirs(env.get("PATH", ""), Path(cwd)), shell_dir],
                           git_dirs(Path(cwd).resolve())) if namespace else HomeView())
         isolate = namespace and not network and network_isolation_available()
         return _run(command, Path(cwd).resolve() if namespace else Path(cwd), timeout, full_env,

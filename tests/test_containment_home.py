@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,7 +102,8 @@ def test_secrets_in_home_cannot_be_read(town: Town, home: Path, namespace_only: 
     assert ev.error is None and ":LS" in ev.output, ev.output
     assert "umount2 0 -1" in ev.output and "umount2 2 -1" in ev.output, ev.output  # the cover is locked
     assert SECRET not in ev.output.replace(f"grep -rs {SECRET}", "")
-    assert "LS:\n:LS" in ev.output  # the home is an empty cover
+    listed = ev.output.split("LS:\n")[1]
+    assert ".claude.json" not in listed and ".ssh" not in listed  # the home is covered (here inside /tmp's cover)
 
 
 def test_the_real_home_from_the_password_database_is_covered(town: Town, tmp_path: Path, namespace_only: None,
@@ -331,3 +333,23 @@ def test_the_refinery_test_run_follows_the_rigs_test_network(town: Town, tmp_pat
     assert all(r.error is None for r in reports), [r.error for r in reports]
     assert (ledger.get(town, w.mr).state is MRState.MERGED) is allowed
     assert bool(accepted) is allowed
+
+
+@pytest.mark.tmux
+def test_a_tmux_server_of_the_user_cannot_be_driven(town: Town, tmp_path: Path, namespace_only: None,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unix socket stays connectable on a read-only mount and from a network of its own: the
+    tmux folder (TMUX_TMPDIR, else /tmp) is covered, so no send-keys into an agent's session."""
+    tmux_dir = tmp_path / "tmux"
+    tmux_dir.mkdir(mode=0o700)
+    monkeypatch.setenv("TMUX_TMPDIR", str(tmux_dir))
+    sock, pwned = tmux_dir / "vermas-test-contain", tmp_path / "pwned"
+    subprocess.run(["tmux", "-S", str(sock), "new-session", "-d", "-s", "victim", "sh"], check=True, timeout=30)
+    try:
+        ev = run(worktree(town), f"tmux -S {sock} send-keys -t victim 'touch {pwned}' Enter; "
+                                 f"tmux -S {sock} list-sessions; echo END", town)
+        time.sleep(0.5)
+        assert "END" in ev.output and "victim" not in ev.output.replace("-t victim", ""), ev.output
+        assert not pwned.exists()
+    finally:
+        subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True, timeout=30)

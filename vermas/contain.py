@@ -20,12 +20,14 @@ Two layers; the second only where the kernel allows it (detected once, cached):
   The test itself runs in a further nested user namespace, which locks those mounts: being
   "root" in it, it still cannot remount them writable or unmount the covers. When PID 1 exits,
   the kernel kills every process left in the namespace.
-  The home folders (the user's from the password database and $HOME, and /root for root) are
-  covered by an empty tmpfs too, so ~/.claude.json, ~/.gitconfig or ~/.ssh cannot be read; only
-  what the run needs is shown again at its own path (`home_view`): the writable paths (rw), the
-  directories on the run's PATH with the prefixes they depend on (a venv and its base
-  interpreter, a version manager's root for its shims) and the git directories of the work tree
-  (read-only).
+  The home folders (the user's from the password database and $HOME, and /root for root) and
+  the folders where programs keep files and sockets (/tmp, /var/tmp, the temp folder,
+  /run/user/UID, $XDG_RUNTIME_DIR, $TMUX_TMPDIR) are covered by an empty tmpfs too, so
+  ~/.claude.json, ~/.gitconfig, ~/.ssh cannot be read and the town's tmux socket or an
+  ssh-agent cannot be connected to; only what the run needs is shown again at its own path
+  (`home_view`): the writable paths (rw), the directories on the run's PATH with the prefixes
+  they depend on (a venv and its base interpreter, a version manager's root for its shims) and
+  the git directories of the work tree (read-only).
 - where a network namespace can be made as well (probed once): the run gets a network of its own
   with only a loopback (up), so it can listen on and connect to 127.0.0.1 but reaches nothing
   outside, unless the caller allows the network (a rig's `test_network = true`).
@@ -114,7 +116,8 @@ class Reveal(BaseModel):
 
 
 class HomeView(BaseModel):
-    """What the run sees of the home folders: `covers` are emptied, then `reveals` shown again."""
+    """What the run sees of the home and runtime folders: `covers` are emptied, then `reveals`
+    shown again."""
 
     covers: list[str] = Field(default_factory=list)
     reveals: list[Reveal] = Field(default_factory=list)
@@ -252,9 +255,27 @@ def home_dirs(environ: Mapping[str, str] | None = None, uid: int | None = None) 
     found.append(environ.get("HOME", ""))
     if uid == 0:
         found.append("/root")
-    real = {os.path.realpath(h) for h in found if h and os.path.isabs(h) and os.path.isdir(h)}
+    return _outermost(found)
+
+
+def runtime_dirs(environ: Mapping[str, str] | None = None, uid: int | None = None) -> list[Path]:
+    """Where other programs of the user keep files and sockets a test must not reach: the temp
+    folders (/tmp, /var/tmp, ours), the user's runtime folder and tmux's socket folder. Why: a
+    unix socket stays connectable on a read-only mount and in a network namespace of its own, so
+    the town's tmux server (send-keys into an agent) or an ssh-agent would be one connect away."""
+    environ = os.environ if environ is None else environ
+    uid = os.getuid() if uid is None else uid
+    found = ["/tmp", "/var/tmp", tempfile.gettempdir(), f"/run/user/{uid}",
+             environ.get("XDG_RUNTIME_DIR", ""), environ.get("TMUX_TMPDIR", "")]
+    return _outermost(found)
+
+
+def _outermost(paths: Sequence[str]) -> list[Path]:
+    """Real paths of the existing absolute directories among `paths`, never `/`, nested ones
+    folded into the outer one."""
+    real = {os.path.realpath(p) for p in paths if p and os.path.isabs(p) and os.path.isdir(p)}
     real.discard("/")
-    return [Path(h) for h in sorted(real) if not any(o != h and _under(h, o) for o in real)]
+    return [Path(p) for p in sorted(real) if not any(o != p and _under(p, o) for o in real)]
 
 
 def path_dirs(path_var: str, cwd: Path) -> list[Path]:
@@ -450,7 +471,8 @@ def run(
         paths = [Path(cwd).resolve(), home.resolve(), *(Path(p).resolve() for p in writable)]
         namespace = chosen == "namespace"
         shell_dir = Path(shutil.which("bash") or "/bin/sh").parent  # the shell itself may live in a home
-        view = (home_view(home_dirs(), paths, [*path_dirs(env.get("PATH", ""), Path(cwd)), shell_dir],
+        covers = _outermost([str(p) for p in (*home_dirs(), *runtime_dirs())])
+        view = (home_view(covers, paths, [*path_dirs(env.get("PATH", ""), Path(cwd)), shell_dir],
                           git_dirs(Path(cwd).resolve())) if namespace else HomeView())
         isolate = namespace and not network and network_isolation_available()
         return _run(command, Path(cwd).resolve() if namespace else Path(cwd), timeout, full_env,
@@ -674,7 +696,7 @@ def setup_mounts(writable: Sequence[str], hidden: Sequence[str], home: HomeView 
         _mount(libc, path, path, None, MS_BIND | MS_REC)
     if os.path.isdir("/dev/shm"):
         _mount(libc, "tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=256m")
-    warnings = _cover_homes(libc, home)
+    warnings = _cover_homes(libc, home, hidden)
     for path in hidden:
         if os.path.isdir(path) and not any(_under(w, path) for w in writable):
             _mount(libc, "tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "size=4k,mode=0500")
@@ -700,10 +722,11 @@ def setup_mounts(writable: Sequence[str], hidden: Sequence[str], home: HomeView 
     return warnings
 
 
-def _cover_homes(libc: ctypes.CDLL, home: HomeView) -> list[str]:
+def _cover_homes(libc: ctypes.CDLL, home: HomeView, hidden: Sequence[str] = ()) -> list[str]:
     """Cover each home with an empty tmpfs, then bind back each reveal at its target (sources are
     opened before the covers hide them), then make the covers read-only. Why fds: after the
-    cover, the source path names the empty tmpfs, not the real directory."""
+    cover, the source path names the empty tmpfs, not the real directory. A hidden path inside
+    a cover gets its folder back (empty, covered later), so it looks the same wherever it is."""
     if not home.covers:
         return []
     warnings: list[str] = []
@@ -729,6 +752,13 @@ def _cover_homes(libc: ctypes.CDLL, home: HomeView) -> list[str]:
                 if reveal.writable:
                     raise ContainmentError(f"cannot show {reveal.target} in the covered home: {exc.strerror}") from None
                 warnings.append(f"{reveal.target} not shown: {exc.strerror}")
+        for path in hidden:
+            if (any(_under(path, c) for c in home.covers)
+                    and not any(_under(path, r.target) for r in home.reveals)):  # never in a real folder
+                try:
+                    os.makedirs(path, exist_ok=True)
+                except OSError:
+                    pass  # inside a read-only reveal where it does not exist: nothing to hide
         for cover in home.covers:
             _mount(libc, None, cover, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     finally:

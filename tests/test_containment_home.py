@@ -169,6 +169,7 @@ def test_git_works_in_a_linked_worktree_under_home(home: Path, namespace_only: N
                  f"git diff --stat HEAD; cat {home}/.gitconfig; echo END")
     assert ev.exit_code == 0, ev.output
     assert "?? new.txt" in ev.output and head in ev.output and "feature" in ev.output, ev.output
+    assert contain.git_dirs(wt) == [(clone / ".git" / "worktrees" / "wt").resolve(), (clone / ".git").resolve()]
     assert SECRET not in ev.output
 
 
@@ -188,6 +189,8 @@ def test_the_home_view_reveals_only_what_the_run_needs(tmp_path: Path) -> None:
     assert shown == {(str(h / "work"), True), (str(h / "proj" / ".venv"), False), (str(h / "py"), False),
                      (str(h / ".local" / "bin"), False)}
     assert contain.home_view([h], [h], []).covers == []  # the work tree is the home: nothing to cover
+    (h / ".git").mkdir()  # a home kept in git (dotfiles): a work tree inside it does not show it
+    assert contain.git_dirs(h / "work") == []
 
 
 # ---- the network ---------------------------------------------------------------------------------

@@ -291,28 +291,24 @@ def path_dirs(path_var: str, cwd: Path) -> list[Path]:
 def git_dirs(worktree: Path) -> list[Path]:
     """The git directories a work tree uses besides its own: for a linked worktree (`.git` is a
     file `gitdir: ...`), its private git dir and the common dir it points to (objects, refs,
-    config of the canonical clone). Read from the files, git itself is not run."""
-    for top in (worktree, *worktree.parents):
-        dot = top / ".git"
-        if dot.is_dir():
-            return [dot.resolve()]
-        if not dot.is_file():
-            continue
-        try:
-            line = dot.read_text(errors="replace").strip()
-        except OSError:
-            return []
-        if not line.startswith("gitdir:"):
-            return []
-        private = (top / line.removeprefix("gitdir:").strip()).resolve()
-        dirs = [private]
-        try:
-            common = (private / (private / "commondir").read_text(errors="replace").strip()).resolve()
-            dirs.append(common)
-        except OSError:
-            pass
-        return dirs
-    return []
+    config of the canonical clone). Read from the files, git itself is not run. Only the work
+    tree's own `.git` counts, never a parent's: a home kept in git (dotfiles) stays covered."""
+    dot = worktree / ".git"
+    if dot.is_dir():
+        return [dot.resolve()]
+    try:
+        line = dot.read_text(errors="replace").strip() if dot.is_file() else ""
+    except OSError:
+        return []
+    if not line.startswith("gitdir:"):
+        return []
+    private = (worktree / line.removeprefix("gitdir:").strip()).resolve()
+    dirs = [private]
+    try:
+        dirs.append((private / (private / "commondir").read_text(errors="replace").strip()).resolve())
+    except OSError:
+        pass
+    return dirs
 
 
 def _prefix_of(bin_dir: Path, home: Path) -> Path | None:

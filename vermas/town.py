@@ -68,6 +68,12 @@ class RigConfig(BaseModel):
     default_branch: str = "main"
     verify_level: str = "shell"
     inspector: dict[str, Any] = Field(default_factory=dict)
+    test_network: bool = Field(
+        False,
+        description="Let this rig's contained test runs (the Verifier's and the refinery's) use the host's "
+                    "network. Off by default: where network namespaces work, a test gets only a loopback of "
+                    "its own (it can listen on 127.0.0.1, not reach any other host or service).",
+    )
     # `[rigs.<name>.merge]`: the merge queue's settings; defaults and their reasons are in MergeConfig.
     merge: MergeConfig = Field(default_factory=MergeConfig)
 

@@ -78,6 +78,7 @@ class InspectorSettings:
     test_command: str
     rig: str | None
     pass_env: tuple[str, ...] = ()
+    test_network: bool = False  # the rig's `test_network`: tests keep the host's network
 
 
 def rig_for_bead(town: Town, bead_id: str) -> RigConfig | None:
@@ -130,7 +131,7 @@ def settings_for(town: Town, bead_id: str, level: str | None = None) -> Inspecto
                               budget_usd=cfg.budget_usd, timeout_s=float(cfg.timeout)),
         level=chosen, parallelism=cfg.parallelism, min_confidence=cfg.min_confidence,
         test_command=rig.test_command if rig else "", rig=rig.name if rig else None,
-        pass_env=tuple(cfg.pass_env),
+        pass_env=tuple(cfg.pass_env), test_network=rig.test_network if rig else False,
     )
 
 
@@ -422,7 +423,8 @@ class Inspector:
             await self.progress.step(f"verifier: {result.criterion_id} {state} in {result.evidence.duration_s:.1f}s")
 
         return await run_tests(tests, path, parallelism=settings.parallelism, on_result=tick,
-                               keep_env=settings.pass_env, hidden=town_private_paths(self.town.root))
+                               keep_env=settings.pass_env, hidden=town_private_paths(self.town.root),
+                               network=settings.test_network)
 
     # -- whole pipeline --------------------------------------------------------------------------
 

@@ -291,11 +291,12 @@ def commit_subjects(clone: Path, base: str, commit: str) -> list[str]:
 
 def run_tests(worktree: Path, sha: str, command: str, timeout: float, target_sha: str,
               hidden: Sequence[Path] = (), keep_env: Sequence[str] = (),
-              base_env: Mapping[str, str] | None = None) -> RunOutcome:
+              base_env: Mapping[str, str] | None = None, network: bool = False) -> RunOutcome:
     """The rig's test command at `sha`, contained as the Verifier runs tests (vermas.contain:
     scrubbed environment, the town's store hidden, killed at the timeout, nothing outlives it)."""
     reset_worktree(worktree, sha)
-    evidence = run_command(command, worktree, timeout, base_env=base_env, keep_env=keep_env, hidden=hidden)
+    evidence = run_command(command, worktree, timeout, base_env=base_env, keep_env=keep_env, hidden=hidden,
+                           network=network)
     if evidence.error is not None and evidence.exit_code is None and not evidence.timed_out:
         status = RunStatus.COULD_NOT_RUN
     elif evidence.timed_out:

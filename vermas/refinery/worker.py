@@ -417,7 +417,8 @@ def _gate(s: _Step, tip: str) -> bool:
 def _test_target(s: _Step, sha: str) -> RunOutcome:
     pause_at("test")
     out = gitops.run_tests(s.worktree, sha, s.config.test_command, s.cfg.test_timeout, target_sha=sha,
-                           hidden=town_private_paths(s.town.root), keep_env=_pass_env(s))
+                           hidden=town_private_paths(s.town.root), keep_env=_pass_env(s),
+                           network=s.config.test_network)
     s.report.test_runs += 1
     ledger.cache_run(s.town, s.rig, out, s.clock())
     return out
@@ -494,7 +495,7 @@ def _test_stack(s: _Step, members: list[tuple[MergeRequestRow, str]], tip: str, 
             pause_at("test")
             out = gitops.run_tests(s.worktree, tips[k - 1], s.config.test_command, s.cfg.test_timeout,
                                    target_sha=tips[k - 2] if k > 1 else tip, hidden=town_private_paths(s.town.root),
-                                   keep_env=_pass_env(s))
+                                   keep_env=_pass_env(s), network=s.config.test_network)
             s.report.test_runs += 1
             ledger.cache_run(s.town, s.rig, out, s.clock())
             if out.status is RunStatus.COULD_NOT_RUN:

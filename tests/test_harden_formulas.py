@@ -190,3 +190,28 @@ async def test_a_multi_line_title_pours_nothing_over_mcp(town: Town, client_for:
         text = await fail(mayor, "mol_pour", formula="multi")
         assert "multi.formula.toml: step 'a': field 'title': title must be a single line" in text, text
         assert (await call(mayor, "bead_list"))["beads"] == []
+
+
+async def test_over_stdio_the_traceback_goes_to_the_servers_stderr(tmp_path: Path) -> None:
+    """`vermas-mcp` as Claude Code runs it: the reply is the one line; the server's stderr (which
+    Claude Code keeps as the MCP server's log) has the traceback."""
+    from mcp import Client, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    from tests.test_stdio import err, mcp_command, ok
+
+    town, _ = Town.init(tmp_path / "town")
+    params = StdioServerParameters(command=mcp_command(), env={"VERMAS_TOWN": str(town.root), "BD_ACTOR": "mayor"})
+    stderr = tmp_path / "server-stderr.log"
+    try:
+        with stderr.open("w") as errlog:
+            async with Client(stdio_client(params, errlog=errlog), mode="legacy", read_timeout_seconds=60) as client:
+                bead = await ok(client, "bead_create", title="a bead")
+                drop_issues_table(town)
+                text = await err(client, "bead_show", bead_id=bead["id"])
+    finally:
+        town.close()
+    assert "\n" not in text and "bead_show failed: unexpected OperationalError: no such table: issues" in text
+    logged = stderr.read_text()
+    # the SDK's rich log handler wraps lines; the traceback shows its frames (beads.fetch_row)
+    assert "tool bead_show (actor mayor) raised" in logged and "def fetch_row" in logged, logged[-2000:]

@@ -357,7 +357,7 @@ def _read_new(path: str, offset: int, roots: Sequence[str]) -> _Read:
     if not _under(real, roots):
         return _Read(refused=refusal(path, roots))
     try:
-        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return _Read(missing=True)
     try:

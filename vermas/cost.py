@@ -22,10 +22,11 @@ closed), whichever process did it. A polecat keeps its bead from `polecat_done` 
 Reading is guarded, since the paths come from hook input: a transcript is opened only if its
 real path is under one of the agent's Claude config folders (`claude_config_dirs`), opened
 O_NONBLOCK and checked with fstat to be a regular file before a byte is read, so a FIFO, a
-device or a folder never blocks `cost`, `status` or the dashboard. Such a path is marked refused
+device or a folder never blocks `cost`, `status` or the dashboard. Such a file is marked refused
 (read_offset REFUSED) and reported once, in the report of the refresh that found it (and a log
-line); later refreshes skip it. A line longer than MAX_READ (one refresh's read) is skipped, also
-reported once, and counting goes on after it.
+line); later refreshes skip it. A path outside the folders is never opened but not marked (the
+folders come from config and environment, which can change); every report lists both. A line
+longer than MAX_READ (one read) is skipped, also reported once, and counting goes on after it.
 
 USD: Claude Code's own figure where it wrote one (an entry's `costUSD`, `claude -p`'s
 `total_cost_usd`), else the estimate from vermas.prices (list prices per model family;
@@ -327,11 +328,14 @@ def _under(real: str, roots: Sequence[str]) -> bool:
     return any(real.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
 
 
+OUTSIDE = "not under the agent's Claude config folder"
+
+
 def refusal(path: str, roots: Sequence[str]) -> str | None:
     """Why `path` must never be opened as a transcript, or None; only stats, never opens."""
     real = os.path.realpath(path)
     if not _under(real, roots):
-        return f"not under the agent's Claude config folder ({', '.join(roots) or 'none known'})"
+        return f"{OUTSIDE} ({', '.join(roots) or 'none known'})"
     try:
         mode = os.stat(real).st_mode
     except OSError:
@@ -427,6 +431,8 @@ def _refresh_one(town: Town, path: str, agent: str, offset: int, roots: Sequence
     stopped at MAX_READ, else None)."""
     got = _read_new(path, offset, roots)
     if got.refused is not None:
+        if got.refused.startswith(OUTSIDE):
+            return 0, None  # never opened, but not marked: the folders come from config and environment
         if _refuse(town, path, offset):
             _problem(problems, f"transcript {path} of {agent} refused: {got.refused}")
         return 0, None
@@ -528,9 +534,11 @@ def cost_report(town: Town, *, read_transcripts: bool = True) -> CostReport:
         if usd is not None:
             claude[agent] = claude.get(agent, 0.0) + float(usd)
     roots = claude_config_dirs(town)
-    refused = [f"{path}: {refusal(path, roots) or 'refused'}" for path, _, _, offset in transcripts
-               if offset == REFUSED]
-    missing = sum(1 for path, _, _, offset in transcripts if offset != REFUSED and not os.path.exists(path))
+    why = {path: refusal(path, roots) for path, _, _, _ in transcripts}
+    refused = [f"{path}: {why[path] or 'not a regular file when read'}" for path, _, _, offset in transcripts
+               if offset == REFUSED or (why[path] or "").startswith(OUTSIDE)]
+    missing = sum(1 for path, _, _, offset in transcripts
+                  if offset != REFUSED and why[path] is None and not os.path.exists(path))
     report = summarize(rows, claude, town.config.cost.table(), len(transcripts), missing)
     return report.model_copy(update={"refused_transcripts": refused, "problems": found})
 

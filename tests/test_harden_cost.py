@@ -150,3 +150,27 @@ def test_a_line_over_64_mib_at_the_real_limit(town: Town, config_dir: Path) -> N
     assert len(report.problems) == 1 and "a line over 67108864 bytes" in report.problems[0]
     assert cost.cost_report(town).problems == []
     assert time.monotonic() - started < 60
+
+
+def test_the_dashboards_cost_panel_never_blocks_on_a_fifo(town: Town, config_dir: Path) -> None:
+    import threading
+
+    from vermas.dashboard import view
+
+    good = config_dir / "projects" / "town" / "good.jsonl"
+    good.write_bytes(lines(assistant("msg_a", time.time() - 60, USAGE)))
+    fifo = config_dir / "projects" / "town" / "fifo.jsonl"
+    os.mkfifo(fifo)
+    note_transcript(town, fifo)
+    note_transcript(town, good)
+    got: list[cost.CostReport | None] = []
+    worker = threading.Thread(target=lambda: got.append(view.cost_section(town)), daemon=True)
+    worker.start()
+    worker.join(PROMPT_S)
+    if worker.is_alive():  # blocked on the FIFO: give it a writer so the thread ends, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(10)
+        pytest.fail("the dashboard's cost panel blocked on a FIFO transcript")
+    report = got[0]
+    assert report is not None and report.total.messages == 1
+    assert report.problems == [f"transcript {fifo} of {POLECAT} refused: not a regular file"]

@@ -34,9 +34,11 @@ def idle_note(at: float) -> HookEvent:
 
 
 def ev(*events: HookEvent, session: bool = True, pane_alive: bool = True, exit_status: int | None = None,
-       started: float | None = T0, state: PolecatState | None = PolecatState.WORKING, **kw: Any) -> Evidence:
+       started: float | None = T0, state: PolecatState | None = PolecatState.WORKING,
+       process_alive: bool | None = None, **kw: Any) -> Evidence:
     return Evidence(agent="gt/polecats/nux", tmux=TmuxEvidence(session=session, pane_alive=pane_alive,
-                                                               exit_status=exit_status, started_at=started),
+                                                               exit_status=exit_status, started_at=started,
+                                                               process_alive=process_alive),
                     events=events, polecat_state=state, git=GitEvidence(), hooked_bead="gt-a1", **kw)
 
 
@@ -61,7 +63,13 @@ TABLE = [
                                          e(K.POST_TOOL_USE, T0 + 30, "Bash")), S.WORKING, T0 + 30, "PostToolUse"),
     ("new prompt after idle", ev(UPS, e(K.STOP, T0 + 9), e(K.USER_PROMPT_SUBMIT, T0 + 20)), S.WORKING, T0 + 20,
      "UserPromptSubmit"),
-    ("SessionEnd, pane still alive", ev(UPS, e(K.SESSION_END, T0 + 9)), S.EXITED, T0 + 9, "SessionEnd"),
+    ("SessionEnd, pane alive, its process gone", ev(UPS, e(K.SESSION_END, T0 + 9), process_alive=False), S.EXITED,
+     T0 + 9, "SessionEnd"),
+    # anyone can record a SessionEnd: while tmux shows the pane's process running, it is set aside
+    ("SessionEnd, pane and process alive", ev(UPS, e(K.SESSION_END, T0 + 9), process_alive=True), S.WORKING, T0 + 2,
+     "UserPromptSubmit"),
+    ("SessionEnd, pane alive, process not known", ev(UPS, e(K.SESSION_END, T0 + 9)), S.WORKING, T0 + 2,
+     "UserPromptSubmit"),
     # the killed predecessor's SessionEnd hook, stamped just after the restart: not this session's
     ("stale SessionEnd right after the start", ev(SS, e(K.SESSION_END, T0 + 2)), S.IDLE, T0 + 1, "SessionStart"),
     # with Claude Code's session ids, by id whatever the time: a late predecessor's end is not this session's,
@@ -70,7 +78,8 @@ TABLE = [
      "SessionStart"),
     # ... and the session's own end counts even right after its start
     ("own SessionEnd, early, by id", ev(e(K.SESSION_START, T0 + 1, session="new"),
-                                        e(K.SESSION_END, T0 + 2, session="new")), S.EXITED, T0 + 2, "SessionEnd"),
+                                        e(K.SESSION_END, T0 + 2, session="new"), process_alive=False), S.EXITED, T0 + 2,
+     "SessionEnd"),
     ("end with an id, start without: by time", ev(SS, e(K.SESSION_END, T0 + 2, session="old")), S.IDLE, T0 + 1,
      "SessionStart"),
     ("pane dead, status 0", ev(UPS, pane_alive=False, exit_status=0), S.EXITED, T0 + 2, "status 0"),
@@ -183,3 +192,27 @@ TOOLLESS_TABLE = [
 @pytest.mark.parametrize(("evidence", "stopped"), [t[1:] for t in TOOLLESS_TABLE], ids=[t[0] for t in TOOLLESS_TABLE])
 def test_a_session_whose_turns_all_ended_without_a_tool_call(evidence: Evidence, stopped: float | None) -> None:
     assert toolless_turn(evidence) == stopped
+
+
+@pytest.mark.parametrize("end_session", [None, "cur", "old"])
+@pytest.mark.parametrize("pane_alive", [True, False])
+@pytest.mark.parametrize("process_alive", [True, False])
+def test_a_session_end_counts_only_when_tmux_confirms_it(end_session: str | None, pane_alive: bool,
+                                                         process_alive: bool) -> None:
+    """Every combination: a dead pane decides by itself; a live pane whose process is gone lets
+    this session's SessionEnd count (not another session's); a live process sets it aside and
+    names it, whatever id it carries, and the session id is the latest SessionStart's."""
+    start = e(K.SESSION_START, T0 + 1, session="cur")
+    end = e(K.SESSION_END, T0 + 30, seq=9, session=end_session)
+    c = classify(ev(start, UPS, e(K.PRE_TOOL_USE, T0 + 3, "Bash"), end, pane_alive=pane_alive,
+                    exit_status=None if pane_alive else 0, process_alive=process_alive))
+    assert c.session_id == "cur"
+    if not pane_alive:
+        assert (c.state, c.ended_unconfirmed) == (S.EXITED, ())
+        assert "status 0" in c.reason
+    elif not process_alive:
+        assert c.ended_unconfirmed == ()
+        assert c.state is (S.WORKING if end_session == "old" else S.EXITED)
+    else:
+        assert c.state is S.WORKING and "tool Bash running" in c.reason
+        assert c.ended_unconfirmed == (() if end_session == "old" else (end,))

@@ -25,8 +25,8 @@ from vermas.patrol_types import (
 from vermas.protocol import Help, MergeReady, Merged, PolecatDone, PolecatState
 from vermas.witness import decide
 from vermas.witness.types import (
-    AckMail, BranchSeen, GuppNudge, HookJudgment, InboxMail, MergeRequestSeen, NukePolecat, ReopenBead, Resling,
-    RestartSession, RigHistory, RigSeen, SaveRescue, StopSession,
+    AckMail, BranchSeen, GuppNudge, HookJudgment, IgnoreEvent, InboxMail, MergeRequestSeen, NukePolecat, ReopenBead,
+    Resling, RestartSession, RigHistory, RigSeen, SaveRescue, StopSession,
 )
 
 CFG = PatrolConfig()
@@ -45,11 +45,11 @@ def e(kind: HookKind, at: float, tool: str | None = None, note: NotificationKind
 def ev(*events: HookEvent, agent: str = NUX, session: bool = True, pane_alive: bool = True,
        exit_status: int | None = None, started: float | None = T0, state: PolecatState = PolecatState.WORKING,
        bead: str | None = BEAD, ahead: int = 1, uncommitted: int = 0, git: bool = True, hooked_since: float = HOOKED,
-       excerpt: str = "", **kw: Any) -> Evidence:
+       excerpt: str = "", process_alive: bool | None = None, **kw: Any) -> Evidence:
     return Evidence(
         agent=agent, events=events, polecat_state=state, hooked_bead=bead,
         tmux=TmuxEvidence(session=session, pane_alive=pane_alive, exit_status=exit_status, started_at=started,
-                          excerpt=excerpt),
+                          excerpt=excerpt, process_alive=process_alive),
         git=GitEvidence(head="c0ffee", branch=BRANCH, ahead=ahead, uncommitted=uncommitted) if git else None,
         hooking=Hooking(bead=bead or BEAD, branch=BRANCH, since=hooked_since), **kw)
 
@@ -331,6 +331,76 @@ def test_dead_or_exited_with_hooked_work_is_restarted_in_place(how: dict[str, An
     actions = run(ev(UPS, **how), now=T0 + 5)
     assert kinds(actions) == [RestartSession]
     assert (actions[0].agent, actions[0].bead, actions[0].attempt) == (NUX, BEAD, 1)
+
+
+# ---- a SessionEnd hook event is confirmed with tmux before anything ends the session ------------
+
+END_AT = T0 + 40  # the SessionEnd's time; the round runs 30 s later (beyond EXITING_S)
+
+
+def _spoofable(end_session: str | None, pane_alive: bool, process_alive: bool, start_session: str | None = "cur",
+               now: float = END_AT + 30, history: RigHistory | None = None) -> list[Any]:
+    """A healthy polecat mid-tool (SessionStart with Claude Code's id `cur`, a prompt, a running
+    Bash), then a SessionEnd (event row 77) with `end_session` as its id."""
+    events = (HookEvent(kind=K.SESSION_START, at=T0 + 1, seq=1, session=start_session),
+              HookEvent(kind=K.USER_PROMPT_SUBMIT, at=T0 + 2, seq=2),
+              HookEvent(kind=K.PRE_TOOL_USE, at=T0 + 3, seq=3, tool="Bash"),
+              HookEvent(kind=K.SESSION_END, at=END_AT, seq=77, session=end_session))
+    return run(ev(*events, pane_alive=pane_alive, exit_status=None if pane_alive else 0,
+                  process_alive=process_alive), now=now, history=history)
+
+
+@pytest.mark.parametrize("end_session", [None, "cur", "other"])
+@pytest.mark.parametrize("pane_alive", [True, False])
+@pytest.mark.parametrize("process_alive", [True, False])
+def test_a_session_end_restarts_only_when_tmux_confirms_it(end_session: str | None, pane_alive: bool,
+                                                          process_alive: bool) -> None:
+    """Every combination of (event with no id, this session's id, another session's id) x pane
+    alive/dead x process alive/dead: a dead pane is restarted whatever the event says; a live pane
+    whose process is gone is restarted on this session's end (or one without an id), not on
+    another session's (its predecessor's end; the pane's death follows and decides); a live
+    process is never restarted, and each SessionEnd it contradicts is logged with why."""
+    actions = _spoofable(end_session, pane_alive, process_alive)
+    if not pane_alive:
+        assert kinds(actions) == [RestartSession] and "status 0" in actions[0].reason
+    elif not process_alive:
+        assert kinds(actions) == ([] if end_session == "other" else [RestartSession])
+        if actions:
+            assert "SessionEnd" in actions[0].reason
+    elif end_session == "other":
+        assert actions == []  # another session's end: its predecessor's, as classify sets it aside
+    else:
+        assert kinds(actions) == [IgnoreEvent]
+        [ignored] = actions
+        assert (ignored.agent, ignored.seq, ignored.key) == (NUX, 77, f"ignored:{NUX}:77")
+        why = "carries no Claude Code session id" if end_session is None else "process still runs 30s later"
+        assert why in ignored.reason and "pane alive with its process running" in ignored.reason
+        assert "tool Bash running" in ignored.reason
+
+
+def test_an_end_with_an_id_no_session_start_carries_is_logged_and_ignored() -> None:
+    actions = _spoofable("made-up", True, True, start_session=None)
+    assert kinds(actions) == [IgnoreEvent] and "made-up cannot be matched" in actions[0].reason
+    assert kinds(_spoofable("made-up", True, False, start_session=None)) == [RestartSession]  # the process is gone
+
+
+def test_the_sessions_own_end_is_not_logged_while_the_process_is_on_its_way_out() -> None:
+    assert _spoofable("cur", True, True, now=END_AT + decide.EXITING_S) == []
+    assert kinds(_spoofable("cur", True, True, now=END_AT + decide.EXITING_S + 1)) == [IgnoreEvent]
+
+
+@pytest.mark.parametrize("end_session", [None, "cur"])
+def test_a_contradicted_end_is_logged_once(end_session: str | None) -> None:
+    logged = RigHistory(ignored_keys=frozenset({f"ignored:{NUX}:77"}))
+    assert _spoofable(end_session, True, True, history=logged) == []
+    assert kinds(_spoofable(end_session, True, True)) == [IgnoreEvent]
+
+
+def test_an_unknown_process_state_trusts_the_live_pane() -> None:
+    """No pid to look at (process_alive None): a live pane means a running session."""
+    events = (SS, UPS, HookEvent(kind=K.SESSION_END, at=END_AT, seq=5))
+    assert kinds(run(ev(*events), now=END_AT + 30)) == [IgnoreEvent]
+    assert kinds(run(ev(*events, process_alive=False), now=END_AT + 30)) == [RestartSession]
 
 
 def test_dead_without_hooked_work_is_not_restarted() -> None:
@@ -667,8 +737,8 @@ def test_a_long_running_tool_is_never_restarted_nudged_or_stopped(
     events = tuple(x for x in before if x.at < pre_at) + (e(K.PRE_TOOL_USE, pre_at, "Bash"),)
     p = ev(*events, state=state, uncommitted=int(dirty))
     history = RigHistory(nudges={BEAD: tuple(times)}, restarts={BEAD: tuple(times)})
-    actions = run(p, now=pre_at + wait, history=history)
-    assert set(kinds(actions)) <= {Escalate}
+    actions = [a for a in run(p, now=pre_at + wait, history=history) if not isinstance(a, IgnoreEvent)]
+    assert set(kinds(actions)) <= {Escalate}  # (an earlier SessionEnd the live pane contradicts is only logged)
     assert bool(actions) == (wait > CFG.stuck_after)
 
 

@@ -78,6 +78,10 @@ class TmuxEvidence(BaseModel, frozen=True):
     session: bool  # the session exists
     pane_alive: bool = True  # its pane's process runs (False: the pane is dead, remain-on-exit)
     exit_status: int | None = None  # a dead pane's exit status; None when killed by a signal or unknown
+    # The pane's process as the kernel has it (/proc: exists, not a zombie); None when not known,
+    # and then a live pane speaks for it. A SessionEnd hook event counts only when this is False
+    # or the pane is dead: anyone can record an event, only the process's end proves one.
+    process_alive: bool | None = None
     started_at: float | None = None
     excerpt: str = ""  # the pane's last lines (evidence for a waiting agent's escalation)
 

@@ -30,7 +30,8 @@ from vermas.sessions import launch, nudge
 from vermas.town import Town
 from vermas.witness.decide import witness_of
 from vermas.witness.types import (
-    AckMail, GuppNudge, HookJudgment, NukePolecat, ReopenBead, Resling, RestartSession, ReworkRespawn, RigSeen,
+    AckMail, GuppNudge, HookJudgment, IgnoreEvent, NukePolecat, ReopenBead, Resling, RestartSession, ReworkRespawn,
+    RigSeen,
     SaveRescue, StopSession, WitnessAction,
 )
 
@@ -41,6 +42,7 @@ log = logging.getLogger("vermas.patrol")
 RESCUE_AUTHOR = {"GIT_AUTHOR_NAME": "vermas witness", "GIT_AUTHOR_EMAIL": "witness@vermas.local",
                  "GIT_COMMITTER_NAME": "vermas witness", "GIT_COMMITTER_EMAIL": "witness@vermas.local"}
 ENDS_SESSION = (RestartSession, StopSession, ReopenBead, NukePolecat)
+IGNORED_OUTPUT_CHARS = 1000  # the pane's last output kept with an ignored event
 
 
 def action_name(action: object) -> str:
@@ -211,6 +213,16 @@ class WitnessActor:
         # Typing waits for an idle prompt (up to tens of seconds): never inside the round.
         threading.Thread(target=deliver, daemon=True, name=f"gupp-{address.session_name}").start()
         return {"attempt": a.attempt}
+
+    def _ignore_event(self, a: IgnoreEvent) -> dict[str, Any]:
+        """Nothing is done to the session: the record says which event, and what the pane showed
+        (its process, its last output) that contradicts it."""
+        address = self._address(a.agent)
+        ev = self.by_agent.get(a.agent)
+        shown = ev.tmux.excerpt if ev is not None and ev.tmux.excerpt else self.sessions.capture(address)
+        pane = self.sessions.panes().get(address.session_name)
+        return {"event": a.seq, "pane_pid": pane.pid if pane is not None else None,
+                "last_output": shown[-IGNORED_OUTPUT_CHARS:]}
 
     def _stop_session(self, a: StopSession) -> dict[str, Any]:
         killed = self.sessions.kill(self._address(a.agent))

@@ -10,6 +10,12 @@ Precedence, strongest evidence first, and why:
    notification -> idle, the permission notification -> waiting, SessionEnd -> exited,
    SessionStart alone -> starting while the runner's GUPP nudge is pending, else idle;
    no event yet -> starting.
+A SessionEnd hook event alone never ends a session: anyone can record one (the hook takes any
+town agent's name; tests/test_witness_effects.py spoofs one), so while tmux shows the pane and
+its process alive, every SessionEnd of the current session is set aside
+(`Classification.ended_unconfirmed`) and the state comes from the other events; the witness
+logs each one that contradicts the pane (vermas/witness/decide.py). A real end is confirmed by tmux within a
+moment: the pane dies (remain-on-exit) or its process is gone, and then the SessionEnd counts.
 Events older than the session's start belong to an earlier session and are ignored, so a
 restarted session is judged on its own evidence. So is the killed predecessor's end hook, fired
 after its SIGHUP and stamped after the restart (seen end to end, tests/test_patrol_e2e.py): a
@@ -52,6 +58,8 @@ class Classification:
     last_activity: float | None = None
     tool: str | None = None
     session_started: bool = False
+    session_id: str | None = None  # Claude Code's id of the current session (its latest SessionStart's)
+    ended_unconfirmed: tuple[HookEvent, ...] = ()  # SessionEnds set aside: the pane's process still runs
 
 
 def _state_of(kind: HookKind | str, notification: NotificationKind | None, gupp_pending: bool) -> AgentState:
@@ -64,15 +72,40 @@ def _state_of(kind: HookKind | str, notification: NotificationKind | None, gupp_
     return _BY_KIND[HookKind(kind)]
 
 
-def current_events(ev: Evidence) -> list[HookEvent]:
-    """The current session's events in order (time, then the store's row order)."""
+def process_runs(ev: Evidence) -> bool:
+    """tmux shows the session, its pane alive, and its process not known to be gone."""
+    return ev.tmux.session and ev.tmux.pane_alive and ev.tmux.process_alive is not False
+
+
+def _session_events(ev: Evidence) -> tuple[list[HookEvent], str | None]:
+    """The current session's events in order (time, then the store's row order), SessionEnds
+    included, and Claude Code's id of the current session (None when not known)."""
     start = ev.tmux.started_at
     if start is None:
-        return sorted(ev.events, key=lambda e: (e.at, e.seq))
-    fresh = [e for e in ev.events if e.at >= start]
+        ordered = sorted(ev.events, key=lambda e: (e.at, e.seq))
+        begun = [e.session for e in ordered if e.kind is HookKind.SESSION_START and e.session]
+        return ordered, begun[-1] if begun else None
+    fresh = sorted((e for e in ev.events if e.at >= start), key=lambda e: (e.at, e.seq))
     begun = [e.session for e in fresh if e.kind is HookKind.SESSION_START and e.session]
-    return sorted((e for e in fresh if not _predecessors_end(e, begun[-1] if begun else None, start)),
-                  key=lambda e: (e.at, e.seq))
+    current = begun[-1] if begun else None
+    return [e for e in fresh if not _predecessors_end(e, current, start)], current
+
+
+def current_events(ev: Evidence) -> list[HookEvent]:
+    """The current session's events in order (time, then the store's row order), without the
+    SessionEnds that tmux does not confirm (the pane's process still runs)."""
+    events, _ = _session_events(ev)
+    if not process_runs(ev):
+        return events
+    return [e for e in events if e.kind is not HookKind.SESSION_END]
+
+
+def unconfirmed_ends(ev: Evidence) -> tuple[HookEvent, ...]:
+    """The current session's SessionEnds that tmux contradicts: the pane's process still runs."""
+    if not process_runs(ev):
+        return ()
+    events, _ = _session_events(ev)
+    return tuple(e for e in events if e.kind is HookKind.SESSION_END)
 
 
 def _predecessors_end(e: HookEvent, current: str | None, start: float) -> bool:
@@ -87,6 +120,8 @@ def _predecessors_end(e: HookEvent, current: str | None, start: float) -> bool:
 
 def classify(ev: Evidence) -> Classification:
     events = current_events(ev)
+    _, session_id = _session_events(ev)
+    unconfirmed = unconfirmed_ends(ev)
     start = ev.tmux.started_at
     mcp = ev.last_mcp_call if ev.last_mcp_call is not None and (start is None or ev.last_mcp_call >= start) else None
     # An MCP call ranks before a hook event of the same time: its Pre/PostToolUse bracket it.
@@ -99,7 +134,7 @@ def classify(ev: Evidence) -> Classification:
     started = any(e.kind is HookKind.SESSION_START for e in events)
 
     def result(state: AgentState, reason: str, since: float | None, tool: str | None = None) -> Classification:
-        return Classification(state, reason, since, last, tool, started)
+        return Classification(state, reason, since, last, tool, started, session_id, unconfirmed)
 
     if ev.polecat_state is PolecatState.DONE:
         return result(S.DONE, "polecat_done COMPLETED: its merge request is queued", ev.state_since)
@@ -135,7 +170,7 @@ def classify(ev: Evidence) -> Classification:
     if state is S.WAITING:
         return result(state, f"a permission prompt or dialog waits (Notification at {at:.0f})", since)
     if state is S.EXITED:
-        return result(state, f"SessionEnd at {at:.0f}: Claude Code ended", since)
+        return result(state, f"SessionEnd at {at:.0f}: Claude Code ended (its pane's process is gone)", since)
     return result(S.STARTING, f"SessionStart at {at:.0f}; its GUPP nudge is not confirmed yet", since)
 
 

@@ -14,7 +14,12 @@ Per polecat, by its state (vermas/witness/classify.py):
   tool call (its MCP tools were not connected yet) gets its first nudge `toolless_renudge`
   after that Stop instead of after `gupp_first`, once.
 - waiting: escalate with the pane excerpt; no keystrokes.
-- exited or dead with hooked work: restart.
+- exited or dead with hooked work: restart. Exited needs tmux's word: a SessionEnd hook event
+  while the pane's process runs is set aside by the classification (anyone can record one),
+  and each one that contradicts the pane is logged once (IgnoreEvent), never acted on: one
+  without a session id, one whose id matches no SessionStart of this session, or the session's
+  own id while its process still runs EXITING_S after it (Claude Code exits right after its
+  SessionEnd hook). Another known session's end is its predecessor's (classify), not logged.
 - A restart is refused beyond `max_restarts` per bead (per hooking): the bead goes back to open
   with a note naming its branch and commits, and ESCALATION to the mayor.
 - Anything that ends a session is preceded by SaveRescue unless the worktree is known clean.
@@ -34,12 +39,14 @@ import time
 from collections.abc import Mapping
 
 from vermas.patrol_types import (
-    MAYOR, AgentState, Escalate, Evidence, PatrolConfig, ResolveEscalation, SendMail, StandingEscalation, line,
+    MAYOR, AgentState, Escalate, Evidence, HookEvent, PatrolConfig, ResolveEscalation, SendMail, StandingEscalation,
+    line,
 )
 from vermas.protocol import Escalation, Help, MergeReady, Merged, PolecatDone, PolecatState, ReworkRequest
 from vermas.witness.classify import Classification, classify, toolless_turn
 from vermas.witness.types import (
-    AckMail, BranchSeen, GuppNudge, HookJudgment, InboxMail, NukePolecat, ReopenBead, Resling, RestartSession,
+    AckMail, BranchSeen, GuppNudge, HookJudgment, IgnoreEvent, InboxMail, NukePolecat, ReopenBead, Resling,
+    RestartSession,
     ReworkRespawn, RigHistory, RigSeen, SaveRescue, StopSession, WitnessAction,
 )
 
@@ -48,6 +55,7 @@ RESCUE_PREFIX = "refs/vermas/rescue"
 CONDITION_KINDS = ("waiting", "stuck", "gupp-undelivered")  # escalations that clear with their condition
 EXCERPT_CHARS = 2000  # pane text kept as evidence (its end, where the prompt is)
 OPEN_MR_STATES = frozenset({"queued", "claimed", "testing"})
+EXITING_S = 5.0  # Claude Code exits right after its own SessionEnd hook; still running after this: not exiting
 
 
 def rescue_ref(bead: str | None, agent: str, now: float) -> str:
@@ -153,8 +161,34 @@ def _evidence_text(ev: Evidence, c: Classification, now: float, excerpt: bool = 
     return "\n".join(lines)
 
 
+def contradicted_end(end: HookEvent, current: str | None, now: float) -> str | None:
+    """Why a SessionEnd that tmux does not confirm (the pane's process runs) contradicts it, or
+    None while it may still be the session's own end on its way out (its id, within EXITING_S)."""
+    if end.session is None:
+        return "it carries no Claude Code session id"
+    if current is None or end.session != current:  # (another known session's end is its predecessor's: not here)
+        return f"its session id {end.session} cannot be matched (no SessionStart with that id in this session)"
+    if now - end.at <= EXITING_S:
+        return None
+    return f"it is the current session's own, but the process still runs {now - end.at:.0f}s later"
+
+
+def _unconfirmed_ends(plan: _Plan, ev: Evidence, c: Classification, history: RigHistory) -> None:
+    """Log (once per event) each SessionEnd the pane contradicts; the state ignored it already."""
+    for end in c.ended_unconfirmed:
+        why = contradicted_end(end, c.session_id, plan.now)
+        if why is None:
+            continue
+        action = IgnoreEvent(agent=ev.agent, seq=end.seq,
+                             reason=f"SessionEnd at {end.at:.0f} ignored: {why}, and tmux shows the session's pane "
+                                    f"alive with its process running (state: {c.state}, {c.reason})")
+        if action.key not in history.ignored_keys:
+            plan.add(action)
+
+
 def _polecat(plan: _Plan, ev: Evidence, c: Classification, history: RigHistory, cfg: PatrolConfig) -> None:
     now, bead = plan.now, ev.hooked_bead
+    _unconfirmed_ends(plan, ev, c, history)
     if c.state is S.DONE:
         if ev.tmux.session:
             plan.save(ev, ev.hooking.bead if ev.hooking else None, "stopping its session")

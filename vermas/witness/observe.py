@@ -87,17 +87,37 @@ def hook_events(conn: sqlite3.Connection, agent: str, limit: int = EVENT_TAIL) -
     return tuple(out), mcp
 
 
+def process_alive(pid: int | None) -> bool | None:
+    """The pane's process exists and is not a zombie (/proc/PID/stat); None when not known
+    (no pid, or no /proc: then the pane's own liveness speaks for it)."""
+    if pid is None or pid <= 0:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False if Path("/proc/self/stat").exists() else None
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return not (fields and fields[0] in ("Z", "X"))
+
+
 def tmux_evidence(view: TmuxView, sessions: TownSessions, address: Address,
                   events: tuple[HookEvent, ...]) -> TmuxEvidence:
+    """The session's pane as tmux and the kernel show it; its last output only where a decision
+    needs it as evidence: a permission prompt (what it asks), or a SessionEnd event while the
+    pane lives (what the session was doing when someone said it had ended)."""
     name = address.session_name
     pane = view.panes.get(name)
     if pane is None:
         return TmuxEvidence(session=False)
     exit_status = pane.exit_status if pane.dead and pane.signal is None else None
+    running = process_alive(pane.pid) if not pane.dead else False
     excerpt = ""
-    if not pane.dead and events and events[-1].notification is NotificationKind.PERMISSION:
-        excerpt = sessions.capture(address)  # evidence for the escalation: what the prompt asks
-    return TmuxEvidence(session=True, pane_alive=not pane.dead, exit_status=exit_status,
+    if not pane.dead and events and (events[-1].notification is NotificationKind.PERMISSION
+                                     or events[-1].kind is HookKind.SESSION_END):
+        excerpt = sessions.capture(address)
+    return TmuxEvidence(session=True, pane_alive=not pane.dead, exit_status=exit_status, process_alive=running,
                         started_at=view.created.get(name), excerpt=excerpt)
 
 
@@ -192,7 +212,15 @@ def history(conn: sqlite3.Connection, beads: list[str], rig: str) -> RigHistory:
     return RigHistory(nudges=patrol_log.times(conn, "gupp_nudge", "bead", beads),
                       restarts=patrol_log.times(conn, "restart_session", "bead", beads),
                       standing=patrol_log.standing(conn), reslung=reslung(conn, rig),
-                      judgment_keys=patrol_log.keys(conn, "hook_judgment"))
+                      judgment_keys=patrol_log.keys(conn, "hook_judgment"),
+                      ignored_keys=ignored_keys(conn, rig))
+
+
+def ignored_keys(conn: sqlite3.Connection, rig: str) -> frozenset[str]:
+    """The IgnoreEvent keys the witness of `rig` has logged (each contradicted event once)."""
+    return frozenset(r[0] for r in conn.execute(
+        "SELECT DISTINCT key FROM patrol_events WHERE patrol = ? AND action = 'ignore_event' AND key IS NOT NULL",
+        (f"witness:{rig}",)))
 
 
 POLECAT_BRANCHES = "refs/heads/polecat/"

@@ -83,6 +83,7 @@ class RigHistory:
     standing: Mapping[str, StandingEscalation] = field(default_factory=dict)
     reslung: Mapping[str, float] = field(default_factory=dict)  # branch -> when it was re-slung (tried, ok or not)
     judgment_keys: frozenset[str] = frozenset()  # HookJudgment keys already made into beads
+    ignored_keys: frozenset[str] = frozenset()  # IgnoreEvent keys already logged (once per event)
 
 
 # ---- actions ---------------------------------------------------------------------------------
@@ -111,6 +112,21 @@ class RestartSession:
     bead: str
     attempt: int
     reason: str
+
+
+@dataclass(frozen=True)
+class IgnoreEvent:
+    """A hook event that contradicts what tmux shows (a SessionEnd while the pane's process
+    runs): nothing is done about it but this record, with the pane's last output as evidence.
+    `key` (ignored:<agent>:<event row>) makes it once per event."""
+
+    agent: str
+    seq: int
+    reason: str
+
+    @property
+    def key(self) -> str:
+        return f"ignored:{self.agent}:{self.seq}"
 
 
 @dataclass(frozen=True)
@@ -207,4 +223,4 @@ class ReworkRespawn:
 
 
 WitnessAction = (ReworkRespawn | SaveRescue | RestartSession | GuppNudge | StopSession | ReopenBead | AckMail | Resling
-                 | HookJudgment | NukePolecat | Escalate | ResolveEscalation | SendMail)
+                 | HookJudgment | NukePolecat | IgnoreEvent | Escalate | ResolveEscalation | SendMail)

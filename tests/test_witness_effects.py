@@ -14,24 +14,30 @@ restarted or be stopped); `now` is injected where a threshold would otherwise be
 6. A failing round is recorded with its traceback and never raises.
 7. An idle polecat with hooked work gets the GUPP nudge (with backoff) under the GUPP lock.
 8. Hook events from the store map onto the classifier's kinds.
+9. A spoofed SessionEnd (no session id, through the real hook) for a running polecat restarts
+   nothing and is logged once with the pane's last output; the process's real end restarts it.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import git, make_repo
-from vermas import beads, events, patrol_log, polecat, rig
+from vermas import agents, beads, events, patrol_log, polecat, rig
 from vermas.addresses import Address, Role, parse_address
 from vermas.deacon import patrol as deacon_patrol
 from vermas.patrol_types import HookKind, NotificationKind
 from vermas.protocol import MergeReady, PolecatState, parse
 from vermas.sessions import TownSessions, launch
 from vermas.town import Town
-from vermas.witness import observe
+from vermas.witness import classify, observe
 from vermas.witness import patrol as witness_patrol
 
 pytestmark = pytest.mark.tmux
@@ -292,3 +298,56 @@ def test_hook_events_map_to_the_classifier_kinds(rigged: Rigged) -> None:
         (HookKind.SESSION_START, None, None), (HookKind.PRE_TOOL_USE, "Bash", None),
         (HookKind.POST_TOOL_USE, "Bash", None), (HookKind.NOTIFICATION, None, NotificationKind.PERMISSION)]
     assert mcp == 4.0
+
+
+def _hook(town: Town, kind: str, payload: dict[str, object]) -> None:
+    """One event through the real hook entry point (vermas/hookevent.py, as Claude Code runs it)."""
+    proc = subprocess.run(agents.event_hook_argv(town, NUX, kind), input=json.dumps(payload).encode(),
+                          capture_output=True, timeout=30)
+    assert (proc.returncode, proc.stdout) == (0, b"")
+
+
+def test_a_spoofed_session_end_never_restarts_a_running_polecat_and_is_logged_once(tmp_path: Path) -> None:
+    """A healthy polecat mid-tool; anyone records a SessionEnd without a session id for it through
+    the real hook. tmux shows its pane and process alive: the witness restarts nothing, and says
+    why once (ignore_event, with the pane's last output)."""
+    r = Rigged(tmp_path)
+    try:
+        r.town.config.agent.args = ["-c", "echo building the widget; exec sleep 600", "agent"]
+        r.town.save_config()
+        bead, _ = r.spawn()
+        polecat.set_state(r.town, "gt", "nux", PolecatState.WORKING)  # its GUPP nudge was delivered
+        pid = r.sessions.panes()[NUX.session_name].pid
+        time.sleep(1.05)  # hook events must be newer than the session's start (whole seconds)
+        _hook(r.town, "SessionStart", {"session_id": "c0ffee-1", "source": "startup"})
+        _hook(r.town, "UserPromptSubmit", {"session_id": "c0ffee-1"})
+        _hook(r.town, "PreToolUse", {"session_id": "c0ffee-1", "tool_name": "Bash"})
+        # Beyond STALE_END_S after the start, where an end without an id was taken as this session's.
+        time.sleep(classify.STALE_END_S + 1)
+        _hook(r.town, "SessionEnd", {"reason": "other"})  # no session_id: a spoof
+        with r.town.db.read() as conn:
+            [(seq, session)] = conn.execute("SELECT id, session FROM agent_events WHERE kind = 'SessionEnd'").fetchall()
+        assert session is None
+
+        recorded = witness_patrol.round(r.town, r.sessions)
+
+        assert [(e.action, e.agent, e.ok) for e in recorded] == [("ignore_event", str(NUX), True)]
+        [ignored] = recorded
+        assert ignored.key == f"ignored:{NUX}:{seq}" and ignored.evidence["event"] == seq
+        assert "carries no Claude Code session id" in ignored.reason and "process running" in ignored.reason
+        assert "tool Bash running" in ignored.reason
+        assert ignored.evidence["pane_pid"] == pid and ignored.evidence["tmux"]["process_alive"] is True
+        assert "building the widget" in ignored.evidence["last_output"]
+        pane = r.sessions.panes()[NUX.session_name]
+        assert (pane.dead, pane.pid) == (False, pid)  # the same process runs on
+        assert r.bead(bead).status == "hooked" and patrol_log.events(r.town, action="restart_session") == []
+        # Once per event: the next round has nothing to say about it.
+        assert witness_patrol.round(r.town, r.sessions) == []
+        # The session really ends (its process exits): now the witness restarts it.
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while not r.sessions.panes()[NUX.session_name].dead and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [e.action for e in witness_patrol.round(r.town, r.sessions)] == ["restart_session"]
+    finally:
+        r.close()

@@ -3,33 +3,64 @@
 Every user-supplied argument (a rig's URL, a path) goes after `--`, so git never reads it as
 an option, and `check_argument` refuses one that starts with `-` before anything is written
 (a URL like `--upload-pack=...` is an attack, not a typo). No git call here ever prompts:
-a fetch that needs a password fails with git's own message instead of hanging a runner."""
+a fetch that needs a password fails with git's own message instead of hanging a runner.
+
+No git command of vermas runs a repository's hooks, and none gets the runner's secrets:
+- every command here (and the refinery's, vermas/refinery/gitops.py, and the witness's rescue)
+  runs as `git -c core.hooksPath=/dev/null -c core.fsmonitor=false ...` (NO_HOOKS): a polecat's
+  worktree shares the canonical clone's .git, so a polecat can write `.git/hooks/*` (and
+  `.git/config`) that the runner's own git commands would otherwise run (post-checkout on
+  `worktree add`, reference-transaction on every ref move, pre-push on the push, post-merge,
+  post-rewrite). /dev/null is not a folder, so git 2.39 finds no hook in it for any command
+  and nobody can put one there; `-c` outranks whatever .git/config says. The `-c` reaches
+  git's own child processes (a rebase's) through GIT_CONFIG_PARAMETERS, which git clears
+  for a local push's receive-pack: the receiving repository runs on its own config.
+- the environment (`_environment`) leaves out the runner's secrets (SECRET_ENV: ANTHROPIC_*,
+  CLAUDE*, and every name that looks like a key, token, secret, password or credential), so
+  whatever git still starts (a credential helper, ssh, a filter .git/config names, and the
+  hooks of a local upstream, the user's own repository: see gitops.push) never sees them.
+  Kept: git's own GIT_* variables and what a push to a forge authenticates with (SSH_AUTH_SOCK,
+  the askpass helpers, GH_TOKEN/GITHUB_TOKEN for `gh auth git-credential`): TRANSPORT_ENV."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
 from vermas.errors import InvalidInput, VermasError
 
 MAX_ARGUMENT_CHARS = 4096
+NO_HOOKS = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
+SECRET_ENV = re.compile(r"^(ANTHROPIC_|CLAUDE)|KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.I)
+TRANSPORT_ENV = frozenset({"SSH_AUTH_SOCK", "SSH_ASKPASS", "GH_TOKEN", "GITHUB_TOKEN", "GH_ENTERPRISE_TOKEN",
+                           "GITHUB_ENTERPRISE_TOKEN"})
 
 
 class GitError(VermasError):
     """A git command failed; the message carries git's own stderr."""
 
 
-def _environment() -> dict[str, str]:
-    env = dict(os.environ)
+def _environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of every git command vermas starts: the runner's, without its secrets
+    (see the module's docstring), and never prompting."""
+    source = os.environ if base is None else base
+    env = {k: v for k, v in source.items()
+           if k in TRANSPORT_ENV or k.startswith("GIT_") or not SECRET_ENV.search(k)}
     env["GIT_TERMINAL_PROMPT"] = "0"  # never wait on a tty for credentials (runner, MCP server)
     return env
+
+
+def argv(*args: str) -> list[str]:
+    """`git` with hooks off (NO_HOOKS), then `args`."""
+    return ["git", *NO_HOOKS, *args]
 
 
 def run(cwd: Path, *args: str, check: bool = True, timeout: float = 60) -> str:
     try:
         proc = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+            argv(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
             env=_environment(), stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
@@ -77,7 +108,7 @@ def resolve(path: Path, ref: str) -> str | None:
 def is_ancestor(path: Path, older: str, newer: str) -> bool:
     """Is commit `older` reachable from commit `newer` (the same commit included)?"""
     return subprocess.run(
-        ["git", "merge-base", "--is-ancestor", older, newer], cwd=path, capture_output=True,
+        argv("merge-base", "--is-ancestor", older, newer), cwd=path, capture_output=True,
         env=_environment(), stdin=subprocess.DEVNULL, timeout=60,
     ).returncode == 0
 

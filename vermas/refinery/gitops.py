@@ -14,8 +14,16 @@ Where things happen:
   repository with the target checked out: the push then runs receive-pack with
   receive.denyCurrentBranch=updateInstead, so a clean checkout follows and a dirty one refuses.
 
-Every user-supplied value (paths, branch names, shas) goes after `--` or as a refspec we built;
-repository hooks are disabled for the rebase (a polecat can write the shared .git/hooks).
+Every user-supplied value (paths, branch names, shas) goes after `--` or as a refspec we built.
+No git command here runs a repository hook, and none gets the runner's secrets: `_git` and
+vermas.git's helpers all run `git -c core.hooksPath=/dev/null ...` with the scrubbed
+environment (vermas.git: NO_HOOKS, _environment), because a polecat can write the shared
+.git/hooks; the push's pre-push hook (it runs locally) is off too. The one exception is on
+purpose: a push into a LOCAL upstream runs that repository's own receive hooks (pre-receive,
+update, post-receive, post-update, push-to-checkout): it is the user's own repository, whose
+hooks the user installed, and they run as for any other push into it (a pre-receive policy
+may refuse the refinery's push, which is then reported as refused). They run with the
+scrubbed environment: no API key, no token of the runner's (see push).
 """
 
 from __future__ import annotations
@@ -34,16 +42,17 @@ from vermas.refinery.decide import Presence
 from vermas.refinery.types import RunKind, RunOutcome, RunStatus, tail
 
 REMOTE = "origin"
-NO_HOOKS = ("-c", "core.hooksPath=/dev/null")
+NO_HOOKS = git.NO_HOOKS  # (every _git and git.run call has them; kept for the callers that name it)
 FALLBACK_IDENTITY = ("-c", "user.name=vermas refinery", "-c", "user.email=refinery@vermas.invalid")
 
 
 def _git(cwd: Path, *args: str, timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """git without raising: the caller reads the exit status (a refused CAS or push is an answer)."""
+    """git without raising: the caller reads the exit status (a refused CAS or push is an answer).
+    Hooks off and secrets scrubbed, as every git command of vermas (vermas.git)."""
     if stdin is not None:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        return subprocess.run(git.argv(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
                               env=git._environment(), input=stdin)
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(git.argv(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=git._environment(), stdin=subprocess.DEVNULL)
 
 
@@ -186,7 +195,12 @@ def checkout_changes(worktree: Path, untracked: bool = False) -> str:
 def push(clone: Path, branch: str, new: str) -> tuple[bool, str]:
     """Push NEW to the upstream's T, never forcing (the remote refuses a non-fast-forward).
     Into a local repository the push runs with updateInstead (see UPDATE_INSTEAD_RECEIVE_PACK).
-    Returns (pushed, what git said: the refusal's reason when it was refused)."""
+    Returns (pushed, what git said: the refusal's reason when it was refused).
+
+    The canonical clone's pre-push hook never runs (NO_HOOKS: a polecat could have written it).
+    A local upstream's own receive hooks do run: git starts its receive-pack without our `-c`
+    (a local push clears GIT_CONFIG_PARAMETERS), so that repository's config and hooks apply,
+    as for any push into it; they are the user's, and see only the scrubbed environment."""
     receive = ("--receive-pack", UPDATE_INSTEAD_RECEIVE_PACK) if local_upstream(clone) is not None else ()
     done = _git(clone, "push", "--quiet", "--porcelain", *receive, REMOTE, f"{new}:refs/heads/{branch}",
                 timeout=300)

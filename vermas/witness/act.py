@@ -12,7 +12,6 @@ holds untracked files (not ignored ones), which is where a killed agent's new fi
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -52,8 +51,10 @@ def action_name(action: object) -> str:
 
 
 def _git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL, env={**os.environ, "GIT_TERMINAL_PROMPT": "0", **(env or {})})
+    """git in a polecat's worktree: hooks off and secrets scrubbed (vermas.git), since the
+    polecat can write its .git/hooks and the rescue's update-ref would run reference-transaction."""
+    proc = subprocess.run(git.argv(*args), cwd=cwd, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL, env={**git._environment(), **(env or {})})
     if proc.returncode != 0:
         raise git.GitError(f"git {' '.join(args)} failed in {cwd}: {' '.join(proc.stderr.split())[:500]}")
     return proc.stdout.strip()

@@ -351,3 +351,15 @@ def test_a_spoofed_session_end_never_restarts_a_running_polecat_and_is_logged_on
         assert [e.action for e in witness_patrol.round(r.town, r.sessions)] == ["restart_session"]
     finally:
         r.close()
+
+
+def test_process_alive_reads_the_kernel_a_zombie_is_not_alive() -> None:
+    child = subprocess.Popen(["sh", "-c", "exit 0"])
+    deadline = time.monotonic() + 10
+    while observe.process_alive(child.pid) and time.monotonic() < deadline:  # exited, not reaped: a zombie
+        time.sleep(0.02)
+    assert observe.process_alive(child.pid) is False
+    child.wait()
+    assert observe.process_alive(child.pid) is False  # reaped: gone
+    assert observe.process_alive(os.getpid()) is True
+    assert observe.process_alive(None) is None

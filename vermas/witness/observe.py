@@ -105,8 +105,8 @@ def process_alive(pid: int | None) -> bool | None:
 def tmux_evidence(view: TmuxView, sessions: TownSessions, address: Address,
                   events: tuple[HookEvent, ...]) -> TmuxEvidence:
     """The session's pane as tmux and the kernel show it; its last output only where a decision
-    needs it as evidence: a permission prompt (what it asks), or a SessionEnd event while the
-    pane lives (what the session was doing when someone said it had ended)."""
+    needs it as evidence: a permission prompt (what it asks). (An ignored SessionEnd's pane is
+    captured by the act that logs it, once per event, not every round.)"""
     name = address.session_name
     pane = view.panes.get(name)
     if pane is None:
@@ -114,8 +114,7 @@ def tmux_evidence(view: TmuxView, sessions: TownSessions, address: Address,
     exit_status = pane.exit_status if pane.dead and pane.signal is None else None
     running = process_alive(pane.pid) if not pane.dead else False
     excerpt = ""
-    if not pane.dead and events and (events[-1].notification is NotificationKind.PERMISSION
-                                     or events[-1].kind is HookKind.SESSION_END):
+    if not pane.dead and events and events[-1].notification is NotificationKind.PERMISSION:
         excerpt = sessions.capture(address)
     return TmuxEvidence(session=True, pane_alive=not pane.dead, exit_status=exit_status, process_alive=running,
                         started_at=view.created.get(name), excerpt=excerpt)

@@ -213,6 +213,8 @@ def cmd_down(args: argparse.Namespace) -> None:
         print(f"stopped the stand-in model (pid {standin})")
     if demo.restore_agent(town):
         print(f"[agent] in {town.layout.config_file} is the town's own again")
+    if demo.restore_inspector(town):
+        print(f"[inspector] in {town.layout.config_file} is the town's own again")
 
 
 def _session_cell(row: AgentRow) -> str:

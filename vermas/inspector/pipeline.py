@@ -127,7 +127,8 @@ def settings_for(town: Town, bead_id: str, level: str | None = None) -> Inspecto
         raise InvalidInput(f"invalid inspector settings in town.toml {where}: " + "; ".join(problems))
     return InspectorSettings(
         claude=ClaudeSettings(command=cfg.command, args=tuple(cfg.args), model=cfg.model,
-                              budget_usd=cfg.budget_usd, timeout_s=float(cfg.timeout)),
+                              budget_usd=cfg.budget_usd, timeout_s=float(cfg.timeout),
+                              env=tuple(sorted(cfg.env.items()))),
         level=chosen, parallelism=cfg.parallelism, min_confidence=cfg.min_confidence,
         test_command=rig.test_command if rig else "", rig=rig.name if rig else None,
         pass_env=tuple(cfg.pass_env),

@@ -22,6 +22,7 @@ from vermas.bdimport import import_file
 from vermas.cost import CostBy
 from vermas.errors import VermasError
 from vermas.export import export_town
+from vermas.inspector import readiness
 from vermas.inspector.cli import render
 from vermas.molecules import molecule
 from vermas.prime import prime
@@ -124,6 +125,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     town = _open_town(args.town)
     model_line = demo.choose_model(town, args.model)
     up.resolve_agent_command(town)
+    readiness.check_town(town)
     if args.detach:
         log = town.layout.runner_log
         log.parent.mkdir(exist_ok=True)

@@ -93,7 +93,12 @@ def check_level(level: object) -> Level:
 
 def settings_for(town: Town, bead_id: str, level: str | None = None) -> InspectorSettings:
     """Town `[inspector]` defaults, overridden by the bead's rig (`inspector = {...}`, verify_level)."""
-    rig = rig_for_bead(town, bead_id)
+    return settings_for_rig(town, rig_for_bead(town, bead_id), level)
+
+
+def settings_for_rig(town: Town, rig: RigConfig | None, level: str | None = None) -> InspectorSettings:
+    """Town `[inspector]` defaults, overridden by the rig's (None: the town's alone); InvalidInput
+    naming the town.toml table when they are not valid."""
     merged: dict[str, Any] = town.config.inspector.model_dump()
     where = "[inspector]"
     if rig is not None:

@@ -281,8 +281,8 @@ def choose_model(town: Town, model: str) -> str:
     stand-in stays on it until `down`, so `up` cannot mix the two in one town."""
     if model == "standin":
         state = boot_on_standin(town)
-        return (f"agent and inspector: the scripted stand-in model at {state.url} (pid {state.pid}), via "
-                f"{town.config.agent.command}; `vermas-runner down` stops it")
+        return (f"agent: the scripted stand-in model at {state.url} (pid {state.pid}), via "
+                f"{town.config.agent.command}, and so is the inspector's claude -p; `vermas-runner down` stops it")
     running = standin_state(town)
     if running is not None:
         raise Conflict(f"this town runs on the stand-in model (pid {running.pid}) until `vermas-runner down`; "

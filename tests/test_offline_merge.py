@@ -167,6 +167,38 @@ def test_up_refuses_a_town_whose_rig_cannot_verify_before_starting_anything(tmp_
     town.close()
 
 
+def test_standin_takes_over_the_inspector_and_down_puts_the_towns_own_back(tmp_path: Path) -> None:
+    binary = find_claude_binary()
+    if binary is None:
+        pytest.skip("Claude Code CLI not installed (scripts/setup.sh installs it)")
+    town = rigged_town(tmp_path)
+    town.config.inspector.model, town.config.inspector.args = "haiku", ["--verbose"]
+    town.config.rigs["gt"].inspector = {"command": "/my/own/claude", "model": "opus"}
+    town.save_config()
+    try:
+        demo.choose_model(town, "standin")
+        state = demo.standin_state(town)
+        assert state is not None
+        on_disk = Town.open(town.root)
+        inspector = on_disk.config.inspector
+        assert (inspector.command, inspector.args, inspector.model) == (str(binary), [], "haiku")
+        assert inspector.env["ANTHROPIC_BASE_URL"] == state.url and inspector.env["HOME"].startswith(
+            str(town.layout.standin_home))
+        assert on_disk.config.rigs["gt"].inspector == {"model": "opus"}  # its command would override the stand-in
+        readiness.check_town(on_disk)  # `up` accepts it
+        on_disk.close()
+    finally:
+        demo.stop_standin(town)
+        assert demo.restore_agent(town) and demo.restore_inspector(town)
+    restored = Town.open(town.root)
+    assert restored.config.inspector.command == "claude" and restored.config.inspector.env == {}
+    assert (restored.config.inspector.model, restored.config.inspector.args) == ("haiku", ["--verbose"])
+    assert restored.config.rigs["gt"].inspector == {"command": "/my/own/claude", "model": "opus"}
+    assert not demo.restore_inspector(restored)  # once
+    restored.close()
+    town.close()
+
+
 # ---- the real `claude -p` against the stand-in, through the real pipeline ----------------------------
 
 
@@ -297,3 +329,82 @@ def test_under_up_on_the_standin_work_failing_a_shell_criterion_is_reworked_then
     assert rework and rework[0].reason == "verification"
     merged = [r for r in vup.requests(bead) if r.state is MRState.MERGED]
     assert len(merged) == 1 and vup.upstream_file("feature.md") == "final\n", vup.diagnostics()
+
+
+# ---- a verification that cannot run for a reason of the town holds the queue -------------------------------
+
+
+def escalations(town: Town, key: str) -> list[tuple[float | None]]:
+    with town.db.read() as conn:
+        return [(r[0],) for r in conn.execute("SELECT resolved_at FROM escalations WHERE key = ?", (key,))]
+
+
+@pytest.mark.claude
+def test_a_missing_inspector_command_holds_the_queue_once_and_it_resumes_once_fixed(tmp_path: Path) -> None:
+    from vermas.refinery import worker
+    from vermas.refinery.types import HoldKind
+
+    if find_claude_binary() is None:
+        pytest.skip("Claude Code CLI not installed (scripts/setup.sh installs it)")
+    town, _ = Town.init(tmp_path / "town")
+    rig = MergeRig(town, tmp_path)
+    town.config.rigs[RIG].verify_level = "shell"
+    town.config.inspector.command = "no-such-claude-here"
+    town.save_config()
+    one, two = rig.work("First change", {"one.txt": "1\n"}), rig.work("Second change", {"two.txt": "2\n"})
+    before = rig.upstream_main()
+    first = worker.process_rig(town, RIG, "t", 1000.0)
+    hold = ledger.queue_state(town, RIG).hold
+    assert hold is not None and hold.kind is HoldKind.VERIFY_UNAVAILABLE, first
+    assert "[inspector] command" in hold.reason and "no-such-claude-here" in hold.reason
+    assert first.paused and not first.failed and not first.escalated
+    for mr in (one.mr, two.mr):  # back to queued, nothing counted against the requests
+        req = ledger.get(town, mr)
+        assert (req.state, req.failures, req.attempts) == (MRState.QUEUED, 0, 0), path(QueueTown(town, rig, None), mr)
+    assert escalations(town, f"mq-hold:{RIG}") == [(None,)]
+    claims = len([e for e in ledger.events(town, one.mr) if e.to_state is MRState.CLAIMED])
+    for n in range(3):  # held: nothing claimed or tested again, no second escalation
+        again = worker.process_rig(town, RIG, "t", 1010.0 + n)
+        assert again.test_runs == 0 and not again.merged, again
+    assert len([e for e in ledger.events(town, one.mr) if e.to_state is MRState.CLAIMED]) == claims
+    assert escalations(town, f"mq-hold:{RIG}") == [(None,)] and rig.upstream_main() == before
+    with StandinModelServer(demo.standin_policy()) as server:  # the cause fixed in town.toml
+        edited = Town.open(town.root)
+        demo.use_standin_inspector(edited, server.base_url, tmp_path / "inspector-home")
+        edited.save_config()
+        edited.close()
+        town.reload_config()  # what the runner does every round
+        worker.drain(town, RIG, "t", clock=lambda: 1100.0)
+    assert ledger.queue_state(town, RIG).hold is None
+    assert {ledger.get(town, mr).state for mr in (one.mr, two.mr)} == {MRState.MERGED}
+    assert rig.upstream_files() >= {"one.txt", "two.txt"}
+    [(resolved,)] = escalations(town, f"mq-hold:{RIG}")
+    assert resolved is not None
+    town.close()
+
+
+@e2e
+def test_a_running_runner_holds_on_a_broken_town_toml_and_resumes_when_it_is_fixed(vup: QueueTown) -> None:
+    """The runner reads town.toml every round: an edit breaking the inspector holds the queue
+    (no request fails), the edit fixing it lets the held work merge, with no down/up."""
+    town = vup.town
+    command = town.config.inspector.command
+
+    def set_command(value: str) -> None:
+        edited = Town.open(town.root)
+        edited.config.inspector.command = value
+        edited.save_config()
+        edited.close()
+
+    set_command("/nonexistent/claude")
+    [bead] = sling_all(vup, ("Write a note", "Add a note file under notes/ and commit it."))
+    process_queue_until(vup, lambda: ledger.queue_state(town, RIG).hold is not None, "the queue to be held",
+                        timeout=240)
+    hold = ledger.queue_state(town, RIG).hold
+    assert hold is not None and "/nonexistent/claude" in hold.reason
+    assert all(r.state is not MRState.FAILED and r.failures == 0 for r in vup.requests(bead)), vup.diagnostics()
+    set_command(command)
+    process_queue_until(vup, lambda: vup.bead_status(bead) == "closed", "the held bead to merge once fixed",
+                        timeout=240)
+    assert ledger.queue_state(town, RIG).hold is None
+    assert [r.state for r in vup.requests(bead)] == [MRState.MERGED], vup.diagnostics()

@@ -52,6 +52,21 @@ SLOW_TESTS = {
 }
 
 
+pytest_plugins = ["tests.leakguard"]  # fails a module that leaves a process or tmux server of its own
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from tests import leakguard
+
+    leakguard.install()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from tests import leakguard
+
+    leakguard.uninstall()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         names = set(MODULE_MARKS.get(item.module.__name__.rpartition(".")[2], ()) if item.module else ())

@@ -51,6 +51,7 @@ class MergeRig:
 
     def push_upstream(self, name: str, text: str = "external\n") -> str:
         git(self.pusher, "pull", "-q", "--ff-only")
+        (self.pusher / name).parent.mkdir(parents=True, exist_ok=True)
         (self.pusher / name).write_text(text)
         git(self.pusher, "add", name)
         git(self.pusher, "-c", "user.email=p@vermas.invalid", "-c", "user.name=p", "commit", "-q", "-m", f"add {name}")

@@ -61,6 +61,13 @@ TEXT = "vermas: call hook_check now"
         (nudge.Screen(True, True, ""), False, False, nudge.Step.WAIT),  # busy: never interrupt
         (nudge.Screen(True, False, ""), False, False, nudge.Step.TYPE),
         (nudge.Screen(True, False, "human typing"), False, False, nudge.Step.FOREIGN),
+        # Left in the box by a nudger that died before its Enter (a killed runner): the whole
+        # text is submitted (the same nudge, once), a part of it erased and typed again.
+        (nudge.Screen(True, False, TEXT), False, False, nudge.Step.ENTER),
+        (nudge.Screen(True, False, "vermas: call hook_"), False, False, nudge.Step.CLEAR),
+        (nudge.Screen(True, False, "vermas:"), False, False, nudge.Step.FOREIGN),  # too short to be sure
+        (nudge.Screen(True, False, "vermas: call the mayor"), False, False, nudge.Step.FOREIGN),
+        (nudge.Screen(True, True, TEXT), False, False, nudge.Step.WAIT),  # busy: never interrupt
         (nudge.Screen(True, False, ""), True, False, nudge.Step.WAIT),  # typed, not echoed yet
         (nudge.Screen(True, False, TEXT), True, False, nudge.Step.ENTER),
         (nudge.Screen(True, False, TEXT), True, True, nudge.Step.ENTER),  # Enter swallowed: again

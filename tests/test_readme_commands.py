@@ -1,7 +1,8 @@
 """The README's first command, the demo town, run exactly as written from the repository's
 root (the second, `scripts/test.sh`, is what CI itself runs). It sets up (idempotent: nothing new
-is installed after the first run) and boots a throwaway town on the stand-in model where three
-polecats reach polecat_done; afterwards nothing of it is left: no tmux server, no folder."""
+is installed after the first run) and boots a throwaway town on the stand-in model whose three
+beads end merged on the sample repository's main by the refinery (tests and verification run),
+closed, with their convoy landed; afterwards nothing of it is left: no tmux server, no folder."""
 
 from __future__ import annotations
 
@@ -37,9 +38,20 @@ def test_the_demo_command_as_written(tmp_path: Path) -> None:
     proc = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "all polecats finished (3/3)" in proc.stdout, proc.stdout[-3000:]
-    assert "demo: polecats finished (3/3)" in proc.stdout and "\x1b" not in proc.stdout  # progress as lines
-    assert len(re.findall(r"^POLECAT_DONE ", proc.stdout, re.M)) == 3  # one line per polecat
+    out = proc.stdout
+    # the main job: every bead merged on the sample repository's main (the demo checks it with
+    # git before it says so), closed, the convoy landed; the summary printed
+    assert "demo done: every bead merged on main (3/3 merged)" in out, out[-3000:]
+    assert "demo: beads merged on main (3/3)" in out and "\x1b" not in out  # progress as lines
+    assert len(re.findall(r"^POLECAT_DONE ", out, re.M)) == 3  # one line per polecat
+    merged = re.findall(r"^MERGED (sp-\w+) in ([0-9a-f]{12}) \((\d+\.\d) s after sling\)", out, re.M)
+    assert len({bead for bead, _, _ in merged}) == 3, out[-3000:]
+    assert re.search(r"^CONVOY_LANDED hq-\w+: 3/3 beads", out, re.M), out[-3000:]
+    log = re.search(r"^main of the sample repository \(.*\), (\d+) commits:\n((?:  .*\n)+)", out, re.M)
+    assert log is not None and int(log.group(1)) == 4, out[-3000:]  # squash: one commit per bead
+    assert all(sha[:7] in log.group(2) for _, sha, _ in merged)
+    assert "initial commit" in log.group(2)
+    assert re.search(r"^sling to merged: p50 \d+\.\d s, max \d+\.\d s \(3 beads\)", out, re.M)
     # `down` reaps its agents' process groups, so no Claude Code process writes into the
     # folder after the demo removed it.
     assert list(temp.glob("vermas-demo-*")) == [], "the demo left its folder behind"

@@ -4,8 +4,11 @@ The `sh` block is parsed out of README.md and run by bash, unchanged, in a temp 
 `~/town` and `~/src/myproj` are there), with `.venv/bin` first on PATH as the README asks,
 and a private TMUX_TMPDIR (the town's own tmux socket lives there). The block uses the
 stand-in switch (`up --model standin`), so the real Claude Code CLI runs every session with
-no account. Afterwards the slung polecat must finish its bead, and `down` must stop the
-sessions, the runner and the stand-in model server, and put the town's `[agent]` back.
+no account. `~/src/myproj` is what users have: a normal repository with main checked out
+(and a test, since the block says `--test-command "pytest -q"`). Afterwards the slung bead must
+be merged by the refinery onto that repository's main (tested, verified, closed, its checkout
+following main), and `down` must stop the sessions, the runner and the stand-in model server,
+and put the town's `[agent]` back.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_repo, readme_block, stop_detached_town
+from tests.conftest import git, make_repo, readme_block, stop_detached_town
+from vermas import beads
+from vermas.refinery import ledger
+from vermas.refinery.types import MRState
 from vermas.testing.standin import find_claude_binary
 from vermas.town import Town
 from vermas_runner import demo
@@ -44,7 +50,11 @@ def readme_commands() -> str:
 def newcomer(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A newcomer's shell: fresh HOME holding ~/src/myproj, venv on PATH, private tmux dir."""
     home = tmp_path / "home"
-    make_repo(home / "src" / "myproj")
+    repo = make_repo(home / "src" / "myproj")  # non-bare, main checked out: a user's own repository
+    (repo / "tests").mkdir()
+    (repo / "tests" / "test_smoke.py").write_text("def test_smoke():\n    assert True\n")
+    git(repo, "add", "tests")
+    git(repo, "commit", "-q", "-m", "a test, as a user's project has")
     tmux_dir = Path(tempfile.mkdtemp(prefix="vt-"))  # short: a unix socket path is limited
     env = {k: v for k, v in os.environ.items() if k not in ("VERMAS_TOWN", "BD_ACTOR", "CLAUDECODE")}
     env.update(HOME=str(home), TMUX_TMPDIR=str(tmux_dir),
@@ -72,19 +82,27 @@ def test_readme_town_in_five_commands_works_as_written(newcomer: dict[str, str],
     assert re.search(r"runner:\s+pid \d+", out) and "rig myproj (prefix mp, branch main)" in out, out
 
     root = Path(newcomer["HOME"]) / "town"
+    repo = Path(newcomer["HOME"]) / "src" / "myproj"
+    before = git(repo, "rev-parse", "main")
     town = Town.open(root)
     bead_id = re.search(r"for (mp-\w+)", out).group(1)  # type: ignore[union-attr]
-    deadline = time.monotonic() + 240
-    body = None
-    while time.monotonic() < deadline and body is None:
-        with town.db.read() as conn:
-            row = conn.execute("SELECT body FROM messages WHERE kind = 'POLECAT_DONE' AND recipient = "
-                               "'myproj/witness' AND subject LIKE ?", (f"%{bead_id}",)).fetchone()
-        body = row[0] if row else None
+    deadline = time.monotonic() + 300
+    merged: list[ledger.MergeRequestRow] = []
+    while time.monotonic() < deadline and not merged:
+        merged = ledger.list_requests(town, bead=bead_id, states=[MRState.MERGED])
         time.sleep(1)
     status = json.loads(subprocess.run(["vermas-runner", "status", "--json", "--town", str(root)], env=newcomer,
                                        capture_output=True, text=True, timeout=60).stdout)
-    assert body is not None, f"the polecat did not finish {bead_id}; status: {json.dumps(status, indent=1)}"
+    assert merged, f"{bead_id} was not merged; status: {json.dumps(status, indent=1)[-6000:]}"
+    # merged onto the user's own repository's main, by the refinery: tested, verified, closed
+    sha = merged[-1].merged_sha
+    assert sha and git(repo, "rev-parse", "main") == sha and git(repo, "rev-parse", f"{sha}~1") == before
+    assert git(repo, "status", "--porcelain") == ""  # the checkout follows main: nothing shows as changed
+    assert len(git(repo, "ls-files", "notes").splitlines()) == 1  # the polecat's note is in the user's files
+    assert beads.show(town, bead_id).status == "closed"
+    steps = [e.evidence for e in ledger.show(town, merged[-1].id).events]
+    assert any(e.get("check") == "verify" and e.get("outcome") == "passed" for e in steps), steps
+    assert any(e.get("command") == "pytest -q" and e.get("exit_status") == 0 for e in steps), steps
     agents = {a["address"]: a for a in status["agents"]}
     assert all(agents[a]["alive"] for a in ("mayor", "myproj/witness", "myproj/refinery")), agents
     assert not any(a["death"] for a in status["agents"]), agents

@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import git
 from tests.refinery_rig import MAYOR, MergeRig
-from vermas import beads, patrol
+from vermas import beads, patrol, proc
 from vermas.addresses import parse_address
 from vermas.refinery import ledger, worker
 from vermas.refinery.types import MRState
@@ -90,7 +90,8 @@ def test_each_rig_with_work_gets_one_step_and_a_stepping_rig_is_left_alone() -> 
 
 
 def test_the_owner_is_unique_per_runner_process() -> None:
-    assert patrol.runner_owner() == f"runner:{socket.gethostname()}:{os.getpid()}"
+    # The start time tells this process from a later one that reuses its pid.
+    assert patrol.runner_owner() == f"runner:{socket.gethostname()}:{os.getpid()}:{proc.start_time(os.getpid())}"
 
 
 def test_a_step_that_changed_nothing_logs_nothing_and_a_merge_is_one_line() -> None:
@@ -135,7 +136,8 @@ def test_the_runner_merges_a_polecats_work_and_stops_its_session(town: Town, tmp
         assert not w.worktree.exists() and not mr.branch_exists(w.branch) and mr.slots() == []
         assert not private_tmux.alive(w.address)  # its session was stopped after the merge
         lease = ledger.queue_state(town, "gt").lease
-        assert lease is not None and lease.owner == f"runner:{socket.gethostname()}:{runner.proc.pid}"
+        started = proc.start_time(runner.proc.pid)
+        assert lease is not None and lease.owner == f"runner:{socket.gethostname()}:{runner.proc.pid}:{started}"
     finally:
         seen = runner.stop()
     assert runner.proc.returncode == 0 and "STOPPED" in seen
@@ -160,7 +162,8 @@ def test_a_long_test_run_blocks_neither_other_rigs_nor_exports_and_a_raising_rig
     fast = gt.work("fast one", {"f.txt": "f\n"})
     broken = bx.work("never", {"b.txt": "b\n"})
     shutil.rmtree(bx.clone)
-    runner = Runner(town, tmp_path / "runner.log", f"vermas-test-mq-none-{uuid.uuid4().hex[:8]}")
+    socket_name = f"vermas-test-mq-none-{uuid.uuid4().hex[:8]}"
+    runner = Runner(town, tmp_path / "runner.log", socket_name)
     try:
         wait_until(lambda: ledger.get(town, slow_work.mr).state is MRState.TESTING, runner.log, "slow testing")
         bead = beads.create(town, MAYOR, title="exported while a test runs").id
@@ -172,6 +175,8 @@ def test_a_long_test_run_blocks_neither_other_rigs_nor_exports_and_a_raising_rig
         assert runner.proc.poll() is None
     finally:
         seen = runner.stop()
+        # the deacon started the town's sessions (the mayor) on this socket: they are ours to stop
+        TownSessions(town.root, socket=socket_name).kill_server()
     assert seen.count("mq bx: step raised") == 1, seen  # logged once, not every round
     assert "Traceback (most recent call last)" in seen and "FileNotFoundError" in seen
     assert ledger.get(town, broken.mr).state is MRState.QUEUED  # nothing lost: it waits for a fix

@@ -6,8 +6,10 @@ change, filters to the agents with problems, and Ctrl-C ends it with status 0.""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -75,7 +77,10 @@ class Viewer:
     """A tmux server of this test's own with one pane running a command."""
 
     def __init__(self, argv: list[str], cwd: Path) -> None:
-        self.socket = f"vermas-test-watch-{uuid.uuid4().hex[:10]}"
+        # a socket in a folder of this test's own (short: a unix socket path is limited), so
+        # nothing is left in the user's tmux folder after kill()
+        self.folder = Path(tempfile.mkdtemp(prefix="vtw-"))
+        self.socket = str(self.folder / "s")
         # tmux does not always record a dead pane's status, so a shell notes it (its trap lets
         # Ctrl-C reach the command alone, which then exits on its own)
         self.status_file = cwd / f".watch-exit-{uuid.uuid4().hex[:6]}"
@@ -87,7 +92,7 @@ class Viewer:
                    ";", "set-option", "-w", "-t", "view:", "remain-on-exit", "on"])  # keep its last screen
 
     def tmux(self, args: list[str]) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30).stdout
+        return subprocess.run(["tmux", "-S", self.socket, *args], capture_output=True, text=True, timeout=30).stdout
 
     def screen(self) -> str:
         return self.tmux(["capture-pane", "-p", "-S", "-50", "-t", "view"])
@@ -106,7 +111,8 @@ class Viewer:
         return self.status_file.read_text().strip() if self.status_file.exists() else ""
 
     def kill(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=30)
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=30)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -170,3 +176,41 @@ def test_problems_filter_shows_only_agents_with_problems(watched: tuple[Town, To
         assert line_of(screen, "sample/witness") == "" and "problems 2" in screen
     finally:
         viewer.kill()
+
+
+@pytest.mark.slow
+def test_the_header_counts_a_paused_queue_and_its_escalation_until_the_queue_resumes(
+        town: Town, tmp_path: Path) -> None:
+    """A real refinery step pauses the queue on a red target (one ESCALATION, recorded): the
+    watch's header counts it with the agents' problems and its queue line says why; once the
+    target is green again and the queue resumes, the count drops by one and the line is plain."""
+    import json
+
+    from tests.refinery_rig import MergeRig
+    from vermas.refinery import ledger, worker
+
+    mr = MergeRig(town, tmp_path)
+    red = mr.push_upstream("upstream.txt", "BROKEN upstream\n")
+    mr.work("add a", {"a.txt": "a\n"})
+    assert worker.drain(town, "gt", "runner-1")[-1].paused
+
+    def count() -> int:
+        done = subprocess.run([RUNNER, "status", "--problems", "--json", "--town", str(town.root)],
+                              capture_output=True, text=True, timeout=120, check=True)
+        return len(json.loads(done.stdout))
+
+    paused = count()
+    viewer = Viewer([RUNNER, "status", "--watch", "--interval", "0.3", "--town", str(town.root)], town.root)
+    try:
+        screen = viewer.wait_for(lambda s: f"problems {paused}" in s, f"problems {paused}")
+        assert f"merge queue gt: queued 1 (paused at {red[:12]}" in screen
+        mr.push_upstream("upstream.txt", "fine now\n")
+        worker.drain(town, "gt", "runner-1")
+        assert ledger.queue_state(town, "gt").paused_sha is None
+        screen = viewer.wait_for(lambda s: "merge queue gt: merged 1" in s, "the request merged")  # a redraw after
+        assert f"problems {paused - 1}" in screen
+        [line] = [x for x in screen.splitlines() if x.startswith("merge queue gt:")]
+        assert line.strip() == "merge queue gt: merged 1", screen  # no longer paused
+    finally:
+        viewer.kill()
+        TownSessions(town.root).kill_server()

@@ -110,14 +110,6 @@ def test_a_spawning_polecat_is_the_spawns_business() -> None:
     assert run(ev(session=False, state=PolecatState.SPAWNING, state_since=T0), now=T0 + 10_000) == []
 
 
-@pytest.mark.parametrize(("after", "escalate"), [(CFG.stuck_after, False), (CFG.stuck_after + 1, True)])
-def test_an_undelivered_gupp_nudge_is_escalated_not_restarted(after: float, escalate: bool) -> None:
-    actions = run(ev(SS, state=PolecatState.STARTED), now=T0 + 1 + after)
-    assert kinds(actions) == ([Escalate] if escalate else [])
-    if escalate:
-        assert actions[0].key == f"gupp-undelivered:{NUX}:{BEAD}"
-
-
 # ---- working: never restarted, escalated after stuck_after ---------------------------------------
 
 
@@ -178,6 +170,7 @@ def test_idle_with_hooked_work_is_nudged_with_backoff_then_restarted(history: Ri
     actions = run(idle(), now=now, history=history)
     assert kinds(actions) == expected
     if expected == [GuppNudge]:
+        assert not actions[0].start  # an idle session's nudge: skipped while someone else nudges it
         assert actions[0].attempt == 1 + sum(1 for t in history.nudges[BEAD] if t >= T0)
 
 
@@ -186,6 +179,82 @@ def test_an_agent_that_answered_a_nudge_is_timed_from_its_new_idle() -> None:
     again = ev(SS, UPS, e(K.STOP, IDLE_AT), e(K.USER_PROMPT_SUBMIT, N1 + 1), e(K.STOP, N1 + 50))
     assert run(again, now=N1 + 50 + 120, history=nudges(N1)) == []
     assert kinds(run(again, now=N1 + 50 + 121, history=nudges(N1))) == [GuppNudge]
+
+
+# ---- started: the start nudge never confirmed ------------------------------------------------
+
+
+SS_AT = T0 + 1  # SessionStart; the slot stays `started` until a GUPP nudge is confirmed
+U1 = SS_AT + CFG.gupp_wait(0) + 1
+U2 = U1 + CFG.gupp_wait(1) + 1
+U3 = U2 + CFG.gupp_wait(2) + 1
+# (case, history, now, expected): a session whose start nudge was never confirmed (its runner
+# died before, and the next one found the session already running) is nudged like an idle one,
+# and escalated only after the last nudge's wait.
+UNCONFIRMED_TABLE = [
+    ("1st re-nudge not yet", nudges(), SS_AT + CFG.gupp_wait(0), []),
+    ("1st re-nudge", nudges(), SS_AT + CFG.gupp_wait(0) + 1, [GuppNudge]),
+    ("2nd not yet", nudges(U1), U1 + CFG.gupp_wait(1), []),
+    ("2nd", nudges(U1), U1 + CFG.gupp_wait(1) + 1, [GuppNudge]),
+    ("3rd not yet", nudges(U1, U2), U2 + CFG.gupp_wait(2), []),
+    ("3rd", nudges(U1, U2), U2 + CFG.gupp_wait(2) + 1, [GuppNudge]),
+    ("escalation not yet", nudges(U1, U2, U3), U3 + CFG.gupp_wait(3), []),
+    ("escalation after the last nudge's wait", nudges(U1, U2, U3), U3 + CFG.gupp_wait(3) + 1, [Escalate]),
+    ("nudges of an earlier session do not count", nudges(T0 - 900, T0 - 600, T0 - 300), SS_AT + CFG.gupp_wait(0) + 1,
+     [GuppNudge]),
+    ("never escalated at stuck_after before its nudges", nudges(), SS_AT + CFG.stuck_after + 1, [GuppNudge]),
+]
+
+
+@pytest.mark.parametrize(("history", "now", "expected"), [t[1:] for t in UNCONFIRMED_TABLE],
+                         ids=[t[0] for t in UNCONFIRMED_TABLE])
+def test_an_unconfirmed_start_nudge_is_nudged_again_with_backoff_then_escalated(
+        history: RigHistory, now: float, expected: list[type]) -> None:
+    actions = run(ev(SS, state=PolecatState.STARTED), now=now, history=history)
+    assert kinds(actions) == expected
+    if expected == [GuppNudge]:
+        assert actions[0].bead == BEAD and "never confirmed" in actions[0].reason and actions[0].start
+        assert actions[0].attempt == 1 + sum(1 for t in history.nudges[BEAD] if t >= T0)
+    if expected == [Escalate]:
+        assert actions[0].key == f"gupp-undelivered:{NUX}:{BEAD}" and "after 3 nudges" in actions[0].reason
+
+
+def test_an_unconfirmed_start_with_no_nudges_allowed_is_escalated_after_the_first_wait() -> None:
+    cfg = PatrolConfig(gupp_max_nudges=0)
+    assert run(ev(SS, state=PolecatState.STARTED), now=SS_AT + cfg.gupp_wait(0), cfg=cfg) == []
+    assert kinds(run(ev(SS, state=PolecatState.STARTED), now=SS_AT + cfg.gupp_wait(0) + 1, cfg=cfg)) == [Escalate]
+
+
+@pytest.mark.parametrize(("after", "escalate"), [(CFG.stuck_after, False), (CFG.stuck_after + 1, True)])
+def test_an_unconfirmed_start_without_hooked_work_is_escalated_after_stuck_after(after: float,
+                                                                                escalate: bool) -> None:
+    actions = run(ev(SS, state=PolecatState.STARTED, bead=None), now=SS_AT + after)
+    assert kinds(actions) == ([Escalate] if escalate else [])
+
+
+def test_an_unconfirmed_start_escalation_stands_while_waiting_and_is_resolved_once_confirmed() -> None:
+    key = f"gupp-undelivered:{NUX}:{BEAD}"
+    standing = {key: StandingEscalation(key=key, to="mayor", raised_at=U3 + 500)}
+    history = RigHistory(nudges={BEAD: (U3 + 600,)}, standing=standing)  # a later nudge, still unconfirmed
+    assert run(ev(SS, state=PolecatState.STARTED), now=U3 + 610, history=history) == []
+    working = ev(SS, UPS, e(K.PRE_TOOL_USE, U3 + 605, "Bash"))  # confirmed: it works
+    assert run(working, now=U3 + 610, history=history) == [ResolveEscalation(key=key, reason="its condition is gone")]
+
+
+@given(times=st.lists(st.floats(min_value=T0 - 5000, max_value=T0 + 20_000), max_size=6),
+       after=st.floats(min_value=0, max_value=30_000))
+@settings(max_examples=300, deadline=None)
+def test_an_unconfirmed_start_with_hooked_work_is_never_escalated_before_its_nudges(times: list[float],
+                                                                                   after: float) -> None:
+    now = SS_AT + after
+    history = nudges(*sorted(t for t in times if t <= now))
+    actions = run(ev(SS, state=PolecatState.STARTED), now=now, history=history)
+    this_session = [t for t in history.nudges[BEAD] if t >= T0] if history.nudges.get(BEAD) else []
+    assert len(actions) <= 1
+    if any(isinstance(a, Escalate) for a in actions):
+        assert len(this_session) >= CFG.gupp_max_nudges
+    if any(isinstance(a, GuppNudge) for a in actions):
+        assert len(this_session) < CFG.gupp_max_nudges
 
 
 TOOLLESS = ev(SS, UPS, e(K.STOP, IDLE_AT))  # the first prompt reached the model before its MCP tools

@@ -263,12 +263,16 @@ def _parse(line: str, lineno: int, last: bool) -> Any:
 
 
 def _read_lines(path: Path) -> list[str]:
-    """The file's lines, split on '\\n' only (str.splitlines would also split inside a JSON
-    string at U+2028 or \\x85); a line that is not UTF-8 refuses the file."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from exc
+    return split_lines(data)
+
+
+def split_lines(data: bytes) -> list[str]:
+    """A file's lines, split on '\\n' only (str.splitlines would also split inside a JSON
+    string at U+2028 or \\x85); a line that is not UTF-8 refuses the file."""
     lines = []
     for lineno, raw in enumerate(data.split(b"\n"), start=1):
         try:
@@ -338,8 +342,18 @@ def _refusal(problems: list[LineProblem]) -> InvalidInput:
     return InvalidInput(f"{len(problems)} bad line(s); nothing was imported:\n{shown}{tail}")
 
 
-def import_lines(town: Town, lines: list[str], *, skip_bad: bool = False) -> ImportReport:
-    """Import the lines; with skip_bad, bad records are reported and skipped, else refused."""
+def _check_prefix(rec: Record, prefix: str | None) -> None:
+    """A rig's file holds the rig's beads: an id is routed by the route whose prefix it starts
+    with (routes.jsonl, `<prefix>-`, as bd routes), so a bead of another prefix imported from it
+    would belong to another rig or to none."""
+    if prefix is not None and not rec.bead_id.startswith(prefix + "-"):
+        raise BadField("id", f"{rec.bead_id[:60]!r} does not route to this rig; allowed: ids starting with "
+                             f"this rig's prefix {prefix + '-'!r}")
+
+
+def import_lines(town: Town, lines: list[str], *, skip_bad: bool = False, prefix: str | None = None) -> ImportReport:
+    """Import the lines; with skip_bad, bad records are reported and skipped, else refused.
+    With prefix, only beads whose id has that prefix are accepted (a rig's own file)."""
     report = ImportReport()
     records: list[Record] = []
     last = max((n for n, line in enumerate(lines, start=1) if line.strip()), default=0)
@@ -356,7 +370,9 @@ def import_lines(town: Town, lines: list[str], *, skip_bad: bool = False) -> Imp
             report.tombstones += 1
         else:
             try:
-                records.append(check_record(rec, lineno))
+                checked = check_record(rec, lineno)
+                _check_prefix(checked, prefix)
+                records.append(checked)
             except BadField as exc:
                 report.problems.append(LineProblem(line=lineno, field=exc.field_name, message=exc.message))
     if report.problems and not skip_bad:

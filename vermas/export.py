@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vermas import git
 from vermas.atomic import write_atomic
 from vermas.proc import pid_alive
 from vermas.store import EXPORT_KINDS
@@ -73,13 +74,64 @@ QUERIES = {"issues": ISSUE_LINE_SQL.replace("{where}", NOT_A_WISP), "messages": 
            "routes": ROUTE_LINE_SQL}
 
 
+# The rig's file inside its canonical clone (layout.rig_export_file is the clone / this path).
+RIG_FILE = ".beads/issues.jsonl"
+_tracked_cache: dict[Path, tuple[tuple[int, int, int], bool]] = {}
+
+
+def repo_tracks(clone: Path) -> bool:
+    """Whether the rig's repository tracks `.beads/issues.jsonl` (bd users, Gas Town's layout).
+
+    Such a file belongs to the repository's history: people's bd commits and merged commits
+    change it, and vermas never commits it. So vermas does not write it: a rewritten tracked
+    file would leave the canonical clone modified, and every fast-forward that brings an
+    upstream change of the file (`rig sync`, each sling's sync, the refinery's advance) would
+    be refused ("would be overwritten"). What the history brings into it is imported into the
+    store instead (vermas.beadsync); the town's own file still holds every bead. Read from the
+    clone's index (cached by the index file's identity), so a fast-forward that brings the
+    file in counts at once."""
+    index = clone / ".git" / "index"
+    try:
+        st = index.stat()
+        stamp: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+    except OSError:
+        stamp = None
+    cached = _tracked_cache.get(clone)
+    if stamp is not None and cached is not None and cached[0] == stamp:
+        return cached[1]
+    tracked = git.run(clone, "ls-files", "--cached", "--", RIG_FILE, check=False) != ""
+    if stamp is not None:
+        _tracked_cache[clone] = (stamp, tracked)
+    return tracked
+
+
+def exclude_untracked_export(clone: Path) -> None:
+    """Where the repository does not track the file, vermas's export is listed in the clone's
+    `.git/info/exclude`: `git status` in the clone stays clean, and git treats an ignored file
+    as its own to replace, so an upstream that starts tracking `.beads/issues.jsonl` later
+    still fast-forwards (the store holds everything the export had)."""
+    exclude = clone / ".git" / "info" / "exclude"
+    if not exclude.parent.parent.is_dir():  # not a plain clone (.git is a file): nothing to do
+        return
+    line = "/" + RIG_FILE
+    try:
+        text = exclude.read_text()
+    except FileNotFoundError:
+        text = ""
+    if line not in text.splitlines():
+        exclude.parent.mkdir(exist_ok=True)
+        write_atomic(exclude, text + ("" if text.endswith("\n") or not text else "\n") + line + "\n")
+
+
 def _targets(town: Town, kind: str) -> list[tuple[str, Path, str, tuple[str, ...]]]:
     """(state key, file, query, args) for one export kind. The town file holds every bead;
-    each rig's canonical clone also gets its own beads, so they travel with its code."""
+    each rig's canonical clone also gets its own beads, so they travel with its code, unless
+    the rig's repository tracks that file (repo_tracks says why it is then left to git)."""
     out: list[tuple[str, Path, str, tuple[str, ...]]] = [(kind, town.layout.export_file(kind), QUERIES[kind], ())]
     if kind == "issues":
         for rig in town.config.rigs.values():
-            if town.layout.canonical_clone(rig.name).is_dir():
+            clone = town.layout.canonical_clone(rig.name)
+            if clone.is_dir() and not repo_tracks(clone):
                 out.append((f"issues:{rig.name}", town.layout.rig_export_file(rig.name),
                             ISSUE_LINE_SQL.replace("{where}", f"i.id GLOB ? AND {NOT_A_WISP}"), (rig.prefix + "-*",)))
     return out
@@ -155,6 +207,8 @@ def _export(
                         finally:
                             reader.execute("COMMIT")
                         target.parent.mkdir(exist_ok=True)
+                        if key.startswith("issues:"):
+                            exclude_untracked_export(target.parent.parent)
                         write_atomic(target, "".join(line + "\n" for line in lines))
                         state[key] = generation
                         state[key + "@"] = time.time()

@@ -10,6 +10,8 @@ from vermas.addresses import Address, Role
 from vermas.beads import hooked_id
 from vermas.molecules import molecule
 from vermas.molecules.molecule import MoleculeStatus
+from vermas.refinery import ledger
+from vermas.refinery.ledger import SentBack
 from vermas.town import Town
 
 __all__ = ["HookStatus", "check", "hooked_id"]
@@ -41,12 +43,21 @@ class HookStatus(BaseModel):
     unread_mail: int
     instructions: str
     molecule: MoleculeStatus | None = None  # the hooked bead is a molecule's root: its checklist
+    sent_back: SentBack | None = None  # the refinery sent this bead's work back: why, with the evidence
+
+
+def rework_instructions(sent: SentBack) -> str:
+    """What a polecat whose work came back does (pure): the same commit is refused again."""
+    return (f" The refinery sent your work back: merge request {sent.merge_request} is {sent.state} "
+            f"(commit {sent.commit[:12]}); the evidence is in sent_back and in your REWORK_REQUEST mail. Fix it on "
+            "your branch and commit: polecat_done refuses the same commit again.")
 
 
 def check(town: Town, actor: Address) -> HookStatus:
     with town.db.read() as conn:
         bead_id = hooked_id(conn, str(actor))
         unread = mail.unread_count(conn, str(actor))
+        sent = ledger.sent_back_in_txn(conn, bead_id) if bead_id and actor.role is Role.POLECAT else None
     bead = beads.show(town, bead_id) if bead_id else None
     walk = molecule.status(town, actor, bead.id) if bead is not None and bead.issue_type == molecule.MOLECULE_TYPE \
         else None
@@ -56,6 +67,8 @@ def check(town: Town, actor: Address) -> HookStatus:
             text = MOLECULE_WORK + (text if actor.role is Role.POLECAT else "Then report by mail.")
     else:
         text = NO_WORK.get(actor.role, "No hooked work. Read mail_inbox for requests.")
+    if sent is not None:
+        text += rework_instructions(sent)
     if unread:
         text += f" You have {unread} unread message(s): mail_inbox."
-    return HookStatus(bead=bead, unread_mail=unread, instructions=text, molecule=walk)
+    return HookStatus(bead=bead, unread_mail=unread, instructions=text, molecule=walk, sent_back=sent)

@@ -161,7 +161,8 @@ class TownLayout:
         return self.canonical_clone(rig).relative_to(self.root).as_posix()
 
     def rig_export_file(self, rig: str) -> Path:
-        """The rig's own beads, inside its canonical clone so they travel with its code."""
+        """The rig's own beads, inside its canonical clone so they travel with its code (exported
+        there only while the repository does not track the file: vermas.export.repo_tracks)."""
         return self.canonical_clone(rig) / BEADS_DIR / "issues.jsonl"
 
     def refinery_worktree(self, rig: str) -> Path:

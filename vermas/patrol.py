@@ -23,16 +23,18 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vermas import export, patrol_log, polecat
+from vermas import export, patrol_log, polecat, proc
 from vermas.addresses import Address, Role, parse_address
 from vermas.deacon import patrol as deacon_patrol
 from vermas.errors import InvalidInput
 from vermas.patrol_log import PatrolEvent
 from vermas.protocol import PolecatState
-from vermas.refinery import ledger, worker
+from vermas.refinery import ledger, queue, worker
 from vermas.refinery.ledger import MergeRequestRow
 from vermas.sessions import TownSessions
 from vermas.town import Town
+from vermas import beadsync, git
+from vermas import rig as rig_mod
 
 STOP_GRACE_S = 10.0  # on SIGTERM, how long running merge steps may finish before the runner exits
 log = logging.getLogger("vermas.patrol")
@@ -59,11 +61,12 @@ class Observed:
     started_polecats: tuple[StartedPolecat, ...] = ()
     abandoned_spawns: tuple[tuple[str, str], ...] = ()  # (rig, name): `spawning`, spawn lock free
     merge_queues: tuple[MergeQueue, ...] = ()
+    beads_behind: tuple[str, ...] = ()  # rigs whose branch moved since its tracked bd file was imported
 
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # "export" | "kick" | "repair" | "merge"
+    kind: str  # "export" | "kick" | "repair" | "merge" | "beads"
     target: str = ""
 
 
@@ -74,6 +77,7 @@ def decide(seen: Observed) -> list[Action]:
                 if p.alive and not p.nudging]
     # One step per rig at a time: a rig whose step still runs is left alone this round.
     actions += [Action("merge", q.rig) for q in seen.merge_queues if q.has_work and not q.stepping]
+    actions += [Action("beads", rig) for rig in seen.beads_behind]
     return actions
 
 
@@ -81,9 +85,11 @@ def decide(seen: Observed) -> list[Action]:
 
 
 def runner_owner() -> str:
-    """The lease owner of this runner process: unique per host and pid, so two runners (or a
-    restarted one) never pass for each other; a dead one's lease just expires."""
-    return f"runner:{socket.gethostname()}:{os.getpid()}"
+    """The lease owner of this runner process: `runner:<host>:<pid>:<start time>`, unique per
+    process, so two runners (or a restarted one) never pass for each other; a dead one's lease
+    is taken over at once by a runner of the same host (ledger.acquire), else it expires."""
+    pid = os.getpid()
+    return queue.runner_owner_name(socket.gethostname(), pid, proc.start_time(pid))
 
 
 def step_line(report: worker.StepReport) -> str | None:
@@ -200,8 +206,11 @@ def observe(town: Town, sessions: TownSessions, workers: MergeWorkers | None = N
     if workers is not None:
         work, busy = ledger.rigs_with_work(town), workers.stepping()
         queues = tuple(MergeQueue(rig, rig in work, rig in busy) for rig in sorted(town.config.rigs))
+    tips = {name: git.resolve(town.layout.canonical_clone(name), f"refs/heads/{config.default_branch}")
+            for name, config in sorted(town.config.rigs.items()) if town.layout.canonical_clone(name).is_dir()}
     return Observed(stale_exports=tuple(export.stale_kinds(town)), started_polecats=tuple(started),
-                    abandoned_spawns=tuple(abandoned), merge_queues=queues)
+                    abandoned_spawns=tuple(abandoned), merge_queues=queues,
+                    beads_behind=tuple(beadsync.behind(town, tips)))
 
 
 def act(town: Town, sessions: TownSessions, actions: list[Action], workers: MergeWorkers | None = None) -> None:
@@ -220,6 +229,8 @@ def act(town: Town, sessions: TownSessions, actions: list[Action], workers: Merg
             threading.Thread(target=polecat.gupp, args=(town, sessions, rig, name), daemon=True).start()
         elif action.kind == "merge" and workers is not None:
             workers.start(action.target)
+        elif action.kind == "beads":  # the refinery moved the branch: a tracked bd file's news
+            rig_mod.import_tracked_beads(town, action.target)
 
 
 def patrol_once(town: Town, sessions: TownSessions, workers: MergeWorkers | None = None) -> list[Action]:
@@ -245,22 +256,31 @@ def run_forever(town: Town, sessions: TownSessions, interval: float | None = Non
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    run_until(town, sessions, stop, interval)
+
+
+def run_until(town: Town, sessions: TownSessions, stop: threading.Event, interval: float | None = None,
+              out: Callable[[str], None] | None = None) -> None:
+    """The runner's loop until `stop` is set (the runner sets it on a signal; the demo runs the
+    same loop on a thread and sets it when its work is merged). `out` gets the loop's own lines."""
+    say = out or (lambda line: print(line, flush=True))
     problem: str | None = None
-    workers = MergeWorkers(town, sessions)
-    rounds = Rounds()
-    print(f"patrol: merge queues worked as {workers.owner}", flush=True)
+    workers = MergeWorkers(town, sessions, out=say)
+    rounds = Rounds(say)
+    say(f"patrol: merge queues worked as {workers.owner}")
     try:
         while not stop.is_set():
             error = town.refresh_config()
             notice = config_notice(problem, str(error) if error else None)
             if notice:
-                print(f"patrol: {notice}", flush=True)
+                say(f"patrol: {notice}")
             problem = str(error) if error else None
             beat_runner(town)
-            rounds.step(lambda: one_round(town, sessions, workers), town.config.patrol.heartbeat_stale_after)
+            rounds.step(lambda: one_round(town, sessions, workers, say), town.config.patrol.heartbeat_stale_after)
             stop.wait(interval if interval is not None else town.config.patrol.interval)
     finally:
         workers.stop()
+        rounds.join()
 
 
 RUNNER_LOOP = "runner"  # the runner's own heartbeat: written by its main loop, even while a round hangs
@@ -274,15 +294,17 @@ def beat_runner(town: Town) -> None:
         log.warning("patrol: could not write the runner heartbeat:\n%s", traceback.format_exc())
 
 
-def one_round(town: Town, sessions: TownSessions, workers: MergeWorkers | None) -> None:
+def one_round(town: Town, sessions: TownSessions, workers: MergeWorkers | None,
+              out: Callable[[str], None] | None = None) -> None:
     """The runner's patrol (exports, kicks, repairs, merges) then the witness and deacon rounds.
     A raise is logged with its traceback; the next round goes on."""
+    say = out or (lambda line: print(line, flush=True))
     try:
         patrol_once(town, sessions, workers)
     except Exception:  # noqa: BLE001 - one round's bug must not end the runner
-        print(f"patrol: round raised (the next round tries again):\n{traceback.format_exc()}", flush=True)
+        say(f"patrol: round raised (the next round tries again):\n{traceback.format_exc()}")
     for event in deacon_patrol.patrols(town, sessions):  # the witness of every rig, then the deacon
-        log_event(event)
+        say(event_line(event))
 
 
 class Rounds:
@@ -299,6 +321,11 @@ class Rounds:
 
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def join(self, timeout: float = 30.0) -> None:
+        """Wait for the round in progress (a clean stop must not leave a round writing)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def step(self, work: Callable[[], None], hang_after: float) -> bool:
         """Start a round unless one still runs (then report it if hung). True if started."""
@@ -329,8 +356,12 @@ class Rounds:
                  f"no new round until it returns:\n{stack}")
 
 
-def log_event(event: PatrolEvent) -> None:
+def event_line(event: PatrolEvent) -> str:
     """One runner-log line per recorded patrol action (the store keeps it with its evidence)."""
     who = f" {event.agent}" if event.agent else ""
     outcome = "" if event.ok else " (failed)"
-    print(f"patrol: {event.patrol}: {event.action}{who}{outcome}: {event.reason}", flush=True)
+    return f"patrol: {event.patrol}: {event.action}{who}{outcome}: {event.reason}"
+
+
+def log_event(event: PatrolEvent) -> None:
+    print(event_line(event), flush=True)

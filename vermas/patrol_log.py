@@ -25,6 +25,7 @@ from typing import Any
 from vermas import mail, protocol, timeutil
 from vermas.patrol_types import StandingEscalation
 from vermas.protocol import Escalation
+from vermas.store import Database
 from vermas.town import Town
 
 log = logging.getLogger("vermas.patrol")
@@ -135,31 +136,55 @@ def raise_escalation(town: Town, patrol: str, sender: str, key: str, to: str, me
                      at: float, agent: str | None = None) -> PatrolEvent | None:
     """ESCALATION mail to `to` and its standing row, in one transaction; None (nothing sent)
     when an escalation under `key` stands already."""
-    subject, body = protocol.format(message)
     with town.db.write() as conn:
-        row = conn.execute("SELECT resolved_at FROM escalations WHERE key = ?", (key,)).fetchone()
-        if row is not None and row[0] is None:
-            return None
-        sent = mail.send_in_txn(conn, town.db, sender, to, subject, body,
-                                idempotency_key=f"escalation:{key}:{at:.3f}"[:mail.MAX_KEY_CHARS])
-        conn.execute(
-            "INSERT INTO escalations(key, recipient, raised_at, message_id, subject, bead, agent, reason) "
-            "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET recipient = excluded.recipient, "
-            "raised_at = excluded.raised_at, message_id = excluded.message_id, subject = excluded.subject, "
-            "bead = excluded.bead, agent = excluded.agent, reason = excluded.reason, reescalated_at = NULL, "
-            "resolved_at = NULL",
-            (key, to, at, sent.id, subject, message.bead, agent or message.agent, message.reason))
-        return insert(conn, patrol, "escalate", reason, at, agent or message.agent, message.bead, key,
-                      {"to": to, "message": sent.id, "subject": subject, "text": message.text})
+        return raise_escalation_in_txn(conn, town.db, patrol, sender, key, to, message, reason, at, agent)
+
+
+def raise_escalation_in_txn(conn: sqlite3.Connection, db: Database, patrol: str, sender: str, key: str, to: str,
+                            message: Escalation, reason: str, at: float, agent: str | None = None,
+                            idempotency_key: str | None = None) -> PatrolEvent | None:
+    """`raise_escalation` inside the caller's write transaction, for an escalation that must
+    commit with the state change that caused it (the refinery's transitions and holds)."""
+    row = conn.execute("SELECT resolved_at FROM escalations WHERE key = ?", (key,)).fetchone()
+    if row is not None and row[0] is None:
+        return None
+    subject, body = protocol.format(message)
+    sent = mail.send_in_txn(conn, db, sender, to, subject, body,
+                            idempotency_key=(idempotency_key or f"escalation:{key}:{at:.3f}")[:mail.MAX_KEY_CHARS])
+    conn.execute(
+        "INSERT INTO escalations(key, recipient, raised_at, message_id, subject, bead, agent, reason) "
+        "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET recipient = excluded.recipient, "
+        "raised_at = excluded.raised_at, message_id = excluded.message_id, subject = excluded.subject, "
+        "bead = excluded.bead, agent = excluded.agent, reason = excluded.reason, reescalated_at = NULL, "
+        "resolved_at = NULL",
+        (key, to, at, sent.id, subject, message.bead, agent or message.agent, message.reason))
+    return insert(conn, patrol, "escalate", reason, at, agent or message.agent, message.bead, key,
+                  {"to": to, "message": sent.id, "subject": subject, "text": message.text})
 
 
 def resolve(town: Town, patrol: str, key: str, reason: str, at: float) -> PatrolEvent | None:
     with town.db.write() as conn:
-        changed = conn.execute("UPDATE escalations SET resolved_at = ? WHERE key = ? AND resolved_at IS NULL",
-                               (at, key)).rowcount
-        if not changed:
-            return None
-        return insert(conn, patrol, "resolve_escalation", reason, at, key=key)
+        return resolve_in_txn(conn, patrol, key, reason, at)
+
+
+def resolve_in_txn(conn: sqlite3.Connection, patrol: str, key: str, reason: str, at: float) -> PatrolEvent | None:
+    """Resolve the escalation standing under `key` (None when none stands), in the caller's transaction."""
+    changed = conn.execute("UPDATE escalations SET resolved_at = ? WHERE key = ? AND resolved_at IS NULL",
+                           (at, key)).rowcount
+    if not changed:
+        return None
+    return insert(conn, patrol, "resolve_escalation", reason, at, key=key)
+
+
+def resolve_prefixed_in_txn(conn: sqlite3.Connection, patrol: str, prefix: str, reason: str,
+                            at: float) -> list[PatrolEvent]:
+    """Resolve every standing escalation whose key starts with `prefix` (one cause per key,
+    e.g. every red-target escalation of a rig when its queue resumes)."""
+    if not prefix:
+        raise ValueError("an empty prefix would resolve every escalation")
+    keys = [r[0] for r in conn.execute("SELECT key FROM escalations WHERE resolved_at IS NULL AND "
+                                       "substr(key, 1, ?) = ?", (len(prefix), prefix))]
+    return [e for k in keys if (e := resolve_in_txn(conn, patrol, k, reason, at)) is not None]
 
 
 def reescalate(town: Town, patrol: str, sender: str, key: str, to: str, message: Escalation, reason: str,

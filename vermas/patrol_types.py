@@ -164,6 +164,8 @@ class PatrolConfig(BaseModel):
     - gupp_first = 60, gupp_factor = 2, gupp_max_nudges = 3: an idle polecat with hooked work is
       nudged after 1 min idle, again 2 min after that, again 4 min after that; after the last
       nudge and one more such wait (4 min) its session is restarted. Nudges count per session.
+      A session whose start nudge was never confirmed (its nudger died) is nudged on the same
+      schedule from its SessionStart, and escalated (not restarted) after the last wait.
       gupp_first 10..3600, gupp_factor 1..4, gupp_max_nudges 0..10.
     - stuck_after = 1800: a working agent (a turn or a tool running) is never restarted or
       nudged; with no event at all for this long it is escalated with evidence. 60..86400.

@@ -126,15 +126,17 @@ def done(town: Town, actor: Address, status: str = "COMPLETED", summary: str = "
                 raise Conflict(f"{bead_id} is a molecule with {len(left)} step(s) not done ({', '.join(left)}); "
                                "finish each with mol_step_done first, or use ESCALATED or DEFERRED")
         stamp, ts = timeutil.now()
-        mr_id = None
+        mr_id, mr_state = None, "none"
         if status == "COMPLETED":
             assert tree is not None
             # The queue of record (vermas.refinery.ledger): the same commit re-sent is one request;
-            # a new commit after rework replaces the bead's older open requests.
-            mr_id = ledger.enqueue_in_txn(
+            # a new commit after rework replaces the bead's older open requests; a commit the
+            # refinery already sent back (or that was rejected) is refused, saying why.
+            enqueued = ledger.enqueue_in_txn(
                 conn, town.db, mr_prefix=town.prefix_for_rig(rig), rig=rig, bead=bead_id, polecat=str(actor),
                 branch=tree.branch, commit=tree.commit, base=tree.base, summary=summary, actor=str(actor),
-                title=source["title"], priority=source["priority"]).id
+                title=source["title"], priority=source["priority"])
+            mr_id, mr_state = enqueued.id, enqueued.state.value
         next_status = NEXT_STATUS[status]
         conn.execute(
             "UPDATE issues SET status = ?, assignee = ?, updated_at = ?, updated_ts = ? WHERE id = ?",
@@ -159,7 +161,7 @@ def done(town: Town, actor: Address, status: str = "COMPLETED", summary: str = "
         id=mr_id, bead_id=bead_id, polecat=str(actor), rig=rig, status=status,
         branch=tree.branch if tree else None, commit=tree.commit if tree else None,
         base=tree.base if tree else None, commits_ahead=tree.commits_ahead if tree else 0,
-        state="queued" if mr_id else "none", summary=summary, witness_message_id=message.id,
+        state=mr_state, summary=summary, witness_message_id=message.id,
     )
 
 

@@ -27,6 +27,10 @@ def prime(town: Town, actor: Address) -> str:
         if status.molecule is not None:
             out += ["", f"### Checklist (molecule {status.molecule.root}, formula {status.molecule.formula})", "",
                     *molecule.checklist(status.molecule)]
+        if status.sent_back is not None:
+            sent = status.sent_back
+            out += ["", f"### Sent back by the refinery: {sent.merge_request} is {sent.state} "
+                        f"(commit {sent.commit[:12]})", "", "```", sent.evidence or "(no evidence recorded)", "```"]
         out += ["", f"**{status.instructions}**"]
     else:
         out += ["## Hook empty", "", status.instructions]

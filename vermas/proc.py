@@ -21,6 +21,22 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def start_time(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat), or
+    None when there is no such process (or it is a zombie, which holds nothing any more).
+
+    Why: a pid alone does not name a process for long; a dead process's pid is reused. The
+    pair (pid, start time) does, on this host, until a reboot."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    if len(fields) < 20 or fields[0] == "Z" or not fields[19].isdigit():
+        return None
+    return int(fields[19])
+
+
 def group_members(stats: Iterable[str], groups: set[int]) -> set[int]:
     """The process groups among `groups` that still have a running (non-zombie) member, from
     /proc/PID/stat texts (pure: a zombie holds nothing open and writes nothing)."""

@@ -46,6 +46,12 @@ class PolecatState(StrEnum):
     NUKED = "nuked"  # what nuke returns: slot, sandbox and session are gone (never stored)
 
 
+# The states whose polecat has a session to run: `up` starts these and no others. A finished
+# polecat (done: waiting only for its merge; escalated; deferred) has nothing to do in a session,
+# and one started anyway makes a model turn for nothing before the witness stops it. Work the
+# refinery sends back sets the slot to `started` again, so it is run once more.
+SESSION_STATES = frozenset({PolecatState.STARTED, PolecatState.WORKING})
+
 # The state polecat_done leaves a slot in, by the status it reported.
 DONE_STATE = {"COMPLETED": PolecatState.DONE, "ESCALATED": PolecatState.ESCALATED,
               "DEFERRED": PolecatState.DEFERRED}

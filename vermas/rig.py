@@ -1,13 +1,15 @@
 """Rigs: projects in a town, in Gas Town's layout.
 
-    <town>/<rig>/mayor/rig        canonical clone (its .beads/issues.jsonl carries the rig's beads)
+    <town>/<rig>/mayor/rig        canonical clone (its .beads/issues.jsonl: vermas.beadsync)
     <town>/<rig>/refinery/rig     the refinery's worktree, where merges are made and tested
     <town>/<rig>/polecats/<name>  one git worktree per polecat
     <town>/<rig>/crew/<name>      long-lived human-directed workspaces
 
 `rig sync` fetches the upstream (`origin`) into the canonical clone and fast-forwards the
 rig's default branch to it; every new polecat worktree is cut from the branch just synced,
-so a commit pushed upstream after `rig add` reaches the next polecat.
+so a commit pushed upstream after `rig add` reaches the next polecat. A repository that tracks
+`.beads/issues.jsonl` (bd's file) never wedges the sync: vermas leaves that file to git and
+imports what arrives in it (`rig add` and every sync; vermas.beadsync says how and why).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from vermas import git
+from vermas import beadsync, git
 from vermas.addresses import RIG_RE, TOWN_ROLES
 from vermas.errors import Conflict, InvalidInput, NotFound
-from vermas.town import MAX_POLECATS_LIMIT, RigConfig, Town, describe_errors, validate_prefix  # noqa: F401
+from vermas.town import (  # noqa: F401
+    MAX_POLECATS_LIMIT, PREFIX_RE, RigConfig, Town, describe_errors, validate_prefix)
 
 
 # A rig without a test command merges, but never silently: `rig add` warns, `rig list` and
@@ -49,6 +52,7 @@ class RigInfo(BaseModel):
     test_command: str
     polecats: int
     untested: bool = False  # no test_command: merges are marked untested
+    beads: beadsync.BeadsImport | None = None  # `rig add`: the beads its .beads/issues.jsonl brought
 
     @property
     def test_label(self) -> str:
@@ -78,7 +82,8 @@ def add(
             "[a-z0-9_-], not mayor/deacon/overseer"
         )
     git.check_argument(git_url, "git_url")
-    prefix = validate_prefix(prefix or default_prefix(name))
+    explicit = validate_prefix(prefix) if prefix else None  # None or "": the default (or the file's)
+    prefix = explicit or validate_prefix(default_prefix(name))
     try:  # the config model's bounds, checked before anything is cloned or written
         config = RigConfig(name=name, git_url=git_url, prefix=prefix, max_polecats=max_polecats,
                            test_command=test_command)
@@ -87,9 +92,8 @@ def add(
     town.reload_config()
     if name in town.config.rigs:
         raise Conflict(f"rig {name!r} exists already (rig list shows rigs)")
-    taken = {r.prefix for r in town.config.rigs.values()} | {town.config.prefix}
-    if prefix in taken:
-        raise Conflict(f"prefix {prefix!r} is used already; choose another with --prefix")
+    if explicit is not None:
+        _check_prefix_free(town, explicit, "choose another with --prefix")
     if town.layout.rig_dir(name).exists():
         raise Conflict(f"{town.layout.rig_dir(name)} exists already; remove it or choose another rig name")
     clone = canonical_clone(town, name)
@@ -97,6 +101,10 @@ def add(
     try:
         git.clone(town.root, git_url, clone)
         branch = git.run(clone, "symbolic-ref", "--short", "HEAD")
+        tracked = beadsync.file_at(clone, "HEAD")
+        prefix = choose_prefix(name, explicit, beadsync.file_prefix(tracked) if tracked is not None else None)
+        _check_prefix_free(town, prefix, "the repository's .beads/issues.jsonl beads use it" if explicit is None
+                           and prefix != default_prefix(name) else "choose another with --prefix")
         git.run(clone, "worktree", "add", "--quiet", "--detach", "--", str(refinery_worktree(town, name)),
                 branch)
         for folder in town.layout.rig_folders(name):
@@ -104,7 +112,7 @@ def add(
     except Exception:
         shutil.rmtree(town.layout.rig_dir(name), ignore_errors=True)
         raise
-    town.config.rigs[name] = config.model_copy(update={"default_branch": branch})
+    town.config.rigs[name] = config.model_copy(update={"default_branch": branch, "prefix": prefix})
     town.save_config()
     with town.db.write() as conn:
         conn.execute(
@@ -112,7 +120,28 @@ def add(
             (prefix + "-", town.layout.clone_route(name), name),
         )
         town.db.touch("routes", "issues")
-    return info(town, name)
+    beadsync.forget(town, name)  # a rig of this name removed earlier left nothing to go by
+    imported = beadsync.import_at(town, name, clone, git.run(clone, "rev-parse", "HEAD"), None)
+    return info(town, name).model_copy(update={"beads": imported})
+
+
+def _check_prefix_free(town: Town, prefix: str, hint: str) -> None:
+    taken = {r.prefix for r in town.config.rigs.values()} | {town.config.prefix}
+    if prefix in taken:
+        raise Conflict(f"prefix {prefix!r} is used already; {hint}")
+
+
+def choose_prefix(name: str, explicit: str | None, in_file: str | None) -> str:
+    """The rig's prefix (pure). A repository whose tracked `.beads/issues.jsonl` holds beads
+    already names its prefix: bd routes ids by prefix, so the rig takes it (or --prefix must
+    be it); a prefix vermas cannot use (e.g. upper case, or too long) leaves the choice as it was, and
+    those beads are then refused at import, each with its reason."""
+    usable = in_file if in_file is not None and PREFIX_RE.fullmatch(in_file) else None
+    if explicit is not None and usable is not None and usable != explicit:
+        raise InvalidInput(
+            f"rig {name}: the repository's .beads/issues.jsonl holds beads with prefix {usable!r}, and a rig's "
+            f"beads are routed by their prefix; allowed: --prefix {usable} (or leave --prefix out)")
+    return explicit or usable or default_prefix(name)
 
 
 def info(town: Town, name: str) -> RigInfo:
@@ -152,6 +181,9 @@ class SyncResult(BaseModel):
     upstream: str
     new_commits: int  # commits the branch gained
     local_commits: int  # commits on the branch that the upstream does not have
+    # The rig's tracked .beads/issues.jsonl: a leftover local rewrite landed in the store before the
+    # fast-forward, then what the branch brought since the last import (vermas.beadsync).
+    beads: list[beadsync.BeadsImport] = []
 
 
 def decide_sync(local: str, upstream: str, upstream_in_local: bool, local_in_upstream: bool) -> SyncState:
@@ -174,6 +206,28 @@ def _sync_lock(town: Town, name: str) -> Iterator[None]:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def import_tracked_beads(town: Town, name: str) -> beadsync.BeadsImport | None:
+    """Import what reached the rig's branch in a tracked `.beads/issues.jsonl` without a sync
+    (the refinery fetches and merges on its own): the patrol calls this when the branch moved
+    since the last import, so a person's bead or a merged bd edit reaches the store without
+    waiting for the next sling. Skipped (None) while a sync holds the rig's lock: that sync
+    imports it itself."""
+    config = town.config.rigs.get(name)
+    if config is None or not canonical_clone(town, name).is_dir():
+        return None
+    path = town.layout.rig_sync_lock(name)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        try:
+            return beadsync.catch_up(town, name, canonical_clone(town, name), config.default_branch)
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
@@ -223,6 +277,9 @@ def sync(town: Town, name: str) -> SyncResult:
                 f"commit(s) not upstream, {git.count(clone, before, upstream)} upstream not local); "
                 f"{branch} stays at {before[:12]}: push or rebase the local commits in {clone}"
             )
+        imports: list[beadsync.BeadsImport | None] = []
+        if git.current_branch(clone) == branch:  # the tracked bd file: see vermas.beadsync
+            imports.append(beadsync.clear_the_way(town, name, clone, upstream))
         if state is SyncState.FAST_FORWARDED:
             try:
                 _fast_forward(clone, branch, upstream)
@@ -230,6 +287,7 @@ def sync(town: Town, name: str) -> SyncResult:
                 raise git.GitError(f"rig {name}: fetched, but could not fast-forward {branch} to "
                                    f"{upstream[:12]}: {exc}") from None
         after = git.resolve(clone, f"refs/heads/{branch}") or before
+        imports.append(beadsync.catch_up(town, name, clone, branch))
     return SyncResult(rig=name, remote=remote, branch=branch, state=state, before=before, after=after,
                       upstream=upstream, new_commits=git.count(clone, before, after),
-                      local_commits=local_commits)
+                      local_commits=local_commits, beads=[i for i in imports if i is not None])

@@ -12,7 +12,7 @@ from vermas import convoy, cost, events, patrol_log, polecat, rig, up
 from vermas.cost import CostReport
 from vermas.molecules import molecule
 from vermas.refinery import ledger
-from vermas.refinery.types import MRState
+from vermas.refinery.types import MRState, QueueHold
 from vermas.town import Town
 from vermas.witness.classify import classify
 
@@ -69,14 +69,15 @@ class AgentRow(BaseModel):
 
 class MergeQueueStatus(BaseModel):
     """One rig's merge queue as `status` shows it: how many requests in each state, whether it
-    is paused (on which target sha, why), who holds its lease, and what it tests with (or the
-    loud marker that its merges are untested)."""
+    is paused (on which target sha, why) or held (the town prevents merging), who holds its
+    lease, and what it tests with (or the loud marker that its merges are untested)."""
 
     rig: str
     counts: dict[str, int]  # every MRState, 0 included, in the enum's order
     paused_sha: str | None = None
     paused_reason: str | None = None
     resume_requested: bool = False
+    hold: QueueHold | None = None  # the town itself prevents merging (its kind, reason, since)
     lease_owner: str | None = None
     lease_expires_at: float | None = None
     lease_expired: bool = False  # its owner stopped renewing it (died); the next runner takes it
@@ -98,6 +99,7 @@ def merge_queues(town: Town) -> list[MergeQueueStatus]:
         out.append(MergeQueueStatus(
             rig=name, counts={s.value: seen.get(s.value, 0) for s in MRState},
             paused_sha=state.paused_sha, paused_reason=state.paused_reason, resume_requested=state.resume_requested,
+            hold=state.hold,
             lease_owner=state.lease.owner if state.lease else None,
             lease_expires_at=state.lease.expires_at if state.lease else None,
             lease_expired=state.lease is not None and state.lease.expires_at <= now,

@@ -19,7 +19,8 @@ from pathlib import Path
 from vermas.atomic import is_disk_full, storage_full
 from vermas.errors import StorageFull
 
-SCHEMA_VERSION = 6  # 4: agent_events; 5: cost (transcripts, usage, hook log, model calls); 6: wisps, event session
+# 4: agent_events; 5: cost (transcripts, usage, hook log, model calls); 6: wisps, event session; 7: queue holds
+SCHEMA_VERSION = 7
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -267,6 +268,11 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("merge_requests", "untested", "INTEGER NOT NULL DEFAULT 0"),
     ("merge_requests", "cleaned_at", "TEXT"),  # the polecat's worktree and branch handled after merge
     ("merge_requests", "updated_at", "TEXT"),
+    # A rig queue's hold (vermas.refinery.types.QueueHold): the town stops merging, with its cause.
+    ("mq_rigs", "hold_kind", "TEXT"),
+    ("mq_rigs", "hold_reason", "TEXT"),
+    ("mq_rigs", "hold_key", "TEXT"),
+    ("mq_rigs", "hold_since", "REAL"),
     # Claude Code's session_id on each hook event: tells a killed predecessor's late SessionEnd
     # from the restarted session's own (vermas.witness.classify).
     ("agent_events", "session", "TEXT"),

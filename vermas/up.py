@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -25,6 +26,7 @@ from vermas.errors import Conflict, InvalidInput
 from vermas.inspector import readiness
 from vermas.proc import flock_held, pid_alive, reap_groups
 from vermas.progress import ProgressEvent, ProgressFn, ignore
+from vermas.protocol import SESSION_STATES, PolecatState
 from vermas.sessions.launch import kick_all, start_agent
 from vermas.town import Town
 
@@ -67,7 +69,14 @@ def core_agents(town: Town) -> list[Address]:
 
 
 def polecat_agents(town: Town) -> list[Address]:
+    """Every polecat slot's address (status, the dashboard and the death watch show them all)."""
     return [Address(role=Role.POLECAT, rig=p.rig, name=p.name) for p in polecat.list_polecats(town)]
+
+
+def polecats_to_run(slots: Iterable[tuple[Address, PolecatState]]) -> list[Address]:
+    """The polecats whose session should run (pure): started or working. A finished one (done,
+    escalated, deferred) is not started again by `up`; a spawning one is repair's to finish."""
+    return [address for address, state in slots if state in SESSION_STATES]
 
 
 def plan_up(desired: list[Address], alive: set[str]) -> list[Address]:
@@ -226,7 +235,8 @@ def up(town: Town, sessions: TownSessions, wait: bool = True, progress: Progress
     reports = polecat.repair_spawns(town, sessions)
     repaired = [f"{r.address}: {r.why}" + (f"; failed, not started: {r.error}" if r.error else "") for r in reports]
     broken = {r.address for r in reports if r.error}
-    desired = core_agents(town) + [a for a in polecat_agents(town) if str(a) not in broken]
+    slots = [(Address(role=Role.POLECAT, rig=p.rig, name=p.name), p.state) for p in polecat.list_polecats(town)]
+    desired = core_agents(town) + [a for a in polecats_to_run(slots) if str(a) not in broken]
     alive = live_session_names(sessions)
     died = dead_sessions(town, sessions)
     missing = plan_up(desired, alive)

@@ -102,6 +102,9 @@ def cmd_rig_add(args: argparse.Namespace) -> None:
     info = rig.add(town, args.name, args.git_url, prefix=args.prefix, max_polecats=args.max_polecats,
                    test_command=args.test_command or "")
     print(f"added rig {info.name} (prefix {info.prefix}, branch {info.default_branch}) at {info.path}")
+    if info.beads is not None:
+        print(f"imported {info.beads.created} bead(s) from its .beads/issues.jsonl"
+              + (f"; {len(info.beads.refused)} refused (each reason on stderr)" if info.beads.refused else ""))
     if info.untested:
         print(rig.untested_warning(info.name), file=sys.stderr, flush=True)
 
@@ -266,14 +269,16 @@ def cmd_status(args: argparse.Namespace) -> None:
         console.print(f"rig [bold]{r.name}[/] (prefix {r.prefix}, branch {r.default_branch}): "
                       f"{r.polecats}/{r.max_polecats} polecats")
     if status.merge_queues:
-        queues = Table("merge queue", "requests", "paused", "lease", "tests")
+        queues = Table("merge queue", "requests", "paused / held", "lease", "tests")
         for q in status.merge_queues:
             requests = ", ".join(f"{state} {n}" for state, n in q.counts.items() if n) or "empty"
             paused = (f"[red]paused at {q.paused_sha[:12]}[/]: {escape(q.paused_reason or '')}"
-                      + (" (resume requested)" if q.resume_requested else "")) if q.paused_sha else "-"
+                      + (" (resume requested)" if q.resume_requested else "")) if q.paused_sha else ""
+            if q.hold is not None:
+                paused += ("; " if paused else "") + f"[red]held ({q.hold.kind.value})[/]: {escape(q.hold.reason)}"
             lease = (f"{q.lease_owner}" + (" (expired)" if q.lease_expired else "")) if q.lease_owner else "-"
             tests = f"[bold red]{q.tests}[/]" if q.untested else escape(q.tests)
-            queues.add_row(q.rig, requests, paused, lease, tests)
+            queues.add_row(q.rig, requests, paused or "-", lease, tests)
         console.print(queues)
     if status.polecats:
         polecats = Table("polecat", "state", "bead", "branch")
@@ -441,7 +446,8 @@ def cmd_polecat_nuke(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from vermas_runner.demo import run_demo  # deferred: the demo loads the stand-in model server
 
-    raise SystemExit(run_demo(model=args.model, keep=args.keep, beads_count=args.beads))
+    raise SystemExit(run_demo(model=args.model, keep=args.keep, beads_count=args.beads,
+                              timeout=args.timeout))
 
 
 def _common() -> argparse.ArgumentParser:
@@ -524,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the town's sessions: agents, hooks, mail, polecats, convoys (town-status: the ledger)")
     p.add_argument("--watch", action="store_true", help="keep redrawing from the store until Ctrl-C")
     p.add_argument("--problems", action="store_true",
-                   help="only agents that are dead, waiting on a prompt, stuck or escalated")
+                   help="only what needs a person: agents dead, waiting, stuck or escalated; failed or escalated "
+                        "merge requests; paused or held queues; every open escalation")
     p.add_argument("--interval", type=float, default=views.DEFAULT_INTERVAL_S,
                    help=f"seconds between redraws with --watch (default {views.DEFAULT_INTERVAL_S:g})")
     p.set_defaults(fn=cmd_status)
@@ -563,10 +570,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="even with unmerged commits (its branch is kept; the rest is removed)")
     p.set_defaults(fn=cmd_polecat_nuke)
 
-    p = sub.add_parser("demo", help="a throwaway town where polecats work beads, shown live")
+    p = sub.add_parser("demo", help="a throwaway town whose polecats' beads end merged on a sample repository's main")
     p.add_argument("--model", choices=("standin", "claude"), default="standin",
                    help="standin: a scripted local model (no account); claude: your Claude Code login")
-    p.add_argument("--beads", type=int, default=3, help="how many beads the demo works (default 3)")
+    p.add_argument("--beads", type=int, default=3, choices=range(1, 9), metavar="1..8",
+                   help="how many beads the demo works (default 3)")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds to wait for every bead to be merged (default 600)")
     p.add_argument("--keep", action="store_true", help="keep the town and sessions afterwards")
     p.set_defaults(fn=cmd_demo)
 

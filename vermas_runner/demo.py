@@ -1,5 +1,6 @@
-"""`vermas-runner demo`: a throwaway town with a small sample rig, a few beads slung to
-polecats and worked to polecat_done, shown as it happens.
+"""`vermas-runner demo`: a throwaway town with a small sample rig (a normal repository with
+main checked out, as a user's own is), a few beads slung to polecats, worked, and merged onto
+that repository's main by the refinery (tests and verification run), shown as it happens.
 
 With the default stand-in model no account is needed: a scripted local model plays each
 agent through the real Claude Code CLI (it calls hook_check, does the bead's work with
@@ -24,19 +25,21 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from vermas import beads, polecat, rig, up
+from vermas import beads, convoy, patrol, polecat, rig, up
 from vermas.addresses import parse_address
 from vermas.atomic import write_atomic
 from vermas.errors import Conflict, InvalidInput
 from vermas.layout import TownLayout
 from vermas.proc import pid_alive
 from vermas.progress import ProgressEvent, Reporter
-from vermas.protocol import PolecatState
+from vermas.refinery import ledger
+from vermas.refinery.types import MRState
 from vermas.town import AgentCommand, InspectorConfig, Town
 
 POLECAT_MARKER = "You are a vermas polecat"
@@ -56,6 +59,7 @@ def sample_repo(path: Path) -> Path:
     (path / "README.md").write_text("# sample\n\nA sample project for the vermas demo.\n")
     (path / "notes").mkdir()
     (path / "notes" / ".keep").write_text("")
+    (path / "check.sh").write_text(CHECK_SCRIPT)
     git("add", "-A")
     git("commit", "-q", "-m", "initial commit")
     return path
@@ -308,7 +312,48 @@ def serve_standin(root: str) -> int:
     return 0
 
 
-def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, **_: Any) -> int:
+DEMO_TEST = "sh check.sh"  # the sample rig's test command: every note is a non-empty file
+CHECK_SCRIPT = """#!/bin/sh
+# The sample project's tests: every note under notes/ must be a non-empty file.
+set -e
+for f in notes/*.md; do
+    [ -e "$f" ] || continue
+    [ -s "$f" ] || { echo "empty note: $f"; exit 1; }
+done
+echo "notes ok"
+"""
+
+
+@dataclass
+class DemoBead:
+    """One sample bead as the demo follows it: slung at `slung`, merged at `merged`."""
+
+    id: str
+    slung: float
+    polecat: str = ""
+    done: bool = False
+    merged_sha: str | None = None
+    merged: float | None = None
+
+
+def demo_beads(count: int) -> list[tuple[str, str, str]]:
+    """(title, description, acceptance) of the sample beads: prose a real model follows, and
+    the `standin:` line the scripted model follows (it ignores the prose)."""
+    out = []
+    for i in range(1, count + 1):
+        path = f"notes/demo-{i}.md"
+        out.append((f"Write demo note {i}",
+                    f"Add the file {path} with one line, 'demo note {i}', and commit it.\n"
+                    f"standin: write {path} = demo note {i}\\n",
+                    f"{path} exists in the work tree and is not empty"))
+    return out
+
+
+def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, timeout: float = 600.0,
+             **_: Any) -> int:
+    """A throwaway town whose sample beads end MERGED on the sample repository's main by the
+    refinery (its tests and verification run), the beads closed and their convoy landed; 0 only
+    when git shows the merged commits on that main and its checkout equals them."""
     from rich.console import Console  # deferred: rich (~40 ms) only when the demo prints
 
     from vermas.sessions import TownSessions  # deferred: libtmux (~70 ms) only when the demo runs
@@ -317,14 +362,14 @@ def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, *
     root = Path(tempfile.mkdtemp(prefix="vermas-demo-"))
     town, _created = Town.init(root / "town")
     console.print(f"[bold]vermas demo[/]: town at {town.root}")
-    repo = sample_repo(root / "sample.git.src")
+    repo = sample_repo(root / "sample")
     server = None
     if model == "standin":
         from vermas.testing.standin import StandinModelServer  # deferred: test machinery, only for the demo
 
         server = StandinModelServer(standin_policy()).start()
         use_standin(town, server.base_url, root / "claude-home")
-        console.print(f"stand-in model on {server.base_url} (no account, scripted agents)")
+        console.print(f"stand-in model on {server.base_url} (no account, scripted agents and inspector)")
     else:  # your own Claude Code login: the sessions use your normal config and credentials
         from vermas.testing.standin import find_claude_binary  # deferred: test machinery, only for the demo
 
@@ -333,40 +378,54 @@ def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, *
             town.config.agent.command = str(binary)
             town.save_config()
         console.print(f"using your Claude Code login ({town.config.agent.command})")
-    rig.add(town, "sample", str(repo), prefix="sp", max_polecats=max(1, beads_count))
-    console.print("rig [bold]sample[/] added (prefix sp)")
+    rig.add(town, "sample", str(repo), prefix="sp", max_polecats=max(1, beads_count), test_command=DEMO_TEST)
+    console.print(f"rig [bold]sample[/] added (prefix sp): upstream {repo} (main checked out), "
+                  f"tests `{DEMO_TEST}`, verification at level {town.config.rigs['sample'].verify_level}")
     sessions = TownSessions(town.root)
     overseer = parse_address("overseer")
+    lock = up.RunnerLock(town)
+    lock.acquire()
+    stop = threading.Event()
+    patrol_thread: threading.Thread | None = None
     try:
         with Reporter() as show:
             report = up.up(town, sessions, wait=False, progress=show)
         console.print(f"started {', '.join(report.started)}")
-        made = [beads.create(town, overseer, f"Write demo note {i + 1}", rig="sample",
-                             description="Add a note file under notes/ and commit it.")
-                for i in range(beads_count)]
+        made = [beads.create(town, overseer, title, rig="sample", description=text, acceptance_criteria=accept)
+                for title, text, accept in demo_beads(beads_count)]
+        batch = convoy.create(town, overseer, "demo notes", [b.id for b in made])
+        console.print(f"convoy {batch.id} tracks {', '.join(b.id for b in made)}")
+        followed: list[DemoBead] = []
         for bead in made:
+            slung = time.monotonic()
             info = polecat.spawn(town, overseer, bead.id, "sample", sessions, kick="background")
+            followed.append(DemoBead(id=bead.id, slung=slung, polecat=str(info.address)))
             console.print(f"slung {bead.id} -> {info.address} on branch {info.branch}")
-        console.print(f"watch live: tmux -L {sessions.socket} attach -t vermas-sample-polecats-nux"
-                      + ("" if keep else " (add --keep to keep the town afterwards)"))
-        deadline = time.monotonic() + 300
-        done: set[str] = set()
-        with Reporter() as show:  # each polecat's state and the count done: bars on a terminal, else lines
-            while time.monotonic() < deadline and len(done) < len(made):
-                for msg in _witness_mail(town):
-                    if msg not in done:
-                        done.add(msg)
-                        console.print(f"[green]POLECAT_DONE[/] {msg}")
-                for p in polecat.list_polecats(town, "sample"):
-                    show(ProgressEvent(p.address, f"{p.state} on {p.bead_id or '-'}",
-                                       finished=p.state is PolecatState.DONE))
-                show(ProgressEvent("demo", "polecats finished", len(done), len(made), finished=len(done) == len(made)))
-                time.sleep(1)
-        ok = len(done) == len(made)
-        console.print(("[bold green]all polecats finished[/]" if ok else "[bold red]timed out[/]")
-                      + f" ({len(done)}/{len(made)})")
+        log = town.layout.runner_log
+        log.parent.mkdir(exist_ok=True)
+        with log.open("a") as fh:
+            def say(line: str) -> None:
+                fh.write(line + "\n")
+                fh.flush()
+
+            patrol_thread = threading.Thread(target=patrol.run_until, args=(town, sessions, stop), kwargs={"out": say},
+                                             name="demo-patrol", daemon=True)
+            patrol_thread.start()
+            console.print(f"the runner's patrol is on (witness, refinery merge queue, deacon); log: {log}")
+            console.print(f"watch live: tmux -L {sessions.socket} attach -t vermas-sample-polecats-nux"
+                          + ("" if keep else " (add --keep to keep the town afterwards)"))
+            landed = _follow(town, followed, batch.id, console, timeout)
+        ok = landed and _on_main(repo, followed, console)
+        _summary(repo, followed, console)
+        console.print(("[bold green]demo done: every bead merged on main[/]" if ok else
+                       "[bold red]demo did not finish[/]")
+                      + f" ({sum(1 for b in followed if b.merged_sha)}/{len(followed)} merged)")
         return 0 if ok else 1
     finally:
+        stop.set()
+        if patrol_thread is not None:
+            patrol_thread.join(60)
+        lock.release()
         if not keep:
             up.down(town, sessions)
             if server is not None:
@@ -374,6 +433,87 @@ def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, *
             remove_tree(root)
         else:
             console.print(f"kept: {town.root} (vermas-runner down --town {town.root} stops it)")
+
+
+def _follow(town: Town, followed: list[DemoBead], convoy_id: str, console: Any, timeout: float) -> bool:
+    """Print each POLECAT_DONE, MERGED and the convoy's landing as they happen; True once every
+    bead is merged and closed and CONVOY_LANDED was sent, False at the timeout."""
+    deadline = time.monotonic() + timeout
+    by_id = {b.id: b for b in followed}
+    landed_mail = False
+    with Reporter() as show:  # bars on a terminal, `task: status (done/total)` lines in a pipe
+        while time.monotonic() < deadline:
+            for bead_id in _done_beads(town):
+                b = by_id.get(bead_id)
+                if b is not None and not b.done:
+                    b.done = True
+                    console.print(f"[green]POLECAT_DONE[/] {b.polecat} on {b.id} "
+                                  f"({time.monotonic() - b.slung:.1f} s after sling)")
+            for b in followed:
+                if b.merged_sha is None:
+                    merged = [r for r in ledger.list_requests(town, bead=b.id, states=[MRState.MERGED])]
+                    if merged and beads.show(town, b.id).status == "closed":
+                        b.merged_sha, b.merged = merged[-1].merged_sha, time.monotonic()
+                        console.print(f"[green]MERGED[/] {b.id} in {str(b.merged_sha)[:12]} "
+                                      f"({b.merged - b.slung:.1f} s after sling)")
+                show(ProgressEvent(b.id, "merged" if b.merged_sha else "polecat done" if b.done else "working",
+                                   finished=b.merged_sha is not None))
+            merged_count = sum(1 for b in followed if b.merged_sha)
+            show(ProgressEvent("demo", "beads merged on main", merged_count, len(followed),
+                               finished=merged_count == len(followed)))
+            if merged_count == len(followed) and not landed_mail:
+                landed_mail = _convoy_landed(town, convoy_id)
+                if landed_mail:
+                    console.print(f"[green]CONVOY_LANDED[/] {convoy_id}: {merged_count}/{len(followed)} beads")
+            if landed_mail:
+                return True
+            time.sleep(0.5)
+    return False
+
+
+def _done_beads(town: Town) -> list[str]:
+    """Beads whose polecat called polecat_done (it queued their merge request)."""
+    return [r.bead for r in ledger.list_requests(town, rig="sample")]
+
+
+def _convoy_landed(town: Town, convoy_id: str) -> bool:
+    if not convoy.status(town, convoy_id).landed:
+        return False
+    with town.db.read() as conn:
+        return conn.execute("SELECT 1 FROM messages WHERE kind = 'CONVOY_LANDED' AND body LIKE ?",
+                            (f"%{convoy_id}%",)).fetchone() is not None
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True).stdout.strip()
+
+
+def _on_main(repo: Path, followed: list[DemoBead], console: Any) -> bool:
+    """What git says, not what the store says: every merged sha is on the sample repository's
+    main, and its checked-out files equal that main (nothing staged, changed or missing)."""
+    ok = True
+    for b in followed:
+        sha = b.merged_sha or ""
+        if not sha or subprocess.run(["git", "merge-base", "--is-ancestor", sha, "main"], cwd=repo,
+                                     capture_output=True).returncode != 0:
+            console.print(f"[red]{b.id}: its merged commit {sha[:12] or '-'} is not on {repo} main[/]")
+            ok = False
+    dirty = _git(repo, "status", "--porcelain")
+    if dirty:
+        console.print(f"[red]{repo}: the checkout differs from main:[/] {' '.join(dirty.split())[:200]}")
+        ok = False
+    return ok
+
+
+def _summary(repo: Path, followed: list[DemoBead], console: Any) -> None:
+    log = _git(repo, "log", "--oneline", "main")
+    console.print(f"main of the sample repository ({repo}), {len(log.splitlines())} commits:")
+    for line in log.splitlines():
+        console.print(f"  {line}")
+    times = sorted(b.merged - b.slung for b in followed if b.merged is not None)
+    if times:
+        console.print(f"sling to merged: p50 {times[len(times) // 2]:.1f} s, max {times[-1]:.1f} s "
+                      f"({len(times)} beads)")
 
 
 def remove_tree(root: Path, within: float = 10.0) -> None:
@@ -385,12 +525,6 @@ def remove_tree(root: Path, within: float = 10.0) -> None:
         if not root.exists() or time.monotonic() > deadline:
             return
         time.sleep(0.2)
-
-
-def _witness_mail(town: Town) -> list[str]:
-    with town.db.read() as conn:
-        return [f"{r[0]}: {r[1]}" for r in conn.execute(
-            "SELECT recipient, subject FROM messages WHERE kind = 'POLECAT_DONE' ORDER BY created_ts")]
 
 
 if __name__ == "__main__":

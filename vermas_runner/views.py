@@ -11,7 +11,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -22,7 +22,7 @@ from rich.text import Text
 from vermas import cost, problems
 from vermas.cost import CostBy, CostLine, CostReport
 from vermas.molecules import molecule
-from vermas.status import RunnerStatus, runner_status
+from vermas.status import MergeQueueStatus, RunnerStatus, runner_status
 from vermas.timeutil import now as now_stamp
 from vermas.town import Town
 
@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 DEFAULT_INTERVAL_S = 2.0
 PROBLEM_STYLE = {problems.Problem.DEAD: "red", problems.Problem.WAITING: "yellow",
-                 problems.Problem.STUCK: "magenta", problems.Problem.ESCALATED: "bold red"}
+                 problems.Problem.STUCK: "magenta", problems.Problem.ESCALATED: "bold red",
+                 problems.Problem.FAILED: "red", problems.Problem.PAUSED: "yellow", problems.Problem.HELD: "yellow"}
 
 
 # -- cost ---------------------------------------------------------------------------------------
@@ -94,24 +95,51 @@ def agents_table(rows: list[problems.WatchRow], report: CostReport | None) -> Ta
     return table
 
 
-def watch_frame(status: RunnerStatus, rows: list[problems.WatchRow], problems_only: bool, stamp: str,
-                watching: bool = True) -> Group:
-    """One screen of the watch: header, the agents (or only those with problems), the queues."""
+def problems_table(found: list[problems.ProblemRow]) -> Table:
+    """The problems that are not agents: failed or escalated requests, paused or held queues,
+    open escalations that ride on no other row."""
+    table = Table("problem", "about", "what", "since", "escalated to", expand=False)
+    for p in found:
+        to = ", ".join(f"{e.to}" + (" (acked)" if e.acked else "") for e in p.escalations) or "-"
+        table.add_row(Text(" ".join(x.value for x in p.problems), style=PROBLEM_STYLE[p.problems[0]]),
+                      escape(f"{p.kind.value} {p.subject}"), escape(p.reason), _since(p.since), escape(to))
+    return table
+
+
+def _since(at: float | None) -> str:
+    return "-" if at is None else _ago(max(0.0, time.time() - at)) + " ago"
+
+
+def queue_line(q: MergeQueueStatus) -> Text:
+    """One rig's queue: its requests by state, and why it does not merge when it does not."""
+    requests = ", ".join(f"{state} {n}" for state, n in q.counts.items() if n) or "empty"
+    why = problems.queue_reason(problems.queue_facts([q])[0])
+    return Text(f"merge queue {q.rig}: {requests}" + (f" ({why})" if why else ""), style="red" if why else "")
+
+
+def watch_frame(status: RunnerStatus, rows: list[problems.WatchRow], found: list[problems.ProblemRow],
+                problems_only: bool, stamp: str, watching: bool = True) -> Group:
+    """One screen of the watch: header (its count is every problem of the town, agents or not),
+    the agents (or only those with problems), the other problems, the queues."""
     shown = problems.only_problems(rows) if problems_only else rows
+    others = [p for p in found if p.kind is not problems.ProblemKind.AGENT]
     total = status.cost.total if status.cost is not None else CostLine(key="total")
     header = Text.assemble((f"town {status.town}", "bold"), f"  {stamp[11:19]} UTC  runner: ",
                            f"pid {status.runner_pid}" if status.runner_pid else "not running",
-                           f"  agents {len(rows)}, problems {len(problems.only_problems(rows))}",
+                           f"  agents {len(rows)}, problems {len(found)}",
                            f"  cost {usd(total.cost_usd)}")
     parts: list[RenderableType] = [header]
-    if problems_only and not shown:
-        parts.append(Text("no problems: every agent is alive, none waiting, stuck or escalated", style="green"))
+    if problems_only and not found:
+        parts.append(Text("no problems: every agent is alive, none waiting, stuck or escalated; no failed or "
+                          "escalated merge request, no paused or held queue, no open escalation", style="green"))
     else:
-        parts.append(agents_table(shown, status.cost))
+        if shown or not problems_only:
+            parts.append(agents_table(shown, status.cost))
+        if others:
+            parts.append(problems_table(others))
     if not problems_only:
         for q in status.merge_queues:
-            requests = ", ".join(f"{state} {n}" for state, n in q.counts.items() if n) or "empty"
-            parts.append(Text(f"merge queue {q.rig}: {requests}" + (" (paused)" if q.paused_sha else "")))
+            parts.append(queue_line(q))
         if status.polecats:
             parts.append(Text("polecats: " + ", ".join(f"{p.address} {p.state} {p.bead_id or '-'}"
                                                        for p in status.polecats)))
@@ -120,26 +148,36 @@ def watch_frame(status: RunnerStatus, rows: list[problems.WatchRow], problems_on
     return Group(*parts)
 
 
-def observe(town: Town, sessions: TownSessions) -> tuple[RunnerStatus, list[problems.WatchRow], str]:
-    """Read the town once: its status, each agent with its problems, and when."""
+class Observed(NamedTuple):
+    status: RunnerStatus
+    rows: list[problems.WatchRow]
+    found: list[problems.ProblemRow]
+    stamp: str
+
+
+def observe(town: Town, sessions: TownSessions) -> Observed:
+    """Read the town once: its status, each agent with its problems, every problem, and when."""
     town.reload_config()
     status = runner_status(town, sessions)
     with town.db.read() as conn:
         escalations = problems.open_escalations(conn)
     stamp, at = now_stamp()
-    return status, problems.watch_rows(status, escalations, at, town.config.patrol.stuck_after), stamp
+    rows = problems.watch_rows(status, escalations, at, town.config.patrol.stuck_after)
+    found = problems.town_problems(town, problems.only_problems(rows), status.merge_queues)
+    return Observed(status, rows, found, stamp)
 
 
 def render_watch(town: Town, sessions: TownSessions, problems_only: bool, watching: bool = True) -> Group:
     """Read the town once and draw it."""
-    status, rows, stamp = observe(town, sessions)
-    return watch_frame(status, rows, problems_only, stamp, watching)
+    seen = observe(town, sessions)
+    return watch_frame(seen.status, seen.rows, seen.found, problems_only, seen.stamp, watching)
 
 
 def print_problems_json(town: Town, sessions: TownSessions) -> None:
-    """`status --problems --json`: the agents with problems, as WatchRow objects."""
-    _, rows, _ = observe(town, sessions)
-    print(json.dumps([r.model_dump(mode="json") for r in problems.only_problems(rows)], indent=2))
+    """`status --problems --json`: every problem, as ProblemRow objects (kind agent rows carry
+    their WatchRow under `watch`)."""
+    found = observe(town, sessions).found
+    print(json.dumps([r.model_dump(mode="json") for r in found], indent=2))
 
 
 def watch(render: Callable[[], RenderableType], interval: float, console: Console | None = None) -> None:

@@ -19,6 +19,7 @@ from vermas.addresses import Address
 from vermas.cost import CostReport
 from vermas.molecules import molecule
 from vermas.patrol_types import Evidence, TmuxEvidence
+from vermas.problems import ProblemRow, town_problems
 from vermas.protocol import PolecatState
 from vermas.refinery import ledger
 from vermas.refinery.types import MRState
@@ -102,6 +103,10 @@ class Snapshot(BaseModel):
     ready: list[ReadyBead]
     unread_mail: dict[str, int]
     escalations: list[EscalationView]
+    # the escalations panel: failed or escalated merge requests, paused or held queues, and every
+    # open escalation (riding on its request's or queue's row, or a row of its own); agents' own
+    # problems are in the agents panel (vermas.problems decides all of it)
+    problems: list[ProblemRow] = Field(default_factory=list)
     feed: list[FeedItem]
     cost: CostReport | None = None  # None: nothing recorded yet (the page shows no panel)
 
@@ -210,9 +215,10 @@ def snapshot(town: Town, panes: Mapping[str, TmuxEvidence] | None = None) -> Sna
     escalations = [EscalationView(key=e.key, to=e.to, subject=e.subject, raised_at=e.raised_at,
                                   acked=e.acked_at is not None, agent=e.agent, bead=e.bead)
                    for e in sorted(standing.values(), key=lambda e: e.raised_at)]
+    found = town_problems(town, [], [q.status for q in queues])
     return Snapshot(town=town.config.name, taken_at=time.time(), agents=agents, queues=queues,
                     convoys=convoy.list_convoys(town), beads_by_status=by_status, ready=ready, unread_mail=unread,
-                    escalations=escalations, feed=feed, cost=cost_section(town))
+                    escalations=escalations, problems=found, feed=feed, cost=cost_section(town))
 
 
 def _queues_outside(town: Town) -> list[QueueView]:

@@ -20,8 +20,8 @@ from enum import StrEnum
 
 from vermas.protocol import Escalation, Merged, ReworkRequest
 from vermas.refinery.types import (
-    CANNOT_RUN_TRIES, RETRY_BACKOFF_CAP_S, RETRY_BACKOFF_S, MergeConfig, MRState, QueuedRequest, RunKind,
-    RunOutcome, RunStatus,
+    CANNOT_RUN_TRIES, RETRY_BACKOFF_CAP_S, RETRY_BACKOFF_S, MergeConfig, MRState, QueuedRequest, QueueHold,
+    RunKind, RunOutcome, RunStatus,
 )
 
 MAYOR = "mayor"
@@ -168,6 +168,20 @@ class Resume:
 @dataclass(frozen=True)
 class StayPaused:
     sha: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StayHeld:
+    """The queue's hold stands: its cause (as the probe sees it) has not changed."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReleaseHold:
+    """The hold's cause changed (or a person resumed the queue): release it and go on."""
+
     reason: str
 
 
@@ -445,6 +459,22 @@ def queue_gate(paused_sha: str | None, target_sha: str, target_run: RunOutcome |
     if target_run.passed:
         return Resume(target_sha)
     return StayPaused(target_sha, f"target at {target_sha} is {target_run.status.value}")
+
+
+def hold_gate(hold: QueueHold | None, current_key: str | None,
+              overseer_resumed: bool = False) -> Proceed | StayHeld | ReleaseHold:
+    """Before anything else in a step: a held queue stays held while a probe of its cause sees
+    the fingerprint it was held with. A different fingerprint means something changed (the
+    command now resolves, the work tree is clean, the upstream moved, the config changed), so
+    the queue is released and the work is tried again; the next failure holds it again, once.
+    `current_key` None means the cause could not be probed: stay held rather than loop."""
+    if hold is None:
+        return Proceed(Step.REBASE)
+    if overseer_resumed:
+        return ReleaseHold("resumed by a person")
+    if current_key is None or current_key == hold.key:
+        return StayHeld(f"held ({hold.kind.value}): {hold.reason}")
+    return ReleaseHold(f"the cause changed ({hold.kind.value}): released to try again")
 
 
 def rework_history(attempts: Sequence[str]) -> str:

@@ -19,18 +19,20 @@ Pure rules (dedup, order, transitions) live in queue.py and types.py; this modul
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from vermas import beads, ids, timeutil
+from vermas import beads, ids, patrol_log, proc, protocol, timeutil
 from vermas.errors import Conflict, InvalidInput, NotFound
 from vermas.refinery import queue
 from vermas.refinery.types import (
-    FINAL_STATES, IN_FLIGHT_STATES, LEASE_TTL_S, PRIORITY_MAX, PRIORITY_MIN, Lease, MRState, QueuedRequest,
-    RunOutcome, check_transition,
+    FINAL_STATES, IN_FLIGHT_STATES, LEASE_TTL_S, PRIORITY_MAX, PRIORITY_MIN, HoldKind, Lease, MRState,
+    QueueHold, QueuedRequest, RunOutcome, check_transition,
 )
 from vermas.store import Database
 from vermas.town import Town
@@ -42,6 +44,27 @@ COLUMNS = ("id, bead_id, rig, polecat, branch, commit_sha, base, state, summary,
 # Fields a transition may set besides the state (never id, bead, rig, branch, commit).
 SETTABLE = frozenset({"attempts", "failures", "not_before", "target_sha", "candidate_sha", "merged_sha",
                       "untested", "cleaned_at"})
+
+
+# ---- escalation keys: one standing escalation per cause (the `escalations` table, vermas.patrol_log) ----
+MR_ESCALATION_PREFIX = "mq:"
+TARGET_RED_PREFIX = "mq-target-red:"
+HOLD_PREFIX = "mq-hold:"
+
+
+def refinery_patrol(rig: str) -> str:
+    """The name the refinery's escalations and resolutions are logged under in patrol_events."""
+    return f"refinery:{rig}"
+
+
+def mr_escalation_key(mr_id: str, state: MRState) -> str:
+    """A request escalated in `state`; it stands until the request leaves that state."""
+    return f"{MR_ESCALATION_PREFIX}{mr_id}:{MRState(state).value}"
+
+
+def target_red_key(rig: str, sha: str) -> str:
+    """A rig's queue paused for a red target at `sha`; it stands until the queue resumes."""
+    return f"{TARGET_RED_PREFIX}{rig}:{sha}"
 
 
 class MergeRequestRow(BaseModel):
@@ -103,6 +126,7 @@ class Enqueued(BaseModel):
 
     id: str
     created: bool
+    state: MRState = MRState.QUEUED  # the request's state now (a duplicate's may be failed or in flight)
     replaced: list[str] = Field(default_factory=list)  # older open requests of the bead, now rejected
     stale_in_flight: list[str] = Field(default_factory=list)  # being processed; the worker will not merge them
 
@@ -115,6 +139,7 @@ class RigQueue(BaseModel):
     paused_sha: str | None = None
     paused_reason: str | None = None
     resume_requested: bool = False
+    hold: QueueHold | None = None  # the town stops merging (HoldKind); see `hold`
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -187,7 +212,8 @@ def rigs_with_work(town: Town) -> frozenset[str]:
         rows = conn.execute(
             f"SELECT DISTINCT rig FROM merge_requests WHERE state IN ({','.join('?' * len(waiting))}) "
             "OR (state = ? AND cleaned_at IS NULL) "
-            "UNION SELECT rig FROM mq_rigs WHERE paused_sha IS NOT NULL OR resume_requested = 1",
+            "UNION SELECT rig FROM mq_rigs WHERE paused_sha IS NOT NULL OR resume_requested = 1 "
+            "OR hold_kind IS NOT NULL",
             [*waiting, MRState.MERGED.value]).fetchall()
     return frozenset(r[0] for r in rows)
 
@@ -209,6 +235,46 @@ def show(town: Town, mr_id: str) -> MRDetail:
     """A request with its whole history (what `mq show` and `bead_show` display)."""
     with town.db.read() as conn:
         return MRDetail(request=fetch_in_txn(conn, mr_id), events=_events(conn, mr_id))
+
+
+def last_reason(conn: sqlite3.Connection, mr_id: str) -> str:
+    """The reason recorded with a request's latest state change (its first line): why it is
+    where it is (what a refused re-send and the polecat's hook show)."""
+    row = conn.execute("SELECT evidence FROM mr_events WHERE mr_id = ? AND (from_state IS NULL OR "
+                       "from_state != to_state) ORDER BY seq DESC LIMIT 1", (mr_id,)).fetchone()
+    reason = str(json.loads(row[0] or "{}").get("reason", "")) if row else ""
+    return reason.strip().split("\n", 1)[0]
+
+
+class SentBack(BaseModel):
+    """A bead's newest merge request, sent back by the refinery and waiting for its polecat's
+    fix: what the polecat's hook shows (the REWORK_REQUEST mail says the same)."""
+
+    merge_request: str
+    state: MRState
+    commit: str
+    evidence: str  # why, with the failing run's output tail (or the conflicting files)
+
+
+SENT_BACK_EVIDENCE_CHARS = 4000
+
+
+def sent_back_in_txn(conn: sqlite3.Connection, bead: str) -> SentBack | None:
+    """The bead's newest request when it is rework or conflict (None otherwise)."""
+    row = conn.execute("SELECT id, state, commit_sha FROM merge_requests WHERE bead_id = ? "
+                       "ORDER BY queued_ts DESC, id DESC LIMIT 1", (bead,)).fetchone()
+    if row is None or row[1] not in SEND_BACK_STATES:
+        return None
+    ev = conn.execute("SELECT evidence FROM mr_events WHERE mr_id = ? AND to_state = ? ORDER BY seq DESC LIMIT 1",
+                      (row[0], row[1])).fetchone()
+    found = json.loads(ev[0] or "{}") if ev else {}
+    text = str(found.get("reason") or "")
+    tail = str(found.get("output_tail") or "")
+    if tail and tail.strip() not in text:
+        text = f"{text}\n\n{tail}".strip()
+    if len(text) > SENT_BACK_EVIDENCE_CHARS:
+        text = "...\n" + text[-(SENT_BACK_EVIDENCE_CHARS - 4):]
+    return SentBack(merge_request=row[0], state=MRState(row[1]), commit=row[2] or "", evidence=text)
 
 
 def history_lines(town: Town, bead: str) -> list[str]:
@@ -264,6 +330,9 @@ def transition_in_txn(conn: sqlite3.Connection, mr_id: str, new: MRState, actor:
         sets["untested"] = int(bool(sets["untested"]))
     conn.execute(f"UPDATE merge_requests SET {', '.join(f'{k} = ?' for k in sets)} WHERE id = ?",
                  (*sets.values(), mr_id))
+    if new is not row.state:  # an escalation about the state it leaves no longer stands
+        patrol_log.resolve_in_txn(conn, refinery_patrol(row.rig), mr_escalation_key(mr_id, row.state),
+                                  f"{mr_id} left {row.state.value} for {new.value} ({actor})", time.time())
     return fetch_in_txn(conn, mr_id)
 
 
@@ -309,7 +378,11 @@ def enqueue_in_txn(conn: sqlite3.Connection, db: Database, *, mr_prefix: str, ri
         f"SELECT {COLUMNS} FROM merge_requests WHERE bead_id = ?", (bead,)).fetchall()]
     decision = queue.admit(mine, bead, commit)
     if isinstance(decision, queue.Duplicate):
-        return Enqueued(id=decision.existing, created=False)
+        refused = queue.resend_refusal(decision.existing, decision.state, commit, branch,
+                                       last_reason(conn, decision.existing))
+        if refused is not None:
+            raise Conflict(refused)
+        return Enqueued(id=decision.existing, created=False, state=decision.state)
     stamp, ts = timeutil.now()
     mr_id = ids.new_bead_id(conn, mr_prefix, f"mr\x00{bead}\x00{commit}")
     description = (f"branch: {branch}\ncommit: {commit}\ntarget: {base}\nsource_issue: {bead}\n"
@@ -331,6 +404,10 @@ def enqueue_in_txn(conn: sqlite3.Connection, db: Database, *, mr_prefix: str, ri
     for old in decision.replaces:
         transition_in_txn(conn, old, MRState.REJECTED, actor, {"reason": f"superseded by {mr_id}",
                                                                "superseded_by": mr_id})
+    for earlier in mine:  # a bead rejected loudly (its source gone) has new work now
+        if earlier.state is MRState.REJECTED:
+            patrol_log.resolve_in_txn(conn, refinery_patrol(rig), mr_escalation_key(earlier.id, MRState.REJECTED),
+                                      f"{bead} has a new merge request {mr_id}", time.time())
     return Enqueued(id=mr_id, created=True, replaced=list(decision.replaces),
                     stale_in_flight=list(decision.stale_in_flight))
 
@@ -349,12 +426,16 @@ def enqueue(town: Town, *, rig: str, bead: str, polecat: str, branch: str, commi
 
 
 def _rig_row(conn: sqlite3.Connection, rig: str) -> RigQueue:
-    r = conn.execute("SELECT lease_owner, lease_expires, paused_sha, paused_reason, resume_requested "
-                     "FROM mq_rigs WHERE rig = ?", (rig,)).fetchone()
+    r = conn.execute("SELECT lease_owner, lease_expires, paused_sha, paused_reason, resume_requested, "
+                     "hold_kind, hold_reason, hold_key, hold_since FROM mq_rigs WHERE rig = ?", (rig,)).fetchone()
     if r is None:
         return RigQueue(rig=rig)
     lease = Lease(owner=r[0], expires_at=float(r[1])) if r[0] is not None and r[1] is not None else None
-    return RigQueue(rig=rig, lease=lease, paused_sha=r[2], paused_reason=r[3], resume_requested=bool(r[4]))
+    held = None
+    if r[5] is not None:
+        held = QueueHold(kind=HoldKind(r[5]), reason=r[6] or r[5], key=r[7] or "", since=float(r[8] or 0.0))
+    return RigQueue(rig=rig, lease=lease, paused_sha=r[2], paused_reason=r[3], resume_requested=bool(r[4]),
+                    hold=held)
 
 
 def queue_state(town: Town, rig: str) -> RigQueue:
@@ -362,14 +443,47 @@ def queue_state(town: Town, rig: str) -> RigQueue:
         return _rig_row(conn, rig)
 
 
-def acquire(town: Town, rig: str, owner: str, now: float, ttl: float = LEASE_TTL_S) -> Lease | None:
-    """Take the rig's queue lease when it is free or expired, or extend it when it is ours.
-    Compare-and-set: the UPDATE applies only while the row still shows no live other owner.
-    Returns the lease when `owner` holds it after the call, else None."""
+OwnerGone = Callable[[str], bool]
+
+
+def local_owner_gone(owner: str) -> bool:
+    """Is this lease owner a runner process of this host that is no longer running (its pid
+    free, or reused by a process that started later)? See queue.owner_dead."""
+    parsed = queue.parse_owner(owner)
+    if parsed is None:
+        return False
+    return queue.owner_dead(parsed, socket.gethostname(), proc.start_time(parsed.pid))
+
+
+def _take_from_dead(conn: sqlite3.Connection, rig: str, owner: str, now: float, ttl: float,
+                    gone: OwnerGone) -> bool:
+    """The rig lease of a live-looking owner whose process is gone (this host's runner, killed)
+    becomes ours at once instead of after its expiry; its in-flight requests' leases are freed,
+    so `adopt` resumes them in this step. Compare-and-set against the owner observed."""
+    seen = _rig_row(conn, rig).lease
+    if seen is None or seen.owner == owner or seen.expires_at <= now or not gone(seen.owner):
+        return False
+    cur = conn.execute("UPDATE mq_rigs SET lease_owner = ?, lease_expires = ? WHERE rig = ? AND lease_owner = ? "
+                       "AND lease_expires = ?", (owner, now + ttl, rig, seen.owner, seen.expires_at))
+    if cur.rowcount != 1:
+        return False
+    conn.execute("UPDATE merge_requests SET lease_expires = NULL WHERE rig = ? AND lease_owner = ?",
+                 (rig, seen.owner))
+    return True
+
+
+def acquire(town: Town, rig: str, owner: str, now: float, ttl: float = LEASE_TTL_S,
+            gone: OwnerGone = local_owner_gone) -> Lease | None:
+    """Take the rig's queue lease when it is free or expired, or extend it when it is ours, or
+    take it over at once when its owner is a dead process of this host (`gone`; a killed
+    runner's rig does not wait out the lease). Compare-and-set: the UPDATE applies only while
+    the row still shows what was observed. Returns the lease when `owner` holds it, else None."""
     if not owner:
         raise InvalidInput("a lease owner must be non-empty")
     with town.db.write() as conn:
         conn.execute("INSERT OR IGNORE INTO mq_rigs(rig) VALUES (?)", (rig,))
+        if _take_from_dead(conn, rig, owner, now, ttl, gone):
+            return Lease(owner=owner, expires_at=now + ttl)
         cur = conn.execute(
             "UPDATE mq_rigs SET lease_owner = ?, lease_expires = ? WHERE rig = ? AND "
             "(lease_owner IS NULL OR lease_owner = ? OR lease_expires IS NULL OR lease_expires <= ?)",
@@ -440,7 +554,8 @@ def adopt(town: Town, mr_id: str, owner: str, now: float, ttl: float = LEASE_TTL
             return False
         if row.lease_owner != owner:
             _event(conn, mr_id, owner, row.state, row.state, {"adopted_from": row.lease_owner,
-                                                              "reason": "previous owner's lease expired"})
+                                                              "reason": "previous owner's lease expired or its "
+                                                                        "process is gone"})
         return True
 
 
@@ -454,9 +569,13 @@ def pause_in_txn(conn: sqlite3.Connection, rig: str, sha: str, reason: str) -> N
 
 
 def unpause(town: Town, rig: str) -> None:
+    """The queue resumes (a green target, or the overseer's `mq resume`): its red-target
+    escalations are resolved in the same transaction."""
     with town.db.write() as conn:
         conn.execute("UPDATE mq_rigs SET paused_sha = NULL, paused_reason = NULL, resume_requested = 0 "
                      "WHERE rig = ?", (rig,))
+        patrol_log.resolve_prefixed_in_txn(conn, refinery_patrol(rig), f"{TARGET_RED_PREFIX}{rig}:",
+                                           f"the {rig} merge queue resumed", time.time())
 
 
 def request_resume(town: Town, rig: str) -> RigQueue:
@@ -465,6 +584,53 @@ def request_resume(town: Town, rig: str) -> RigQueue:
         conn.execute("INSERT OR IGNORE INTO mq_rigs(rig) VALUES (?)", (rig,))
         conn.execute("UPDATE mq_rigs SET resume_requested = 1 WHERE rig = ?", (rig,))
         return _rig_row(conn, rig)
+
+
+# ---- holds: the town stops merging (HoldKind) -------------------------------------------------------
+
+
+def hold_key(rig: str) -> str:
+    """The escalation a rig's hold stands under (one per rig: a new cause replaces the old)."""
+    return f"mq-hold:{rig}"
+
+
+def hold(town: Town, rig: str, kind: HoldKind, reason: str, key: str, now: float, actor: str) -> bool:
+    """Hold `rig`'s queue for a cause of the town's, and record ONE escalation (the escalations
+    table and an ESCALATION mail to the mayor) in the same transaction. False, writing nothing,
+    when the same hold (kind and cause fingerprint) already stands: a cause escalates once."""
+    from vermas import patrol_log  # deferred: the patrol log imports the mail/protocol stack
+
+    reason = " ".join(reason.split())[:500] or kind.value
+    with town.db.write() as conn:
+        current = _rig_row(conn, rig).hold
+        if current is not None and current.kind is kind and current.key == key:
+            return False
+        conn.execute("INSERT OR IGNORE INTO mq_rigs(rig) VALUES (?)", (rig,))
+        conn.execute("UPDATE mq_rigs SET hold_kind = ?, hold_reason = ?, hold_key = ?, hold_since = ? WHERE rig = ?",
+                     (kind.value, reason, key, now, rig))
+        if current is not None:  # a different cause: the old escalation is answered by the new one
+            patrol_log.resolve_in_txn(conn, f"refinery:{rig}", hold_key(rig), f"replaced by: {reason}", now)
+        message = protocol.Escalation(text=f"The merge queue of rig {rig} is held: {reason}\n"
+                                           "Nothing merges until the cause is fixed; the queue resumes by itself "
+                                           "once it is (or `vermas-runner mq resume` after a fix).",
+                                      reason=kind.value, rig=rig, key=hold_key(rig))
+        patrol_log.raise_escalation_in_txn(conn, town.db, f"refinery:{rig}", actor, hold_key(rig), "mayor", message,
+                                           f"queue held: {reason}", now, agent=actor)
+        return True
+
+
+def release_hold(town: Town, rig: str, reason: str, actor: str, now: float) -> bool:
+    """Release `rig`'s hold (its cause is gone, or a person resumed it) and resolve its
+    escalation; False when no hold stood."""
+    from vermas import patrol_log  # deferred: see hold
+
+    with town.db.write() as conn:
+        changed = conn.execute("UPDATE mq_rigs SET hold_kind = NULL, hold_reason = NULL, hold_key = NULL, "
+                               "hold_since = NULL WHERE rig = ? AND hold_kind IS NOT NULL", (rig,)).rowcount
+        if not changed:
+            return False
+        patrol_log.resolve_in_txn(conn, f"refinery:{rig}", hold_key(rig), f"{reason} ({actor})", now)
+        return True
 
 
 def cache_run(town: Town, rig: str, outcome: RunOutcome, now: float) -> None:

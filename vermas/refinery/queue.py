@@ -104,6 +104,25 @@ def admit(existing: Sequence[QueuedRequest], bead: str, commit: str) -> Duplicat
     )
 
 
+SENT_BACK_STATES = frozenset({MRState.REWORK, MRState.CONFLICT})
+
+
+def resend_refusal(existing: str, state: MRState, commit: str, branch: str, why: str) -> str | None:
+    """Why a polecat_done for a commit that already has request `existing` in `state` must be
+    refused (None: answering with that request is the truth). The refinery sent it back (rework,
+    conflict) or it was rejected: queueing it again would test the same commit to the same end,
+    and answering "queued" would leave the bead with nothing queued. One line: why, what to do."""
+    why = " ".join(why.split())[:200] or "no reason recorded"
+    short = commit[:12]
+    if state in SENT_BACK_STATES:
+        return (f"commit {short} was already sent back: merge request {existing} is {state} ({why}); fix it on "
+                f"{branch}, commit (a new commit), then call polecat_done again, or use ESCALATED if you cannot")
+    if state is MRState.REJECTED:
+        return (f"commit {short} was already rejected: merge request {existing} ({why}); commit new work on "
+                f"{branch} and call polecat_done again, or use ESCALATED")
+    return None
+
+
 def superseded(req: QueuedRequest, existing: Iterable[QueuedRequest]) -> bool:
     """A newer request (another commit) for the same bead exists and is not final: merging
     `req` would land stale work."""
@@ -139,6 +158,48 @@ def new_lease(me: str, now: float, ttl: float = LEASE_TTL_S) -> Lease:
 def holds(lease: Lease | None, me: str, now: float) -> bool:
     """May `me` act on the queue now? Only under its own live lease."""
     return lease is not None and lease.owner == me and not expired(lease, now)
+
+
+RUNNER_PREFIX = "runner"
+
+
+@dataclass(frozen=True)
+class RunnerId:
+    """Who a `runner:<host>:<pid>[:<start>]` lease owner is: a process of `host`, told apart
+    from a later process with the same pid by its start time (clock ticks since boot)."""
+
+    host: str
+    pid: int
+    start: int | None = None
+
+
+def runner_owner_name(host: str, pid: int, start: int | None) -> str:
+    """The lease owner a runner process writes (parse_owner reads it back)."""
+    return f"{RUNNER_PREFIX}:{host}:{pid}" + (f":{start}" if start is not None else "")
+
+
+def parse_owner(owner: str) -> RunnerId | None:
+    """The runner process an owner string names, or None for any other owner (a test's or
+    an `mq run`'s name: nothing is known about its process, so only expiry frees it)."""
+    parts = owner.split(":")
+    if len(parts) not in (3, 4) or parts[0] != RUNNER_PREFIX or not parts[1] or not parts[2].isdigit():
+        return None
+    if len(parts) == 4 and not parts[3].isdigit():
+        return None
+    return RunnerId(host=parts[1], pid=int(parts[2]), start=int(parts[3]) if len(parts) == 4 else None)
+
+
+def owner_dead(owner: RunnerId | None, this_host: str, observed_start: int | None) -> bool:
+    """Is the process that holds a lease certainly gone? Only a runner of THIS host can be
+    checked: `observed_start` is the start time of the process now at its pid (None: no such
+    process). A different start time is a reused pid, so the owner is dead. An owner written
+    without a start time counts as dead only when its pid is free. Anything unknown (another
+    host, another kind of owner) is alive: its lease is left to expire."""
+    if owner is None or owner.host != this_host:
+        return False
+    if observed_start is None:
+        return True
+    return owner.start is not None and owner.start != observed_start
 
 
 def compare_and_set(current: Lease | None, observed: Lease | None, new: Lease) -> tuple[Lease | None, bool]:

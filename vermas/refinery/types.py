@@ -108,6 +108,28 @@ class Lease(BaseModel, frozen=True):
     expires_at: float
 
 
+class HoldKind(StrEnum):
+    """Why a rig's queue is held: the TOWN stops merging, not a request and not a red target.
+
+    A hold is not the requests' fault, so it counts no attempt or failure against them; it is
+    placed once (one escalation), and released by itself when a probe of its cause sees a
+    different fingerprint (the cause changed), or by `mq resume`."""
+
+    VERIFY_UNAVAILABLE = "verify_unavailable"  # the inspector's model command or config cannot run
+    PUSH_REFUSED = "push_refused"  # the upstream refused the push (the reason git gave is kept)
+    UPSTREAM_DIRTY = "upstream_dirty"  # the user's checked-out upstream has uncommitted changes
+
+
+class QueueHold(BaseModel, frozen=True):
+    """A standing hold on a rig's queue: its kind, the reason people see, the fingerprint of the
+    cause when it was placed (`key`; the hold lasts while a probe keeps seeing it), and since when."""
+
+    kind: HoldKind
+    reason: str = Field(min_length=1)
+    key: str
+    since: float
+
+
 class RunKind(StrEnum):
     TEST = "test"
     VERIFY = "verify"

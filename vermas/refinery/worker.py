@@ -35,7 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from vermas import beads, git, ids, mail, polecat, protocol, timeutil
+from vermas import beads, git, ids, mail, patrol_log, polecat, protocol, timeutil
 from vermas.addresses import Role, parse_address
 from vermas.errors import InvalidInput, NotFound, VermasError
 from vermas.inspector.models import CriterionOutcome, VerificationReport
@@ -45,7 +45,7 @@ from vermas.refinery import bisect, decide, gitops, ledger, queue
 from vermas.refinery.decide import Checks, Escalate, Finish, PauseQueue, Retry, SendBack
 from vermas.refinery.ledger import MergeRequestRow
 from vermas.refinery.types import (
-    IN_FLIGHT_STATES, LEASE_TTL_S, MergeConfig, MRState, RunKind, RunOutcome, RunStatus, tail,
+    IN_FLIGHT_STATES, LEASE_TTL_S, HoldKind, MergeConfig, MRState, RunKind, RunOutcome, RunStatus, tail,
 )
 from vermas.town import RigConfig, Town
 
@@ -57,6 +57,10 @@ PAUSE_MAX_S = 600.0
 PAUSE_POINTS = ("test", "advanced", "cleanup")
 
 Alive = Callable[[MergeRequestRow], bool]
+# How each kind of hold fingerprints its cause now (None: could not tell, so the hold stays).
+# A held queue is released the first round its probe answers a different fingerprint.
+HoldProbe = Callable[["_Step"], "str | None"]
+HOLD_PROBES: dict[HoldKind, HoldProbe] = {}
 Verify = Callable[[Town, MergeRequestRow, Path, str, str], RunOutcome]  # (town, req, tree, level, target sha)
 KillSession = Callable[[str], None]  # polecat address
 
@@ -305,6 +309,8 @@ def _run(s: _Step) -> None:
     for req in ledger.list_requests(s.town, rig=s.rig, states=[MRState.MERGED]):
         if req.cleaned_at is None:
             _cleanup(s, req)
+    if not _hold_gate(s):
+        return
     gitops.ensure_worktree(s.clone, s.worktree, s.target)
     target = s.sync()
     s.report.target_sha = target.sha
@@ -345,6 +351,38 @@ def _recover(s: _Step, tip: str) -> None:
             _cleanup(s, ledger.get(s.town, req.id))
         else:
             _requeue(s, req, action.reason)
+
+
+# ---- holds (the town stops merging) -----------------------------------------------------------------------
+
+
+def _hold_gate(s: _Step) -> bool:
+    """False while the queue stays held: its cause, as its kind's probe fingerprints it now, is
+    the one it was held for. Nothing is claimed, rebased or tested meanwhile (no loop)."""
+    state = ledger.queue_state(s.town, s.rig)
+    if state.hold is None:
+        return True
+    probe = HOLD_PROBES.get(state.hold.kind)
+    current = probe(s) if probe is not None else None
+    action = decide.hold_gate(state.hold, current, state.resume_requested)
+    if isinstance(action, decide.StayHeld):
+        s.report.paused = action.reason
+        return False
+    if isinstance(action, decide.Proceed):
+        return True
+    ledger.release_hold(s.town, s.rig, action.reason, s.actor, s.clock())
+    if state.resume_requested and state.paused_sha is None:
+        ledger.unpause(s.town, s.rig)  # the resume was for the hold; a red-target pause keeps its own
+    return True
+
+
+def _hold(s: _Step, reqs: Sequence[MergeRequestRow], kind: HoldKind, reason: str, key: str) -> None:
+    """The town itself stops these requests (not their fault): each goes back to queued with no
+    attempt or failure counted, and the queue is held once for the cause (one escalation)."""
+    for req in reqs:
+        _requeue(s, req, f"queue held: {reason}")
+    ledger.hold(s.town, s.rig, kind, reason, key, s.clock(), s.actor)
+    s.report.paused = f"held ({kind.value}): {reason}"
 
 
 # ---- the queue gate (red target) ------------------------------------------------------------------------
@@ -631,7 +669,10 @@ def _escalate(s: _Step, req: MergeRequestRow, action: Escalate, evidence: dict[s
             beads.add_comment(conn, req.bead, s.actor, f"merge request {req.id}: {action.comment}",
                               timeutil.now()[0])
             s.town.db.touch("issues")
-        _mail(conn, s, action.to, action.message, f"mq-escalate:{req.id}:{action.state.value}")
+        # recorded with its mail: one standing escalation per (request, state), resolved when it leaves the state
+        patrol_log.raise_escalation_in_txn(conn, s.town.db, ledger.refinery_patrol(s.rig), s.actor,
+                                           ledger.mr_escalation_key(req.id, action.state), action.to,
+                                           action.message, action.comment, s.clock(), agent=req.polecat or None)
     s.report.escalated.append(req.id)
     {MRState.REJECTED: s.report.rejected, MRState.FAILED: s.report.failed, MRState.REWORK: s.report.reworked,
      MRState.CONFLICT: s.report.conflicts}.get(action.state, []).append(req.id)
@@ -669,8 +710,11 @@ def _pause(s: _Step, req: MergeRequestRow, action: PauseQueue, out: RunOutcome) 
                          description=action.bug.description, issue_type="bug", priority=0)
             ledger.record_bug_in_txn(conn, action.bug.key, s.rig, bug_id)
             s.town.db.touch("issues")
-        if action.escalation is not None:
-            _mail(conn, s, decide.MAYOR, action.escalation, f"mq-target-red:{s.rig}:{action.sha}")
+        if action.escalation is not None:  # stands until the queue resumes (ledger.unpause resolves it)
+            patrol_log.raise_escalation_in_txn(conn, s.town.db, ledger.refinery_patrol(s.rig), s.actor,
+                                               ledger.target_red_key(s.rig, action.sha), decide.MAYOR,
+                                               action.escalation,
+                                               f"{s.target} fails its tests at {action.sha}; queue paused", s.clock())
     s.report.requeued.append(req.id)
     s.report.paused = f"{s.target} fails its tests at {action.sha}"
 

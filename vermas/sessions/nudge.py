@@ -104,6 +104,7 @@ class Step(str, Enum):
     FOREIGN = "foreign"  # someone else's text is in the box: leave it alone and wait
     ENTER = "enter"  # our whole text is in the box: press Enter
     ERASE = "erase"  # typed, but the whole text never showed: erase it (then queue it as mail)
+    CLEAR = "clear"  # part of this same text sits in the box, left by a nudger that died: erase it, then type
     DONE = "done"  # box emptied (or the agent went busy) after Enter
 
 
@@ -120,15 +121,31 @@ def chunks(text: str, size: int = CHUNK) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
+LEFTOVER_MIN_CHARS = 8  # a shorter text in the box is not recognisably ours: it is left alone
+
+
+def leftover_of(shown: str, text: str) -> bool:
+    """Whether the box holds the start of this very text (whitespace ignored, as same_text):
+    what a nudger that died after typing, before its Enter, leaves behind (a killed runner)."""
+    have, want = "".join(shown.split()), "".join(text.split())
+    return len(have) >= LEFTOVER_MIN_CHARS and want.startswith(have)
+
+
 def next_step(screen: Screen, text: str, typed: bool, entered: bool = False, overdue: bool = False) -> Step:
     """What to do now, given the screen, whether we typed and pressed Enter yet, and whether
     the typed text has had its time to show (pure). Enter only when the box shows the
-    whole text: a partial text is never submitted."""
+    whole text: a partial text is never submitted. The same text left whole in the box by a
+    nudger that died before its Enter is ours to submit (once: it is the same nudge); a part of
+    it is erased and typed again; anything else in the box is someone else's."""
     whole = screen.ready and same_text(screen.input_text, text)
     if not typed:
         if not screen.ready or screen.busy:
             return Step.WAIT
-        return Step.TYPE if not screen.input_text else Step.FOREIGN
+        if not screen.input_text:
+            return Step.TYPE
+        if whole:
+            return Step.ENTER
+        return Step.CLEAR if leftover_of(screen.input_text, text) else Step.FOREIGN
     if whole:
         return Step.ENTER
     if entered and (screen.busy or (screen.ready and not screen.input_text)):
@@ -251,7 +268,14 @@ def _deliver(
             deadline = max(deadline, time.monotonic() + max_enters * ENTER_SPACING + ECHO_TIMEOUT + 5)
         elif step is Step.ERASE:
             return _erase(sessions, target, text, "the text did not show whole in the input box", poll)
+        elif step is Step.CLEAR:  # at most len(text) presses: the leftover is a part of it
+            pane.send_keys("BSpace", enter=False, repeat=len(text))
+            time.sleep(PASTE_SETTLE)
         elif step is Step.ENTER:
+            if not typed:  # the whole text left by a nudger that died: from here on it is ours
+                typed, typed_at = True, time.monotonic()
+                last_enter = time.monotonic() - ENTER_SPACING
+                deadline = max(deadline, time.monotonic() + max_enters * ENTER_SPACING + ECHO_TIMEOUT + 5)
             if enters >= max_enters:
                 break
             if time.monotonic() - last_enter >= ENTER_SPACING:  # give the TUI time to react

@@ -193,11 +193,16 @@ class WitnessActor:
         assert address.rig is not None and address.name is not None
         lock = polecat.gupp_lock(self.town, address.rig, address.name)
         if not lock.acquire(wait=False):  # the runner's kick (or a caller) is nudging right now
+            if a.start:
+                return {"attempt": a.attempt, "delivered_by": "whoever holds its GUPP lock (a runner's kick)"}
             raise _Done("its GUPP lock is held: someone is delivering a nudge")
 
         def deliver() -> None:
             try:
-                nudge.nudge(self.town, self.sessions, address, launch.GUPP_NUDGE, sender=self.sender)
+                result = nudge.nudge(self.town, self.sessions, address, launch.GUPP_NUDGE, sender=self.sender)
+                if result.submitted:  # the confirmation a `started` slot waits for (as polecat.gupp records it)
+                    polecat.set_state(self.town, str(address.rig), str(address.name), PolecatState.WORKING,
+                                      only_from=PolecatState.STARTED)
             except Exception as exc:  # noqa: BLE001 - a thread's failure is logged, never raised
                 log.warning("%s: GUPP nudge of %s failed: %s", self.patrol, address, exc)
             finally:

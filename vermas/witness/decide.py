@@ -4,7 +4,9 @@ branches and what earlier rounds did, to typed actions. Pure: no tmux, git or st
 Per polecat, by its state (vermas/witness/classify.py):
 - done: stop the Claude session (the worktree stays for the refinery).
 - starting beyond `grace` with no SessionStart: restart. SessionStart seen but its GUPP nudge
-  still pending beyond `stuck_after`: escalate (the runner's kick owns that nudge).
+  never confirmed (the runner's kick owns it, but that runner may have died, and the next one
+  finds the session already running): nudged again like an idle polecat (gupp_wait backoff, at
+  most gupp_max_nudges), escalated only after the last nudge's wait.
 - working: never restarted or nudged, however long a tool runs; no event for `stuck_after`:
   escalate with the evidence.
 - idle with hooked work: GUPP nudges with backoff (PatrolConfig.gupp_wait), at most
@@ -166,10 +168,8 @@ def _polecat(plan: _Plan, ev: Evidence, c: Classification, history: RigHistory, 
             if bead is not None and waited > cfg.grace:
                 why = f"no SessionStart {waited:.0f}s after start (grace {cfg.grace:g}s)"
                 _restart(plan, ev, bead, history, cfg, why)
-        elif waited > cfg.stuck_after:
-            key = condition_key("gupp-undelivered", ev.agent, bead)
-            plan.escalate(key, _escalation(plan, ev, "gupp-undelivered", _evidence_text(ev, c, now)),
-                          f"SessionStart {waited:.0f}s ago and its GUPP nudge never confirmed", ev.agent, True)
+        else:
+            _unconfirmed_start(plan, ev, c, bead, history, cfg)
         return
     if c.state is S.WORKING:
         quiet = None if c.last_activity is None else now - c.last_activity
@@ -216,6 +216,39 @@ def _idle(plan: _Plan, ev: Evidence, c: Classification, bead: str, history: RigH
                                   f"{len(nudges) + 1} of {cfg.gupp_max_nudges}"))
     else:
         _restart(plan, ev, bead, history, cfg, f"still idle {idle_for:.0f}s after {len(nudges)} GUPP nudges")
+
+
+def _unconfirmed_start(plan: _Plan, ev: Evidence, c: Classification, bead: str | None, history: RigHistory,
+                       cfg: PatrolConfig) -> None:
+    """SessionStart seen, its GUPP nudge never confirmed (the slot is still `started`): the nudge
+    that owned it may have died with its runner, and a later runner finds the session already
+    running. With hooked work it is nudged again with the idle backoff (gupp_wait, at most
+    gupp_max_nudges this session), whichever runner's witness finds it; only after the last one
+    and its wait is it escalated. Without hooked work there is nothing to nudge it to."""
+    assert c.since is not None
+    now, waited = plan.now, plan.now - c.since
+    key = condition_key("gupp-undelivered", ev.agent, bead)
+    if bead is None:
+        if waited > cfg.stuck_after:
+            plan.escalate(key, _escalation(plan, ev, "gupp-undelivered", _evidence_text(ev, c, now)),
+                          f"SessionStart {waited:.0f}s ago and its GUPP nudge never confirmed", ev.agent, True)
+        return
+    start = ev.tmux.started_at
+    nudges = sorted(t for t in history.nudges.get(bead, ()) if start is None or t >= start)
+    since_last = now - max([c.since, *nudges])
+    wait = cfg.gupp_wait(len(nudges))
+    if since_last <= wait:
+        if key in plan.standing:
+            plan.present.add(key)  # still unconfirmed: an escalation raised for it stands
+        return
+    if len(nudges) < cfg.gupp_max_nudges:
+        plan.add(GuppNudge(agent=ev.agent, bead=bead, attempt=len(nudges) + 1, start=True,
+                           reason=f"SessionStart {waited:.0f}s ago and its GUPP nudge never confirmed; nudge "
+                                  f"{len(nudges) + 1} of {cfg.gupp_max_nudges} (> {wait:g}s since the last)"))
+        return
+    plan.escalate(key, _escalation(plan, ev, "gupp-undelivered", _evidence_text(ev, c, now)),
+                  f"SessionStart {waited:.0f}s ago and its GUPP nudge never confirmed after {len(nudges)} "
+                  "nudges", ev.agent, True)
 
 
 def _restart(plan: _Plan, ev: Evidence, bead: str, history: RigHistory, cfg: PatrolConfig, why: str) -> None:

@@ -115,12 +115,16 @@ class RestartSession:
 
 @dataclass(frozen=True)
 class GuppNudge:
-    """The GUPP nudge ("your hook has work: run it"), the `attempt`-th this session."""
+    """The GUPP nudge ("your hook has work: run it"), the `attempt`-th this session.
+    `start`: the session's start nudge was never confirmed; a nudge someone else is delivering
+    right now (its GUPP lock held: a runner's kick) counts as this attempt, so the attempts stay
+    bounded and end in an escalation even when that delivery keeps failing."""
 
     agent: str
     bead: str
     attempt: int
     reason: str
+    start: bool = False
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ def test_designer_takes_the_commands_the_bead_names_and_the_files_its_script_wri
     bead = {**NOTE_BEAD, "title": DRAFT[0], "description": DRAFT[1]}
     spec = spec_of(bead, DRAFT[2])
     assert [(c.id, c.test_hint) for c in spec.acceptance_criteria] == [
-        ("AC-1", "grep -qx final feature.md"), ("AC-2", "test -e feature.md")]
+        ("AC-1", "grep -qx final feature.md"), ("AC-2", "test -s feature.md")]
     plain = spec_of({**NOTE_BEAD, "title": "Tidy up", "description": "make it nicer, `word` is no command"})
     assert [c.test_hint for c in plain.acceptance_criteria] == [HAS_COMMIT]
 
@@ -76,7 +76,7 @@ def test_strategist_plans_a_valid_test_per_objective_criterion(tmp_path: Path) -
     raw = answer("STRATEGIST", strategist.prompt(spec, repo, "make test"))
     plan = TestPlan.model_validate(raw, context={"spec": spec})  # names real criteria, covers every objective one
     assert [(t.criterion_id, t.command) for t in plan.tests] == [
-        ("AC-1", "grep -qx final feature.md"), ("AC-2", "test -e feature.md")]
+        ("AC-1", "grep -qx final feature.md"), ("AC-2", "test -s feature.md")]
 
 
 def result(passed: bool) -> TestResult:

@@ -7,7 +7,8 @@ is a pure function of the request, read from the prompt the inspector wrote:
 
 - Designer: one criterion per shell command the bead names in backticks (a backticked span with a
   space in it, e.g. "feature.txt says working: `grep -qx working feature.txt`"), one per file the
-  stand-in polecat's script writes (`standin: write PATH = ...`: the file exists), and, for a bead
+  stand-in polecat's script writes (`standin: write PATH = TEXT`: the file exists, and is not
+  empty when TEXT is not), and, for a bead
   that asks for a note under notes/ (the demo's beads), a non-empty note file besides notes/.keep.
   A bead that names none of these gets one criterion: the candidate has a commit.
 - Strategist: the criterion's test_hint is its command (the Designer above puts the command there);
@@ -32,7 +33,7 @@ from vermas.testing.standin.request import STRUCTURED_OUTPUT_TOOL, Block, ModelR
 ROLE_MARKER = "VerMAS inspector role: "
 ROLES = ("DESIGNER", "STRATEGIST", "AUDITOR", "ADVOCATE", "CRITIC", "JUDGE")
 COMMAND_RE = re.compile(r"`([^`\n]*\s[^`\n]*)`")  # a backticked span with a space: a command
-WRITE_RE = re.compile(r"^\s*standin:\s*write\s+(\S+)\s*=", re.M)
+WRITE_RE = re.compile(r"^\s*standin:\s*write\s+(\S+)\s*=(.*)$", re.M)
 NOTES_RE = re.compile(r"\bnotes/|\bnote file\b", re.I)
 SECTION_RE = re.compile(r"^## (.+)$", re.M)
 HAS_COMMIT = 'test -n "$(git log --oneline -1)"'
@@ -95,8 +96,11 @@ def design(prompt: str) -> dict[str, Any]:
         for command in COMMAND_RE.findall(line):
             what = line.strip().lstrip("-*[] ").strip() or command
             found.append((what, command.strip()))
-    for path in WRITE_RE.findall(written):
-        found.append((f"{path} exists in the work tree", f"test -e {shlex.quote(path)}"))
+    for path, content in WRITE_RE.findall(written):
+        if content.replace("\\n", "").strip():
+            found.append((f"{path} exists in the work tree and is not empty", f"test -s {shlex.quote(path)}"))
+        else:
+            found.append((f"{path} exists in the work tree", f"test -e {shlex.quote(path)}"))
     if NOTES_RE.search(f"{title}\n{written}"):
         found.append(("a non-empty note file is committed under notes/", NOTE_TEST))
     if not found:

@@ -86,8 +86,13 @@ def time_runs(argv_for: Any, cases: list[tuple[str, dict[str, Any]]], n: int, en
 
 
 def settings_argv(town: Town) -> dict[str, list[str]]:
-    """Each event kind's argv exactly as the generated settings.json gives it to Claude Code."""
-    settings = agents.settings_for(town, parse_address(ACTOR))
+    """Each event kind's argv exactly as the generated settings.json gives it to Claude Code,
+    written where a launch writes it (the hook records only agents the town launched)."""
+    address = parse_address(ACTOR)
+    settings = agents.settings_for(town, address)
+    folder = town.layout.agent_runtime_dir(address.session_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "settings.json").write_text(json.dumps(settings))
     found: dict[str, list[str]] = {}
     for kind, groups in settings["hooks"].items():  # type: ignore[attr-defined]
         for group in groups:

@@ -29,16 +29,23 @@ class Work:
 
 class MergeRig:
     def __init__(self, town: Town, tmp_path: Path, test_command: str = TEST_COMMAND, batch_size: int = 4,
-                 name: str = "gt", prefix: str = "gt") -> None:
+                 name: str = "gt", prefix: str = "gt", strategy: str = "squash", upstream: str = "bare") -> None:
+        """`upstream`: "bare" (a bare repository by path), "file-url" (the same by file:// URL) or
+        "checkout" (a person's own NON-bare repository with main checked out, like ~/src/myproj)."""
         self.town, self.name = town, name
-        self.bare = tmp_path / "upstream.git"
-        git(make_repo(tmp_path / "seed"), "clone", "-q", "--bare", ".", str(self.bare))
+        if upstream == "checkout":
+            self.bare = make_repo(tmp_path / "myproj")  # `bare` is the upstream repository, whatever its kind
+        else:
+            self.bare = tmp_path / "upstream.git"
+            git(make_repo(tmp_path / "seed"), "clone", "-q", "--bare", ".", str(self.bare))
+        url = self.bare.as_uri() if upstream == "file-url" else str(self.bare)
         self.pusher = tmp_path / "pusher"
-        git(tmp_path, "clone", "-q", str(self.bare), str(self.pusher))
-        rig.add(town, name, str(self.bare), prefix=prefix, max_polecats=8, test_command=test_command)
+        git(tmp_path, "clone", "-q", url, str(self.pusher))
+        rig.add(town, name, url, prefix=prefix, max_polecats=8, test_command=test_command)
         config = town.config.rigs[name]
         town.config.rigs[name] = config.model_copy(update={
-            "verify_level": "off", "merge": config.merge.model_copy(update={"batch_size": batch_size})})
+            "verify_level": "off",
+            "merge": config.merge.model_copy(update={"batch_size": batch_size, "strategy": strategy})})
         town.save_config()
         town.reload_config()
         self.clone = rig.canonical_clone(town, name)

@@ -25,6 +25,13 @@ POLECAT = "sample/polecats/nux"
 MAYOR = parse_address("mayor")
 
 
+@pytest.fixture(autouse=True)
+def claude_config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The agents' Claude config folder is tmp_path: transcripts are read only under it."""
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path))
+    return tmp_path
+
+
 def stamp(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}Z"
 

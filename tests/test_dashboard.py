@@ -171,3 +171,126 @@ def test_cost_panel_shows_recorded_costs(town: Town) -> None:
     assert [(line.key, line.tokens.output_tokens) for line in snap.cost.by_bead] == [(bead.id, 200)]
     assert snap.cost.total.cost_usd == pytest.approx(0.25)
     assert json.loads(snap.model_dump_json())["cost"]["total"]["tokens"]["input_tokens"] == 1000
+
+
+# ---- browser hardening (issue 20 item 14) ---------------------------------------------------------
+
+def raw(base: str, method: str, path: str, headers: dict[str, str], body: bytes | None = None,
+        ) -> tuple[int, dict[str, str], str]:
+    """One real HTTP request with exactly these headers (Host included): status, headers, body."""
+    import http.client
+
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def test_a_foreign_host_header_is_refused_even_with_the_key(served: tuple[Town, str]) -> None:
+    """DNS rebinding: a hostile page whose name resolves to 127.0.0.1 sends its own Host."""
+    town, base = served
+    key, port = actions.secret(town), int(base.rsplit(":", 1)[1])
+    bead = beads.create(town, parse_address("mayor"), "Stay open")
+    for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1:{port + 1}", f"localhost.evil.example:{port}",
+                 ""):
+        code, _, text = raw(base, "GET", f"/?key={key}", {"Host": host})
+        assert code == 403 and "is not this dashboard" in text and f"127.0.0.1:{port}" in text, (host, code, text)
+        code, _, text = raw(base, "POST", f"/action/sling?key={key}",
+                            {"Host": host, "Content-Type": "application/json"},
+                            json.dumps({"bead_id": bead.id, "target": "mayor"}).encode())
+        assert code == 403, (host, code, text)
+    assert beads.show(town, bead.id).status == "open"
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}"):
+        code, _, text = raw(base, "GET", f"/snapshot.json?key={key}", {"Host": host})
+        assert code == 200 and json.loads(text)["town"], host
+
+
+def test_cross_origin_posts_are_refused(served: tuple[Town, str]) -> None:
+    town, base = served
+    key, port = actions.secret(town), int(base.rsplit(":", 1)[1])
+    bead = beads.create(town, parse_address("mayor"), "Hook me only from the page")
+    body = json.dumps({"bead_id": bead.id, "target": "mayor"}).encode()
+    own = {"Host": f"127.0.0.1:{port}", "Content-Type": "application/json", "X-Vermas-Key": key}
+    for extra in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Origin": f"http://127.0.0.1:{port + 1}"},
+                  {"Origin": f"https://127.0.0.1:{port}"}, {"Sec-Fetch-Site": "cross-site"},
+                  {"Sec-Fetch-Site": "same-site"},
+                  {"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "cross-site"}):
+        code, _, text = raw(base, "POST", "/action/sling", {**own, **extra}, body)
+        assert code == 403 and "forbidden" in text and "own page" in text, (extra, code, text)
+    assert beads.show(town, bead.id).status == "open"
+    code, _, text = raw(base, "POST", "/action/sling",
+                        {**own, "Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"}, body)
+    assert code == 200 and json.loads(text)["ok"], text  # the page's own fetch, as Chromium sends it
+    assert beads.show(town, bead.id).status == "hooked"
+
+
+def test_every_response_says_no_referrer_no_frames_and_no_inline_script(served: tuple[Town, str]) -> None:
+    import re
+
+    town, base = served
+    key, port = actions.secret(town), int(base.rsplit(":", 1)[1])
+    host = {"Host": f"127.0.0.1:{port}"}
+    seen = {path: raw(base, "GET", path, host) for path in
+            (f"/?key={key}", f"/page.js?key={key}", f"/snapshot.json?key={key}", "/?key=wrong", "/page.js")}
+    seen["refused host"] = raw(base, "GET", f"/?key={key}", {"Host": "evil.example"})
+    for path, (_, headers, _) in seen.items():
+        assert headers.get("referrer-policy") == "no-referrer", path
+        assert headers.get("x-frame-options") == "DENY", path
+        csp = headers.get("content-security-policy", "")
+        directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+        assert directives["script-src"] == "'self'" and directives["default-src"] == "'none'", (path, csp)
+        assert directives["frame-ancestors"] == "'none'", (path, csp)
+    assert seen["/page.js"][0] == 403 and seen["/?key=wrong"][0] == 403  # the script is guarded too
+    code, headers, script = seen[f"/page.js?key={key}"]
+    assert code == 200 and headers["content-type"].startswith("text/javascript") and "EventSource" in script
+    code, _, page = seen[f"/?key={key}"]
+    assert code == 200
+    assert re.findall(r"<script[^>]*>", page) == [f'<script src="page.js?key={key}">']  # no inline script
+    assert not re.search(r"\son[a-z]+\s*=", page + script), "an inline event handler"  # CSP would block it
+
+
+def test_a_dashboard_action_reaches_the_export_while_it_runs(town: Town) -> None:
+    """Issue 20 item 10: the real `vermas-runner dashboard` exports what its buttons write while
+    it runs, as an MCP server does, not only when it exits."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    runner = str(Path(sys.executable).with_name("vermas-runner"))
+    bead = beads.create(town, parse_address("mayor"), "Sling me from the page")
+    env = {k: v for k, v in os.environ.items() if k not in ("VERMAS_TOWN", "BD_ACTOR")}
+    proc = subprocess.Popen([runner, "dashboard", "--town", str(town.root), "--port", "0"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"dashboard: (http://127\.0\.0\.1:\d+)/\?key=(\S+)", line)
+        assert match, line
+        code, body = post(f"{match.group(1)}/action/sling", {"bead_id": bead.id, "target": "mayor"}, match.group(2))
+        assert code == 200 and body["ok"], body
+        export = town.layout.export_file("issues")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            rows = {r["id"]: r for r in map(json.loads, export.read_text().splitlines())}
+            if rows.get(bead.id, {}).get("status") == "hooked":
+                break
+            time.sleep(0.2)
+        assert rows[bead.id]["status"] == "hooked" and rows[bead.id]["assignee"] == "mayor"
+        assert proc.poll() is None  # exported while running, not at exit
+    finally:
+        proc.terminate()  # by its PID
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(15)

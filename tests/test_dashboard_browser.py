@@ -136,6 +136,21 @@ def test_the_page_shows_the_town_live_in_a_real_browser(live: LiveTown, tmp_path
         browser.wait_for(f"{json.dumps(list(CORE))}.every(a => "
                          "document.querySelector(`#agents tr[data-agent=\"${a}\"]`).cells[1].textContent !== 'dead')",
                          240, "the core agents alive")
+        # The CSP is in force (an inline handler does not run) and the page's buttons still work
+        # (one delegated listener in page.js): the pane button shows the mayor's pane.
+        inline_ran = ("(() => { const b = document.createElement('button'); b.setAttribute('onclick', "
+                      "'window.inlineRan = true'); document.body.append(b); b.click(); b.remove(); "
+                      "return window.inlineRan === true; })()")
+        assert browser.evaluate(inline_ran) is False
+        browser.evaluate("document.querySelector('#agents tr[data-agent=\"mayor\"] button[data-do=\"pane\"]').click()")
+        browser.wait_for("!document.querySelector('#pane').hidden && "
+                         "document.querySelector('#pane').textContent.startsWith('mayor\\n')", 30, "the mayor's pane")
+        # The page's own POST (Chromium sends Origin and Sec-Fetch-Site) passes the cross-origin check
+        # and reaches the core, which answers for the unknown merge request.
+        browser.evaluate("act('mq_retry', {mr_id: 'mr-none'})")
+        answer = browser.wait_for("(t => t.startsWith('mq_retry: ') && t)(document.querySelector('#msg').textContent)",
+                                  30, "the page's POST answered")
+        assert "forbidden" not in answer and "mr-none" in answer, answer
         assert browser.evaluate("document.querySelector('#queues div h2').textContent").startswith("sample")
         assert browser.evaluate(REQUESTS_JS) == []  # nothing queued yet
 

@@ -27,14 +27,26 @@ HOOKED = {"SessionStart", "UserPromptSubmit", "PreToolUse", "PostToolUse", "Post
 
 def hook_argv(town: Town, kind: str, matcher: str | None = None, actor: str = ACTOR) -> list[str]:
     """The event hook's argv for `kind` exactly as the generated settings.json gives it:
-    python -I -S -c BOOT KIND STORE FAILURES ACTOR [DETAIL] (so the store is argv[6])."""
-    settings = agents.settings_for(town, parse_address(actor))
+    python -I -S -c BOOT KIND STORE FAILURES ACTOR [DETAIL] (so the store is argv[6]). The
+    settings are written where a launch writes them (the hook records only agents launched so)."""
+    settings = launched(town, actor)
     for group in settings["hooks"][kind]:  # type: ignore[index]
         if group.get("matcher") == matcher:
             for hook in group["hooks"]:
                 if "args" in hook:
                     return [hook["command"], *hook["args"]]
     raise AssertionError(f"no event hook for {kind} {matcher}")
+
+
+def launched(town: Town, actor: str) -> dict[str, Any]:
+    """Write `actor`'s launch settings as agents.launch_spec does (without a session): what
+    makes it an agent of the town for the hook. The settings."""
+    address = parse_address(actor)
+    settings = agents.settings_for(town, address)
+    folder = town.layout.agent_runtime_dir(address.session_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "settings.json").write_text(json.dumps(settings))
+    return settings
 
 
 def fire(town: Town, kind: str, data: dict[str, Any] | bytes, matcher: str | None = None,
@@ -438,3 +450,61 @@ def test_bench_hooks_quick_reports_its_figures(tmp_path: Path) -> None:
         assert figures[key] > 0, key
     assert figures["hook_failures"] == 0 and figures["events_stored"] == 40 + 10 + 2 + 4
     assert "hook event p50" in proc.stdout  # the table follows the JSON
+
+
+# --------------------------------------------------------------------------- issue 20, item 12
+
+
+def test_made_up_names_are_refused_by_the_hook_and_counted(town: Town) -> None:
+    """An event for an address the town never launched is not recorded (it grew the table without
+    bound); a launched agent's still is. Run as Claude Code runs the hook."""
+    argv = hook_argv(town, "PreToolUse")  # writes ACTOR's launch settings
+    for n in range(20):
+        made_up = [*argv[:8], f"sample/polecats/ghost{n}"]
+        proc = fire(town, "PreToolUse", {"tool_name": "Bash"}, argv=made_up)
+        assert (proc.returncode, proc.stdout) == (0, b"")
+    for odd in ("", "../../x", "a\x01b", "/" * 300):
+        assert fire(town, "Stop", {}, argv=[*argv[:8], odd]).returncode == 0
+    assert rows(town) == []
+    failures = town.layout.hook_failures.read_text().splitlines()
+    assert len(failures) == 24 and "refused: not an agent of this town" in failures[0]
+    assert "ghost0" in failures[0]
+    assert fire(town, "PreToolUse", {"tool_name": "Bash"}).returncode == 0
+    assert rows(town) == [(ACTOR, "PreToolUse", "Bash", "")]
+
+
+def test_a_launched_agent_passes_the_check(town: Town) -> None:
+    """The check reads the settings file agents.launch_spec writes, at the path layout gives."""
+    crew = parse_address("sample/crew/ann")
+    assert not hookevent.is_town_agent(str(town.layout.hook_failures), str(crew))
+    folder = town.layout.agent_runtime_dir(crew.session_name)
+    folder.mkdir(parents=True)
+    (folder / "settings.json").write_text(json.dumps(agents.settings_for(town, crew)))
+    assert hookevent.is_town_agent(str(town.layout.hook_failures), str(crew))
+    assert not hookevent.is_town_agent("relative/hook-failures.log", str(crew))
+
+
+def test_retention_applies_per_table_as_well_as_per_agent(town: Town, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writers other than the hook (the MCP layer records every tool call under its actor) are
+    bounded too: at most KEEP_EVENTS rows in all, the oldest going first."""
+    monkeypatch.setattr(hookevent, "KEEP_EVENTS", 300)
+    with town.db.write() as conn:
+        for n in range(2000):
+            hookevent.insert_event(conn, f"made/up/name{n}", "tool", 1000.0 + n, "bead_show", "")
+    with town.db.read() as conn:
+        count, oldest = conn.execute("SELECT count(*), min(at) FROM agent_events").fetchone()
+        plan = " ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {hookevent.PRUNE_TABLE}", (5,)))
+    assert 300 <= count < 300 + hookevent.PRUNE_EVERY and oldest > 1000.0 + 2000 - 300 - hookevent.PRUNE_EVERY
+    assert "SCAN" not in plan  # a range of the rowid, not a scan
+
+
+def test_the_table_stays_bounded_at_the_real_limit(town: Town) -> None:
+    """172k rows from made-up names in the probe: with the real KEEP_EVENTS the table stops there."""
+    extra = 5000
+    with town.db.write() as conn:
+        conn.executemany("INSERT INTO agent_events(id, agent, kind, at, detail) VALUES (?, ?, 'tool', ?, '')",
+                         ((n, f"x/y/n{n}", float(n)) for n in range(1, hookevent.KEEP_EVENTS + 1)))
+        for n in range(extra):
+            hookevent.insert_event(conn, f"x/y/m{n}", "tool", 1e9 + n, None, "")
+        count = conn.execute("SELECT count(*) FROM agent_events").fetchone()[0]
+    assert hookevent.KEEP_EVENTS <= count < hookevent.KEEP_EVENTS + hookevent.PRUNE_EVERY

@@ -206,12 +206,14 @@ def test_a_three_step_formula_slung_to_a_rig_is_walked_merged_and_closed(up: Que
     status = m.status(up.town, MAYOR, root)
     assert [(s.step, s.marker) for s in status.steps] == [(s, Marker.DONE) for s in STEPS]
     assert status.current is None and status.holder is None
-    # The refinery merged the branch: one commit per step, in the molecule's order, on the upstream's main.
+    # The refinery merged the branch as ONE commit (strategy "squash", the default) that lists the
+    # step commits it folds, in the molecule's order.
     assert git(up.rig.bare, "merge-base", "--is-ancestor", str(req.merged_sha), "main") == ""
-    subjects = git(up.rig.bare, "log", "--format=%s", "main").splitlines()
-    assert [s for s in subjects if s.startswith(f"{root}: step ")][::-1] == [
-        f"{root}: step implement: Implement widget", f"{root}: step test: Test widget",
-        f"{root}: step commit: Commit widget"], subjects
+    body = git(up.rig.bare, "log", "-1", "--format=%B", str(req.merged_sha)).splitlines()
+    assert body[0].startswith(f"{root}: "), body
+    folded = [line.split(" ", 3)[-1] for line in body if line.startswith("  ") and f"{root}: step " in line]
+    assert folded == [f"{root}: step implement: Implement widget", f"{root}: step test: Test widget",
+                      f"{root}: step commit: Commit widget"], body
     assert up.upstream_file("widget.txt") == "widget implemented\n"
     assert up.upstream_file("tests/widget.txt") == "widget tested\n"
     assert up.upstream_file("steps/commit.md") == "Commit widget\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -255,3 +256,100 @@ def test_dashed_texts_reach_the_model_whole_through_claude_code(
                 time.sleep(0.2)
             assert [r.last_user_text().strip() for r in server.main_requests()] == texts[:n]
         assert not server.errors
+
+
+# ---- commands are never typed; who may nudge whom (issue 20 item 2) ------------------------------
+
+@pytest.mark.parametrize(("text", "command"), [
+    ("/clear", True), ("/compact now", True), ("!rm -rf ~", True), ("# remember this", True),
+    ("fix /tmp/x", False), ("say !hi", False), ("- /clear", False), ("run the tests", False),
+])
+def test_a_line_that_claude_code_runs_as_a_command_is_recognised(text: str, command: bool) -> None:
+    assert nudge.acts_as_command(validate.nudge_text(text)) is command
+
+
+def test_a_slash_command_is_queued_as_mail_never_typed(
+    town: Town, private_tmux: TownSessions, tmp_path: Path,
+) -> None:
+    address, log = start_box(private_tmux, tmp_path)
+    for text in ("/clear", "   /clear", "!kill -9 -1"):
+        result = send(town, private_tmux, address, text)
+        assert not result.submitted and result.queued_message_id and "never typed" in result.reason, result
+    time.sleep(0.5)
+    assert submitted(log) == []
+    assert nudge.read_screen(private_tmux.capture(address)) == nudge.Screen(True, False, "")  # nothing typed
+    assert [(m.kind, m.body) for m in mail.inbox(town, address)] == [("NUDGE", "/clear"), ("NUDGE", "!kill -9 -1")]
+
+
+async def test_a_polecat_may_nudge_only_its_own_witness(client_for: Any, town: Town) -> None:
+    async with client_for("gt/polecats/nux", profile="all") as nux:
+        for target in ("mayor", "deacon", "gt/polecats/slit", "zz/witness", "overseer"):
+            error = await fail(nux, "nudge", target=target, message="/clear")
+            assert f"may not nudge {target}" in error and "only its own rig's witness" in error, error
+        assert all(mail.inbox(town, parse_address(t)) == [] for t in ("mayor", "deacon", "gt/polecats/slit"))
+        allowed = await nux.call_tool("nudge", {"target": "gt/witness", "message": "stuck on the parser"})
+    assert not allowed.is_error and allowed.structured_content["reason"] == "session not running"
+    [queued] = mail.inbox(town, parse_address("gt/witness"))
+    assert queued.kind == "NUDGE" and queued.sender == "gt/polecats/nux"
+
+
+@pytest.fixture
+def town_tmux(town: Town) -> Iterator[TownSessions]:
+    """The town's own tmux server (the socket the shell's nudge uses); killed with its socket after."""
+    sessions = TownSessions(town.root)
+    try:
+        yield sessions
+    finally:
+        sessions.kill_server()
+
+
+@pytest.mark.tmux
+def test_the_overseers_slash_clear_never_reaches_claude_code(
+    town: Town, town_tmux: TownSessions, tmp_path: Path, claude_bin: Path,
+) -> None:
+    """`vermas-runner nudge mayor /clear` as the overseer, into a real Claude Code session (stand-in
+    model): queued as NUDGE mail, not typed; the session keeps its context (no SessionEnd with
+    reason clear, and the next turn still carries the earlier one)."""
+    from vermas.testing.standin import DUMMY_API_KEY, ScriptedPolicy, StandinModelServer, claude_env, write_claude_home
+
+    home, work, hook_log = tmp_path / "home", tmp_path / "work", tmp_path / "session-hooks.jsonl"
+    home.mkdir()
+    work.mkdir()
+    subprocess.run(["git", "init", "-q", str(work)], check=True)
+    log = shlex.quote(str(hook_log))
+    record = {"hooks": [{"type": "command", "command": f"cat >> {log}; echo >> {log}"}]}
+    write_claude_home(home, DUMMY_API_KEY, trusted_dirs=[work],
+                      settings={"hooks": {"SessionStart": [record], "SessionEnd": [record]}})
+    with StandinModelServer(ScriptedPolicy(["noted."] * 3)) as server:
+        env = claude_env(server.base_url, home, extra={"IS_SANDBOX": "1"})
+        keys = ("HOME", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+                "DISABLE_AUTOUPDATER", "IS_SANDBOX")
+        mayor = parse_address("mayor")
+        town_tmux.start(mayor, work, [str(claude_bin), "--dangerously-skip-permissions"],
+                        env={k: env[k] for k in keys})
+        assert town_tmux.wait_for(mayor, "bypass permissions on", timeout=60), town_tmux.capture(mayor)
+        first = nudge.nudge(town, town_tmux, mayor, "remember the word alpha", idle_timeout=60)
+        assert first.submitted, (first.reason, town_tmux.capture(mayor))
+        assert town_tmux.wait_for(mayor, "noted.", timeout=30)
+
+        shell_env = {k: v for k, v in os.environ.items() if k not in ("VERMAS_TOWN", "BD_ACTOR")}
+        done = subprocess.run([RUNNER, "nudge", "mayor", "/clear", "--json", "--town", str(town.root)],
+                              capture_output=True, text=True, env=shell_env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert not result["submitted"] and result["queued_message_id"] and "never typed" in result["reason"]
+        [queued] = mail.inbox(town, mayor)
+        assert (queued.kind, queued.sender, queued.body) == ("NUDGE", "overseer", "/clear")
+
+        time.sleep(2.0)  # what a typed /clear would have done by now
+        second = nudge.nudge(town, town_tmux, mayor, "which word was it", idle_timeout=60)
+        assert second.submitted, (second.reason, town_tmux.capture(mayor))
+        deadline = time.monotonic() + 30
+        while len(server.main_requests()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        last = server.main_requests()[-1]
+        assert last.last_user_text().strip() == "which word was it"
+        assert "remember the word alpha" in json.dumps(last.messages)  # the context was kept
+    events = [json.loads(line) for line in hook_log.read_text().splitlines() if line.strip()]
+    assert any(e.get("hook_event_name") == "SessionStart" for e in events), events  # the hooks do run
+    assert not [e for e in events if e.get("reason") == "clear" or e.get("source") == "clear"], events

@@ -50,6 +50,16 @@ TABLE: list[tuple[Action, Target, set[str]]] = [
     (Action.MOL_POUR, OPEN_BY_MAYOR, set(ACTORS) - {"holder", "polecat"}),
     (Action.MOL_STEP, HOOKED, {"holder"}),
     (Action.MOL_MANAGE, HOOKED, {"mayor", "deacon", "overseer", "holder"}),
+    # Nudges (issue 20 item 2): every actor x every actor's address, down the chain of command.
+    (Action.NUDGE, Target(recipient="mayor"), {"overseer", "mayor", "deacon"}),
+    (Action.NUDGE, Target(recipient="deacon"), {"overseer", "mayor", "deacon"}),
+    (Action.NUDGE, Target(recipient="overseer"), {"overseer"}),
+    (Action.NUDGE, Target(recipient="gt/witness"), set(ACTORS) - {"witness", "other_witness"}),
+    (Action.NUDGE, Target(recipient="zz/witness"), {"overseer", "mayor", "deacon"}),
+    (Action.NUDGE, Target(recipient="gt/refinery"), {"overseer", "mayor", "deacon", "witness"}),
+    (Action.NUDGE, Target(recipient="gt/crew/ann"), {"overseer", "mayor", "deacon", "witness"}),
+    (Action.NUDGE, Target(recipient="gt/polecats/nux"), {"overseer", "mayor", "deacon", "witness"}),
+    (Action.NUDGE, Target(recipient="gt/polecats/slit"), {"overseer", "mayor", "deacon", "witness"}),
 ]
 CASES = [(a, t, who, who in allowed) for a, t, allowed in TABLE for who in ACTORS]
 
@@ -65,6 +75,22 @@ def test_permission_table(action: Action, target: Target, who: str, allowed: boo
     assert decision.allowed is allowed, decision.reason
     if not allowed:
         assert "may" in decision.reason or "polecat" in decision.reason  # says who may, or why not
+
+
+def test_the_nudge_table_covers_every_pair_of_actors() -> None:
+    """Every actor of ACTORS is a nudge target in TABLE (the pairs are exhaustive), and every
+    role has a row in the rule's data."""
+    from vermas.addresses import Role
+    from vermas.permissions import NUDGE_REACH
+
+    targets = {t.recipient for a, t, _ in TABLE if a is Action.NUDGE}
+    assert targets == set(ACTORS.values())
+    assert set(NUDGE_REACH) == set(Role)
+
+
+def test_a_refused_nudge_says_whom_the_role_may_nudge() -> None:
+    reason = decide(parse_address("gt/polecats/slit"), Action.NUDGE, Target(recipient="mayor")).reason
+    assert "may not nudge mayor" in reason and "only its own rig's witness" in reason and "mail_send" in reason
 
 
 def test_mailbox_rule_and_docstring_agree() -> None:
@@ -106,6 +132,41 @@ async def test_polecat_edits_only_its_own_beads(client_for: Any, town: Town) -> 
         assert (await call(slit, "bead_update", bead_id=own["id"], priority=1))["priority"] == 1
         assigned = await call(mayor, "bead_update", bead_id=loose["id"], assignee="gt/crew/ann")
         assert assigned["assignee"] == "gt/crew/ann"
+
+
+async def test_dependencies_follow_the_edit_rule_of_the_dependent_bead(client_for: Any, town: Town) -> None:
+    """Issue 20 item 3: a polecat may not block or re-parent a bead it may not edit (another
+    polecat's hooked bead, a ready bead it did not create): refused, nothing written, and the
+    bead stays in bead_ready. A blocker is only read: anyone may depend on it."""
+    async with client_for("mayor") as mayor, client_for("gt/polecats/nux", profile="all") as nux, \
+            client_for("gt/polecats/slit", profile="all") as slit, \
+            client_for("gt/witness", profile="all") as witness, client_for("zz/witness", profile="all") as other:
+        work = await call(mayor, "bead_create", title="nux's work")
+        await call(mayor, "sling", bead_id=work["id"], target="gt/polecats/nux")
+        ready = await call(mayor, "bead_create", title="ready for anyone")
+        own = await call(slit, "bead_create", title="slit found this")
+        before = snapshot(town)
+        refusals = [
+            (slit, dict(bead_id=work["id"], depends_on_id=own["id"]), "hooked by"),
+            (slit, dict(bead_id=work["id"], depends_on_id=own["id"], dep_type="parent-child"), "hooked by"),
+            (slit, dict(bead_id=ready["id"], depends_on_id=own["id"]), "beads it created"),
+            (slit, dict(bead_id=ready["id"], depends_on_id=own["id"], dep_type="parent-child"), "beads it created"),
+            (other, dict(bead_id=work["id"], depends_on_id=ready["id"]), "hooked by"),
+        ]
+        for client, args, expected in refusals:
+            message = await fail(client, "bead_dep_add", **args)
+            assert expected in message, (args, message)
+            assert snapshot(town) == before, args
+        assert ready["id"] in [b["id"] for b in (await call(mayor, "bead_ready"))["beads"]]
+        assert "beads it created" in await fail(slit, "bead_update", bead_id=ready["id"], notes="x")  # same rule
+        # what stays allowed: the holder, its rig's witness, a coordinator; a polecat on its own bead
+        assert (await call(nux, "bead_dep_add", bead_id=work["id"], depends_on_id=own["id"],
+                           dep_type="related"))["issue_id"] == work["id"]
+        assert (await call(witness, "bead_dep_add", bead_id=work["id"], depends_on_id=ready["id"],
+                           dep_type="related"))["issue_id"] == work["id"]
+        assert (await call(slit, "bead_dep_add", bead_id=own["id"], depends_on_id=ready["id"]))["type"] == "blocks"
+        assert (await call(mayor, "bead_dep_add", bead_id=ready["id"], depends_on_id=work["id"]))["type"] == "blocks"
+        assert ready["id"] not in [b["id"] for b in (await call(mayor, "bead_ready"))["beads"]]
 
 
 async def test_update_to_closed_follows_the_close_rule(client_for: Any, town: Town) -> None:

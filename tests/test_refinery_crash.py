@@ -69,7 +69,7 @@ def assert_merged_once(town: Town, mr: MergeRig, works: list[Work]) -> None:
                 and len(mr.mail_to(to, ProtocolKind.MERGED)) == (1 if to != "gt/witness" else len(works))
     # one commit per request on the upstream's main, no duplicates, no no-op commits
     subjects = git(mr.bare, "log", "--format=%s", "main").splitlines()
-    assert sorted(subjects) == sorted([*(TITLES[w.bead] for w in works), "initial"])
+    assert sorted(subjects) == sorted([*(f"{w.bead}: {TITLES[w.bead]}" for w in works), "initial"])  # squashed
 
 
 @pytest.fixture

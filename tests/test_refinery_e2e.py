@@ -286,12 +286,13 @@ def runner(root: Path, *args: str, timeout: float = 240) -> subprocess.Completed
                           env=env)
 
 
-def up_town(tmp_path: Path) -> Iterator[QueueTown]:
+def up_town(tmp_path: Path, upstream: str = "bare") -> Iterator[QueueTown]:
     """The same rig, but the town runs as a person runs it: `vermas-runner up --detach --model standin`
     (its own stand-in model process, its own runner whose patrol drives the merge queue). The body
-    of the `up` fixture (tests/conftest.py), shared by the refinery and molecule end-to-end tests."""
+    of the `up` fixture (tests/conftest.py), shared by the refinery and molecule end-to-end tests.
+    `upstream`: the rig's upstream kind (refinery_rig.MergeRig; "checkout" is a person's own repository)."""
     town, _ = Town.init(tmp_path / "town")
-    rig = MergeRig(town, tmp_path)
+    rig = MergeRig(town, tmp_path, upstream=upstream)
     handle = QueueTown(town, rig, None, runner=True)
     try:
         started = runner(town.root, "up", "--detach", "--model", "standin")

@@ -79,13 +79,13 @@ def mr(town: Town, tmp_path: Path) -> MergeRig:
 
 
 @pytest.fixture
-def probe(tmp_path: Path) -> Iterator[Path]:
-    """A probe for PUSH_REFUSED that reads its fingerprint from a file the test writes."""
+def probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A probe for PUSH_REFUSED that reads its fingerprint from a file the test writes (the
+    worker's own probe is put back afterwards)."""
     cause = tmp_path / "cause"
     cause.write_text("k1")
-    worker.HOLD_PROBES[HoldKind.PUSH_REFUSED] = lambda step: cause.read_text()
+    monkeypatch.setitem(worker.HOLD_PROBES, HoldKind.PUSH_REFUSED, lambda step: cause.read_text())
     yield cause
-    del worker.HOLD_PROBES[HoldKind.PUSH_REFUSED]
 
 
 def test_a_held_queue_tests_nothing_until_its_cause_changes(town: Town, mr: MergeRig, probe: Path) -> None:

@@ -197,3 +197,24 @@ def test_id_option_prints_only_the_new_id(town: Town) -> None:
     sent = shell(town, "mail", "send", "mayor", "hello", "--id")
     assert sent.returncode == 0 and sent.stdout.strip().startswith("msg-"), sent
     assert "--id" not in shell(town, "bead", "list", "--help").stdout  # only tools that create a record
+
+
+def test_a_shell_write_is_in_the_export_when_the_command_returns(town: Town) -> None:
+    """Issue 20 item 10: `vermas-runner bead create` (and every writing shell command) leaves
+    `.beads/issues.jsonl` current when it exits; no MCP server or patrol runs here."""
+    from vermas.export import stale_kinds
+
+    export = town.layout.export_file("issues")
+    before = export.read_text() if export.exists() else ""
+    made = shell(town, "bead", "create", "Shell-made bead", "--id")
+    assert made.returncode == 0, made.stderr
+    bead_id = made.stdout.strip()
+    lines = [json.loads(line) for line in export.read_text().splitlines()]
+    assert bead_id not in before and [x["title"] for x in lines if x["id"] == bead_id] == ["Shell-made bead"]
+    sent = shell(town, "mail", "send", "gt/witness", "from the shell", "--body", "hello")
+    assert sent.returncode == 0, sent.stderr
+    assert "from the shell" in town.layout.export_file("messages").read_text()
+    assert stale_kinds(town) == []
+    state = town.layout.export_state.stat().st_mtime_ns
+    listed = shell(town, "bead", "list")  # a read writes nothing, so it exports nothing
+    assert listed.returncode == 0 and town.layout.export_state.stat().st_mtime_ns == state

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import sqlite3
 from pathlib import Path
 
@@ -41,11 +42,16 @@ def storage_full(path: Path, what: str, outcome: str) -> StorageFull:
 def write_atomic(path: Path, text: str) -> None:
     """Write via temp file, fsync and rename so readers never see a partial file.
 
-    On any failure the temp file is removed and the old file is left as it was; a full disk
-    raises StorageFull naming the file."""
+    A file that exists keeps its mode (an owner-only export stays owner-only). On any failure
+    the temp file is removed and the old file is left as it was; a full disk raises
+    StorageFull naming the file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with tmp.open("w", encoding="utf-8") as fh:
+            try:
+                os.fchmod(fh.fileno(), stat.S_IMODE(os.stat(path).st_mode))
+            except FileNotFoundError:
+                pass  # a new file: the umask decides
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

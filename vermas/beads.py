@@ -502,7 +502,9 @@ def dep_add(
     if bead_id == depends_on_id:
         raise InvalidInput("a bead cannot depend on itself")
     with town.db.write() as conn:
-        fetch_row(conn, bead_id)
+        # A dependency changes the dependent bead (a blocker hides it from bead_ready, a parent
+        # re-files it), so it is an edit of `bead_id` under the edit rule; the blocker is only read.
+        permissions.require(actor, Action.BEAD_EDIT, permissions.bead_target(fetch_row(conn, bead_id)))
         fetch_row(conn, depends_on_id)
         if dep_type in validate.BLOCKING_DEP_TYPES + ("parent-child",) and _reaches(
             conn, depends_on_id, bead_id

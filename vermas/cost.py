@@ -19,6 +19,15 @@ the bead that agent held when the message was written: `hook_log`, kept by trigg
 (store.py), says when each bead was hooked to an agent and when it left (unslung, reassigned,
 closed), whichever process did it. A polecat keeps its bead from `polecat_done` until it is gone.
 
+Reading is guarded, since the paths come from hook input: a transcript is opened only if its
+real path is under one of the agent's Claude config folders (`claude_config_dirs`), opened
+O_NONBLOCK and checked with fstat to be a regular file before a byte is read, so a FIFO, a
+device or a folder never blocks `cost`, `status` or the dashboard. Such a file is marked refused
+(read_offset REFUSED) and reported once, in the report of the refresh that found it (and a log
+line); later refreshes skip it. A path outside the folders is never opened but not marked (the
+folders come from config and environment, which can change); every report lists both. A line
+longer than MAX_READ (one read) is skipped, also reported once, and counting goes on after it.
+
 USD: Claude Code's own figure where it wrote one (an entry's `costUSD`, `claude -p`'s
 `total_cost_usd`), else the estimate from vermas.prices (list prices per model family;
 `[cost.prices.<family>]` in town.toml overrides them). Reports say which.
@@ -27,19 +36,25 @@ USD: Claude Code's own figure where it wrote one (an entry's `costUSD`, `claude 
 from __future__ import annotations
 
 import json
+import logging
 import operator
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+import stat
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from vermas import prices, timeutil
 from vermas.town import Town
 
-MAX_READ = 64 * 1024 * 1024  # one refresh reads at most this much of one transcript (the rest next time)
+MAX_READ = 64 * 1024 * 1024  # one read of a transcript (READS_PER_REFRESH per refresh, the rest next time);
+# a line longer than this is skipped (never a reason to stop counting what follows it)
+REFUSED = -1  # agent_transcripts.read_offset of a path that is never opened (see the module doc)
+log = logging.getLogger("vermas.cost")
 UNATTRIBUTED = "(none)"  # the bead key of usage made while the agent held no bead
 
 
@@ -125,6 +140,12 @@ class CostReport(BaseModel):
     total: CostLine
     transcripts: int = Field(description="session transcripts known")
     missing_transcripts: int = Field(0, description="noted transcripts whose file is gone")
+    refused_transcripts: list[str] = Field(
+        default_factory=list, description="noted paths never opened: not a regular file under the agent's Claude "
+        "config folder (path: why)")
+    problems: list[str] = Field(
+        default_factory=list, description="what this refresh found wrong (a path refused, an oversized line "
+        "skipped): each reported once, by the refresh that found it")
     note: str = ("USD is Claude Code's own figure where it wrote one, else an estimate from list prices "
                  "per model family (vermas/prices.py; [cost.prices.<family>] in town.toml)")
 
@@ -289,20 +310,83 @@ def _hook_spans(conn: sqlite3.Connection, agent: str) -> list[HookSpan]:
         "SELECT bead_id, at, held FROM hook_log WHERE agent = ? ORDER BY at, seq", (agent,))]
 
 
-def _read_new(path: str, offset: int) -> tuple[bytes, int] | None:
-    """The bytes appended since `offset` (from 0 again if the file shrank), and where they start;
-    None if the file is gone."""
+def claude_config_dirs(town: Town, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The Claude config folders the town's agents write transcripts under (real paths): the
+    town's `[agent] env` CLAUDE_CONFIG_DIR or HOME/.claude, and this process's (agents inherit
+    the runner's environment where the town sets neither)."""
+    environ = os.environ if environ is None else environ
+    dirs: list[str] = []
+    for env in (town.config.agent.env, environ):
+        if env.get("CLAUDE_CONFIG_DIR"):
+            dirs.append(env["CLAUDE_CONFIG_DIR"])
+        if env.get("HOME"):
+            dirs.append(str(Path(env["HOME"]) / ".claude"))
+    return sorted({os.path.realpath(d) for d in dirs if os.path.isabs(d)})
+
+
+def _under(real: str, roots: Sequence[str]) -> bool:
+    return any(real.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+
+
+OUTSIDE = "not under the agent's Claude config folder"
+
+
+def refusal(path: str, roots: Sequence[str]) -> str | None:
+    """Why `path` must never be opened as a transcript, or None; only stats, never opens."""
+    real = os.path.realpath(path)
+    if not _under(real, roots):
+        return f"{OUTSIDE} ({', '.join(roots) or 'none known'})"
     try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size < offset:
-                offset = 0  # rewritten: read it again (usage is keyed by message id, so nothing doubles)
-            if size == offset:
-                return b"", offset
-            fh.seek(offset)
-            return fh.read(min(size - offset, MAX_READ)), offset
+        mode = os.stat(real).st_mode
     except OSError:
-        return None
+        return None  # missing (counted as such) or unreadable: tried again next time
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+@dataclass
+class _Read:
+    data: bytes = b""
+    start: int = 0
+    missing: bool = False
+    refused: str | None = None  # why the path is never to be opened
+    capped: bool = False  # the read stopped at MAX_READ
+    at_line_start: bool = True  # `start` begins a line (offset 0, or the byte before is a newline)
+
+
+def _read_new(path: str, offset: int, roots: Sequence[str]) -> _Read:
+    """The bytes appended since `offset` (from 0 again if the file shrank), and where they
+    start; never blocks: the real path must be under `roots`, and the file is opened O_NONBLOCK
+    and checked with fstat to be a regular file before anything is read."""
+    real = os.path.realpath(path)
+    if not _under(real, roots):
+        return _Read(refused=refusal(path, roots))
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return _Read(missing=True)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return _Read(refused="not a regular file")
+        size = info.st_size
+        if size < offset:
+            offset = 0  # rewritten: read it again (usage is keyed by message id, so nothing doubles)
+        if size == offset:
+            return _Read(start=offset)
+        want = min(size - offset, MAX_READ)
+        at_line_start = offset == 0 or os.pread(fd, 1, offset - 1) == b"\n"
+        chunks, got = [], 0
+        while got < want:
+            chunk = os.pread(fd, want - got, offset + got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        return _Read(data=b"".join(chunks), start=offset, capped=want == MAX_READ, at_line_start=at_line_start)
+    except OSError:
+        return _Read(missing=True)
+    finally:
+        os.close(fd)
 
 
 UPSERT_USAGE = """
@@ -317,27 +401,74 @@ ON CONFLICT(message_id) DO UPDATE SET
 """
 
 
-def refresh(town: Town) -> int:
+def refresh(town: Town, problems: list[str] | None = None) -> int:
     """Read what every known transcript appended since the last refresh into usage_records;
     returns how many messages were read. Files are read outside any transaction; the offset is
-    then moved compare-and-set, so two processes refreshing at once never count a chunk twice."""
+    then moved compare-and-set, so two processes refreshing at once never count a chunk twice.
+    What it finds wrong (a path refused, an oversized line skipped) is logged and appended to
+    `problems`, once: a refused path is never read again, a skipped line is passed."""
     with town.db.read() as conn:
         known = [(r[0], r[1], r[2]) for r in conn.execute(
-            "SELECT path, agent, read_offset FROM agent_transcripts ORDER BY seen_at")]
+            "SELECT path, agent, read_offset FROM agent_transcripts WHERE read_offset >= 0 ORDER BY seen_at")]
+    roots = claude_config_dirs(town)
     read = 0
     for path, agent, offset in known:
-        got = _read_new(path, offset)
-        if got is None or not got[0]:
-            if got is not None and got[1] != offset:  # shrank to exactly the old start: note the reset
-                _store_chunk(town, path, agent, offset, got[1], TranscriptChunk(entries=[], consumed=0))
-            continue
-        data, start = got
-        chunk = parse_chunk(data)
-        if chunk.consumed == 0:
-            continue  # a line still being written
-        if _store_chunk(town, path, agent, offset, start, chunk):
-            read += len(chunk.entries)
+        for _ in range(READS_PER_REFRESH):  # a capped read (more to come): read on, a few times at most
+            counted, read_on = _refresh_one(town, path, agent, offset, roots, problems)
+            read += counted
+            if read_on is None:
+                break
+            offset = read_on
     return read
+
+
+READS_PER_REFRESH = 4  # MAX_READ reads of one transcript per refresh (so a skipped line's rest is read too)
+
+
+def _refresh_one(town: Town, path: str, agent: str, offset: int, roots: Sequence[str],
+                 problems: list[str] | None) -> tuple[int, int | None]:
+    """One read of one transcript: (messages counted, the offset to read on from when the read
+    stopped at MAX_READ, else None)."""
+    got = _read_new(path, offset, roots)
+    if got.refused is not None:
+        if got.refused.startswith(OUTSIDE):
+            return 0, None  # never opened, but not marked: the folders come from config and environment
+        if _refuse(town, path, offset):
+            _problem(problems, f"transcript {path} of {agent} refused: {got.refused}")
+        return 0, None
+    if got.missing or not got.data:
+        if not got.missing and got.start != offset:  # shrank to exactly the old start: note the reset
+            _store_chunk(town, path, agent, offset, got.start, TranscriptChunk(entries=[], consumed=0))
+        return 0, None
+    chunk = parse_chunk(got.data)
+    if chunk.consumed == 0:
+        if not got.capped:
+            return 0, None  # a line still being written
+        # No line end in MAX_READ bytes: skip them (the line's rest, read next, fails to parse and
+        # is skipped as a damaged line); reported once, where the line starts.
+        skipped = TranscriptChunk(entries=[], consumed=len(got.data))
+        if not _store_chunk(town, path, agent, offset, got.start, skipped):
+            return 0, None
+        if got.at_line_start:
+            _problem(problems, f"transcript {path} of {agent}: a line over {MAX_READ} bytes at byte {got.start} "
+                     "skipped (usage after it is still counted)")
+        return 0, got.start + len(got.data)
+    if _store_chunk(town, path, agent, offset, got.start, chunk):
+        return len(chunk.entries), got.start + chunk.consumed if got.capped else None
+    return 0, None
+
+
+def _problem(problems: list[str] | None, text: str) -> None:
+    log.warning("%s", text)
+    if problems is not None:
+        problems.append(text)
+
+
+def _refuse(town: Town, path: str, expected: int) -> bool:
+    """Mark a transcript path never to be opened (compare-and-set: one refresh reports it)."""
+    with town.db.write() as conn:
+        return conn.execute("UPDATE agent_transcripts SET read_offset = ? WHERE path = ? AND read_offset = ?",
+                            (REFUSED, path, expected)).rowcount == 1
 
 
 def _store_chunk(town: Town, path: str, agent: str, expected: int, start: int, chunk: TranscriptChunk) -> bool:
@@ -391,18 +522,25 @@ def usage_rows(conn: sqlite3.Connection) -> list[UsageRow]:
 
 def cost_report(town: Town, *, read_transcripts: bool = True) -> CostReport:
     """Cost per agent and per bead (reading new transcript lines first, unless told not to)."""
+    found: list[str] = []
     if read_transcripts:
-        refresh(town)
+        refresh(town, found)
     with town.db.read() as conn:
         rows = usage_rows(conn)
-        transcripts = [(r[0], r[1], r[2]) for r in conn.execute(
-            "SELECT path, agent, claude_cost_usd FROM agent_transcripts")]
+        transcripts = [(r[0], r[1], r[2], r[3]) for r in conn.execute(
+            "SELECT path, agent, claude_cost_usd, read_offset FROM agent_transcripts")]
     claude: dict[str, float] = {}
-    for _, agent, usd in transcripts:
+    for _, agent, usd, _ in transcripts:
         if usd is not None:
             claude[agent] = claude.get(agent, 0.0) + float(usd)
-    missing = sum(1 for path, _, _ in transcripts if not os.path.exists(path))
-    return summarize(rows, claude, town.config.cost.table(), len(transcripts), missing)
+    roots = claude_config_dirs(town)
+    why = {path: refusal(path, roots) for path, _, _, _ in transcripts}
+    refused = [f"{path}: {why[path] or 'not a regular file when read'}" for path, _, _, offset in transcripts
+               if offset == REFUSED or (why[path] or "").startswith(OUTSIDE)]
+    missing = sum(1 for path, _, _, offset in transcripts
+                  if offset != REFUSED and why[path] is None and not os.path.exists(path))
+    report = summarize(rows, claude, town.config.cost.table(), len(transcripts), missing)
+    return report.model_copy(update={"refused_transcripts": refused, "problems": found})
 
 
 def agent_cost(report: CostReport, agent: str) -> CostLine | None:

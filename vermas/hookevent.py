@@ -14,6 +14,13 @@ It never breaks or holds up the agent: it prints nothing, always exits 0, waits 
 BUSY_TIMEOUT_S for the store, never creates a store that is not there, and counts every
 failure as one line in FAILURES (bounded), which `vermas-runner events` reports.
 
+Only an agent of the town is recorded: ACTOR must have the launch settings the town wrote for
+it (`<runtime>/agents/<session>/settings.json`, FAILURES being `<runtime>/hook-failures.log`),
+which is where Claude Code read this very hook from, so a real agent always passes (one stat).
+An event for any other name is refused (counted as a failure), so made-up names cannot grow the
+table. The table is bounded as well: besides the newest KEEP_PER_AGENT per agent, at most
+KEEP_EVENTS rows in all (the oldest go first), whoever writes (the MCP layer writes too).
+
 vermas.events uses `insert_event` from here, so the MCP layer and the hooks write events
 with the same statement and the same retention.
 """
@@ -34,6 +41,7 @@ except ImportError:  # pragma: no cover - an interpreter without the C module sp
 
 BUSY_TIMEOUT_S = 2.0  # most event hooks are waited for: a store locked this long is wedged
 KEEP_PER_AGENT = 500  # retention: the newest events of each agent (evidence needs the latest few)
+KEEP_EVENTS = 100_000  # retention per table: 200 agents' worth; ids are sequential, so a range delete
 PRUNE_EVERY = 16  # prune on one insert in this many (ids are sequential), so it costs ~nothing
 MAX_FAILURE_LOG = 256 * 1024  # FAILURES stops growing here; the count is then "at least"
 MAX_STDIN = 8 * 1024 * 1024  # a Write tool's input can be large; we only need the top-level names
@@ -42,6 +50,8 @@ STDIN_WAIT_S = 2.0
 INSERT = "INSERT INTO agent_events(agent, kind, at, tool, detail, session) VALUES (?, ?, ?, ?, ?, ?)"
 PRUNE = ("DELETE FROM agent_events WHERE agent = ?1 AND at < (SELECT at FROM agent_events "
          "WHERE agent = ?1 ORDER BY at DESC LIMIT 1 OFFSET ?2)")
+PRUNE_TABLE = "DELETE FROM agent_events WHERE id <= ?"  # the rowid's b-tree: only the rows it removes
+SESSION_PREFIX = "vermas-"  # vermas.addresses.Address.session_name: "vermas-" + address with "/" as "-"
 
 # Where each session's Claude Code transcript is (its usage records: vermas.cost reads them).
 # Noted on the hooks that open and close a turn: a second note of the same path is one index
@@ -61,8 +71,23 @@ def insert_event(conn: sqlite.Connection, agent: str, kind: str, at: float, tool
     history to the newest KEEP_PER_AGENT, through the (agent, at) index. `session`: Claude
     Code's session_id when the hook input gave one."""
     cur = conn.execute(INSERT, (agent, kind, at, tool, detail, session))
-    if (cur.lastrowid or 0) % PRUNE_EVERY == 0:
+    row = cur.lastrowid or 0
+    if row % PRUNE_EVERY == 0:
         conn.execute(PRUNE, (agent, KEEP_PER_AGENT - 1))
+        if row > KEEP_EVENTS:
+            conn.execute(PRUNE_TABLE, (row - KEEP_EVENTS,))
+
+
+def is_town_agent(failures: str, actor: str) -> bool:
+    """ACTOR has the launch settings the town wrote for it (the file this hook came from):
+    `<dirname(FAILURES)>/agents/vermas-<actor, '/' as '-'>/settings.json`. One stat."""
+    if not actor or not failures.startswith("/"):
+        return False
+    session = SESSION_PREFIX + actor.replace("/", "-")  # no "/" left: always one folder under agents/
+    try:
+        return os.path.isfile(f"{os.path.dirname(failures)}/agents/{session}/settings.json")
+    except (OSError, ValueError):
+        return False
 
 
 def _uri(path: str) -> str:
@@ -160,6 +185,9 @@ def record(argv: list[str], raw: bytes) -> None:
     """KIND STORE FAILURES ACTOR [DETAIL], the input JSON: one row in agent_events (and, on the
     kinds in TRANSCRIPT_KINDS, the session's transcript path in agent_transcripts)."""
     kind, store, failures, actor = argv[:4]
+    if not is_town_agent(failures, actor):
+        count_failure(failures, f"{kind} {actor[:80]!r}: refused: not an agent of this town (no launch settings)")
+        return
     data = parse_input(raw)
     tool, detail = event_fields(kind, data, argv[4] if len(argv) > 4 else "")
     transcript = transcript_of(kind, data)

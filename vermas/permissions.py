@@ -35,6 +35,10 @@ The rules, written once (tests/test_permissions.py checks every role x action):
 - Molecules: polecats do not pour them (their work arrives on the hook). A molecule's step is
   closed (mol_step_done) only by the holder of its root; squash and burn are the holder's or
   a coordinator's.
+- Nudges type into another agent's session, so they go down the chain of command, written as
+  data in NUDGE_REACH: the overseer nudges anyone; the mayor and deacon any agent (not the
+  overseer, a person); a witness its own rig's polecats, crew and refinery; a polecat, crew
+  member or refinery only its own rig's witness. Everyone else gets mail.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from vermas.addresses import COORDINATOR_ROLES, Address, Role
+from vermas.addresses import COORDINATOR_ROLES, Address, Role, parse_address
 from vermas.errors import Forbidden
 from vermas.twins import twin
 
@@ -70,6 +74,7 @@ class Action(StrEnum):
     MOL_POUR = "mol.pour"
     MOL_STEP = "mol.step"  # mol_step_done on a molecule's step
     MOL_MANAGE = "mol.manage"  # mol_squash, mol_burn
+    NUDGE = "nudge"  # type a line into another agent's session (target: recipient)
 
 
 class Target(BaseModel, frozen=True):
@@ -229,6 +234,48 @@ def _mol_manage(actor: Address, target: Target) -> Decision:
                  f"({target.holder or 'none'}) or {COORDINATORS} may")
 
 
+class Reach(StrEnum):
+    """Whom a role may nudge."""
+
+    ANYONE = "anyone"
+    AGENTS = "any agent but the overseer (a person: mail them)"
+    RIG_AGENTS = "its own rig's polecats, crew and refinery"
+    OWN_WITNESS = "only its own rig's witness"
+
+
+# Who may nudge whom (Action.NUDGE), by the nudger's role: one row per role.
+NUDGE_REACH: dict[Role, Reach] = {
+    Role.OVERSEER: Reach.ANYONE,
+    Role.MAYOR: Reach.AGENTS,
+    Role.DEACON: Reach.AGENTS,
+    Role.WITNESS: Reach.RIG_AGENTS,
+    Role.REFINERY: Reach.OWN_WITNESS,
+    Role.POLECAT: Reach.OWN_WITNESS,
+    Role.CREW: Reach.OWN_WITNESS,
+}
+RIG_AGENT_ROLES = frozenset({Role.POLECAT, Role.CREW, Role.REFINERY})
+
+
+def within(actor: Address, target: Address, reach: Reach) -> bool:
+    """Whether `target` is within `reach` of `actor` (pure)."""
+    if reach is Reach.ANYONE:
+        return True
+    if reach is Reach.AGENTS:
+        return target.role is not Role.OVERSEER
+    same_rig = actor.rig is not None and target.rig == actor.rig
+    if reach is Reach.RIG_AGENTS:
+        return same_rig and target.role in RIG_AGENT_ROLES
+    return same_rig and target.role is Role.WITNESS
+
+
+def _nudge(actor: Address, target: Target) -> Decision:
+    reach = NUDGE_REACH[actor.role]
+    if target.recipient is not None and within(actor, parse_address(target.recipient), reach):
+        return ALLOW
+    return _deny(f"{actor} may not nudge {target.recipient}: a {actor.role.value} may nudge {reach.value}; "
+                 f"send mail instead ({twin('mail_send')})")
+
+
 def _anyone(actor: Address, target: Target) -> Decision:
     return ALLOW
 
@@ -248,6 +295,7 @@ RULES = {
     Action.MOL_POUR: _mol_pour,
     Action.MOL_STEP: _mol_step,
     Action.MOL_MANAGE: _mol_manage,
+    Action.NUDGE: _nudge,
 }
 
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
+import os
 import re
+import time
+import traceback
 import types
 import typing
 from collections.abc import Awaitable, Callable
@@ -23,7 +26,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Strict
 
-from vermas import beads, convoy, hooks, mail, polecat, validate
+from vermas import beads, convoy, hooks, mail, permissions, polecat, validate
 from vermas import rig as rigs
 from vermas import sling as slinging
 from vermas.refinery import ledger
@@ -33,6 +36,7 @@ from vermas.addresses import Address, Role, parse_address
 from vermas.errors import Forbidden
 from vermas.molecules import formula as formulas
 from vermas.molecules import molecule
+from vermas.permissions import Action, Target
 from vermas.sessions import nudge as nudging
 from vermas.town import Town
 from vermas.twins import shell_words
@@ -179,6 +183,41 @@ def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
         return fn(c, **kwargs)
 
     return run
+
+
+# --- Unexpected exceptions: one line for the caller, the traceback in the log ------------------
+# A domain error (VermasError) is the tool's answer. Anything else is a bug or a broken
+# environment: the caller gets one line naming the tool and the exception type (the SDK's own
+# answer would be a bare "Error executing tool X", the shell's a traceback), and the traceback
+# goes to TOOL_ERRORS_FILE in the town's runtime folder (and, from the MCP server, to its stderr,
+# which Claude Code keeps as the server's log), where a person can find it.
+
+TOOL_ERRORS_FILE = "tool-errors.log"  # in the town's .runtime/ folder
+MAX_TOOL_ERRORS_LOG = 1024 * 1024  # the file stops growing here
+
+
+def unexpected_error(tool_name: str, exc: BaseException) -> str:
+    """The one line an unexpected exception of a tool becomes (pure)."""
+    text = " ".join(str(exc).split())[:200]
+    return (f"{tool_name} failed: unexpected {type(exc).__name__}{': ' + text if text else ''} "
+            f"(a vermas bug or a broken town file; the traceback is in .runtime/{TOOL_ERRORS_FILE})")
+
+
+def report_unexpected(town: Town, actor: Address | str, tool_name: str, exc: BaseException) -> str:
+    """Append an unexpected exception of a tool with its traceback to the town's
+    TOOL_ERRORS_FILE (bounded) and return the caller's one line. Never raises."""
+    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        path = town.layout.runtime_dir / TOOL_ERRORS_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            if os.fstat(fd).st_size < MAX_TOOL_ERRORS_LOG:
+                os.write(fd, f"{time.time():.3f} tool {tool_name} actor {actor}\n{trace}\n".encode(errors="replace"))
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # no runtime folder (or full): stderr still has it
+    return unexpected_error(tool_name, exc)
 
 
 def _inspector_types() -> dict[str, Any]:
@@ -513,6 +552,7 @@ def nudge(c: Call, target: str, message: str) -> nudging.NudgeResult:
     """
     address = parse_address(target)
     message = validate.nudge_text(message)
+    permissions.require(c.actor, Action.NUDGE, Target(recipient=str(address)))
     from vermas.sessions import TownSessions  # deferred: tmux (libtmux) only when a nudge is sent
 
     return nudging.nudge(c.town, TownSessions(c.town.root), address, message, sender=str(c.actor),

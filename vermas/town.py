@@ -20,7 +20,7 @@ from vermas.layout import BEADS_DIR, CONFIG_NAME, DB_NAME, TownLayout
 from vermas.patrol_types import PatrolConfig
 from vermas.prices import CostConfig
 from vermas.refinery.types import MergeConfig
-from vermas.store import Database
+from vermas.store import EXPORT_KINDS, Database
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -71,6 +71,12 @@ class RigConfig(BaseModel):
     default_branch: str = "main"
     verify_level: str = "shell"
     inspector: dict[str, Any] = Field(default_factory=dict)
+    test_network: bool = Field(
+        False,
+        description="Let this rig's contained test runs (the Verifier's and the refinery's) use the host's "
+                    "network. Off by default: where network namespaces work, a test gets only a loopback of "
+                    "its own (it can listen on 127.0.0.1, not reach any other host or service).",
+    )
     # `[rigs.<name>.merge]`: the merge queue's settings; defaults and their reasons are in MergeConfig.
     merge: MergeConfig = Field(default_factory=MergeConfig)
 
@@ -305,6 +311,26 @@ def update_config_text(text: str, config: TownConfig) -> str:
     return tomlkit.dumps(doc)
 
 
+PRIVATE_FOLDER_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def private_modes(layout: TownLayout) -> None:
+    """Owner-only `.beads/` and `.runtime/` (0700) and owner-only exports of the town folder
+    (0600: `messages.jsonl` holds every mail body, `issues.jsonl` every bead). Run on every
+    open, so a town made before this rule (0755 folders, 0644 files under umask 022) is
+    repaired; a rewrite of an export keeps the file's mode (vermas.atomic.write_atomic).
+    A rig clone's `.beads/issues.jsonl` is shared, git-tracked content and is left alone."""
+    targets = [(layout.beads_dir, PRIVATE_FOLDER_MODE), (layout.runtime_dir, PRIVATE_FOLDER_MODE)]
+    targets += [(layout.export_file(kind), PRIVATE_FILE_MODE) for kind in EXPORT_KINDS]
+    targets.append((layout.export_state, PRIVATE_FILE_MODE))
+    for path, mode in targets:
+        try:
+            os.chmod(path, mode)
+        except (FileNotFoundError, PermissionError):
+            pass  # not made yet (created private), or not ours to change
+
+
 class Town:
     """An open town: its root, config and store connection."""
 
@@ -327,6 +353,7 @@ class Town:
                 f"no vermas town at {path} (missing {CONFIG_NAME} or {BEADS_DIR}/{DB_NAME}); "
                 "create one with: vermas-runner init DIR"
             )
+        private_modes(layout)  # before anything reads or writes mail: repairs an older town
         return cls(path, load_config(layout.config_file), Database(layout.store_path))
 
     @classmethod
@@ -378,6 +405,7 @@ class Town:
                 )
                 db.touch("issues", "messages", "routes")
             export_town(town)
+            private_modes(layout)  # the first exports are made owner-only; rewrites keep the mode
         except BaseException:
             town.close()
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,9 +22,11 @@ from mcp.types import ToolAnnotations
 from vermas import events
 from vermas.addresses import Address
 from vermas.errors import VermasError
-from vermas.tools import Call, Kind, ProgressSink, ToolSpec
+from vermas.tools import Call, Kind, ProgressSink, ToolSpec, report_unexpected
 from vermas.town import Town
 from vermas_mcp.sdk import REFUSAL
+
+log = logging.getLogger("vermas_mcp")
 
 # Only hints that differ from MCP's defaults (read-only false, destructive true, idempotent
 # false, open-world true) are sent: each byte is repeated in every session's tools/list.
@@ -80,7 +83,9 @@ def mcp_function(spec: ToolSpec, b: Binding) -> Callable[..., Any]:
     tools that report progress), calling the spec's core function as the bound actor.
 
     Every call, refused ones too, is recorded first as the actor's activity (vermas.events).
-    Domain exceptions become tool errors carrying their actionable message. A sync core call
+    Domain exceptions become tool errors carrying their actionable message; any other exception
+    becomes a one-line tool error naming the tool and the exception type, its traceback logged
+    (vermas.tools.report_unexpected), never the SDK's bare "Error executing tool X". A sync core call
     runs inline (store calls take well under a millisecond, and a stdio server has one
     client, so the SDK's worker-thread hop would cost more than the work); a blocking one
     (a nudge waits seconds for an idle prompt) runs in a worker thread.
@@ -99,6 +104,9 @@ def mcp_function(spec: ToolSpec, b: Binding) -> Callable[..., Any]:
             return spec.fn(call, **kwargs)
         except VermasError as exc:
             raise ToolError(str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - a bug or a broken town file: one line, traceback logged
+            log.error("tool %s (actor %s) raised %s", spec.name, b.actor, type(exc).__name__, exc_info=exc)
+            raise ToolError(report_unexpected(b.town, b.actor, spec.name, exc)) from exc
 
     params = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default, annotation=p.annotation)
               for p in spec.params]

@@ -21,7 +21,7 @@ from vermas.agents import console_script
 from vermas.bdimport import import_file
 from vermas.cost import CostBy
 from vermas.errors import VermasError
-from vermas.export import export_town
+from vermas.export import ExportScheduler, export_town
 from vermas.inspector import readiness
 from vermas.inspector.cli import render
 from vermas.molecules import molecule
@@ -44,11 +44,35 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
+# Towns this command opened, each with the export kinds its own commits made stale.
+_WRITES: list[tuple[Town, set[str]]] = []
+
+
 def _open_town(arg: str | None) -> Town:
     town_dir = arg or os.environ.get("VERMAS_TOWN") or find_town()
     if not town_dir:
         _fail("no town: pass --town DIR or set VERMAS_TOWN (create one with: vermas-runner init DIR)")
-    return Town.open(town_dir)
+    town = Town.open(town_dir)
+    changed: set[str] = set()
+    town.db.add_listener(changed.update)  # told after each commit that touched an exported table
+    _WRITES.append((town, changed))
+    return town
+
+
+def export_writes() -> None:
+    """Bring the exports this command made stale up to date before it exits, as an MCP server
+    and the runner's patrol do: a shell write shows in `.beads/*.jsonl` at once. A command that
+    wrote nothing exported pays nothing. A failed export warns; the write itself stands (the
+    next export, `vermas-runner export` or a patrol, catches it up)."""
+    while _WRITES:
+        town, changed = _WRITES.pop()
+        if not changed:
+            continue
+        try:
+            export_town(town, sorted(changed))
+        except (VermasError, OSError) as exc:
+            print(f"vermas-runner: warning: the write is stored but {town.beads_dir}/*.jsonl were not "
+                  f"updated ({type(exc).__name__}: {exc}); run: vermas-runner export", file=sys.stderr)
 
 
 def cmd_init(args: argparse.Namespace) -> None:
@@ -468,10 +492,13 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
     def ready(port: int) -> None:
         print(f"dashboard: http://127.0.0.1:{port}/?key={key}", flush=True)
 
+    exporter = ExportScheduler(town)  # its buttons write (sling, retry, ack): exported as they happen
     try:
         web.serve(town, args.port, ready)
     except OSError as exc:
         _fail(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}")
+    finally:
+        exporter.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -620,6 +647,8 @@ def main(argv: list[str] | None = None) -> None:
         args.fn(args)
     except VermasError as exc:
         _fail(str(exc), code=2)
+    finally:
+        export_writes()
 
 
 if __name__ == "__main__":

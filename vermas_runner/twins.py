@@ -24,9 +24,9 @@ from rich.console import Console
 from rich.table import Table
 
 from vermas.addresses import parse_address
-from vermas.errors import InvalidInput
+from vermas.errors import InvalidInput, VermasError
 from vermas.progress import ProgressEvent, Reporter
-from vermas.tools import TOOLS, Call, Kind, Param, ToolSpec
+from vermas.tools import TOOLS, Call, Kind, Param, ToolSpec, report_unexpected
 from vermas.town import Town
 from vermas.validate import pydantic_problems
 
@@ -123,9 +123,14 @@ def run_tool(spec: ToolSpec, town: Town, args: argparse.Namespace) -> Any:
 
         call = Call(town, resolve_actor(args.actor), progress=progress if spec.progress else None,
                     nudge_wait=SHELL_NUDGE_WAIT)
-        if spec.is_async:
-            return asyncio.run(spec.fn(call, **kwargs))
-        return spec.fn(call, **kwargs)
+        try:
+            if spec.is_async:
+                return asyncio.run(spec.fn(call, **kwargs))
+            return spec.fn(call, **kwargs)
+        except VermasError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - as the MCP layer: one line (exit 2), traceback logged
+            raise VermasError(report_unexpected(town, call.actor, spec.name, exc)) from exc
 
 
 # ---- output for people ----------------------------------------------------------------------

@@ -7,6 +7,12 @@ header), so the stream polls it every POLL_S and builds a snapshot only when the
 tmux (which the store does not see) is looked at every TMUX_S and a snapshot is sent only if
 it differs from the last one sent. Every request needs the town's secret (`?key=` or the
 X-Vermas-Key header); actions are POST only.
+
+Browser hardening (`Hardening`, before any route): a Host other than 127.0.0.1:PORT or
+localhost:PORT is refused (DNS rebinding: a hostile page's name resolving to 127.0.0.1 must
+not reach us, even without the key), a POST from another origin (Origin, Sec-Fetch-Site) is
+refused, and every response says no referrer (the URL carries the key), no framing, and a CSP
+that runs only the page's own script file (page.js; no inline script or handlers).
 """
 
 from __future__ import annotations
@@ -18,12 +24,15 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vermas.addresses import parse_address
 from vermas.dashboard import actions, view
@@ -34,6 +43,62 @@ from vermas.town import Town
 POLL_S = 0.2
 TMUX_S = 5.0
 KEEPALIVE_S = 15.0
+
+
+CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self'; "
+       "style-src 'self' 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS = (("content-security-policy", CSP), ("referrer-policy", "no-referrer"),
+                    ("x-frame-options", "DENY"), ("x-content-type-options", "nosniff"))
+LOCAL_NAMES = ("127.0.0.1", "localhost")
+SAFE_FETCH_SITES = ("same-origin", "none")  # none: the person typed or opened the URL themselves
+OWN_PAGE = "actions come from the dashboard's own page"
+
+
+def refusal(method: str, headers: Mapping[str, str], port: int) -> str | None:
+    """Why a request must be refused before any route sees it, or None (pure; header names
+    lowercase). Clients that send no Origin / Sec-Fetch-Site (curl, scripts) pass this check;
+    the key still guards them."""
+    allowed = [f"{name}:{port}" for name in LOCAL_NAMES]
+    host = headers.get("host", "")
+    if host.lower() not in allowed:
+        return (f"forbidden: Host {host[:80]!r} is not this dashboard (allowed: {', '.join(allowed)}); "
+                "open the URL the dashboard printed")
+    if method.upper() in ("GET", "HEAD", "OPTIONS"):
+        return None
+    origin = headers.get("origin")
+    if origin is not None and origin.lower() not in [f"http://{a}" for a in allowed]:
+        return f"forbidden: a {method} from another origin ({origin[:80]!r}); {OWN_PAGE}"
+    site = headers.get("sec-fetch-site")
+    if site is not None and site.lower() not in SAFE_FETCH_SITES:
+        return f"forbidden: a {method} from a {site[:40]!r} page (Sec-Fetch-Site); {OWN_PAGE}"
+    return None
+
+
+class Hardening:
+    """ASGI middleware: `refusal` before any route, SECURITY_HEADERS on every response. Plain
+    ASGI rather than BaseHTTPMiddleware, so the event stream passes through unbuffered."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_hardened(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []),
+                                      *((k.encode(), v.encode()) for k, v in SECURITY_HEADERS)]
+            await send(message)
+
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        server = scope.get("server") or ("", 0)
+        problem = refusal(scope["method"], headers, int(server[1] or 0))
+        if problem is not None:
+            await PlainTextResponse(problem, 403)(scope, receive, send_hardened)
+            return
+        await self.app(scope, receive, send_hardened)
 
 
 def _key(request: Request) -> str | None:
@@ -70,6 +135,7 @@ class Watcher:
 
 def build_app(town: Town) -> Starlette:
     page = resources.files("vermas.dashboard").joinpath("page.html").read_text()
+    script = resources.files("vermas.dashboard").joinpath("page.js").read_text()
 
     def guard(request: Request) -> Response | None:
         if not actions.authorized(town, _key(request)):
@@ -77,7 +143,13 @@ def build_app(town: Town) -> Starlette:
         return None
 
     async def index(request: Request) -> Response:
-        return guard(request) or HTMLResponse(page)
+        # The script tag carries the key the page was opened with (a script request has no
+        # other way to send it), so the script route is guarded like every other.
+        refused = guard(request)
+        return refused or HTMLResponse(page.replace('src="page.js"', f'src="page.js?key={quote(_key(request) or "")}"'))
+
+    async def page_script(request: Request) -> Response:
+        return guard(request) or Response(script, media_type="text/javascript")
 
     def current() -> str:
         return view.snapshot(town, panes(town)).model_dump_json()
@@ -151,9 +223,9 @@ def build_app(town: Town) -> Starlette:
         return JSONResponse({"ok": True, "result": json.loads(result.model_dump_json())})
 
     return Starlette(routes=[
-        Route("/", index), Route("/snapshot.json", snapshot), Route("/events", stream), Route("/pane", pane),
-        Route("/action/{name}", act, methods=["POST"]),
-    ])
+        Route("/", index), Route("/page.js", page_script), Route("/snapshot.json", snapshot),
+        Route("/events", stream), Route("/pane", pane), Route("/action/{name}", act, methods=["POST"]),
+    ], middleware=[Middleware(Hardening)])
 
 
 def _content(data: str) -> Any:

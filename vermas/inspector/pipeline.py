@@ -78,6 +78,7 @@ class InspectorSettings:
     test_command: str
     rig: str | None
     pass_env: tuple[str, ...] = ()
+    test_network: bool = False  # the rig's `test_network`: tests keep the host's network
 
 
 def rig_for_bead(town: Town, bead_id: str) -> RigConfig | None:
@@ -136,8 +137,27 @@ def settings_for_rig(town: Town, rig: RigConfig | None, level: str | None = None
                               env=tuple(sorted(cfg.env.items()))),
         level=chosen, parallelism=cfg.parallelism, min_confidence=cfg.min_confidence,
         test_command=rig.test_command if rig else "", rig=rig.name if rig else None,
-        pass_env=tuple(cfg.pass_env),
+        pass_env=tuple(cfg.pass_env), test_network=rig.test_network if rig else False,
     )
+
+
+def rig_pass_env(town: Town, rig_name: str) -> tuple[str, ...]:
+    """The rig's `pass_env` (the town's `[inspector]` list unless the rig's `inspector` table
+    sets its own), checked as settings_for checks it: the variables the refinery's merge test
+    runs keep, so a rig whose tests need one is not judged red for lacking it."""
+    rig = town.config.rigs.get(rig_name)
+    names: object = town.config.inspector.pass_env
+    if rig is not None and "pass_env" in rig.inspector:
+        names = rig.inspector["pass_env"]
+    where = f"[rigs.{rig_name}] inspector" if rig is not None and "pass_env" in rig.inspector else "[inspector]"
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InvalidInput(f"invalid pass_env in town.toml {where}: a list of variable names is allowed")
+    bad = [n for n in names if SECRET_NAME_RE.search(n) or not ENV_NAME_RE.fullmatch(n)]
+    if bad:
+        raise InvalidInput(f"invalid pass_env in town.toml {where}: {', '.join(bad)[:200]} (tests may not see "
+                           "secrets: names with KEY, TOKEN, SECRET, PASSWORD, CREDENTIAL or AUTH are refused; "
+                           "names are [A-Za-z_][A-Za-z0-9_]*)")
+    return tuple(names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,7 +429,8 @@ class Inspector:
             await self.progress.step(f"verifier: {result.criterion_id} {state} in {result.evidence.duration_s:.1f}s")
 
         return await run_tests(tests, path, parallelism=settings.parallelism, on_result=tick,
-                               keep_env=settings.pass_env, hidden=town_private_paths(self.town.root))
+                               keep_env=settings.pass_env, hidden=town_private_paths(self.town.root),
+                               network=settings.test_network)
 
     # -- whole pipeline --------------------------------------------------------------------------
 

@@ -61,15 +61,18 @@ def run_command(
     base_env: Mapping[str, str] | None = None,
     keep_env: Sequence[str] = (),
     hidden: Sequence[Path] = (),
+    network: bool = False,
     head: int = HEAD_BYTES,
     tail: int = TAIL_BYTES,
     flood: int = FLOOD_BYTES,
 ) -> Evidence:
-    """Run one shell command, contained (vermas.contain); blocks the calling thread until it is over."""
+    """Run one shell command, contained (vermas.contain); blocks the calling thread until it is over.
+    `network=True` (a rig's `test_network`) keeps the host's network; otherwise, where network
+    namespaces work, the command has only a loopback of its own."""
     start = time.monotonic()
     try:
         done = contain.run(command, cwd=cwd, timeout=timeout, env=scrubbed_env(base_env, keep_env),
-                           hidden=hidden, head=head, tail=tail, flood=flood)
+                           hidden=hidden, network=network, head=head, tail=tail, flood=flood)
     except VermasError as exc:
         return Evidence(command=command, output="", output_bytes=0, exit_code=None,
                         duration_s=round(time.monotonic() - start, 3), error=str(exc))
@@ -89,6 +92,7 @@ async def run_tests(
     base_env: Mapping[str, str] | None = None,
     keep_env: Sequence[str] = (),
     hidden: Sequence[Path] = (),
+    network: bool = False,
 ) -> list[TestResult]:
     """Run tests with at most `parallelism` at once; results in the order of `tests`.
 
@@ -105,7 +109,7 @@ async def run_tests(
     async def one(test: TestSpec) -> TestResult:
         evidence = await loop.run_in_executor(
             pool, lambda: run_command(test.command, cwd, test.timeout, base_env=base_env, keep_env=keep_env,
-                                      hidden=hidden)
+                                      hidden=hidden, network=network)
         )
         result = TestResult(criterion_id=test.criterion_id, description=test.description,
                             passed=evidence.exit_code == 0 and evidence.failure is None, evidence=evidence)

@@ -8,14 +8,17 @@ support are returned as warnings (by name), never a crash: bd's own files parse.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field, ValidationError
 
+from vermas import validate
 from vermas.errors import InvalidInput, NotFound
 
 SUFFIX = ".formula.toml"
@@ -24,6 +27,14 @@ TOP_FIELDS = ("formula", "description", "version", "type", "vars", "steps")
 VAR_FIELDS = ("description", "default", "required", "enum", "pattern")
 STEP_FIELDS = ("id", "title", "description", "needs", "acceptance", "labels", "priority")
 TEXT_FIELDS = ("title", "description", "acceptance")
+# Bounds on user data: a formula is a checklist people and agents read, so these are far above
+# any real one (bd's and Gas Town's largest have a few dozen steps), and they keep one hostile or
+# mistaken file from costing every formula tool its time or memory.
+MAX_STEPS = 500
+STEP_LABEL = "step:"  # each step bead's label: step:<id> (so a step id must make a valid label)
+FORMULA_LABEL = "formula:"  # the root's label: formula:<name>
+ROOT_TITLE_CHARS = 200
+MAX_FORMULA_BYTES = 1024 * 1024
 
 
 class Var(BaseModel):
@@ -99,6 +110,8 @@ def parse(text: str, source: str) -> Formula:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _fail(source, "toml", str(exc)) from None
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise _fail(source, "toml", "values nested too deeply") from None
     warnings = _unknown(data, TOP_FIELDS, "top level")
     if data.get("type", "workflow") != "workflow":
         raise _fail(source, "top level", f"field 'type': {data['type']!r} is not supported; allowed: 'workflow'")
@@ -124,6 +137,8 @@ def parse(text: str, source: str) -> Formula:
             raise _fail(source, "top level", f"field {composed[0]!r}: formula composition (extends, compose) is "
                         "not supported by vermas; write the steps out as [[steps]]")
         raise _fail(source, "top level", "field 'steps' is missing: a formula needs at least one [[steps]]")
+    if len(raw_steps) > MAX_STEPS:
+        raise _fail(source, "top level", f"field 'steps': {len(raw_steps)} steps; at most {MAX_STEPS} are allowed")
     steps = []
     for n, table in enumerate(raw_steps, 1):
         where = f"step {table.get('id', f'#{n}')!r}" if isinstance(table, dict) else f"step #{n}"
@@ -158,25 +173,27 @@ def check_graph(formula: Formula) -> None:
 
 
 def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """The first cycle found in `graph` (id -> ids it needs) as a closed path, or None (pure)."""
+    """The first cycle found in `graph` (id -> ids it needs) as a closed path, or None (pure).
+    An explicit stack, never recursion: the graph is user data, and a long `needs` chain must
+    be an answer, not a RecursionError."""
     state: dict[str, int] = {}  # 1 = on the path, 2 = done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for nxt in graph.get(node, []):
-            if state.get(nxt) == 1:
+    for start in graph:
+        if start in state:
+            continue
+        state[start] = 1
+        path = [start]
+        todo = [iter(graph.get(start, []))]  # per node on the path: the needs still to visit
+        while todo:
+            nxt = next(todo[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                todo.pop()
+            elif state.get(nxt) == 1:
                 return path[path.index(nxt):] + [nxt]
-            if nxt not in state and (found := visit(nxt)):
-                return found
-        path.pop()
-        state[node] = 2
-        return None
-
-    for node in graph:
-        if node not in state and (found := visit(node)):
-            return found
+            elif nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                todo.append(iter(graph.get(nxt, [])))
     return None
 
 
@@ -238,17 +255,48 @@ def substitute(text: str, values: dict[str, str], source: str, where: str,
 
 
 def cook(formula: Formula, given: dict[str, str] | None = None) -> Proto:
-    """The formula resolved with `given` vars: validated, substituted, nothing written."""
+    """The formula resolved with `given` vars: validated, substituted, nothing written. What
+    pour would write is checked here with the tools' own rules (vermas.validate), so a formula
+    never pours a bead that bead tools, mol_step_done or the export's re-import would refuse."""
     values = resolve_vars(formula, given or {})
     declared = frozenset(formula.vars)
     steps = []
     for step in formula.steps:
         update = {f: substitute(getattr(step, f), values, formula.source, f"step {step.id!r}: field {f!r}", declared)
                   for f in TEXT_FIELDS}
-        steps.append(step.model_copy(update=update))
-    return Proto(formula=formula.formula, description=substitute(formula.description, values, formula.source,
-                 "top level: field 'description'", declared), version=formula.version, source=formula.source,
-                 vars=values, steps=steps, warnings=formula.warnings)
+        steps.append(check_step(step.model_copy(update=update), formula.source))
+    proto = Proto(formula=formula.formula, description=substitute(formula.description, values, formula.source,
+                  "top level: field 'description'", declared), version=formula.version, source=formula.source,
+                  vars=values, steps=steps, warnings=formula.warnings)
+    _checked(formula.source, "top level: field 'formula'", validate.labels, [FORMULA_LABEL + proto.formula])
+    _checked(formula.source, "top level", validate.title, root_title(proto))
+    return proto
+
+
+def _checked(source: str, where: str, check: Any, value: Any) -> Any:
+    try:
+        return check(value)
+    except InvalidInput as exc:
+        raise _fail(source, where, str(exc)) from None
+
+
+def check_step(step: Step, source: str) -> Step:
+    """One cooked step against the rules its bead will meet: the title one line of at most
+    validate.MAX_TITLE_CHARS, description and acceptance valid text, and the labels (its own and
+    step:<id>) valid labels. The step, its title stripped as bead_create stores it."""
+    where = f"step {step.id!r}"
+    title = _checked(source, f"{where}: field 'title'", validate.title, step.title)
+    _checked(source, f"{where}: field 'description'", lambda v: validate.body(v, "description"), step.description)
+    _checked(source, f"{where}: field 'acceptance'", lambda v: validate.body(v, "acceptance"), step.acceptance)
+    _checked(source, f"{where}: field 'id'", validate.labels, [STEP_LABEL + step.id])
+    _checked(source, f"{where}: field 'labels'", validate.labels, [STEP_LABEL + step.id, *step.labels])
+    return step.model_copy(update={"title": title})
+
+
+def root_title(proto: Proto) -> str:
+    """The molecule root's title: `<formula>: <first line of the description>` (pure)."""
+    lines = proto.description.strip().splitlines()
+    return f"{proto.formula}: {lines[0].strip() if lines else proto.formula}"[:ROOT_TITLE_CHARS]
 
 
 # --- Discovery: rig canonical clone, then the town, then built-ins -------------------------
@@ -259,21 +307,58 @@ def search_dirs(town_root: Path, rig_clone: Path | None) -> list[Path]:
     return dirs + [town_root / ".beads" / "formulas"]
 
 
-def _builtins() -> dict[str, tuple[str, str]]:
+class Found(NamedTuple):
+    """A formula file found: its text, or why it could not be read (then text is None)."""
+
+    source: str
+    text: str | None
+    error: str | None = None
+
+
+def _builtins() -> dict[str, Found]:
     found = {}
     for entry in resources.files("vermas.molecules").joinpath("formulas").iterdir():
         if entry.name.endswith(SUFFIX):
-            found[entry.name[: -len(SUFFIX)]] = (f"builtin:{entry.name}", entry.read_text(encoding="utf-8"))
+            found[entry.name[: -len(SUFFIX)]] = Found(f"builtin:{entry.name}", entry.read_text(encoding="utf-8"))
     return found
 
 
-def available(town_root: Path, rig_clone: Path | None = None) -> dict[str, tuple[str, str]]:
-    """name -> (source, text) of every formula found; the first place wins."""
-    found: dict[str, tuple[str, str]] = {}
+def read_formula_file(path: Path) -> Found:
+    """A formula file's text, read without ever blocking or reading without bound: opened
+    O_NONBLOCK and checked to be a regular file (a FIFO or device is refused, not waited on),
+    at most MAX_FORMULA_BYTES, UTF-8. Any failure is the error, never an exception."""
+    source = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        return Found(source, None, f"{source}: cannot open: {exc.strerror or exc}")
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return Found(source, None, f"{source}: not a regular file; a formula is a *{SUFFIX} file")
+        if info.st_size > MAX_FORMULA_BYTES:
+            return Found(source, None, f"{source}: {info.st_size} bytes; at most {MAX_FORMULA_BYTES} are allowed")
+        data = os.read(fd, MAX_FORMULA_BYTES + 1)
+    except OSError as exc:
+        return Found(source, None, f"{source}: cannot read: {exc.strerror or exc}")
+    finally:
+        os.close(fd)
+    try:
+        return Found(source, data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return Found(source, None, f"{source}: not UTF-8 text (byte {exc.start})")
+
+
+def available(town_root: Path, rig_clone: Path | None = None) -> dict[str, Found]:
+    """name -> the file found for each formula (the first place wins); an unreadable file is
+    found too, with its error, so it shadows a later one of its name as it would if it read."""
+    found: dict[str, Found] = {}
     for directory in search_dirs(town_root, rig_clone):
         if directory.is_dir():
             for path in sorted(directory.glob("*" + SUFFIX)):
-                found.setdefault(path.name[: -len(SUFFIX)], (str(path), path.read_text(encoding="utf-8")))
+                name = path.name[: -len(SUFFIX)]
+                if name not in found:
+                    found[name] = read_formula_file(path)
     for name, item in _builtins().items():
         found.setdefault(name, item)
     return found
@@ -284,20 +369,25 @@ def load(name: str, town_root: Path, rig_clone: Path | None = None) -> Formula:
     found = available(town_root, rig_clone)
     if name not in found:
         raise NotFound(f"no formula {name!r}; formulas: {', '.join(sorted(found)) or 'none'}")
-    source, text = found[name]
-    return parse(text, source)
+    item = found[name]
+    if item.text is None:
+        raise InvalidInput(item.error or f"{item.source}: cannot be read")
+    return parse(item.text, item.source)
 
 
 def list_formulas(town_root: Path, rig_clone: Path | None = None) -> list[FormulaInfo]:
-    """Every formula found, in name order; one that does not parse is listed with its error (a
-    broken file in a rig must not hide the others)."""
+    """Every formula found, in name order; one that cannot be read or parsed is listed with
+    its error (a broken file in a rig must not hide the others)."""
     infos = []
-    for name, (source, text) in sorted(available(town_root, rig_clone).items()):
+    for name, item in sorted(available(town_root, rig_clone).items()):
         try:
-            formula = parse(text, source)
-        except InvalidInput as exc:
-            infos.append(FormulaInfo(name=name, description="", source=source, steps=0, error=str(exc)))
+            if item.text is None:
+                raise InvalidInput(item.error or f"{item.source}: cannot be read")
+            formula = parse(item.text, item.source)
+        except Exception as exc:  # noqa: BLE001 - one broken file is listed as broken, never hides the rest
+            error = str(exc) if isinstance(exc, InvalidInput) else f"{item.source}: {type(exc).__name__}: {exc}"
+            infos.append(FormulaInfo(name=name, description="", source=item.source, steps=0, error=error[:500]))
             continue
-        infos.append(FormulaInfo(name=name, description=formula.description, source=source,
+        infos.append(FormulaInfo(name=name, description=formula.description, source=item.source,
                                  steps=len(formula.steps), warnings=len(formula.warnings)))
     return infos

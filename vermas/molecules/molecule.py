@@ -35,8 +35,8 @@ from vermas.store import Database
 from vermas.town import Town
 
 MOLECULE_TYPE = "molecule"
-STEP_LABEL = "step:"
-FORMULA_LABEL = "formula:"
+STEP_LABEL = formula.STEP_LABEL
+FORMULA_LABEL = formula.FORMULA_LABEL
 DIGEST_LABEL = "digest"  # a squashed wisp's permanent record
 WISP_INFIX = "wisp"  # a wisp's ids: <prefix>-wisp-<n>, as bd names its wisps
 # Crash-test checkpoints (vermas/faults.py), both inside the write transaction, before COMMIT:
@@ -135,7 +135,7 @@ def pour(town: Town, actor: Address, proto: Proto, hook: str | None = None, rig:
 def pour_in_txn(conn: sqlite3.Connection, db: Database, actor: Address, proto: Proto, prefix: str,
                 hook: str | None = None, wisp: bool = False) -> str:
     """The pour inside the caller's write transaction (a sling pours and spawns in one); the root."""
-    title = validate.title(f"{proto.formula}: {proto.description or proto.formula}"[:200])
+    title = validate.title(formula.root_title(proto))
     with db.unexported("issues") if wisp else nullcontext():  # a wisp never reaches the JSONL
         root = ids.new_sequential_id(conn, f"{prefix}-{WISP_INFIX}") if wisp \
             else ids.new_bead_id(conn, prefix, f"{proto.formula}\x00{actor}")

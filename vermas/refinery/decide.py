@@ -20,8 +20,8 @@ from enum import StrEnum
 
 from vermas.protocol import Escalation, Merged, ReworkRequest
 from vermas.refinery.types import (
-    CANNOT_RUN_TRIES, RETRY_BACKOFF_CAP_S, RETRY_BACKOFF_S, MergeConfig, MRState, QueuedRequest, QueueHold,
-    RunKind, RunOutcome, RunStatus,
+    CANNOT_RUN_TRIES, RETRY_BACKOFF_CAP_S, RETRY_BACKOFF_S, HoldKind, MergeConfig, MRState, QueuedRequest,
+    QueueHold, RunKind, RunOutcome, RunStatus,
 )
 
 MAYOR = "mayor"
@@ -214,6 +214,7 @@ class Presence(StrEnum):
 
     REACHABLE = "reachable"  # an ancestor of the target
     EQUIVALENT = "equivalent"  # its patch is on the target (git cherry '-': rebased)
+    SQUASHED = "squashed"  # inside the bead's squash commit, which is on the target (proven by patch)
     MISSING = "missing"
 
 
@@ -421,6 +422,40 @@ def on_advance(req: QueuedRequest, advance: Advance, cas_applied: bool, upstream
     return _finish(req, advance.new, target_branch, advance.untested, recovered=False)
 
 
+@dataclass(frozen=True)
+class HoldQueue:
+    """Hold the rig's queue: what stops it would stop the next try the same way (a refused
+    push, a person's uncommitted change in the upstream's checkout). Nothing is claimed or
+    tested again until the cause's fingerprint changes (worker.HOLD_PROBES)."""
+
+    kind: HoldKind
+    reason: str
+
+
+def upstream_dirty_reason(checkout: str, target_branch: str, status: str) -> str:
+    """Why a queue holds for a person's uncommitted change in the upstream's checkout."""
+    files = [line[3:] for line in status.splitlines() if line.strip()]
+    shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+    return _line(f"the upstream {checkout} has {target_branch} checked out with uncommitted changes ({shown}); "
+                 f"merges wait so they never overwrite them: commit or stash them and the queue resumes")
+
+
+def on_push_refused(rig: str, target_branch: str, url: str, message: str, tested_on: str,
+                    upstream_now: str | None, checkout: str | None, dirty: str) -> Restart | HoldQueue:
+    """A refused push. If the upstream's branch moved since the candidate was tested (a person
+    pushed), start again from fetch: something changed, a new test is due. Anything else (the
+    upstream's checkout has changes, a hook or a permission said no) would be refused the same
+    way again: hold the queue once with git's own words, and test nothing until it changes."""
+    if checkout is not None and dirty.strip():
+        return HoldQueue(HoldKind.UPSTREAM_DIRTY, upstream_dirty_reason(checkout, target_branch, dirty))
+    if upstream_now is not None and upstream_now != tested_on:
+        return Restart(_line(f"push refused: the upstream's {target_branch} moved to {upstream_now[:12]} since "
+                             f"{tested_on[:12]} was tested; starting again from fetch ({message})"))
+    return HoldQueue(HoldKind.PUSH_REFUSED, _line(
+        f"push of {target_branch} to {url} refused: {message}; nothing is tested again until the upstream's "
+        f"{target_branch}, its work tree or [rigs.{rig}.merge] changes"))
+
+
 def on_resume(req: QueuedRequest, target_tip: str, recorded_merged_sha: str | None, merged_sha_on_target: bool,
               patch_on_target: str | None, target_branch: str, untested: bool = False) -> Finish | Restart:
     """A request found claimed or testing after a restart. If the target already has it (the
@@ -435,13 +470,25 @@ def on_resume(req: QueuedRequest, target_tip: str, recorded_merged_sha: str | No
 
 def cleanup(branch: str, commits: Mapping[str, Presence]) -> Cleanup | Keep:
     """The polecat's worktree and branch go only when every one of its commits is on the target
-    (an ancestor, or its patch after the rebase)."""
+    (an ancestor, its patch after the rebase, or folded into the bead's squash commit, which
+    gitops.squash_landed proved is on the target and carries the branch's whole change)."""
     missing = tuple(sha for sha, where in commits.items() if where is Presence.MISSING)
     if not commits:
         return Keep(missing=(), reason=f"no commits listed for {branch}; nothing proves it is merged")
     if missing:
         return Keep(missing=missing, reason=f"{len(missing)} commit(s) of {branch} are not on the target")
     return Cleanup(branch=branch)
+
+
+def squash_message(req: QueuedRequest, title: str, subjects: Sequence[str]) -> str:
+    """The one commit a bead lands as under strategy "squash": its subject names the bead (id
+    and title), its body the polecat, the branch and commit it came from, and the commits it
+    folds (they stay on the branch until the squash is proven on the target)."""
+    name = _line(title) if title.strip() else req.bead
+    body = [f"Bead: {req.bead} ({name})", f"Polecat: {req.polecat or 'unknown'}",
+            f"Branch: {req.branch} at {req.commit}", f"Merge-Request: {req.id}",
+            f"Squashed {len(subjects)} commit(s):", *(f"  {_line(line)}" for line in subjects)]
+    return f"{req.bead}: {name}"[:LINE_MAX] + "\n\n" + "\n".join(body) + "\n"
 
 
 def queue_gate(paused_sha: str | None, target_sha: str, target_run: RunOutcome | None,

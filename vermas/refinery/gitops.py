@@ -10,7 +10,9 @@ Where things happen:
   no branch is created or moved, the polecat's branch is untouched) and tested.
 - the upstream (`origin`), when the rig has one: fetched before each batch; a merge is pushed
   without force (the remote refuses a non-fast-forward: its own compare-and-set) and confirmed
-  with ls-remote before anyone is told.
+  with ls-remote before anyone is told. A local upstream may be a person's own non-bare
+  repository with the target checked out: the push then runs receive-pack with
+  receive.denyCurrentBranch=updateInstead, so a clean checkout follows and a dirty one refuses.
 
 Every user-supplied value (paths, branch names, shas) goes after `--` or as a refspec we built;
 repository hooks are disabled for the rebase (a polecat can write the shared .git/hooks).
@@ -36,8 +38,11 @@ NO_HOOKS = ("-c", "core.hooksPath=/dev/null")
 FALLBACK_IDENTITY = ("-c", "user.name=vermas refinery", "-c", "user.email=refinery@vermas.invalid")
 
 
-def _git(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _git(cwd: Path, *args: str, timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """git without raising: the caller reads the exit status (a refused CAS or push is an answer)."""
+    if stdin is not None:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                              env=git._environment(), input=stdin)
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=git._environment(), stdin=subprocess.DEVNULL)
 
@@ -93,28 +98,98 @@ def sync_target(clone: Path, branch: str, fetch: bool) -> TargetTip:
         return TargetTip(sha=local, upstream=upstream, fetched=True)
     if git.is_ancestor(clone, local, upstream):
         if not advance(clone, branch, upstream, local):
-            raise Conflict(f"{branch} moved while it was being fast-forwarded to the upstream; try again")
+            blocked = checkout_blocked(clone, branch, local, upstream)
+            raise Conflict(f"{branch} in {clone} could not be fast-forwarded to the upstream's {upstream[:12]}: "
+                           + (blocked or "it moved meanwhile; try again"))
         return TargetTip(sha=upstream, upstream=upstream, fetched=True, moved_from=local)
     raise Conflict(f"{branch} in {clone} ({local[:12]}) and the upstream's ({upstream[:12]}) have diverged; "
                    "nothing is merged until a person reconciles them")
 
 
+def checkout_blocked(clone: Path, branch: str, old: str, new: str) -> str | None:
+    """Why the clone's checkout of `branch` could not follow it from OLD to NEW (a local change
+    in a file the move touches, which must not be overwritten), or None when it can (or the
+    clone has another branch checked out). The index is refreshed first: a file only touched
+    (same content, new mtime) is not a change, and without the refresh git's two-tree
+    read-tree refuses it as "not uptodate" - which left HEAD moved and the files behind."""
+    if git.current_branch(clone) != branch:
+        return None
+    _git(clone, "update-index", "-q", "--refresh")
+    done = _git(clone, "read-tree", "-m", "-u", "-n", old, new)
+    if done.returncode == 0:
+        return None
+    return "the canonical clone's work tree has local changes the move would overwrite: " + \
+        " ".join((done.stderr + done.stdout).split())[:400]
+
+
 def advance(clone: Path, branch: str, new: str, old: str) -> bool:
     """Compare-and-set the target: `update-ref refs/heads/T NEW OLD` applies only while T is
-    still OLD. Where the clone has T checked out, its index and files follow (fast-forward)."""
+    still OLD. Where the clone has T checked out, its index and files follow (git's own two-tree
+    fast-forward), so after every move its files equal its HEAD; a local change the move would
+    overwrite refuses it before the ref moves (checkout_blocked says why)."""
+    if checkout_blocked(clone, branch, old, new) is not None:
+        return False
     done = _git(clone, "update-ref", "-m", f"vermas refinery: {old[:12]} -> {new[:12]}", f"refs/heads/{branch}",
                 new, old)
     if done.returncode != 0:
         return False
     if git.current_branch(clone) == branch:
         # HEAD already names NEW; move index and work tree from OLD to NEW as a fast-forward would.
-        _git(clone, "read-tree", "-m", "-u", old, new)
+        follow = _git(clone, "read-tree", "-m", "-u", old, new)
+        if follow.returncode != 0:  # changed between the check and now: a person's edit wins, said loudly
+            raise Conflict(f"{branch} in {clone} moved to {new[:12]} but its files could not follow: "
+                           + " ".join(follow.stderr.split())[:400])
     return True
 
 
+# A push into a local repository runs receive-pack with this: a non-bare repository with the
+# target checked out (the user's own ~/src/myproj) gets its clean work tree brought to the
+# pushed commit, and refuses the push when the work tree or index has changes (git's
+# receive.denyCurrentBranch=updateInstead: a person's uncommitted change is never overwritten).
+UPDATE_INSTEAD_RECEIVE_PACK = "git -c receive.denyCurrentBranch=updateInstead receive-pack"
+
+
+def local_upstream(clone: Path) -> Path | None:
+    """The upstream as a local path when `origin` is one (not a URL, file:// included, nor
+    scp-like host:path); None otherwise."""
+    url = git.remote_url(clone, REMOTE)
+    if not url or "://" in url or (":" in url.split("/", 1)[0] and not url.startswith("/")):
+        return None
+    path = Path(url).expanduser()
+    return path if path.is_absolute() else (clone / path).resolve()
+
+
+def upstream_checkout(clone: Path, branch: str) -> Path | None:
+    """The upstream's work tree when the upstream is a local NON-bare repository that has
+    `branch` checked out (a push there moves what a person is looking at); None otherwise."""
+    path = local_upstream(clone)
+    if path is None or not path.is_dir():
+        return None
+    bare = _git(path, "rev-parse", "--is-bare-repository")
+    if bare.returncode != 0 or bare.stdout.strip() != "false":
+        return None
+    head = _git(path, "symbolic-ref", "--quiet", "HEAD")
+    if head.stdout.strip() != f"refs/heads/{branch}":
+        return None
+    top = _git(path, "rev-parse", "--show-toplevel")
+    return Path(top.stdout.strip()) if top.returncode == 0 and top.stdout.strip() else None
+
+
+def checkout_changes(worktree: Path, untracked: bool = False) -> str:
+    """`git status --porcelain` of a work tree (tracked changes; untracked files too when asked):
+    empty when it is clean. Read-only: the index is not refreshed in a person's repository."""
+    done = _git(worktree, "--no-optional-locks", "status", "--porcelain",
+                "--untracked-files=" + ("normal" if untracked else "no"))
+    return done.stdout if done.returncode == 0 else f"git status failed: {done.stderr.strip()[:200]}"
+
+
 def push(clone: Path, branch: str, new: str) -> tuple[bool, str]:
-    """Push NEW to the upstream's T, never forcing (the remote refuses a non-fast-forward)."""
-    done = _git(clone, "push", "--quiet", "--porcelain", REMOTE, f"{new}:refs/heads/{branch}", timeout=300)
+    """Push NEW to the upstream's T, never forcing (the remote refuses a non-fast-forward).
+    Into a local repository the push runs with updateInstead (see UPDATE_INSTEAD_RECEIVE_PACK).
+    Returns (pushed, what git said: the refusal's reason when it was refused)."""
+    receive = ("--receive-pack", UPDATE_INSTEAD_RECEIVE_PACK) if local_upstream(clone) is not None else ()
+    done = _git(clone, "push", "--quiet", "--porcelain", *receive, REMOTE, f"{new}:refs/heads/{branch}",
+                timeout=300)
     return done.returncode == 0, " ".join((done.stderr + done.stdout).split())[:500]
 
 
@@ -168,17 +243,23 @@ class Rebased:
         return self.sha is not None
 
 
-def rebase(worktree: Path, onto: str, base: str, commit: str) -> Rebased:
+def rebase(worktree: Path, onto: str, base: str, commit: str, squash_message: str | None = None) -> Rebased:
     """Replay the candidate's commits (`base..commit`, base being the target tip) onto `onto`
     in the refinery worktree, detached: the polecat's branch is not touched. Patches already on
     `onto` are dropped (git's rule), so a re-run never makes a no-op commit. A conflict is
-    aborted and reported with its files."""
+    aborted and reported with its files.
+
+    With `squash_message` (strategy "squash") the replayed commits are then folded into ONE
+    commit on `onto` with that message (authored as the candidate's tip): what lands is one
+    commit per bead, and a red commit followed by its fix never reaches the target."""
     reset_worktree(worktree, onto)
     done = _git(worktree, *NO_HOOKS, *_identity(worktree), "rebase", "--quiet", "--no-autostash", "--onto", onto,
                 base, commit, timeout=600)
     if done.returncode == 0:
         head = git.resolve(worktree, "HEAD")
         if head is not None and git.current_branch(worktree) is None:
+            if squash_message is not None and head != onto:
+                head = _squash(worktree, onto, commit, squash_message)
             return Rebased(onto=onto, sha=head)
     files = tuple(f for f in git.run(worktree, "diff", "--name-only", "--diff-filter=U", check=False).splitlines()
                   if f.strip())
@@ -188,13 +269,34 @@ def rebase(worktree: Path, onto: str, base: str, commit: str) -> Rebased:
                    error=" ".join((done.stderr + done.stdout).split())[:500])
 
 
+def _squash(worktree: Path, onto: str, commit: str, message: str) -> str:
+    """Fold the detached HEAD's commits above `onto` into one commit with `message`."""
+    author = git.run(worktree, "log", "-1", "--format=%an <%ae>", commit, "--")
+    git.run(worktree, "reset", "--quiet", "--soft", onto)
+    done = _git(worktree, *NO_HOOKS, *_identity(worktree), "commit", "--quiet", "--no-verify", "--allow-empty",
+                f"--author={author}", "-F", "-", stdin=message)
+    if done.returncode != 0:
+        raise git.GitError(f"the squash commit in {worktree} failed: {' '.join(done.stderr.split())[:500]}")
+    head = git.resolve(worktree, "HEAD")
+    if head is None:
+        raise git.GitError(f"the squash commit in {worktree} did not resolve")
+    return head
+
+
+def commit_subjects(clone: Path, base: str, commit: str) -> list[str]:
+    """`<short sha> <subject>` of each commit in base..commit, oldest first (a squash's message lists them)."""
+    out = git.run(clone, "log", "--reverse", "--format=%h %s", f"{base}..{commit}", "--")
+    return [line for line in out.splitlines() if line.strip()]
+
+
 def run_tests(worktree: Path, sha: str, command: str, timeout: float, target_sha: str,
               hidden: Sequence[Path] = (), keep_env: Sequence[str] = (),
-              base_env: Mapping[str, str] | None = None) -> RunOutcome:
+              base_env: Mapping[str, str] | None = None, network: bool = False) -> RunOutcome:
     """The rig's test command at `sha`, contained as the Verifier runs tests (vermas.contain:
     scrubbed environment, the town's store hidden, killed at the timeout, nothing outlives it)."""
     reset_worktree(worktree, sha)
-    evidence = run_command(command, worktree, timeout, base_env=base_env, keep_env=keep_env, hidden=hidden)
+    evidence = run_command(command, worktree, timeout, base_env=base_env, keep_env=keep_env, hidden=hidden,
+                           network=network)
     if evidence.error is not None and evidence.exit_code is None and not evidence.timed_out:
         status = RunStatus.COULD_NOT_RUN
     elif evidence.timed_out:
@@ -227,9 +329,36 @@ def commits_between(clone: Path, older: str, newer: str) -> list[str]:
     return [line for line in out.splitlines() if line]
 
 
-def presence(clone: Path, commits: Sequence[str], target: str, since: str) -> dict[str, Presence]:
+def _patch_id(clone: Path, old: str, new: str) -> str | None:
+    """git's patch id of the change old..new (line numbers and whitespace ignored); None when empty."""
+    diff = _git(clone, "diff", "--no-ext-diff", "--no-color", "--binary", old, new, "--", timeout=300)
+    if diff.returncode != 0 or not diff.stdout.strip():
+        return None
+    done = _git(clone, "patch-id", "--stable", stdin=diff.stdout)
+    first = done.stdout.split()
+    return first[0] if done.returncode == 0 and first else None
+
+
+def squash_landed(clone: Path, squash: str, target: str, since: str, head: str) -> bool:
+    """Proof that a squashed merge carries the branch's whole work: the recorded squash commit
+    is on the target (an ancestor) and its own change (squash^..squash) is the same patch as
+    everything the branch did since it left the target (merge-base(since, head)..head). A
+    branch that gained commits after the squash, or whose change landed only in part, fails."""
+    if not (commit_exists(clone, squash) and commit_exists(clone, head) and git.is_ancestor(clone, squash, target)):
+        return False
+    parents = git.run(clone, "rev-list", "--parents", "-n", "1", squash, "--").split()
+    base = git.run(clone, "merge-base", since, head, check=False)
+    if len(parents) != 2 or not base:
+        return False
+    landed = _patch_id(clone, parents[1], squash)
+    return landed is not None and landed == _patch_id(clone, base, head)
+
+
+def presence(clone: Path, commits: Sequence[str], target: str, since: str,
+             squash: str | None = None) -> dict[str, Presence]:
     """Where each polecat commit is, seen from the target: an ancestor, its patch there
-    (`git cherry` '-': it was rebased), or missing."""
+    (`git cherry` '-': it was rebased), inside the bead's squash commit (`squash`, proven by
+    squash_landed), or missing."""
     equivalent = set()
     if commits:
         tip_commit = commits[-1]
@@ -245,6 +374,9 @@ def presence(clone: Path, commits: Sequence[str], target: str, since: str) -> di
             out[sha] = Presence.EQUIVALENT
         else:
             out[sha] = Presence.MISSING
+    missing = [sha for sha, where in out.items() if where is Presence.MISSING]
+    if missing and squash and squash_landed(clone, squash, target, since, commits[-1]):
+        out.update({sha: Presence.SQUASHED for sha in missing})
     return out
 
 

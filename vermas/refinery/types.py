@@ -25,6 +25,7 @@ DEFAULT_RETRY_FLAKY = False  # re-run a red tip once before bisecting
 DEFAULT_TEST_TIMEOUT_S = 1800  # one run of the rig's test command, then it counts as failed
 DEFAULT_MAX_ATTEMPTS = 3  # conflicts/reworks of one bead before ESCALATION to the mayor
 DEFAULT_PUSH: Literal["auto", "never"] = "auto"  # push to the rig's upstream when it has one
+DEFAULT_STRATEGY: Literal["squash", "rebase"] = "squash"  # one commit per bead on the target
 
 AGE_STEP_S = 1800.0  # seconds of waiting that lift a request by one priority level (anti-starvation)
 LEASE_TTL_S = 60.0  # a queue lease lasts this long unless renewed; a dead runner's lease then expires
@@ -184,6 +185,10 @@ class MergeConfig(BaseModel):
     - max_attempts = 3: conflicts/reworks of one bead before ESCALATION to the mayor (branch kept). 1..20.
     - push = "auto": push the target to the rig's upstream when it has one (never forced);
       "never" keeps merges in the canonical clone.
+    - strategy = "squash": each bead lands as ONE commit on the target (its message names the bead
+      and the polecat), so a red commit followed by its fix never reaches the target's history and
+      every commit of the target is one that was tested; the polecat's own commits stay on its
+      branch until the squash is proven on the target. "rebase" replays each commit as it is.
     Internal tuning (AGE_STEP_S, LEASE_TTL_S, RETRY_BACKOFF_S, ...) is in the module's defaults block.
     """
 
@@ -196,6 +201,8 @@ class MergeConfig(BaseModel):
     test_timeout: int = Field(DEFAULT_TEST_TIMEOUT_S, ge=1, le=86400, description="seconds per test run")
     max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=20, description="send-backs before ESCALATION")
     push: Literal["auto", "never"] = Field(DEFAULT_PUSH, description="push to the upstream when there is one")
+    strategy: Literal["squash", "rebase"] = Field(DEFAULT_STRATEGY,
+                                                  description="squash: one commit per bead; rebase: each commit")
 
     def target(self, default_branch: str) -> str:
         """The branch merges land on."""

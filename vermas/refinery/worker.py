@@ -9,11 +9,13 @@ planner and decisions (queue.py, bisect.py, decide.py), act (ledger, gitops, mai
      has finishes its bookkeeping (never merged again), the others go back to queued;
   4. the queue gate (a queue paused for a red target resumes only on a green target sha);
   5. one batch: claim, check the sources, rebase each onto the previous in the refinery
-     worktree, test at the tip and bisect when red (bisect.py), verify, then advance the target
-     (push, confirmed with ls-remote, and update-ref, both compare-and-set) and only then, per
-     request, in one transaction: merged with its sha, the bead closed ("merged in <sha>", which
-     lands its convoys), MERGED mail to the witness and the polecat; then the polecat's worktree
-     and branch are removed (only when all its commits are on the target) and its slot freed.
+     worktree (strategy "squash": each folded into one commit naming its bead), test at the tip
+     and bisect when red (bisect.py), verify, then advance the target (push, confirmed with
+     ls-remote, and update-ref, both compare-and-set; a refused push holds the queue once with
+     git's reason, see HOLD_PROBES) and only then, per request, in one transaction: merged with
+     its sha, the bead closed ("merged in <sha>", which lands its convoys), MERGED mail to the
+     witness and the polecat; then the polecat's worktree and branch are removed (only when all
+     its commits are on the target, or its proven squash is) and its slot freed.
 
 Crash safety comes from the order: the recorded state never claims more than git shows, and
 every step after the advance is idempotent (mail has idempotency keys, cleanup re-checks git).
@@ -319,6 +321,10 @@ def _run(s: _Step) -> None:
         return
     batch = queue.select_batch([r.queued() for r in ledger.list_requests(s.town, rig=s.rig, states=[MRState.QUEUED])],
                                s.clock(), s.cfg.batch_size)
+    dirty = _upstream_dirty(s) if batch else None
+    if dirty is not None:
+        _hold_queue(s, dirty)
+        return
     claimed = [ledger.get(s.town, r.id) for r in batch if ledger.claim(s.town, r.id, s.owner, s.clock(), s.ttl)]
     if not claimed:
         s.report.idle = True
@@ -411,10 +417,18 @@ def _gate(s: _Step, tip: str) -> bool:
 def _test_target(s: _Step, sha: str) -> RunOutcome:
     pause_at("test")
     out = gitops.run_tests(s.worktree, sha, s.config.test_command, s.cfg.test_timeout, target_sha=sha,
-                           hidden=town_private_paths(s.town.root))
+                           hidden=town_private_paths(s.town.root), keep_env=_pass_env(s),
+                           network=s.config.test_network)
     s.report.test_runs += 1
     ledger.cache_run(s.town, s.rig, out, s.clock())
     return out
+
+
+def _pass_env(s: _Step) -> tuple[str, ...]:
+    """The rig's `pass_env`: the variables its test runs keep (README: the rig's `pass_env`)."""
+    from vermas.inspector.pipeline import rig_pass_env  # deferred like verify_with_inspector's import
+
+    return rig_pass_env(s.town, s.rig)
 
 
 # ---- one batch ----------------------------------------------------------------------------------------
@@ -431,9 +445,10 @@ def _batch(s: _Step, claimed: Sequence[MergeRequestRow], tip: str) -> None:
         if isinstance(source, Escalate):
             _escalate(s, req, source, {"reason": source.comment})
             continue
-        rebased = gitops.rebase(s.worktree, onto, tip, req.commit)
+        message = _squash_message(s, req, tip)
+        rebased = gitops.rebase(s.worktree, onto, tip, req.commit, message)
         if not rebased.clean and onto != tip:
-            alone = gitops.rebase(s.worktree, tip, tip, req.commit)
+            alone = gitops.rebase(s.worktree, tip, tip, req.commit, message)
             if alone.clean:  # it conflicts with a request ahead of it, not with the target: next batch
                 files = ", ".join(rebased.conflict_files)
                 _requeue(s, req, f"conflicts with a request ahead of it in the batch ({files}); next batch")
@@ -451,12 +466,21 @@ def _batch(s: _Step, claimed: Sequence[MergeRequestRow], tip: str) -> None:
         assert rebased.sha is not None
         row = ledger.transition(s.town, req.id, MRState.TESTING, s.actor,
                                 {"target_sha": tip, "onto": onto, "candidate_sha": rebased.sha,
-                                 "checks": "untested" if checks.untested else "tests"},
+                                 "strategy": s.cfg.strategy, "checks": "untested" if checks.untested else "tests"},
                                 owner=s.owner, target_sha=tip, candidate_sha=rebased.sha, untested=checks.untested)
         members.append((row, rebased.sha))
         onto = rebased.sha
     if members:
         _test_stack(s, members, tip, checks)
+
+
+def _squash_message(s: _Step, req: MergeRequestRow, tip: str) -> str | None:
+    """The squash commit's message under strategy "squash" (None: rebase keeps each commit)."""
+    if s.cfg.strategy != "squash":
+        return None
+    with s.town.db.read() as conn:
+        row = conn.execute("SELECT title FROM issues WHERE id = ?", (req.bead,)).fetchone()
+    return decide.squash_message(req.queued(), row[0] if row else "", gitops.commit_subjects(s.clone, tip, req.commit))
 
 
 def _test_stack(s: _Step, members: list[tuple[MergeRequestRow, str]], tip: str, checks: Checks) -> None:
@@ -470,7 +494,8 @@ def _test_stack(s: _Step, members: list[tuple[MergeRequestRow, str]], tip: str, 
             k = action.k
             pause_at("test")
             out = gitops.run_tests(s.worktree, tips[k - 1], s.config.test_command, s.cfg.test_timeout,
-                                   target_sha=tips[k - 2] if k > 1 else tip, hidden=town_private_paths(s.town.root))
+                                   target_sha=tips[k - 2] if k > 1 else tip, hidden=town_private_paths(s.town.root),
+                                   keep_env=_pass_env(s), network=s.config.test_network)
             s.report.test_runs += 1
             ledger.cache_run(s.town, s.rig, out, s.clock())
             if out.status is RunStatus.COULD_NOT_RUN:
@@ -558,6 +583,7 @@ def _advance(s: _Step, merging: Sequence[MergeRequestRow], tip: str, new: str, c
         s.report.error = "the rig's queue lease was lost before the advance; nothing was merged"
         return
     upstream: str | None = None
+    refused: str | None = None
     with gitops.locked(s.town.layout.rig_sync_lock(s.rig)):
         applied = True
         if s.pushing:  # the upstream's non-force push is the first compare-and-set
@@ -566,11 +592,18 @@ def _advance(s: _Step, merging: Sequence[MergeRequestRow], tip: str, new: str, c
             if pushed:
                 upstream = gitops.upstream_tip(s.clone, s.target)
             else:
-                s.report.restarted = f"push refused: {message}"
+                refused = message or "git gave no reason"
         if applied:
             local = gitops.advance(s.clone, s.target, new, plan.old)
             # refused but already there: `rig sync` fast-forwarded the clone to the upstream we pushed
             applied = local or gitops.tip(s.clone, s.target) == new
+            blocked = None if applied else gitops.checkout_blocked(s.clone, s.target, plan.old, new)
+            if blocked is not None:  # the clone's own files would be overwritten: say so, not "moved"
+                _restart(s, merging, f"{s.target} in {s.clone} was not moved to {new[:12]}: {blocked}")
+                return
+    if refused is not None:
+        _push_refused(s, merging, plan.old, refused)
+        return
     result = decide.on_advance(first, plan, applied, upstream if s.pushing else None, s.target)
     if isinstance(result, decide.Restart):
         _restart(s, merging, result.reason)
@@ -588,6 +621,69 @@ def _advance(s: _Step, merging: Sequence[MergeRequestRow], tip: str, new: str, c
         s.report.merged.append(req.id)
     for req in merging:
         _cleanup(s, ledger.get(s.town, req.id))
+
+
+def _push_refused(s: _Step, merging: Sequence[MergeRequestRow], tested_on: str, message: str) -> None:
+    """The upstream refused the push. Git's reason is recorded on every request (back to
+    queued, no attempt counted: not their fault); then either a restart (the upstream moved:
+    something changed, test again) or ONE hold of the queue with that reason (decide)."""
+    checkout = gitops.upstream_checkout(s.clone, s.target)
+    action = decide.on_push_refused(s.rig, s.target, git.remote_url(s.clone, gitops.REMOTE), message, tested_on,
+                                    gitops.upstream_tip(s.clone, s.target), str(checkout) if checkout else None,
+                                    gitops.checkout_changes(checkout) if checkout else "")
+    for req in merging:
+        ledger.transition(s.town, req.id, MRState.QUEUED, s.actor,
+                          {"reason": action.reason, "push_refused": message, "tested_sha": req.candidate_sha},
+                          owner=s.owner)
+        s.report.requeued.append(req.id)
+    if isinstance(action, decide.Restart):
+        s.report.restarted = action.reason
+    else:
+        _hold_queue(s, action)
+
+
+def _upstream_dirty(s: _Step) -> decide.HoldQueue | None:
+    """Before claiming: the upstream is a person's checkout of the target with uncommitted
+    changes, so a push would be refused; hold instead of testing for nothing."""
+    checkout = gitops.upstream_checkout(s.clone, s.target) if s.pushing else None
+    changes = gitops.checkout_changes(checkout) if checkout is not None else ""
+    if checkout is None or not changes.strip():
+        return None
+    return decide.HoldQueue(HoldKind.UPSTREAM_DIRTY, decide.upstream_dirty_reason(str(checkout), s.target, changes))
+
+
+def _hold_queue(s: _Step, action: decide.HoldQueue) -> None:
+    """Hold the rig's queue for a refused push or a dirty upstream checkout (ledger.hold writes
+    nothing, so escalates nothing, when the same hold stands); its key is the cause's
+    fingerprint now, as HOLD_PROBES sees it."""
+    probe = HOLD_PROBES.get(action.kind)
+    key = (probe(s) if probe is not None else None) or action.kind.value
+    ledger.hold(s.town, s.rig, action.kind, action.reason, key, s.clock(), s.actor)
+    s.report.paused = f"held ({action.kind.value}): {action.reason}"
+
+
+def _probe_push(s: _Step) -> str | None:
+    """PUSH_REFUSED's fingerprint: what would make the same push go differently - the upstream
+    (its URL, its target's tip by ls-remote), its checkout's state, and the push settings."""
+    checkout = gitops.upstream_checkout(s.clone, s.target)
+    changes = gitops.checkout_changes(checkout, untracked=True) if checkout is not None else ""
+    digest = hashlib.sha256(changes.encode()).hexdigest()[:16]
+    return "\x00".join(("push", git.remote_url(s.clone, gitops.REMOTE), s.cfg.push, s.target,
+                        gitops.upstream_tip(s.clone, s.target) or "-", str(checkout), digest))
+
+
+def _probe_upstream_dirty(s: _Step) -> str | None:
+    """UPSTREAM_DIRTY's fingerprint: the same while the upstream's checkout of the target has
+    uncommitted changes (one hold, one escalation, however the changes evolve); another once it
+    is clean, no longer checked out, or nothing is pushed (the hold is then released)."""
+    checkout = gitops.upstream_checkout(s.clone, s.target) if s.pushing else None
+    if checkout is None or not gitops.checkout_changes(checkout).strip():
+        return "upstream-clean"
+    return f"upstream-dirty\x00{checkout}\x00{s.target}"
+
+
+HOLD_PROBES[HoldKind.PUSH_REFUSED] = _probe_push
+HOLD_PROBES[HoldKind.UPSTREAM_DIRTY] = _probe_upstream_dirty
 
 
 def _restart(s: _Step, reqs: Sequence[MergeRequestRow], reason: str) -> None:
@@ -733,7 +829,7 @@ def _cleanup(s: _Step, req: MergeRequestRow) -> None:
     branch_tip = gitops.tip(s.clone, req.branch) if gitops.branch_exists(s.clone, req.branch) else None
     head = branch_tip or (req.commit if gitops.commit_exists(s.clone, req.commit) else None)
     commits = gitops.commits_between(s.clone, since, head) if head else []
-    found = gitops.presence(s.clone, commits, target_tip, since)
+    found = gitops.presence(s.clone, commits, target_tip, since, squash=req.candidate_sha)
     action = decide.cleanup(req.branch, found)
     worktree, slot = _polecat_place(s, req)
     if isinstance(action, decide.Cleanup) and worktree is not None and gitops.worktree_dirty(worktree):

@@ -170,6 +170,17 @@ def _lock_path(town: Town, address: Address) -> Path:
     return folder / f"{address.session_name}.nudge.lock"
 
 
+# A line starting with one of these is a command to Claude Code, not a message to the model:
+# `/clear` wipes the context, `!` runs a shell command, `#` (older versions) writes memory.
+COMMAND_PREFIXES = ("/", "!", "#")
+
+
+def acts_as_command(text: str) -> bool:
+    """Whether Claude Code would run `text` (a flattened nudge) as a command (pure): such a
+    line is never typed; it is queued as NUDGE mail, which the agent reads as text."""
+    return text.startswith(COMMAND_PREFIXES)
+
+
 def flatten(message: str) -> str:
     """One line: a newline typed into Claude Code would submit early."""
     return " ".join(message.split())
@@ -200,6 +211,9 @@ def nudge(
                            seconds=time.monotonic() - started,
                            reason=reason if new else f"{reason}; the same nudge already waits unread ({msg.id})")
 
+    if acts_as_command(text):
+        return queue(f"a line starting with {text[0]!r} would run as a Claude Code command; "
+                     "queued as mail, never typed")
     if not sessions.alive(target):
         return queue("session not running")
     with _lock_path(town, target).open("a") as lock:

@@ -16,8 +16,17 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from vermas.errors import InvalidInput
+from vermas.errors import InvalidInput, VermasError
 from vermas.town import RigConfig, Town
+
+class TownCannotVerify(VermasError):
+    """A verification could not run for a reason of the town, not of the request: the merge queue
+    holds the rig (one escalation) instead of failing the request. `key` fingerprints the cause."""
+
+    def __init__(self, reason: str, key: str) -> None:
+        super().__init__(reason)
+        self.reason, self.key = reason, key
+
 
 SETUP_CLI = Path(".tools") / "claude" / "node_modules" / ".bin" / "claude"  # scripts/setup.sh's install
 
@@ -99,6 +108,13 @@ def fingerprint(town: Town, rig: RigConfig) -> str:
             env = dict(settings.claude.env)
             parts += [repr(settings), str(resolve_command(settings.claude.command, search_path(env)))]
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
+def require(town: Town, rig: RigConfig) -> None:
+    """TownCannotVerify when the town is why the rig cannot verify now (see `problem`)."""
+    found = problem(town, rig)
+    if found is not None:
+        raise TownCannotVerify(found, fingerprint(town, rig))
 
 
 def check_town(town: Town) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -396,6 +397,10 @@ def test_a_running_runner_holds_on_a_broken_town_toml_and_resumes_when_it_is_fix
         edited.save_config()
         edited.close()
 
+    deadline = time.monotonic() + 120  # the detached runner re-points town.toml at the stand-in as it starts
+    while "patrolling" not in (town.layout.runner_log.read_text() if town.layout.runner_log.exists() else ""):
+        assert time.monotonic() < deadline, "the runner did not start patrolling"
+        time.sleep(0.2)
     set_command("/nonexistent/claude")
     [bead] = sling_all(vup, ("Write a note", "Add a note file under notes/ and commit it."))
     process_queue_until(vup, lambda: ledger.queue_state(town, RIG).hold is not None, "the queue to be held",

@@ -408,8 +408,13 @@ def test_a_running_runner_holds_on_a_broken_town_toml_and_resumes_when_it_is_fix
     hold = ledger.queue_state(town, RIG).hold
     assert hold is not None and "/nonexistent/claude" in hold.reason
     assert all(r.state is not MRState.FAILED and r.failures == 0 for r in vup.requests(bead)), vup.diagnostics()
+    problems = runner(town.root, "status", "--problems")  # where people look
+    assert "/nonexistent/claude" in problems.stdout, problems.stdout + problems.stderr
+    assert escalations(town, f"mq-hold:{RIG}") == [(None,)]
     set_command(command)
     process_queue_until(vup, lambda: vup.bead_status(bead) == "closed", "the held bead to merge once fixed",
                         timeout=240)
     assert ledger.queue_state(town, RIG).hold is None
     assert [r.state for r in vup.requests(bead)] == [MRState.MERGED], vup.diagnostics()
+    [(resolved,)] = escalations(town, f"mq-hold:{RIG}")
+    assert resolved is not None

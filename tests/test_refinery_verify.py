@@ -37,7 +37,7 @@ from vermas.inspector import records
 from vermas.inspector.models import CriterionOutcome, VerificationReport
 from vermas.protocol import Escalation, ProtocolKind, ReworkRequest
 from vermas.refinery import decide, ledger, worker
-from vermas.refinery.types import CANNOT_RUN_TRIES, RETRY_BACKOFF_CAP_S, MRState, RunStatus
+from vermas.refinery.types import CANNOT_RUN_TRIES, RETRY_BACKOFF_CAP_S, HoldKind, MRState, RunStatus
 from vermas.town import Town
 
 OWNER = "runner-1"
@@ -149,9 +149,11 @@ def test_a_failing_criterion_goes_back_with_the_criterion_and_its_evidence(
     assert (row["status"], row["assignee"]) == ("hooked", str(w.address))
 
 
-def test_a_missing_inspector_cli_is_could_not_run_and_merges_only_once_the_model_is_back(
+def test_a_missing_inspector_cli_holds_the_queue_and_merges_once_the_model_is_back(
     town: Town, sm: Standin, tmp_path: Path
 ) -> None:
+    """The town's fault, not the request's: the queue is held once (one escalation), the request
+    stays queued with nothing counted, and the hold lifts by itself once the command resolves."""
     mr = verifying_rig(town, tmp_path, str(tmp_path / "no-such-claude"))
     model = sm.script(**objective_scripts())
     before = mr.upstream_main()
@@ -159,22 +161,22 @@ def test_a_missing_inspector_cli_is_could_not_run_and_merges_only_once_the_model
     now = 1_000_000.0
     drain(town, now)
     row = ledger.get(town, w.mr)
-    assert row.state is MRState.FAILED and row.failures == 1 and row.merged_sha is None
-    assert row.not_before is not None and now + decide.backoff(1) <= row.not_before < now + decide.backoff(1) + 600
+    assert (row.state, row.failures, row.attempts, row.merged_sha) == (MRState.QUEUED, 0, 0, None)
+    hold = ledger.queue_state(town, "gt").hold
+    assert hold is not None and hold.kind is HoldKind.VERIFY_UNAVAILABLE and "no-such-claude" in hold.reason
     assert mr.upstream_main() == before and model.count() == 0
     assert mr.mail_to(str(w.address), ProtocolKind.REWORK_REQUEST) == []
-    drain(town, now + 1)  # still backing off: nothing is tried, nothing merged
-    assert ledger.get(town, w.mr).state is MRState.FAILED and mr.upstream_main() == before
-    # tried again and again: after CANNOT_RUN_TRIES it is escalated and stays failed, never merged
-    t = now
-    for _ in range(CANNOT_RUN_TRIES - 1):
-        t += RETRY_BACKOFF_CAP_S + 1
-        drain(town, t)
+    for step in range(CANNOT_RUN_TRIES + 1):  # held: never tried again, never failed, escalated once
+        drain(town, now + (step + 1) * (RETRY_BACKOFF_CAP_S + 1))
     row = ledger.get(town, w.mr)
-    assert row.state is MRState.FAILED and row.failures == CANNOT_RUN_TRIES and mr.upstream_main() == before
+    assert (row.state, row.failures) == (MRState.QUEUED, 0) and mr.upstream_main() == before
     [escalation] = mr.mail_to("mayor", ProtocolKind.ESCALATION)
-    assert isinstance(escalation, Escalation) and escalation.reason == "cannot-verify"
-    assert "could not run" in escalation.text and "no-such-claude" in escalation.text
+    assert isinstance(escalation, Escalation) and "no-such-claude" in escalation.text
+    town.config.inspector.command = str(sm.claude)  # the model is back: the probe sees the change
+    town.save_config()
+    drain(town, now + 10_000)
+    assert ledger.get(town, w.mr).state is MRState.MERGED and ledger.queue_state(town, "gt").hold is None
+    assert git(mr.bare, "show", "main:calc.py") == GOOD_CALC.strip() and model.count() == 2
 
 
 def test_an_auditor_that_cannot_answer_is_could_not_run_not_rework(town: Town, sm: Standin, tmp_path: Path) -> None:

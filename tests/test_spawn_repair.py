@@ -177,6 +177,7 @@ class StubTown:
         self.town, _ = Town.init(base / "town")
         rig.add(self.town, "gt", str(make_repo(base / "src")), prefix="gt", max_polecats=max_polecats)
         self.town.config.agent.command, self.town.config.agent.args = "sh", ["-c", "sleep 600", "agent"]
+        self.town.config.rigs["gt"].verify_level = "off"  # no model: `up` would refuse a rig that verifies with one
         self.town.save_config()
         self.sessions = TownSessions(self.town.root)
         self.clone = rig.canonical_clone(self.town, "gt")

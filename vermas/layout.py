@@ -110,6 +110,12 @@ class TownLayout:
         return self.runtime_dir / "standin-agent.json"
 
     @property
+    def standin_saved_inspector(self) -> Path:
+        """The town's own `[inspector]` (and rigs' inspector tables) while the stand-in replaces
+        them; `down` puts them back."""
+        return self.runtime_dir / "standin-inspector.json"
+
+    @property
     def standin_log(self) -> Path:
         return self.runtime_dir / "standin.log"
 

@@ -57,6 +57,9 @@ class InspectorConfig(BaseModel):
     min_confidence: float = 0.7
     level: str = "shell"
     pass_env: list[str] = Field(default_factory=list)
+    # Variables set for the inspector's `claude -p` on top of the runner's environment (e.g. the
+    # stand-in model's ANTHROPIC_BASE_URL and a private HOME, which `up --model standin` writes).
+    env: dict[str, str] = Field(default_factory=dict)
 
 
 class RigConfig(BaseModel):

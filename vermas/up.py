@@ -23,6 +23,7 @@ from pydantic import BaseModel, computed_field
 from vermas import polecat
 from vermas.addresses import Address, Role
 from vermas.errors import Conflict, InvalidInput
+from vermas.inspector import readiness
 from vermas.proc import flock_held, pid_alive, reap_groups
 from vermas.progress import ProgressEvent, ProgressFn, ignore
 from vermas.protocol import SESSION_STATES, PolecatState
@@ -227,6 +228,7 @@ def up(town: Town, sessions: TownSessions, wait: bool = True, progress: Progress
     """Start every session that should run and is not; with `wait`, each new one is waited for
     until its prompt is ready and then nudged (GUPP). `progress` hears each session's steps."""
     resolve_agent_command(town)
+    readiness.check_town(town)  # every rig that verifies with a model can run its inspector
     start_zygote(town)
     # Before any session starts: half-made spawns finished or rolled back, broken sandboxes
     # rebuilt, so no polecat is ever started in a folder that is not its git worktree.

@@ -22,6 +22,7 @@ from vermas.bdimport import import_file
 from vermas.cost import CostBy
 from vermas.errors import VermasError
 from vermas.export import ExportScheduler, export_town
+from vermas.inspector import readiness
 from vermas.inspector.cli import render
 from vermas.molecules import molecule
 from vermas.prime import prime
@@ -151,6 +152,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     town = _open_town(args.town)
     model_line = demo.choose_model(town, args.model)
     up.resolve_agent_command(town)
+    readiness.check_town(town)
     if args.detach:
         log = town.layout.runner_log
         log.parent.mkdir(exist_ok=True)
@@ -240,6 +242,8 @@ def cmd_down(args: argparse.Namespace) -> None:
         print(f"stopped the stand-in model (pid {standin})")
     if demo.restore_agent(town):
         print(f"[agent] in {town.layout.config_file} is the town's own again")
+    if demo.restore_inspector(town):
+        print(f"[inspector] in {town.layout.config_file} is the town's own again")
 
 
 def _session_cell(row: AgentRow) -> str:

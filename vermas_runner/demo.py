@@ -9,9 +9,10 @@ sessions use your own Claude Code login instead.
 
 The same stand-in boots any town: `vermas-runner up --model standin` starts it as a process
 of its own (`python -m vermas_runner.demo --serve-standin TOWN`, pid and URL in
-`.runtime/standin.json`), points the town's `[agent]` at it (the town's own `[agent]` is
-kept in `.runtime/standin-agent.json`), and `vermas-runner down` stops it and puts the
-town's `[agent]` back.
+`.runtime/standin.json`), points the town's `[agent]` and `[inspector]` at it (so the
+sessions AND the merge queue's verification run offline; the town's own settings are kept in
+`.runtime/standin-agent.json` and `standin-inspector.json`), and `vermas-runner down` stops
+it and puts both back.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from vermas.proc import pid_alive
 from vermas.progress import ProgressEvent, Reporter
 from vermas.refinery import ledger
 from vermas.refinery.types import MRState
-from vermas.town import AgentCommand, Town
+from vermas.town import AgentCommand, InspectorConfig, Town
 
 POLECAT_MARKER = "You are a vermas polecat"
 SERVE_FLAG = "--serve-standin"
@@ -69,9 +70,11 @@ def idle_script() -> list[Any]:
 
 
 def standin_policy() -> Any:
-    """Polecats: the stand-in polecat (vermas.testing.standin.polecat: hook_check, the bead's work
-    with Claude Code's Bash tool, a commit, polecat_done; rework when the refinery sends it back);
-    every other agent checks its hook and waits."""
+    """The inspector's `claude -p` calls: the stand-in inspector (vermas.testing.standin.inspector:
+    a spec, shell tests and verdicts derived from the prompt). Polecats: the stand-in polecat
+    (vermas.testing.standin.polecat: hook_check, the bead's work with Claude Code's Bash tool, a
+    commit, polecat_done; rework when the refinery sends it back); every other agent checks its
+    hook and waits."""
     from vermas.testing.standin import (  # deferred: stand-in server (test machinery), only for the demo
         PerSessionPolicy,
         RoutingPolicy,
@@ -79,15 +82,17 @@ def standin_policy() -> Any:
         polecat_policy,
         system_contains,
     )
+    from vermas.testing.standin.inspector import inspector_policy, is_inspector
 
     return RoutingPolicy(
-        [(system_contains(POLECAT_MARKER), PerSessionPolicy(polecat_policy))],
+        [(is_inspector, inspector_policy), (system_contains(POLECAT_MARKER), PerSessionPolicy(polecat_policy))],
         default=PerSessionPolicy(lambda: ScriptedPolicy(idle_script())),
     )
 
 
 def use_standin(town: Town, base_url: str, home: Path) -> None:
-    """Point the town's agent sessions at the stand-in model with a private Claude home."""
+    """Point every model call of the town at the stand-in: the agent sessions (`[agent]`) and the
+    inspector's `claude -p` calls (`[inspector]`), each with a private Claude home under `home`."""
     from vermas.testing.standin import (  # deferred: stand-in server (test machinery), only for the demo
         DUMMY_API_KEY,
         claude_env,
@@ -105,7 +110,73 @@ def use_standin(town: Town, base_url: str, home: Path) -> None:
     env["ANTHROPIC_API_KEY"] = DUMMY_API_KEY
     town.config.agent.command = str(binary)
     town.config.agent.env = env
+    use_standin_inspector(town, base_url, home / INSPECTOR_HOME)
     town.save_config()
+
+
+INSPECTOR_HOME = "inspector"  # the inspector's `claude -p` home, inside the sessions' stand-in home
+INSPECTOR_KEYS = ("command", "args", "env")  # what the stand-in sets; a rig's own values would win, so they go
+
+
+def use_standin_inspector(town: Town, base_url: str, home: Path) -> None:
+    """Point the inspector's `claude -p` (Designer, Strategist, Auditor, panel) at the stand-in:
+    `[inspector]` command = the installed CLI, env = the stand-in's URL, a dummy key and a private
+    HOME; a rig's own command/args/env are taken out (they would override it). The caller saves
+    the config (boot_on_standin keeps the town's own settings for `down` first)."""
+    from vermas.testing.standin import claude_env, find_claude_binary  # deferred: stand-in machinery
+
+    binary = find_claude_binary()
+    if binary is None:
+        raise InvalidInput(CLI_MISSING)
+    home.mkdir(parents=True, exist_ok=True)
+    town.config.inspector.command = str(binary)
+    town.config.inspector.args = []
+    town.config.inspector.env = claude_env(base_url, home, base={})
+    for rig_config in town.config.rigs.values():
+        for key in INSPECTOR_KEYS:
+            rig_config.inspector.pop(key, None)
+
+
+def on_standin(town: Town, binary: Path, url: str) -> bool:
+    """Every model call of the town already goes to the stand-in at `url`."""
+    agent, inspector = town.config.agent, town.config.inspector
+    return (agent.command == str(binary) and agent.env.get("ANTHROPIC_BASE_URL") == url
+            and inspector.command == str(binary) and inspector.env.get("ANTHROPIC_BASE_URL") == url
+            and not any(key in r.inspector for r in town.config.rigs.values() for key in INSPECTOR_KEYS))
+
+
+class SavedInspector(BaseModel):
+    """The town's own inspector settings while the stand-in replaces them (`down` puts them back)."""
+
+    inspector: InspectorConfig
+    rigs: dict[str, dict[str, Any]] = {}  # per rig: the keys of its inspector table the stand-in took out
+
+
+def save_inspector(town: Town) -> None:
+    saved = town.layout.standin_saved_inspector
+    if saved.is_file():  # already on the stand-in: the file holds the town's own settings
+        return
+    town.layout.runtime_dir.mkdir(exist_ok=True)
+    rigs = {name: {k: r.inspector[k] for k in INSPECTOR_KEYS if k in r.inspector}
+            for name, r in town.config.rigs.items()}
+    write_atomic(saved, SavedInspector(inspector=town.config.inspector,
+                                       rigs={n: v for n, v in rigs.items() if v}).model_dump_json())
+
+
+def restore_inspector(town: Town) -> bool:
+    """Put back the town's own `[inspector]` (and rigs' inspector keys) the stand-in replaced."""
+    saved = town.layout.standin_saved_inspector
+    if not saved.is_file():
+        return False
+    town.reload_config()
+    own = SavedInspector.model_validate_json(saved.read_text())
+    town.config.inspector = own.inspector
+    for name, values in own.rigs.items():
+        if name in town.config.rigs:
+            town.config.rigs[name].inspector.update(values)
+    town.save_config()
+    saved.unlink()
+    return True
 
 
 CLI_MISSING = ("the stand-in model drives the real Claude Code CLI, which is not installed: run scripts/setup.sh "
@@ -188,7 +259,8 @@ def restore_agent(town: Town) -> bool:
 
 
 def boot_on_standin(town: Town) -> StandinState:
-    """Start (or keep) the stand-in and point the town's `[agent]` at it."""
+    """Start (or keep) the stand-in and point the town's `[agent]` and `[inspector]` at it (the
+    town's own are kept in .runtime/standin-agent.json and standin-inspector.json for `down`)."""
     from vermas.testing.standin import find_claude_binary  # deferred: stand-in machinery, only for --model standin
 
     binary = find_claude_binary()
@@ -198,9 +270,9 @@ def boot_on_standin(town: Town) -> StandinState:
     if not saved.is_file():
         town.layout.runtime_dir.mkdir(exist_ok=True)
         write_atomic(saved, town.config.agent.model_dump_json())
+    save_inspector(town)
     state = start_standin(town)
-    agent = town.config.agent
-    if agent.command != str(binary) or agent.env.get("ANTHROPIC_BASE_URL") != state.url:
+    if not on_standin(town, binary, state.url):
         use_standin(town, state.url, town.layout.standin_home)
     return state
 
@@ -214,12 +286,13 @@ def choose_model(town: Town, model: str) -> str:
     if model == "standin":
         state = boot_on_standin(town)
         return (f"agent: the scripted stand-in model at {state.url} (pid {state.pid}), via "
-                f"{town.config.agent.command}; `vermas-runner down` stops it")
+                f"{town.config.agent.command}, and so is the inspector's claude -p; `vermas-runner down` stops it")
     running = standin_state(town)
     if running is not None:
         raise Conflict(f"this town runs on the stand-in model (pid {running.pid}) until `vermas-runner down`; "
                        "pass --model standin to keep using it")
     restore_agent(town)
+    restore_inspector(town)
     return f"agent: {town.config.agent.command} ([agent] command in {town.layout.config_file})"
 
 

@@ -62,6 +62,7 @@ class ClaudeSettings:
     model: str = "sonnet"
     budget_usd: float = 1.0
     timeout_s: float = 300.0
+    env: tuple[tuple[str, str], ...] = ()  # [inspector] env: set on top of the caller's environment
 
 
 @dataclass
@@ -119,10 +120,17 @@ def format_validation_error(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def claude_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The caller's environment minus what would make `claude -p` a nested session."""
+def claude_environment(base: Mapping[str, str] | None = None, extra: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
+    """The caller's environment minus what would make `claude -p` a nested session, with the
+    town's `[inspector] env` on top. When that names its own ANTHROPIC_BASE_URL (another model
+    endpoint, e.g. the stand-in), the caller's other CLAUDE*/ANTHROPIC_* variables are dropped:
+    the user's login, config dir or model overrides must not leak into that endpoint's calls."""
     source = os.environ if base is None else base
-    return {k: v for k, v in source.items() if k not in DROPPED_ENV}
+    env = {k: v for k, v in source.items() if k not in DROPPED_ENV}
+    if any(k == "ANTHROPIC_BASE_URL" for k, _ in extra):
+        env = {k: v for k, v in env.items() if not k.startswith(("CLAUDE", "ANTHROPIC_"))}
+    env.update(extra)
+    return env
 
 
 class ClaudeCLI:
@@ -130,7 +138,7 @@ class ClaudeCLI:
 
     def __init__(self, settings: ClaudeSettings, env: Mapping[str, str] | None = None) -> None:
         self.settings = settings
-        self.env = claude_environment(env)
+        self.env = claude_environment(env, settings.env)
 
     def argv(self, call: RoleCall[Any]) -> list[str]:
         s = self.settings

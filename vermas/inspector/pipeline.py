@@ -94,7 +94,12 @@ def check_level(level: object) -> Level:
 
 def settings_for(town: Town, bead_id: str, level: str | None = None) -> InspectorSettings:
     """Town `[inspector]` defaults, overridden by the bead's rig (`inspector = {...}`, verify_level)."""
-    rig = rig_for_bead(town, bead_id)
+    return settings_for_rig(town, rig_for_bead(town, bead_id), level)
+
+
+def settings_for_rig(town: Town, rig: RigConfig | None, level: str | None = None) -> InspectorSettings:
+    """Town `[inspector]` defaults, overridden by the rig's (None: the town's alone); InvalidInput
+    naming the town.toml table when they are not valid."""
     merged: dict[str, Any] = town.config.inspector.model_dump()
     where = "[inspector]"
     if rig is not None:
@@ -128,7 +133,8 @@ def settings_for(town: Town, bead_id: str, level: str | None = None) -> Inspecto
         raise InvalidInput(f"invalid inspector settings in town.toml {where}: " + "; ".join(problems))
     return InspectorSettings(
         claude=ClaudeSettings(command=cfg.command, args=tuple(cfg.args), model=cfg.model,
-                              budget_usd=cfg.budget_usd, timeout_s=float(cfg.timeout)),
+                              budget_usd=cfg.budget_usd, timeout_s=float(cfg.timeout),
+                              env=tuple(sorted(cfg.env.items()))),
         level=chosen, parallelism=cfg.parallelism, min_confidence=cfg.min_confidence,
         test_command=rig.test_command if rig else "", rig=rig.name if rig else None,
         pass_env=tuple(cfg.pass_env), test_network=rig.test_network if rig else False,

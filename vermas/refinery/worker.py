@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field
 from vermas import beads, git, ids, mail, patrol_log, polecat, protocol, timeutil
 from vermas.addresses import Role, parse_address
 from vermas.errors import InvalidInput, NotFound, VermasError
+from vermas.inspector import readiness
 from vermas.inspector.models import CriterionOutcome, VerificationReport
 from vermas.inspector.verifier import town_private_paths
 from vermas.protocol import PolecatState
@@ -170,15 +171,28 @@ def verify_with_inspector(town: Town, req: MergeRequestRow, tree: Path, level: s
     try:
         report = verify_for_merge(town, req.bead, tree, actor=f"{req.rig}/refinery", level=level)
     except VermasError as exc:
+        _town_can_verify(town, req.rig)
         return RunOutcome(kind=RunKind.VERIFY, status=RunStatus.COULD_NOT_RUN, command=f"verify level {level}",
                           duration_s=time.monotonic() - start, output_tail=tail(str(exc)), target_sha=target_sha,
                           candidate_sha=candidate)
     status, failing = verification_status(report)
+    if status is RunStatus.COULD_NOT_RUN:  # a role's model call failed: the town's doing, or this request's?
+        _town_can_verify(town, req.rig)
     return RunOutcome(kind=RunKind.VERIFY, status=status,
                       command=f"verify level {level}", duration_s=report.duration_s,
                       output_tail=tail(report.summary + _evidence(failing)),
                       target_sha=target_sha, candidate_sha=candidate,
                       criterion=failing.criterion_id if failing else None)
+
+
+def _town_can_verify(town: Town, rig: str) -> None:
+    """After a verification that could not run: raise TownCannotVerify when the cause is the
+    town's (the inspector's command does not resolve, its settings are invalid), so the queue is
+    held instead of the request failed; a model timeout or an invalid answer stays the request's
+    retry."""
+    config = town.config.rigs.get(rig)
+    if config is not None:
+        readiness.require(town, config)
 
 
 def _evidence(failing: CriterionOutcome | None) -> str:
@@ -544,7 +558,11 @@ def _verify(s: _Step, merging: Sequence[MergeRequestRow], new: str, tip: str) ->
     """Each request verified on the tree that would land; any but PASS merges nothing this step."""
     for req in merging:
         gitops.reset_worktree(s.worktree, new)
-        out = s.verify(s.town, req, s.worktree, s.config.verify_level, tip)
+        try:
+            out = s.verify(s.town, req, s.worktree, s.config.verify_level, tip)
+        except readiness.TownCannotVerify as exc:  # not the request's fault: the queue waits for the town
+            _hold(s, merging, HoldKind.VERIFY_UNAVAILABLE, exc.reason, exc.key)
+            return False
         action = decide.on_verify(req.queued(), out, s.alive(req), s.cfg, s.clock(), s.history(req))
         if isinstance(action, decide.Proceed):  # recorded too: the history shows what let it merge
             ledger.note(s.town, req.id, s.actor, {"check": "verify", "outcome": out.status.value,
@@ -682,6 +700,14 @@ def _probe_upstream_dirty(s: _Step) -> str | None:
     return f"upstream-dirty\x00{checkout}\x00{s.target}"
 
 
+def _probe_verify(s: _Step) -> str | None:
+    """VERIFY_UNAVAILABLE's fingerprint: the rig's level, its inspector settings (or why they are
+    invalid) and what the command resolves to (readiness.fingerprint); it changes once town.toml
+    is edited or the command appears, and the held work is verified again."""
+    return readiness.fingerprint(s.town, s.config)
+
+
+HOLD_PROBES[HoldKind.VERIFY_UNAVAILABLE] = _probe_verify
 HOLD_PROBES[HoldKind.PUSH_REFUSED] = _probe_push
 HOLD_PROBES[HoldKind.UPSTREAM_DIRTY] = _probe_upstream_dirty
 

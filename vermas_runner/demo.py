@@ -374,8 +374,9 @@ def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, t
         from vermas.testing.standin import find_claude_binary  # deferred: test machinery, only for the demo
 
         binary = find_claude_binary()
-        if binary is not None:
+        if binary is not None:  # the sessions and the inspector's `claude -p` both use it
             town.config.agent.command = str(binary)
+            town.config.inspector.command = str(binary)
             town.save_config()
         console.print(f"using your Claude Code login ({town.config.agent.command})")
     rig.add(town, "sample", str(repo), prefix="sp", max_polecats=max(1, beads_count), test_command=DEMO_TEST)
@@ -386,6 +387,7 @@ def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, t
     lock = up.RunnerLock(town)
     lock.acquire()
     stop = threading.Event()
+    _stop_on_sigterm()  # a killed demo still runs its `finally`: down, stand-in stopped, folder removed
     patrol_thread: threading.Thread | None = None
     try:
         with Reporter() as show:
@@ -433,6 +435,15 @@ def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, t
             remove_tree(root)
         else:
             console.print(f"kept: {town.root} (vermas-runner down --town {town.root} stops it)")
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a `kill`, a CI timeout) ends the demo the way Ctrl-C does, through its cleanup."""
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupted)
 
 
 def _follow(town: Town, followed: list[DemoBead], convoy_id: str, console: Any, timeout: float) -> bool:

@@ -3,6 +3,7 @@ registers vermas as the overseer and `claude mcp list` connects to it."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -58,7 +59,8 @@ def test_readme_overseer_line_names_the_installed_cli_and_user_scope() -> None:
 
 def test_readme_overseer_line_works_from_another_folder(tmp_path: Path) -> None:
     """The line as written, run in the repository's folder with the real CLI; then `claude mcp
-    list` and `get` from a folder outside it see the server (user scope) and connect to it."""
+    list` and `get` from a folder outside it see the server (user scope), and connect to it once
+    that folder is trusted (the user ran `claude` there), as README says."""
     for needed in (".tools/claude/node_modules/.bin/claude", ".venv/bin/vermas-mcp"):
         if not (REPO_ROOT / needed).exists():
             pytest.skip(f"{needed} is missing (scripts/setup.sh installs it)")
@@ -80,6 +82,16 @@ def test_readme_overseer_line_works_from_another_folder(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
+    # A folder the user never started `claude` in: Claude Code (2.1.33x) lists the server but
+    # starts no server there (README says so).
+    listed = claude("list")
+    assert "vermas:" in listed and "Not checked (folder not trusted" in listed, listed
+    # Once the user has run `claude` there and accepted the folder (what Claude Code records in
+    # ~/.claude.json), `claude mcp list` starts the server and it connects.
+    config = home / ".claude.json"
+    data = json.loads(config.read_text()) if config.exists() else {}
+    data.setdefault("projects", {}).setdefault(os.path.realpath(elsewhere), {})["hasTrustDialogAccepted"] = True
+    config.write_text(json.dumps(data))
     listed = claude("list")
     assert "vermas:" in listed and "Connected" in listed, listed
     shown = claude("get", "vermas")

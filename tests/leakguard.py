@@ -30,6 +30,8 @@ from pathlib import Path
 import pytest
 
 ENV = "VERMAS_TEST_RUN"
+# Python's own per-interpreter helpers (started on first use, ended with the interpreter): not a test's
+INTERPRETER_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 GRACE_S = 8.0  # processes ended by a fixture's teardown may take a moment to exit (claude, node)
 
 
@@ -55,23 +57,30 @@ def uninstall() -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def processes_of_run(marker: str) -> dict[int, str]:
-    """pid -> command line of every live process (not this one) whose environment has our marker."""
+def processes_of_run(marker: str, temp_root: str | None = None) -> dict[int, str]:
+    """pid -> command line of every live process (not this one) whose environment has our
+    marker, or whose command line names the run's temp folder (`temp_root`, pytest's basetemp:
+    a process started with a scrubbed environment, as the MCP SDK's stdio client starts its
+    server, loses the marker, but a tmux server it starts for a test town names that town)."""
     needle = f"{ENV}={marker}".encode()
+    folder = temp_root.encode() if temp_root else None
     me = os.getpid()
     out: dict[int, str] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         try:
-            environ = Path(entry.path, "environ").read_bytes()
-            if needle not in environ.split(b"\0"):
+            raw = Path(entry.path, "cmdline").read_bytes()
+            if needle not in Path(entry.path, "environ").read_bytes().split(b"\0") and (
+                    folder is None or folder not in raw):
                 continue
             stat = Path(entry.path, "stat").read_text()
             if stat.rpartition(")")[2].split()[0] == "Z":  # a zombie is gone, only not yet reaped
                 continue
-            cmd = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except (OSError, IndexError):
+            continue
+        cmd = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+        if any(helper in cmd for helper in INTERPRETER_HELPERS):
             continue
         out[int(entry.name)] = cmd[:200] or f"[{entry.name}]"
     return out
@@ -85,11 +94,12 @@ def tmux_sockets() -> set[str]:
         return set()
 
 
-def leaks(before_pids: set[int], before_sockets: set[str], grace: float = GRACE_S) -> list[str]:
+def leaks(before_pids: set[int], before_sockets: set[str], grace: float = GRACE_S,
+          temp_root: str | None = None) -> list[str]:
     """What is left that was not there before: processes (after up to `grace` seconds) and sockets."""
     deadline = time.monotonic() + grace
     while True:
-        left = {pid: cmd for pid, cmd in processes_of_run(token()).items() if pid not in before_pids}
+        left = {pid: cmd for pid, cmd in processes_of_run(token(), temp_root).items() if pid not in before_pids}
         if not left or time.monotonic() >= deadline:
             break
         time.sleep(0.2)
@@ -99,10 +109,11 @@ def leaks(before_pids: set[int], before_sockets: set[str], grace: float = GRACE_
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _leak_guard(request: pytest.FixtureRequest) -> Iterator[None]:
-    before_pids = set(processes_of_run(token()))
+def _leak_guard(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    temp_root = str(tmp_path_factory.getbasetemp())
+    before_pids = set(processes_of_run(token(), temp_root))
     before_sockets = tmux_sockets()
     yield
-    found = leaks(before_pids, before_sockets)
+    found = leaks(before_pids, before_sockets, temp_root=temp_root)
     if found:
         pytest.fail(f"{request.module.__name__} left behind:\n  " + "\n  ".join(found), pytrace=False)

@@ -33,6 +33,9 @@ from vermas.inspector.verifier import run_command, town_private_paths
 from vermas.refinery import ledger, worker
 from vermas.refinery.types import MRState
 from vermas.town import RigConfig, Town
+# The interpreter for scripts run INSIDE a contained test: the venv's python is a link to it, and
+# the venv itself may sit under /tmp (a checkout there), which containment covers.
+PYTHON = os.path.realpath(sys.executable)
 
 SECRET = "s3cr3t-" + secrets.token_hex(8)
 
@@ -95,7 +98,7 @@ def test_secrets_in_home_cannot_be_read(town: Town, home: Path, namespace_only: 
     """Not by path, not after trying to unmount or remount the cover, not through /proc/1/root."""
     wt = worktree(town)
     (wt / "unmount.py").write_text(UNMOUNT)
-    ev = run(wt, f"{sys.executable} unmount.py {home}; mount -o remount,rw {home}; "
+    ev = run(wt, f"{PYTHON} unmount.py {home}; mount -o remount,rw {home}; "
                  f"cat /proc/1/root{home}/.claude.json; "
                  f"cat {home}/.claude.json {home}/.gitconfig {home}/.ssh/id_ed25519; "
                  f"grep -rs {SECRET} {home}; echo LS:; ls -A {home}; echo :LS", town)
@@ -252,7 +255,7 @@ for host in sys.argv[2:]:
 
 def client_command(wt: Path, port: int) -> str:
     (wt / "client.py").write_text(CLIENT)
-    return f"{sys.executable} client.py {port} {' '.join(host_addresses())}; echo END"
+    return f"{PYTHON} client.py {port} {' '.join(host_addresses())}; echo END"
 
 
 def test_no_network_by_default(town: Town, netns_only: None) -> None:
@@ -281,7 +284,7 @@ conn, _ = srv.accept(); cli.sendall(b"ping"); print("LOOPBACK", conn.recv(4).dec
 def test_a_run_can_listen_and_connect_on_its_own_loopback(town: Town, netns_only: None) -> None:
     wt = worktree(town)
     (wt / "loop.py").write_text(LOOPBACK)
-    ev = run(wt, f"{sys.executable} loop.py", town)
+    ev = run(wt, f"{PYTHON} loop.py", town)
     assert ev.exit_code == 0 and "LOOPBACK ping" in ev.output, ev.output
 
 
@@ -326,7 +329,7 @@ async def test_verify_run_follows_the_rigs_test_network(client_for: Any, town: T
 def test_the_refinery_test_run_follows_the_rigs_test_network(town: Town, tmp_path: Path, netns_only: None,
                                                              allowed: bool) -> None:
     with tcp_server() as (port, accepted):
-        command = (f"{sys.executable} -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 3)\"")
+        command = (f"{PYTHON} -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 3)\"")
         mr = MergeRig(town, tmp_path, test_command=command)
         town.config.rigs["gt"] = town.config.rigs["gt"].model_copy(update={"test_network": allowed})
         town.save_config()

@@ -38,12 +38,14 @@ VERMAS_MCP = shutil.which("vermas-mcp", path=str(Path(sys.executable).parent))
 
 # A caller that slings and is gone: one tool call over stdio, then exit (as `claude -p` does).
 ONE_SHOT = """
-import asyncio, sys
+import asyncio, os, sys
 from mcp import Client, StdioServerParameters
 
 async def main():
+    # the caller's environment, as Claude Code gives its MCP servers (the SDK's default keeps only
+    # a few variables, and the town's tmux folder, TMUX_TMPDIR, must be the runner's)
     params = StdioServerParameters(command=sys.argv[1], args=["--town", sys.argv[2], "--actor", "mayor",
-                                   "--profile", "mayor"])
+                                   "--profile", "mayor"], env=dict(os.environ))
     async with Client(params, read_timeout_seconds=120) as client:
         result = await client.call_tool("sling", {"bead_id": sys.argv[3], "target": "sample"})
         assert not result.is_error, result.content

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -52,3 +53,19 @@ def test_a_tmux_server_left_in_the_tmux_folder_is_found(monkeypatch: pytest.Monk
     finally:
         subprocess.run(["tmux", "-L", "leaky", "kill-server"], capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_process_without_the_marker_that_names_the_runs_temp_folder_is_found(tmp_path: Path) -> None:
+    """What the MCP SDK's stdio client starts gets a scrubbed environment (no marker), but a
+    tmux server it starts for a test town names the town's folder, under the run's basetemp."""
+    root = str(tmp_path.parent)  # pytest's basetemp
+    env = {k: v for k, v in os.environ.items() if k != leakguard.ENV}
+    before = set(leakguard.processes_of_run(leakguard.token(), root))
+    proc = subprocess.Popen(["sh", "-c", "sleep 60; :", str(tmp_path)], env=env, start_new_session=True)
+    try:
+        assert leakguard.leaks(before, leakguard.tmux_sockets(), grace=0.5) == []  # the marker alone misses it
+        found = leakguard.leaks(before, leakguard.tmux_sockets(), grace=0.5, temp_root=root)
+        assert any(f"process {proc.pid} still running" in line for line in found), found
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # sh and its sleep
+        proc.wait()

@@ -114,6 +114,8 @@ def test_runner_prints_a_line_per_merge_step(town: Town, tmp_path: Path) -> None
     """A request whose branch does not exist: the rig's worker claims it and rejects it, and the
     runner's output (its log when detached) says so, step by step."""
     rig.add(town, "sample", str(make_repo(tmp_path / "src")), prefix="sp")
+    town.config.rigs["sample"].verify_level = "off"  # no model here: `up` refuses a rig it cannot verify
+    town.save_config()
     proc = subprocess.Popen([RUNNER, "up", "--no-wait", "--town", str(town.root)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     out = Output(proc)

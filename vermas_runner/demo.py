@@ -82,7 +82,10 @@ def standin_policy() -> Any:
         polecat_policy,
         system_contains,
     )
-    from vermas.testing.standin.inspector import inspector_policy, is_inspector
+    from vermas.testing.standin.inspector import (  # deferred: stand-in machinery, only for the demo
+        inspector_policy,
+        is_inspector,
+    )
 
     return RoutingPolicy(
         [(is_inspector, inspector_policy), (system_contains(POLECAT_MARKER), PerSessionPolicy(polecat_policy))],
@@ -358,7 +361,7 @@ def run_demo(model: str = "standin", keep: bool = False, beads_count: int = 3, t
 
     from vermas.sessions import TownSessions  # deferred: libtmux (~70 ms) only when the demo runs
 
-    console = Console()
+    console = Console(soft_wrap=True)  # one line per fact, never wrapped at 80 columns in a pipe or log
     root = Path(tempfile.mkdtemp(prefix="vermas-demo-"))
     town, _created = Town.init(root / "town")
     console.print(f"[bold]vermas demo[/]: town at {town.root}")

@@ -440,7 +440,7 @@ def _test_target(s: _Step, sha: str) -> RunOutcome:
 
 def _pass_env(s: _Step) -> tuple[str, ...]:
     """The rig's `pass_env`: the variables its test runs keep (README: the rig's `pass_env`)."""
-    from vermas.inspector.pipeline import rig_pass_env  # deferred like verify_with_inspector's import
+    from vermas.inspector.pipeline import rig_pass_env  # deferred: the inspector's stack loads only to test
 
     return rig_pass_env(s.town, s.rig)
 

@@ -26,7 +26,7 @@ import pytest
 from pydantic import BaseModel
 
 from tests.conftest import make_repo
-from vermas import polecat, rig, up
+from vermas import agents, polecat, rig, up
 from vermas.errors import Conflict
 from vermas.sessions import TownSessions
 from vermas.sessions.tmux import dead_line_status, parse_panes, tail_lines, wait_status, zombie_status
@@ -91,16 +91,16 @@ def wait_for_death(town: Town, address: str = "mayor", within: float = 20) -> di
 # --- the agent command -----------------------------------------------------------------------
 
 def test_which_agent_accepts_a_name_on_path_or_an_absolute_executable(tmp_path: Path) -> None:
-    assert up.which_agent("sh", os.defpath) == shutil.which("sh", path=os.defpath)
-    assert up.which_agent("vermas-no-such-cli", os.defpath) is None
-    assert up.which_agent("", os.defpath) is None
+    assert agents.resolve_command("sh", os.defpath) == shutil.which("sh", path=os.defpath)
+    assert agents.resolve_command("vermas-no-such-cli", os.defpath) is None
+    assert agents.resolve_command("", os.defpath) is None
     script = tmp_path / "agent"
     script.write_text("#!/bin/sh\n")
-    assert up.which_agent(str(script), "") is None  # not executable
+    assert agents.resolve_command(str(script), "") is None  # not executable
     script.chmod(0o755)
-    assert up.which_agent(str(script), "") == str(script)
-    assert up.which_agent("bin/agent", "") is None  # relative: the sessions start elsewhere
-    assert up.which_agent("~/agent", "") is None  # tmux gets it quoted, so no ~
+    assert agents.resolve_command(str(script), "") == str(script)
+    assert agents.resolve_command("bin/agent", "") is None  # relative: the sessions start elsewhere
+    assert agents.resolve_command("~/agent", "") is None  # tmux gets it quoted, so no ~
 
 
 def test_missing_agent_message_is_one_line_saying_where_and_how(tmp_path: Path) -> None:

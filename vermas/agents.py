@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 from importlib import resources
@@ -24,6 +25,28 @@ from vermas.addresses import Address, Role
 from vermas.atomic import write_atomic
 from vermas.errors import Conflict
 from vermas.town import Town
+
+SETUP_CLI = Path(".tools") / "claude" / "node_modules" / ".bin" / "claude"  # scripts/setup.sh's install
+
+
+def resolve_command(command: str, path: str) -> str | None:
+    """The executable a command names (the agent's, the inspector's): a bare name is looked up
+    on `path`; anything with a slash must be an absolute path to an executable (sessions and
+    `claude -p` start in other folders, and tmux gets it quoted, so no `~`). None when it does
+    not resolve."""
+    if not command.strip():
+        return None
+    if "/" in command:
+        candidate = Path(command)
+        ok = candidate.is_absolute() and candidate.is_file() and os.access(candidate, os.X_OK)
+        return str(candidate) if ok else None
+    return shutil.which(command, path=path)
+
+
+def setup_cli() -> Path | None:
+    """The Claude Code CLI scripts/setup.sh installs into the checkout, if it is there."""
+    candidate = Path(__file__).resolve().parents[1] / SETUP_CLI
+    return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
 
 # Role prompts ship inside the package (package data), so a wheel install has them too.
 TEMPLATES: Traversable = resources.files("vermas") / "templates"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from typing import IO, TYPE_CHECKING
 
 from pydantic import BaseModel, computed_field
 
-from vermas import polecat
+from vermas import agents, polecat
 from vermas.addresses import Address, Role
 from vermas.errors import Conflict, InvalidInput
 from vermas.inspector import readiness
@@ -33,7 +32,6 @@ from vermas.town import Town
 if TYPE_CHECKING:  # tmux is imported only where a session is touched
     from vermas.sessions import SessionInfo, TownSessions
 
-SETUP_CLI = Path(".tools") / "claude" / "node_modules" / ".bin" / "claude"  # scripts/setup.sh's install
 
 
 class SessionDeath(BaseModel):
@@ -86,43 +84,24 @@ def plan_up(desired: list[Address], alive: set[str]) -> list[Address]:
 
 # --- the agent command, checked before anything starts ---------------------------------------
 
-def which_agent(command: str, path: str) -> str | None:
-    """The executable an agent command names (pure but for the file system): a bare name is
-    looked up on `path`; anything with a slash must be an absolute path to an executable
-    (the sessions start in other folders, and tmux gets it quoted, so no `~`)."""
-    if not command.strip():
-        return None
-    if "/" in command:
-        candidate = Path(command)
-        ok = candidate.is_absolute() and candidate.is_file() and os.access(candidate, os.X_OK)
-        return str(candidate) if ok else None
-    return shutil.which(command, path=path)
-
-
 def missing_agent_message(config_file: Path, command: str, setup_cli: Path | None) -> str:
     """One line: what is missing, where to set it, and the two ways out (pure)."""
     what = "is not on PATH" if "/" not in command else "is not an absolute path to an executable"
     if setup_cli is not None:
         fix = f'command = "{setup_cli}" (the Claude Code CLI scripts/setup.sh installed)'
     else:
-        fix = f"command = the CLI's absolute path (scripts/setup.sh installs Claude Code as {SETUP_CLI})"
+        fix = f"command = the CLI's absolute path (scripts/setup.sh installs Claude Code as {agents.SETUP_CLI})"
     return (f"agent command {command!r} {what}; set it in {config_file} under [agent]: {fix}, "
             "or boot on the scripted stand-in model: vermas-runner up --model standin")
-
-
-def setup_cli_path() -> Path | None:
-    """The Claude Code CLI scripts/setup.sh installs into the checkout, if it is there."""
-    candidate = Path(__file__).resolve().parents[1] / SETUP_CLI
-    return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
 
 
 def resolve_agent_command(town: Town) -> str:
     """The town's agent command as an executable path, or InvalidInput before anything is
     started: a missing CLI would otherwise give sessions that die at once, unexplained."""
     agent = town.config.agent
-    found = which_agent(agent.command, agent.env.get("PATH") or os.environ.get("PATH", os.defpath))
+    found = agents.resolve_command(agent.command, agent.env.get("PATH") or os.environ.get("PATH", os.defpath))
     if found is None:
-        raise InvalidInput(missing_agent_message(town.layout.config_file, agent.command, setup_cli_path()))
+        raise InvalidInput(missing_agent_message(town.layout.config_file, agent.command, agents.setup_cli()))
     return found
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from vermas import agents
 from vermas.errors import InvalidInput, VermasError
 from vermas.town import RigConfig, Town
 
@@ -26,21 +26,6 @@ class TownCannotVerify(VermasError):
     def __init__(self, reason: str, key: str) -> None:
         super().__init__(reason)
         self.reason, self.key = reason, key
-
-
-SETUP_CLI = Path(".tools") / "claude" / "node_modules" / ".bin" / "claude"  # scripts/setup.sh's install
-
-
-def resolve_command(command: str, path: str) -> str | None:
-    """The executable a command names: a bare name is looked up on `path`; anything with a slash
-    must be an absolute path to an executable file. None when it does not resolve."""
-    if not command.strip():
-        return None
-    if "/" in command:
-        candidate = Path(command)
-        ok = candidate.is_absolute() and candidate.is_file() and os.access(candidate, os.X_OK)
-        return str(candidate) if ok else None
-    return shutil.which(command, path=path)
 
 
 def calls_model(rig: RigConfig) -> bool:
@@ -58,17 +43,11 @@ def search_path(env: Mapping[str, str]) -> str:
     return env.get("PATH") or os.environ.get("PATH", os.defpath)
 
 
-def setup_cli() -> Path | None:
-    """The Claude Code CLI scripts/setup.sh installs into the checkout, if it is there."""
-    candidate = Path(__file__).resolve().parents[2] / SETUP_CLI
-    return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
-
-
 def missing_command_message(config_file: Path, rig: RigConfig, key: str, command: str, cli: Path | None) -> str:
     """One line: what is missing, the town.toml key, and the ways out (pure)."""
     what = "is not on PATH" if "/" not in command else "is not an absolute path to an executable"
     value = f'"{cli}" (the Claude Code CLI scripts/setup.sh installed)' if cli is not None else \
-        f"the Claude Code CLI's absolute path (scripts/setup.sh installs it as {SETUP_CLI})"
+        f"the Claude Code CLI's absolute path (scripts/setup.sh installs it as {agents.SETUP_CLI})"
     return (f"rig {rig.name} verifies its merges at verify_level {rig.verify_level}, which calls the inspector's "
             f"model, but its inspector command {command!r} {what}; set {key} = {value} in {config_file}, "
             f'or boot on the scripted stand-in model: vermas-runner up --model standin '
@@ -87,8 +66,9 @@ def problem(town: Town, rig: RigConfig) -> str | None:
     except InvalidInput as exc:
         return f"rig {rig.name} cannot verify its merges: {exc}"
     command = settings.claude.command
-    if resolve_command(command, search_path(dict(settings.claude.env))) is None:
-        return missing_command_message(town.layout.config_file, rig, command_key(town, rig), command, setup_cli())
+    if agents.resolve_command(command, search_path(dict(settings.claude.env))) is None:
+        key = command_key(town, rig)
+        return missing_command_message(town.layout.config_file, rig, key, command, agents.setup_cli())
     return None
 
 
@@ -106,7 +86,7 @@ def fingerprint(town: Town, rig: RigConfig) -> str:
             parts.append(f"invalid: {exc}")
         else:
             env = dict(settings.claude.env)
-            parts += [repr(settings), str(resolve_command(settings.claude.command, search_path(env)))]
+            parts += [repr(settings), str(agents.resolve_command(settings.claude.command, search_path(env)))]
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
 
 

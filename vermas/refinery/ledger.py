@@ -598,8 +598,6 @@ def hold(town: Town, rig: str, kind: HoldKind, reason: str, key: str, now: float
     """Hold `rig`'s queue for a cause of the town's, and record ONE escalation (the escalations
     table and an ESCALATION mail to the mayor) in the same transaction. False, writing nothing,
     when the same hold (kind and cause fingerprint) already stands: a cause escalates once."""
-    from vermas import patrol_log  # deferred: the patrol log imports the mail/protocol stack
-
     reason = " ".join(reason.split())[:500] or kind.value
     with town.db.write() as conn:
         current = _rig_row(conn, rig).hold
@@ -622,8 +620,6 @@ def hold(town: Town, rig: str, kind: HoldKind, reason: str, key: str, now: float
 def release_hold(town: Town, rig: str, reason: str, actor: str, now: float) -> bool:
     """Release `rig`'s hold (its cause is gone, or a person resumed it) and resolve its
     escalation; False when no hold stood."""
-    from vermas import patrol_log  # deferred: see hold
-
     with town.db.write() as conn:
         changed = conn.execute("UPDATE mq_rigs SET hold_kind = NULL, hold_reason = NULL, hold_key = NULL, "
                                "hold_since = NULL WHERE rig = ? AND hold_kind IS NOT NULL", (rig,)).rowcount
